@@ -1,0 +1,264 @@
+"""The sandbox contract: one async protocol every backend implements.
+
+A *backend* creates, finds, lists and restores sandboxes; a *Sandbox* runs commands,
+moves files, snapshots itself, exposes ports and ends. The same contract suite
+(``tests/integration/test_sandbox_contract.py``) runs against every backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sandbox_agents.errors import InvalidInputError
+
+#: Output kept per stream of one command; past it the output is cut and marked.
+DEFAULT_OUTPUT_CAP = 8 * 1024 * 1024
+
+
+class NetworkPolicy(enum.StrEnum):
+    """What a sandbox may reach on the network."""
+
+    NONE = "none"
+    """No network at all (loopback inside the sandbox only)."""
+    INSTALL = "install"
+    """Network only for the spec's declared install commands."""
+    FULL = "full"
+    """Outbound network; the host's loopback services are still unreachable."""
+
+
+class SandboxStatus(enum.StrEnum):
+    """Life of a sandbox."""
+
+    RUNNING = "running"
+    DEAD = "dead"
+    """Its processes are gone without a terminate (killed, expired, host lost)."""
+    TERMINATED = "terminated"
+
+
+class SandboxSpec(BaseModel):
+    """What a sandbox should be: its image, limits, lifetime, network, env and tags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str = "default"
+    """Base image/profile name (local: a base directory; Modal: an image definition)."""
+    cpu: float = Field(default=1.0, gt=0, le=64)
+    """CPU cores the sandbox may use."""
+    memory_mb: int = Field(default=1024, ge=16, le=262144)
+    """Memory limit; past it the sandbox's processes are OOM-killed."""
+    max_pids: int = Field(default=256, ge=8, le=65536)
+    """Most processes alive at once (fork bombs stop here)."""
+    disk_mb: int = Field(default=1024, ge=1, le=1048576)
+    """Workspace quota where the backend can enforce one."""
+    timeout_s: float = Field(default=3600.0, gt=0, le=86400)
+    """TTL: the sandbox ends this long after creation unless kept alive."""
+    idle_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    """End the sandbox after this long without an exec, file operation or keepalive."""
+    network: NetworkPolicy = NetworkPolicy.NONE
+    """Network policy."""
+    install_commands: tuple[str, ...] = ()
+    """Commands (argv[0] names or full shell strings) allowed the network under ``install``."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment given to every command."""
+    secrets: dict[str, str] = Field(default_factory=dict)
+    """Declared secrets (name → value); only these ever enter the sandbox, as env vars."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Labels for ``list(tags)``: build id, component, role…"""
+    ports: tuple[int, ...] = ()
+    """Ports that may be exposed."""
+    workdir: str = "/workspace"
+    """Where commands run and relative paths resolve, inside the sandbox."""
+
+    @field_validator("env", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not name or not (name[0].isalpha() or name[0] == "_") or not all(c.isalnum() or c == "_" for c in name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} out of range 1..65535")
+        return value
+
+
+class ExecResult(BaseModel):
+    """What a finished command gave."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+    truncated: bool = False
+    """True when stdout or stderr went past the output cap and was cut."""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class ExecChunk(BaseModel):
+    """One piece of a streaming command's output; the last chunk has ``exit_code`` set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream: Literal["stdout", "stderr", "exit"]
+    data: str = ""
+    exit_code: int | None = None
+
+
+class FileInfo(BaseModel):
+    """One entry of ``list_files``: a path relative to the workspace."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    size: int
+    is_dir: bool = False
+    mode: int = 0o644
+
+
+class SnapshotRef(BaseModel):
+    """A saved copy of a sandbox's workspace, restorable into a new sandbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str
+    id: str
+    sandbox_id: str
+    spec: SandboxSpec
+    created_at: float = Field(default_factory=time.time)
+    size_bytes: int = 0
+
+
+class ExecRequest(BaseModel):
+    """A validated command: argv (list) or a shell string, with its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] | str
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    stdin: str | bytes | None = None
+    output_cap: int = Field(default=DEFAULT_OUTPUT_CAP, ge=1024)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and (not value or not all(isinstance(a, str) and "\0" not in a for a in value)):
+            raise ValueError("command must be a non-empty list of strings without NUL bytes")
+        if isinstance(value, str) and (not value.strip() or "\0" in value):
+            raise ValueError("command must be a non-empty shell string without NUL bytes")
+        return value
+
+    def argv(self) -> list[str]:
+        """The argv to run: a shell string runs through ``/bin/sh -c``."""
+        return ["/bin/sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
+
+
+def exec_request(
+    command: list[str] | str,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    stdin: str | bytes | None = None,
+) -> ExecRequest:
+    """Validate exec arguments into an :class:`ExecRequest`, refusing bad ones with our error."""
+    try:
+        return ExecRequest(command=command, cwd=cwd, env=env or {}, timeout_s=timeout, stdin=stdin)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise InvalidInputError(f"invalid exec request: {exc}", field="command") from exc
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One isolated execution target."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def spec(self) -> SandboxSpec: ...
+
+    async def exec(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult:
+        """Run a command to its end. Raises SandboxTimeoutError past ``timeout``."""
+        ...
+
+    def exec_stream(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ExecChunk]:
+        """Run a command, yielding output as it comes; the last chunk carries the exit code."""
+        ...
+
+    async def write_file(self, path: str, data: bytes | str, *, mode: int | None = None) -> None: ...
+
+    async def read_file(self, path: str) -> bytes: ...
+
+    async def list_files(self, pattern: str = "**/*") -> list[FileInfo]: ...
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None: ...
+
+    async def snapshot(self) -> SnapshotRef: ...
+
+    async def expose(self, port: int) -> str:
+        """A URL on which the host reaches ``port`` inside the sandbox."""
+        ...
+
+    async def keepalive(self) -> None:
+        """Push the idle deadline back (and the TTL, up to the backend's maximum)."""
+        ...
+
+    async def status(self) -> SandboxStatus: ...
+
+    async def terminate(self) -> None: ...
+
+
+@runtime_checkable
+class SandboxBackend(Protocol):
+    """Creates and finds sandboxes of one kind."""
+
+    name: str
+    #: What this backend really does, for the contract suite: "exec" (real processes),
+    #: "isolation" (namespaces, limits), "expose" (real HTTP forwarding).
+    capabilities: frozenset[str]
+
+    async def create(self, spec: SandboxSpec) -> Sandbox: ...
+
+    async def from_id(self, sandbox_id: str) -> Sandbox:
+        """Reconnect to an existing sandbox, from any process. Raises SandboxNotFoundError."""
+        ...
+
+    async def list(self, tags: dict[str, str] | None = None) -> list[Sandbox]: ...
+
+    async def restore(self, ref: SnapshotRef) -> Sandbox:
+        """A new sandbox whose workspace is the snapshot's, byte for byte."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the backend object holds (not the sandboxes)."""
+        ...

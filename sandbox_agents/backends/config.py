@@ -1,0 +1,80 @@
+"""Backend configs as tagged models, and the factory that builds a backend from one.
+
+The factory imports each implementation lazily so that optional extras (``modal``) stay
+optional. Constructors do no I/O; the first ``create``/``from_id`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox_agents.backends.base import SandboxBackend
+
+
+class LocalBackendConfig(BaseModel):
+    """The default backend: bubblewrap namespaces, cgroup limits, a tmpfs workspace."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["local"] = "local"
+    root: Path | None = None
+    """Directory for sandbox state and snapshots; ``KRIPTIK_HOME/sandboxes`` if unset."""
+    sandbox_uid: int | None = Field(default=None, ge=1)
+    """Host uid the sandboxes run as; the ``KRIPTIK_SANDBOX_UID`` setting if unset."""
+    standby: int = Field(default=0, ge=0, le=64)
+    """Started, unassigned sandboxes kept ready so that a create costs about a millisecond."""
+
+
+class FakeBackendConfig(BaseModel):
+    """In-memory files and scripted commands, for unit tests of the floors above."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["fake"] = "fake"
+
+
+class ModalBackendConfig(BaseModel):
+    """Modal Sandboxes through the official SDK (the ``modal`` extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["modal"] = "modal"
+    app_name: str = "kriptik-fleet"
+    """Modal App the sandboxes belong to (looked up, created if missing)."""
+    image: str = "default"
+    """Name of the image definition in ``modal_image.py``."""
+    environment: str | None = None
+    """Modal environment (``MODAL_WORKSPACE``)."""
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """Bound on the first call to Modal; past it BackendUnavailableError (the SDK itself retries ~60 s)."""
+
+
+BackendConfig = Annotated[LocalBackendConfig | FakeBackendConfig | ModalBackendConfig, Field(discriminator="type")]
+
+
+def make_backend(config: LocalBackendConfig | FakeBackendConfig | ModalBackendConfig) -> SandboxBackend:
+    """Build the backend a config names (lazily importing its implementation)."""
+    if config.type == "local":
+        from sandbox_agents.backends.local import LocalBackend
+
+        return LocalBackend(config)
+    if config.type == "fake":
+        from sandbox_agents.backends.fake import FakeBackend
+
+        return FakeBackend(config)
+    from sandbox_agents.backends.modal import ModalBackend
+
+    return ModalBackend(config)
+
+
+def backend_config(name: str) -> LocalBackendConfig | FakeBackendConfig | ModalBackendConfig:
+    """The default config of a backend by name (``local``, ``fake``, ``modal``)."""
+    configs = {"local": LocalBackendConfig, "fake": FakeBackendConfig, "modal": ModalBackendConfig}
+    if name not in configs:
+        from sandbox_agents.errors import ConfigError
+
+        raise ConfigError(f"unknown sandbox backend {name!r}; choose one of {sorted(configs)}")
+    return configs[name]()
