@@ -176,6 +176,10 @@ def exec_request(
     stdin: str | bytes | None = None,
 ) -> ExecRequest:
     """Validate exec arguments into an :class:`ExecRequest`, refusing bad ones with our error."""
+    if cwd is not None:
+        from sandbox_agents.backends.paths import workspace_relative
+
+        workspace_relative(cwd)  # refuses a working directory outside the workspace
     try:
         return ExecRequest(command=command, cwd=cwd, env=env or {}, timeout_s=timeout, stdin=stdin)
     except ValueError as exc:  # pydantic.ValidationError is a ValueError

@@ -1,0 +1,153 @@
+"""Starting a local sandbox: the bwrap command line and a detached launcher.
+
+The launcher is a small ``sh`` in its own session (``setsid -f``), so no Ray worker owns
+the sandbox: an actor that dies or restarts leaves it running, and a new process finds it
+again by id. The launcher joins the sandbox's cgroups, then runs bwrap as the dedicated
+sandbox uid and waits for it; bwrap runs with ``--die-with-parent``, so killing the
+launcher ends the sandbox and, with its pid namespace, every process in it.
+
+Inside, pid 2 is a tiny loop that reads the deadline file (written by the host) and ends
+the sandbox once it has passed: TTL and idle expiry need no host process to be alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+from sandbox_agents.errors import BackendUnavailableError, SandboxError
+
+SANDBOX_HOME = "/home/sandbox"
+CONTROL_MOUNT = "/run/kriptik"
+
+# Ends the sandbox once the deadline (epoch seconds, written by the host) has passed, or
+# once the deadline file is gone. `read` and `[` are shell builtins: one `date` and one
+# `sleep` a second is the whole cost of an idle sandbox.
+_INIT_LOOP = f'while read d < {CONTROL_MOUNT}/deadline && [ "$(date +%s)" -lt "${{d%.*}}" ]; do sleep 1; done'
+
+REQUIRED_TOOLS = ("bwrap", "setsid", "setpriv", "nsenter", "tar", "zstd")
+
+
+def check_tools() -> None:
+    """Fail with a clear error when a tool the local backend needs is missing."""
+    import shutil
+
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise BackendUnavailableError(
+            f"the local sandbox backend needs {', '.join(missing)} (Debian: apt-get install bubblewrap "
+            "util-linux tar zstd); run scripts/setup.sh",
+            backend="local",
+        )
+
+
+def bwrap_argv(*, fs_dir: Path, ctl_dir: Path, etc_dir: Path, workdir: str) -> list[str]:
+    """The bwrap command line: only /usr (read-only), stub /etc files, the workspace and home."""
+    argv = [
+        "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--cap-drop",
+        "ALL",
+        "--new-session",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    for name in ("bin", "lib", "lib64", "sbin"):
+        if Path("/" + name).is_symlink():
+            argv += ["--symlink", f"usr/{name}", f"/{name}"]
+        elif Path("/" + name).is_dir():
+            argv += ["--ro-bind", f"/{name}", f"/{name}"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
+    for name in sorted(os.listdir(etc_dir)):
+        argv += ["--ro-bind", str(etc_dir / name), f"/etc/{name}"]
+    for name in ("ssl", "ca-certificates", "alternatives"):  # certificates and /usr/bin alternatives
+        if Path("/etc", name).is_dir():
+            argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    argv += [
+        "--bind",
+        str(fs_dir / "workspace"),
+        workdir,
+        "--bind",
+        str(fs_dir / "home"),
+        SANDBOX_HOME,
+        "--ro-bind",
+        str(ctl_dir),
+        CONTROL_MOUNT,
+        "--chdir",
+        workdir,
+        "--hostname",
+        "sandbox",
+        "--info-fd",
+        "3",
+        "--",
+        "/bin/sh",
+        "-c",
+        _INIT_LOOP,
+    ]
+    return argv
+
+
+def launch(
+    *, bwrap: list[str], uid: int, cgroup_files: list[str], ctl_dir: Path, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """Start the sandbox detached and wait until bwrap reports its child.
+
+    Returns:
+        (launcher pid, pid of the sandbox's init as seen from the host).
+    """
+    info = ctl_dir / "info.json"
+    joins = "".join(f"echo $$ > {shlex.quote(f)} && " for f in cgroup_files)
+    script = (
+        f"echo $$ > {shlex.quote(str(ctl_dir / 'launcher.pid'))} && {joins}"
+        f"exec 3>{shlex.quote(str(info))} && "
+        f"setpriv --reuid={uid} --regid={uid} --clear-groups {shlex.join(bwrap)} "
+        f"2>{shlex.quote(str(ctl_dir / 'bwrap.log'))}"
+    )
+    subprocess.run(
+        ["setsid", "-f", "/bin/sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        check=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    delay = 0.0005
+    while time.monotonic() < deadline:
+        try:
+            child = int(json.loads(info.read_text())["child-pid"])
+            launcher = int((ctl_dir / "launcher.pid").read_text())
+            return launcher, child
+        except (FileNotFoundError, ValueError, KeyError):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+    log = (ctl_dir / "bwrap.log").read_text(errors="replace") if (ctl_dir / "bwrap.log").exists() else ""
+    raise SandboxError(f"sandbox did not start within {timeout_s}s: {log.strip() or 'no output from bwrap'}")
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (to tell a live sandbox from a reused pid), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def write_etc(etc_dir: Path, uid: int) -> None:
+    """Stub /etc files: the sandbox user, loopback hosts and DNS, never the host's secrets."""
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    (etc_dir / "passwd").write_text(
+        f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{uid}:{uid}:sandbox:{SANDBOX_HOME}:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+    (etc_dir / "group").write_text(f"root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n")
+    (etc_dir / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
+    (etc_dir / "resolv.conf").write_text("nameserver 10.0.2.3\n")  # slirp4netns's DNS, when networked
+    (etc_dir / "nsswitch.conf").write_text("passwd: files\ngroup: files\nhosts: files dns\n")
