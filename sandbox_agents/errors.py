@@ -10,7 +10,21 @@ from __future__ import annotations
 
 
 class KriptikError(Exception):
-    """Base of every error KripTik Fleet raises on purpose."""
+    """Base of every error KripTik Fleet raises on purpose.
+
+    Errors cross process boundaries (Ray pickles them from an actor to its caller), and
+    ours take keyword-only fields, so pickling rebuilds them from args plus fields.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[KriptikError], args: tuple[object, ...], state: dict[str, object]) -> KriptikError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(KriptikError, ValueError):
@@ -99,6 +113,27 @@ class BusUnavailableError(BusError, ConnectionError):
 
 class BusDecodeError(BusError, ValueError):
     """A stream entry is not a valid message (bad msgpack, unknown type, bad fields)."""
+
+
+class BusMalformedEntryError(BusDecodeError):
+    """A stream entry could not be decoded; ``reason`` says which step refused it.
+
+    Reasons: ``missing_body``, ``bad_header``, ``zstd``, ``msgpack``, ``envelope``,
+    ``unknown_type``, ``invalid_fields``, ``not_serialisable``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BusBufferFullError(BusUnavailableError):
+    """Redis is down and the publisher already holds ``limit`` unsent messages; nothing was dropped."""
+
+    def __init__(self, message: str, *, buffered: int, limit: int) -> None:
+        super().__init__(message)
+        self.buffered = buffered
+        self.limit = limit
 
 
 # --- LLM providers ---------------------------------------------------------------------

@@ -1,0 +1,281 @@
+"""SandboxProxy: the Ray actor that owns one sandbox, thin over a SandboxSession.
+
+Detached and restartable (``max_restarts=-1``): its binding (which sandbox, is the build
+active) is a small file under KRIPTIK_HOME, so after a restart it reconnects with
+``from_id`` on its first call. Every ``ray.*`` call about proxies lives here and in
+``sandbox_pool.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+from sandbox_agents.backends.base import (
+    ExecChunk,
+    ExecResult,
+    FileInfo,
+    SandboxSpec,
+    SandboxStatus,
+    SnapshotRef,
+)
+from sandbox_agents.backends.config import BackendConfig, make_backend
+from sandbox_agents.errors import InvalidInputError, SandboxError
+from sandbox_agents.sandbox_session import Metering, SandboxEvent, SandboxSession
+from sandbox_agents.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "kriptik"
+_BACKEND_CONFIG: TypeAdapter[Any] = TypeAdapter(BackendConfig)
+
+
+class ProxyBinding(BaseModel):
+    """What a proxy must remember across its own restarts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sandbox_id: str
+    build_id: str | None = None
+    component: str | None = None
+    active: bool = False
+
+
+def bindings_dir() -> Path:
+    path = get_settings().home() / "proxies"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _binding_path(name: str) -> Path:
+    return bindings_dir() / (name.replace("/", "_") + ".json")
+
+
+class SandboxProxyActor:
+    """One sandbox's proxy. Construct through :func:`start_proxy`, not directly."""
+
+    def __init__(self, name: str, backend: dict[str, Any], heartbeat_s: float = 30.0) -> None:
+        config = _BACKEND_CONFIG.validate_python(backend)
+        self._name = name
+        self._heartbeat_s = heartbeat_s
+        self._events: collections.deque[SandboxEvent] = collections.deque(maxlen=2000)
+        self._event_count = 0
+        self._sink: Any = None
+        self._session = SandboxSession(make_backend(config), on_event=self._record)
+        self._binding_file = _binding_path(name)
+        self._binding: ProxyBinding | None = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self._binding = ProxyBinding.model_validate(json.loads(self._binding_file.read_text()))
+        self.restarted = self._binding is not None
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _record(self, event: SandboxEvent) -> None:
+        self._events.append(event)
+        self._event_count += 1
+        if self._sink is not None:
+            self._sink.publish_sandbox_event.remote(event.model_dump(mode="json"))
+
+    def _save_binding(self) -> None:
+        if self._binding is None:
+            self._binding_file.unlink(missing_ok=True)
+            return
+        tmp = self._binding_file.with_suffix(".tmp")
+        tmp.write_text(self._binding.model_dump_json())
+        os.replace(tmp, self._binding_file)
+
+    async def _sandbox(self):  # type: ignore[no-untyped-def]
+        session = self._session
+        if session.sandbox is None and self._binding is not None:
+            await session.attach(self._binding.sandbox_id)
+            if self._binding.active:
+                session.start_heartbeat(self._heartbeat_s)
+        return session.require()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def ping(self) -> str:
+        return self._name
+
+    async def warm(self) -> int:
+        """Start the backend's standby sandboxes now (local backend); returns how many are ready."""
+        warm = getattr(self._session.backend, "warm", None)
+        if warm is not None:
+            await warm()
+        return len(getattr(self._session.backend, "_standby", []))
+
+    async def close_backend(self) -> None:
+        """End the standby sandboxes this proxy's backend started (before the actor is killed)."""
+        await self._session.backend.close()
+
+    async def create(
+        self, spec: SandboxSpec | dict[str, Any], build_id: str | None = None, component: str | None = None
+    ) -> str:
+        """Create the proxy's sandbox; returns its id."""
+        spec = _validate(SandboxSpec, spec, "spec")
+        if self._binding is not None:
+            raise SandboxError(f"proxy {self._name} already owns sandbox {self._binding.sandbox_id}")
+        sandbox = await self._session.create(spec)
+        self._binding = ProxyBinding(sandbox_id=sandbox.id, build_id=build_id, component=component)
+        self._save_binding()
+        return sandbox.id
+
+    async def attach(self, sandbox_id: str) -> str:
+        if not isinstance(sandbox_id, str) or not sandbox_id:
+            raise InvalidInputError("sandbox_id must be a non-empty string", field="sandbox_id")
+        sandbox = await self._session.attach(sandbox_id)
+        self._binding = ProxyBinding(sandbox_id=sandbox.id)
+        self._save_binding()
+        return sandbox.id
+
+    async def restore(self, ref: SnapshotRef | dict[str, Any]) -> str:
+        """Replace the sandbox with one restored from a checkpoint (respawn); returns the new id."""
+        ref = _validate(SnapshotRef, ref, "ref")
+        with contextlib.suppress(SandboxError):
+            await self._sandbox()
+        sandbox = await self._session.restore(ref)
+        previous = self._binding
+        self._binding = ProxyBinding(
+            sandbox_id=sandbox.id,
+            build_id=previous.build_id if previous else None,
+            component=previous.component if previous else None,
+            active=previous.active if previous else False,
+        )
+        self._save_binding()
+        return sandbox.id
+
+    async def sandbox_id(self) -> str | None:
+        return self._binding.sandbox_id if self._binding else None
+
+    async def set_active(self, active: bool) -> None:
+        """While the build is active, a heartbeat extends the sandbox's TTL."""
+        await self._sandbox()
+        assert self._binding is not None
+        self._binding.active = bool(active)
+        self._save_binding()
+        if active:
+            self._session.start_heartbeat(self._heartbeat_s)
+        else:
+            self._session.stop_heartbeat()
+
+    async def set_event_sink(self, sink: Any) -> None:
+        """An actor with ``publish_sandbox_event(dict)`` that receives every state change."""
+        self._sink = sink
+
+    async def events(self, after: int = 0) -> tuple[int, list[SandboxEvent]]:
+        """Events recorded since the ``after``-th one (this incarnation), and the new count."""
+        skipped = self._event_count - len(self._events)
+        start = max(0, after - skipped)
+        return self._event_count, list(self._events)[start:]
+
+    async def metering(self) -> Metering:
+        await self._sandbox()
+        return self._session.metering()
+
+    async def terminate(self) -> None:
+        """End the sandbox and forget the binding (the actor itself stays for reuse or kill)."""
+        with contextlib.suppress(SandboxError):
+            await self._sandbox()
+        await self._session.terminate()
+        self._session.sandbox = None
+        self._binding = None
+        self._save_binding()
+
+    # --- the sandbox operations --------------------------------------------------------
+
+    async def exec(
+        self,
+        command: list[str] | str,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult:
+        sandbox = self._session.sandbox or await self._sandbox()
+        self._session.count_exec()
+        return await sandbox.exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+
+    async def exec_stream(
+        self,
+        command: list[str] | str,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ExecChunk]:
+        """Call with ``.options(num_returns="streaming")``: yields chunks as output comes."""
+        sandbox = await self._sandbox()
+        self._session.count_exec()
+        async for chunk in sandbox.exec_stream(command, cwd=cwd, env=env, timeout=timeout):
+            yield chunk
+
+    async def write_file(self, path: str, data: bytes | str, mode: int | None = None) -> None:
+        await (await self._sandbox()).write_file(path, data, mode=mode)
+
+    async def read_file(self, path: str) -> bytes:
+        return await (await self._sandbox()).read_file(path)
+
+    async def list_files(self, pattern: str = "**/*") -> list[FileInfo]:
+        return await (await self._sandbox()).list_files(pattern)
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        await (await self._sandbox()).remove(path, recursive=recursive)
+
+    async def snapshot(self) -> SnapshotRef:
+        await self._sandbox()
+        return await self._session.snapshot()
+
+    async def expose(self, port: int) -> str:
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise InvalidInputError(f"port must be an integer, not {port!r}", field="port")
+        await self._sandbox()
+        return await self._session.expose(port)
+
+    async def keepalive(self) -> None:
+        await (await self._sandbox()).keepalive()
+
+    async def status(self) -> SandboxStatus:
+        if self._binding is None:
+            return SandboxStatus.TERMINATED
+        with contextlib.suppress(SandboxError):
+            await self._sandbox()
+        return await self._session.status()
+
+
+def _validate(model: type[BaseModel], value: Any, field: str) -> Any:
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid {field}: {exc}", field=field) from exc
+
+
+SandboxProxy = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(SandboxProxyActor)
+
+
+def proxy_name(build_id: str, sid: str) -> str:
+    """The actor name DESIGN.md gives a build's sandbox proxy."""
+    return f"build:{build_id}:sbx:{sid}"
+
+
+def start_proxy(
+    name: str, backend: dict[str, Any], *, heartbeat_s: float = 30.0, resources: dict[str, float] | None = None
+):  # type: ignore[no-untyped-def]
+    """Start a detached, named, restartable proxy in namespace ``kriptik``."""
+    return SandboxProxy.options(name=name, namespace=NAMESPACE, lifetime="detached", resources=resources or {}).remote(
+        name, backend, heartbeat_s
+    )
+
+
+def forget_binding(name: str) -> None:
+    """Drop a proxy's binding file (after the actor is killed for good)."""
+    _binding_path(name).unlink(missing_ok=True)
