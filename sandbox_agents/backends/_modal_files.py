@@ -37,7 +37,15 @@ class ModalFiles:
     def id(self) -> str:  # pragma: no cover - provided by the sandbox
         raise NotImplementedError
 
-    async def exec(self, command: list[str] | str, **kwargs: Any) -> ExecResult:  # pragma: no cover
+    async def exec(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult:  # pragma: no cover - provided by the sandbox
         raise NotImplementedError
 
     def _rel(self, path: str) -> str:

@@ -38,6 +38,7 @@ from sandbox_agents.backends.base import (
     ExecRequest,
     ExecResult,
     NetworkPolicy,
+    Sandbox,
     SandboxSpec,
     SandboxStatus,
     SnapshotRef,
@@ -436,10 +437,10 @@ class ModalBackend:
             raise SandboxNotFoundError(f"Modal sandbox {sandbox_id} was not created by KripTik", sandbox_id=sandbox_id)
         return sandbox
 
-    async def list(self, tags: dict[str, str] | None = None) -> list[ModalSandbox]:
+    async def list(self, tags: dict[str, str] | None = None) -> list[Sandbox]:
         """Running sandboxes of our App whose tags include ``tags`` (``Sandbox.list(tags=)``)."""
         app = await self._connect()
-        found: list[ModalSandbox] = []
+        found: list[Sandbox] = []
         with modal_errors(self.sdk):
             async for handle in self.sdk.Sandbox.list.aio(
                 app_id=app.app_id, tags=dict(tags or {}) or None, **self._client_kwargs()

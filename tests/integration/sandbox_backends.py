@@ -43,8 +43,12 @@ async def open_backend(name: str, tmp_path: Path) -> AsyncIterator[BackendUnderT
         from tests.fakes.fake_modal import make_fake_modal_backend
 
         modal = make_fake_modal_backend(tmp_path)
+
+        def reopen() -> SandboxBackend:  # a new backend object on the same fake cloud
+            return type(modal)(modal.config, sdk=modal._sdk, settings=modal._settings)
+
         try:
-            yield BackendUnderTest(modal, lambda: make_fake_modal_backend(tmp_path))
+            yield BackendUnderTest(modal, reopen)
         finally:
             for sandbox in await modal.list():
                 with contextlib.suppress(Exception):
