@@ -1,0 +1,55 @@
+"""Helpers shared by the benchmarks: percentiles, a private Ray, the JSON last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def p50(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    """Print a human summary, then (with --json) the one JSON object as the last line."""
+    if not as_json:
+        for key, value in result.items():
+            print(f"{key:>28}: {value}")
+        return
+    print(json.dumps(result), flush=True)
+    sys.stdout.flush()
+
+
+@contextmanager
+def private_ray(num_cpus: int = 4) -> Iterator[Any]:
+    """A single-node Ray of our own, with its session files in a temp dir."""
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="kriptik-bench-ray-")
+    os.environ.setdefault("KRIPTIK_HOME", tempfile.mkdtemp(prefix="kriptik-bench-home-"))
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        namespace="kriptik",
+        log_to_driver=False,
+        _temp_dir=tmp,
+        runtime_env={"env_vars": {"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]}},
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,205 @@
+"""The LLM tool loop of one agent, as a plain class (the agent actor owns one).
+
+Each turn asks the provider for one assistant turn keyed by ``TurnKey(role, task, turn)``
+— the key replay looks answers up by — with a system prompt rebuilt from the build's
+context as it is *now*, runs the tool calls it asks for in order, and feeds the results
+back. The loop ends when the model answers without tool calls, or at a limit: steps,
+tokens, or the same call repeated (a model going round in circles costs money and
+teaches nothing). Provider errors end the run with status ``error`` and their text; a
+replay miss in particular must be visible, never a silent "done".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentStatus, AgentTask
+from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP, build_system_prompt, task_message
+from sandbox_agents.errors import LLMError
+from sandbox_agents.llm.base import (
+    AssistantTurn,
+    LLMProvider,
+    LLMRequest,
+    Message,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+    TurnKey,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Reads the build's unified context; called before every turn so the agent sees the latest.
+ContextSource = Callable[[], Awaitable[Mapping[str, Any]]]
+
+CONTINUE_AFTER_CUTOFF = "Your reply was cut off at the token limit. Continue where you stopped."
+
+
+class ToolBox(Protocol):
+    """What the loop needs of its tools (:class:`~sandbox_agents.tools.AgentTools` is one)."""
+
+    exec_count: int
+
+    def specs(self) -> list[ToolSpec]: ...
+
+    async def call(self, call: ToolCall) -> ToolResult: ...
+
+    @property
+    def changes(self) -> dict[str, str | None]: ...
+
+    def reset_tracking(self) -> None: ...
+
+
+async def _no_context() -> Mapping[str, Any]:
+    return {}
+
+
+class AgentLoop:
+    """Runs tasks for one agent role: LLM turns and tool calls until done or a limit.
+
+    Args:
+        provider: Where assistant turns come from (live or replay).
+        tools: The agent's tools on its sandbox.
+        role: The agent's role; with the task id and turn index it keys every request.
+        limits: Step, token and repetition bounds of one run.
+        context_source: Reads the unified context; re-read every turn.
+        context_cap: Most characters of rendered context in the system prompt.
+        model: Override of the provider's model (tournament strategies).
+        workdir: The sandbox's workspace root, for the prompt.
+    """
+
+    def __init__(
+        self,
+        provider: LLMProvider,
+        tools: ToolBox,
+        *,
+        role: str,
+        limits: AgentLimits | None = None,
+        context_source: ContextSource | None = None,
+        context_cap: int = DEFAULT_CONTEXT_CAP,
+        model: str | None = None,
+        workdir: str = "/workspace",
+    ) -> None:
+        self.provider = provider
+        self.tools = tools
+        self.role = role
+        self.limits = limits or AgentLimits()
+        self.context_source = context_source or _no_context
+        self.context_cap = context_cap
+        self.model = model
+        self.workdir = workdir
+        self._last_context: Mapping[str, Any] = {}
+
+    async def run(self, task: AgentTask) -> AgentOutcome:
+        """Work on ``task`` until the model is done or a limit is reached.
+
+        Returns:
+            The outcome; its status says why the run ended. It never raises for a model's,
+            a tool's or a provider's failure.
+
+        Raises:
+            asyncio.CancelledError: When the caller cancels the run.
+        """
+        self.tools.reset_tracking()
+        limits = self.limits
+        messages = [Message(role="user", content=task_message(task))]
+        usage = Usage()
+        turn = 0
+        tool_calls = 0
+        final_text = ""
+        status: AgentStatus = "done"
+        error: str | None = None
+        last_call: tuple[str, str] | None = None
+        repeats = 0
+
+        while True:
+            if turn >= limits.max_steps:
+                status, error = "step_limit", f"reached max_steps={limits.max_steps} without finishing"
+                break
+            if usage.total_tokens >= limits.max_tokens:
+                status = "token_budget"
+                error = f"spent {usage.total_tokens} tokens, budget max_tokens={limits.max_tokens}"
+                break
+            request = LLMRequest(
+                key=TurnKey(role=self.role, task=task.id, turn=turn),
+                system=build_system_prompt(
+                    self.role, task, await self._read_context(), context_cap=self.context_cap, workdir=self.workdir
+                ),
+                messages=list(messages),
+                tools=self.tools.specs(),
+                max_tokens=limits.max_tokens_per_turn,
+                model=self.model,
+            )
+            try:
+                reply = await self.provider.complete(request)
+            except asyncio.CancelledError:
+                raise
+            except LLMError as exc:
+                status, error = "error", f"{type(exc).__name__}: {exc}"
+                logger.warning("agent %s task %s turn %d: provider failed: %s", self.role, task.id, turn, error)
+                break
+            except Exception as exc:  # an SDK error that escaped translation still ends the run cleanly
+                status, error = "error", f"{type(exc).__name__}: {exc}"
+                logger.exception("agent %s task %s turn %d: provider raised", self.role, task.id, turn)
+                break
+            turn += 1
+            usage = _add(usage, reply)
+            final_text = reply.text or final_text
+            messages.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
+
+            if not reply.tool_calls:
+                if reply.stop_reason == "max_tokens":
+                    messages.append(Message(role="user", content=CONTINUE_AFTER_CUTOFF))
+                    continue
+                break
+
+            results: list[ToolResult] = []
+            for call in reply.tool_calls:
+                signature = (call.name, json.dumps(call.arguments, sort_keys=True, default=str))
+                repeats = repeats + 1 if signature == last_call else 1
+                last_call = signature
+                if repeats >= limits.stuck_repeats:
+                    status = "stuck"
+                    error = f"tool {call.name} called {repeats} times in a row with the same arguments"
+                    break
+                results.append(await self.tools.call(call))
+                tool_calls += 1
+            messages.append(Message(role="tool", tool_results=results))
+            if status == "stuck":
+                logger.info("agent %s task %s: %s", self.role, task.id, error)
+                break
+
+        return AgentOutcome(
+            task_id=task.id,
+            status=status,
+            turns=turn,
+            changed_files=self.tools.changes,
+            usage=usage,
+            final_text=final_text,
+            tool_calls=tool_calls,
+            exec_count=self.tools.exec_count,
+            error=error,
+        )
+
+    async def _read_context(self) -> Mapping[str, Any]:
+        """The current context; on a read failure the last one read, so a bus hiccup does not end the run."""
+        try:
+            self._last_context = await self.context_source()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("agent %s: context read failed; using the previous context", self.role, exc_info=True)
+        return self._last_context
+
+
+def _add(total: Usage, reply: AssistantTurn) -> Usage:
+    return Usage(
+        input_tokens=total.input_tokens + reply.usage.input_tokens,
+        output_tokens=total.output_tokens + reply.usage.output_tokens,
+        cost_usd=total.cost_usd + reply.usage.cost_usd,
+    )
