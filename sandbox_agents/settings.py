@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     """Default sandbox backend."""
     kriptik_llm: Literal["replay", "anthropic", "openai"] = "replay"
     """Default LLM provider."""
+    kriptik_cassettes: str | None = None
+    """Cassette files for the replay provider, separated by ``:`` (os.pathsep)."""
     kriptik_sandbox_uid: int = 61000
     """Host uid (and gid) that local sandboxes run as; never 0."""
 
