@@ -348,3 +348,20 @@ async def test_ttl_and_idle_timeout_end_the_sandbox_on_their_own(but: BackendUnd
     assert await poll(both_dead, 20, 0.2)
     await ttl.terminate()
     await idle.terminate()
+
+
+async def test_the_shell_entry_chain_behaves_like_the_native_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the compiled kriptik-enter, commands go through sh + nsenter + setpriv, same contract."""
+    monkeypatch.setenv("KRIPTIK_ENTER", "shell")
+    async with open_backend("local", tmp_path) as opened:
+        sandbox = await opened.backend.create(SandboxSpec(env={"A": "1"}))
+        await sandbox.write_file("d/x.txt", "x")
+        result = await sandbox.exec("echo $A; pwd; id -u; grep CapEff /proc/self/status; exit 5", cwd="d")
+        assert result.exit_code == 5
+        lines = result.stdout.split()
+        assert lines[:2] == ["1", "/workspace/d"] and lines[2] != "0" and lines[-1] == "0000000000000000"
+        with pytest.raises(SandboxTimeoutError):
+            await sandbox.exec("sleep 30", timeout=0.5)
+        await sandbox.terminate()
