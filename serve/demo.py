@@ -56,7 +56,9 @@ async def _run(sandboxes: int, console: Console) -> dict[str, Any]:
     for i, (handle, out) in enumerate(zip(handles, outputs, strict=True)):
         table.add_row(await handle.sandbox_id.remote(), str(creates[i]), out.stdout.strip())
     console.print(table)
-    console.print(f"snapshot {timings['snapshot_ms']} ms, restore {timings['restore_ms']} ms → {restored.stdout.strip()}")
+    console.print(
+        f"snapshot {timings['snapshot_ms']} ms, restore {timings['restore_ms']} ms → {restored.stdout.strip()}"
+    )
     for handle in handles:
         await release(handle)
     await pool.close()

@@ -1,0 +1,34 @@
+"""The verification swarm's six verifiers (floor 1: plain Python, acting on a sandbox).
+
+``VerificationSwarm(default_verifiers()).run(sandbox, target)`` runs them all; each verifier
+is also usable on its own. See docs/verification.md.
+"""
+
+from sandbox_agents.verifiers.base import DesignTokens, Verifier, VerifyTarget
+from sandbox_agents.verifiers.code_quality import CodeQuality
+from sandbox_agents.verifiers.design_style import DesignStyleChecker
+from sandbox_agents.verifiers.error_checker import ErrorChecker
+from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport, VerifierReport
+from sandbox_agents.verifiers.placeholders import PlaceholderEliminator
+from sandbox_agents.verifiers.security import SecurityScanner
+from sandbox_agents.verifiers.swarm import VerificationSwarm, default_verifiers
+from sandbox_agents.verifiers.visual import Chromium, VisualVerifier
+
+__all__ = [
+    "Chromium",
+    "CodeQuality",
+    "DesignStyleChecker",
+    "DesignTokens",
+    "ErrorChecker",
+    "Finding",
+    "PlaceholderEliminator",
+    "SecurityScanner",
+    "Severity",
+    "SwarmReport",
+    "VerificationSwarm",
+    "Verifier",
+    "VerifierReport",
+    "VerifyTarget",
+    "VisualVerifier",
+    "default_verifiers",
+]
