@@ -38,7 +38,9 @@ def private_ray(num_cpus: int = 4) -> Iterator[Any]:
     import ray
 
     tmp = tempfile.mkdtemp(prefix="kriptik-bench-ray-")
-    os.environ.setdefault("KRIPTIK_HOME", tempfile.mkdtemp(prefix="kriptik-bench-home-"))
+    own_home = "KRIPTIK_HOME" not in os.environ
+    if own_home:
+        os.environ["KRIPTIK_HOME"] = tempfile.mkdtemp(prefix="kriptik-bench-home-")
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -53,3 +55,20 @@ def private_ray(num_cpus: int = 4) -> Iterator[Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+        if own_home:
+            _purge_home(os.environ.pop("KRIPTIK_HOME"))
+
+
+def _purge_home(home: str) -> None:
+    """End the local sandboxes a private home left behind and delete it."""
+    import asyncio
+    from pathlib import Path
+
+    from sandbox_agents.backends.config import LocalBackendConfig
+    from sandbox_agents.backends.local import LocalBackend
+    from sandbox_agents.backends.local_sandbox_state import default_root
+
+    root = default_root(Path(home))
+    if root.exists():
+        asyncio.run(LocalBackend(LocalBackendConfig(root=root)).purge())
+    shutil.rmtree(home, ignore_errors=True)

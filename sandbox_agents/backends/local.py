@@ -183,6 +183,14 @@ class LocalBackend:
         if self.config.standby and (self._refill is None or self._refill.done()):
             self._refill = asyncio.get_running_loop().create_task(self.warm())
 
+    async def purge(self) -> None:
+        """End every sandbox under this root (standby ones too) and delete the root: for test and bench homes."""
+        await self.close()
+        for entry in self.root.glob("sbx-*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                self._sandbox(LocalState.load(entry)).destroy_now()
+        remove_tree(self.root)
+
     def sweep(self) -> int:
         """End standby sandboxes left behind by processes that died (their own loop ends them too)."""
         ended = 0
