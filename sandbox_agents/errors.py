@@ -188,5 +188,9 @@ class BudgetExceededError(BuildError):
     """The build's budget is spent."""
 
 
+class StoreError(KriptikError, RuntimeError):
+    """The build store cannot do what was asked (misuse of a transaction, a newer schema, a broken file)."""
+
+
 class ContractError(BuildError, ValueError):
     """An intent contract is invalid or has drifted from its lock."""
