@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.integration.conftest_bus"]
+
 # A state home of our own, before anything reads settings: never the user's ~/.kriptik.
 _HOME = Path(tempfile.mkdtemp(prefix="kriptik-test-home-"))
 os.environ.setdefault("KRIPTIK_HOME", str(_HOME))

@@ -1,0 +1,212 @@
+"""Typed messages of the context bus and the build's event log.
+
+Every stream entry carries exactly one of the message kinds below; the kinds form a
+tagged union on ``type`` so a subscriber validates an entry in one step and an unknown
+kind is refused (and dead-lettered) instead of being half-understood. Each kind travels on
+one channel (``CHANNEL_OF``), so a subscriber picks what it hears by channel.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Channel = Literal["context", "file-change", "errors", "progress", "merge", "events"]
+"""The per-build streams: five bus channels and the event log (``events``)."""
+
+CHANNELS: tuple[Channel, ...] = ("context", "file-change", "errors", "progress", "merge", "events")
+
+
+class _Message(BaseModel):
+    """Common base: messages are immutable values and refuse unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContextUpdate(_Message):
+    """A discovery or decision an agent shares with the whole build (latest value per key wins)."""
+
+    type: Literal["context_update"] = "context_update"
+    key: str = Field(min_length=1, max_length=512)
+    """What the value is about, e.g. ``api.auth.scheme``; the unified context keeps the latest per key."""
+    value: Any = None
+    """Any msgpack-serialisable value (str, number, bool, None, list, dict)."""
+    kind: Literal["discovery", "decision", "note"] = "discovery"
+    """Decisions bind other agents; discoveries and notes inform them."""
+
+
+class FileChange(_Message):
+    """A file in a sandbox's workspace was written or deleted."""
+
+    type: Literal["file_change"] = "file_change"
+    path: str = Field(min_length=1, max_length=4096)
+    """Workspace-relative path."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Hex digest of the new content; ``None`` means the file was deleted."""
+    sandbox_id: str
+    """Sandbox whose workspace changed."""
+    agent: str = ""
+    """Agent that made the change, if an agent did."""
+
+
+class ErrorReport(_Message):
+    """An error seen by an agent or a verifier; ``resolved=True`` retracts an earlier report."""
+
+    type: Literal["error_report"] = "error_report"
+    source: str = Field(min_length=1)
+    """Who saw it: ``tsc``, ``pytest``, ``agent:sbx-1:0`` …"""
+    message: str
+    """The error text (compressed on the wire when large)."""
+    file: str | None = None
+    """File the error points at, if any."""
+    line: int | None = Field(default=None, ge=0)
+    """Line the error points at, if any."""
+    resolved: bool = False
+    """True when this report says the error with the same (source, file, line) is gone."""
+
+    def error_key(self) -> str:
+        """Identity of the error in the unified context: one entry per (source, file, line)."""
+        return f"{self.source}|{self.file or ''}|{'' if self.line is None else self.line}"
+
+
+class Progress(_Message):
+    """How far a phase or a task has got; ephemeral, never compacted."""
+
+    type: Literal["progress"] = "progress"
+    phase: str
+    """Build phase or task name."""
+    message: str = ""
+    """Human-readable status line."""
+    fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Completed share in [0, 1], when known."""
+
+
+class MergeRequest(_Message):
+    """A sandbox asks the MergeGate to merge one component at a given commit."""
+
+    type: Literal["merge_request"] = "merge_request"
+    component: str
+    """Component of the intent contract being merged."""
+    sandbox_id: str
+    """Sandbox holding the candidate."""
+    ref: str
+    """Commit or ref in that sandbox's workspace."""
+
+
+class Event(_Message):
+    """A generic entry of the build's event log (what SSE clients see)."""
+
+    type: Literal["event"] = "event"
+    kind: str = Field(min_length=1, max_length=128)
+    """Event name, e.g. ``phase.started``; the domain event unions live in contracts.py."""
+    data: dict[str, Any] = Field(default_factory=dict)
+    """Event payload (msgpack-serialisable)."""
+
+
+Message = Annotated[
+    ContextUpdate | FileChange | ErrorReport | Progress | MergeRequest | Event,
+    Field(discriminator="type"),
+]
+"""Any bus message, tagged on ``type``."""
+
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+CHANNEL_OF: dict[str, Channel] = {
+    "context_update": "context",
+    "file_change": "file-change",
+    "error_report": "errors",
+    "progress": "progress",
+    "merge_request": "merge",
+    "event": "events",
+}
+"""The channel each message kind is published on."""
+
+
+class Envelope(BaseModel):
+    """One delivered stream entry: the message plus where and when it was published."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    """Redis stream entry id (``ms-seq``); also the SSE event id."""
+    stream: str
+    """Full Redis key of the stream the entry was read from."""
+    sender: str
+    """Who published it (actor or agent name); empty if anonymous."""
+    ts: float
+    """Publisher's wall clock at publish time, seconds since the epoch."""
+    mid: str
+    """Publisher-assigned message id; equal on a re-sent copy, so duplicates can be recognised."""
+    message: Message
+    """The payload."""
+
+
+class DeadLetter(BaseModel):
+    """An entry that could not be handled, moved aside with the reason."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    """Entry id in the dead-letter stream."""
+    source_stream: str
+    """Stream the failed entry came from."""
+    source_id: str
+    """Its id there."""
+    group: str
+    """Consumer group that gave up on it."""
+    consumer: str
+    """Consumer that gave up on it."""
+    reason: Literal["decode", "handler"]
+    """``decode``: the entry is malformed; ``handler``: the handler failed ``attempts`` times."""
+    error: str
+    """The decode error or the handler's last exception."""
+    attempts: int
+    """Deliveries made before giving up (0 for decode failures)."""
+    raw: dict[str, bytes]
+    """The original entry's fields, byte for byte."""
+
+
+class FileState(BaseModel):
+    """Latest known state of one file in the unified context."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str
+    sandbox_id: str
+    agent: str
+    ts: float
+
+
+class ContextValue(BaseModel):
+    """Latest value of one context key in the unified context."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: Any
+    kind: Literal["discovery", "decision", "note"]
+    sender: str
+    ts: float
+
+
+class KnownError(BaseModel):
+    """An unresolved error in the unified context."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    message: str
+    file: str | None
+    line: int | None
+    sender: str
+    ts: float
+
+
+class UnifiedContext(BaseModel):
+    """The compacted snapshot of a build: latest value per key, file hashes and open errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    context: dict[str, ContextValue] = Field(default_factory=dict)
+    files: dict[str, FileState] = Field(default_factory=dict)
+    errors: dict[str, KnownError] = Field(default_factory=dict)

@@ -1,0 +1,276 @@
+"""A managed local ``redis-server`` for when ``REDIS_URL`` is unset.
+
+The server listens on 127.0.0.1 only (so protected mode has nothing to protect and is
+off), keeps its files under ``KRIPTIK_HOME/redis`` and runs with AOF on and
+``appendfsync everysec``: every write reaches the AOF, which is fsynced once a second.
+A clean stop (SIGTERM) fsyncs and loses nothing; only a crash of the host or a SIGKILL of
+Redis can lose up to about one second of bus traffic. ``always`` would close that window
+but puts an fsync in front of every reply — a disk flush on the fan-out path, which would
+cost the bus its millisecond latency; the durable state of a build lives in SQLite, and
+after a crash actors republish from it, so one second is the better trade.
+
+One data directory belongs to one server: a lock file guards it, and a ``port`` file lets
+other processes on the host find the running server (see :func:`redis_url`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import fcntl
+import logging
+import shutil
+import socket
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO, Literal
+
+import redis
+
+from sandbox_agents.errors import ConfigError, KriptikError
+from sandbox_agents.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class RedisStartError(KriptikError, RuntimeError):
+    """The managed redis-server did not come up."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class ManagedRedis:
+    """One local redis-server process with AOF, owned by this object.
+
+    Args:
+        data_dir: directory for the AOF, log, lock and port files (created).
+        port: fixed port; a free one is chosen at the first start if ``None``.
+        appendfsync: ``everysec`` (default, see module docstring) or ``always``.
+        executable: the redis-server binary.
+        start_timeout: seconds to wait for PING and ``loading:0``.
+
+    The constructor does no I/O. Use :meth:`start`/:meth:`stop`, ``with`` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        port: int | None = None,
+        appendfsync: Literal["everysec", "always"] = "everysec",
+        executable: str = "redis-server",
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.appendfsync = appendfsync
+        self.executable = executable
+        self.start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock: IO[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``; valid once started."""
+        if self.port is None:
+            raise RedisStartError("managed redis has no port yet: start it first")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server, if started."""
+        return None if self._proc is None else self._proc.pid
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING and has finished loading its AOF.
+
+        Raises:
+            ConfigError: redis-server is not installed, or another process owns the data dir.
+            RedisStartError: it exited or did not become ready in ``start_timeout``.
+        """
+        if self.running:
+            return
+        self._spawn()
+        deadline = time.monotonic() + self.start_timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                self._kill()
+                raise RedisStartError(f"redis-server on port {self.port} not ready in {self.start_timeout}s")
+            time.sleep(0.005)
+        logger.info("managed redis-server pid %s on %s (data %s)", self.pid, self.url, self.data_dir)
+
+    async def astart(self) -> None:
+        """:meth:`start` without blocking the event loop while Redis loads."""
+        if self.running:
+            return
+        self._spawn()
+        deadline = time.monotonic() + self.start_timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                self._kill()
+                raise RedisStartError(f"redis-server on port {self.port} not ready in {self.start_timeout}s")
+            await asyncio.sleep(0.005)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server cleanly (SIGTERM: AOF fsynced), SIGKILL after ``timeout``; idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.error("redis-server pid %s ignored SIGTERM for %ss; killing it", proc.pid, timeout)
+                proc.kill()
+                proc.wait()
+        self._release()
+
+    def kill(self) -> None:
+        """SIGKILL the server (tests: a crash; up to ~1 s of writes may be lost with everysec)."""
+        self._kill()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same data (AOF is reloaded)."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> ManagedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> ManagedRedis:
+        await self.astart()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        exe = shutil.which(self.executable)
+        if exe is None:
+            raise ConfigError(f"{self.executable} not found: install redis-server or set REDIS_URL")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        if self.port is None:
+            self.port = free_port()
+        args = [
+            exe,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "no",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+            "--databases", "1",
+        ]  # fmt: skip
+        # Die with us even when we are SIGKILLed (no atexit then). PDEATHSIG fires when the spawning
+        # *thread* ends, so it is only set when spawning from the main thread.
+        on_main = threading.current_thread() is threading.main_thread()
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if on_main else None,
+        )
+        (self.data_dir / "port").write_text(str(self.port))
+        atexit.register(self.stop)
+
+    def _ready(self) -> bool:
+        if self._proc is None or self._proc.poll() is not None:
+            code = None if self._proc is None else self._proc.returncode
+            self._release()
+            raise RedisStartError(f"redis-server exited with {code}; see {self.data_dir / 'redis.log'}")
+        try:
+            client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1.0)
+            with contextlib.closing(client):
+                client.ping()
+                return client.info("persistence").get("loading") == 0
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError):
+            return False
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._release()
+
+    def _acquire(self) -> None:
+        lock = open(self.data_dir / "lock", "w")  # noqa: SIM115 - held for the server's lifetime
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.close()
+            raise ConfigError(f"another managed redis-server owns {self.data_dir}") from exc
+        self._lock = lock
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+_managed: ManagedRedis | None = None
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    """The Redis the bus should use: ``REDIS_URL`` if set, else a managed local server.
+
+    If another process on this host already runs the managed server of ``KRIPTIK_HOME``
+    (e.g. ``kriptik up``), its URL is returned; otherwise one is started in this process
+    and stopped when it exits.
+    """
+    global _managed
+    settings = settings or get_settings()
+    if settings.redis_url:
+        return settings.redis_url
+    if _managed is not None and _managed.running:
+        return _managed.url
+    data_dir = settings.home() / "redis"
+    server = ManagedRedis(data_dir)
+    try:
+        server.start()
+    except ConfigError:
+        port_file = data_dir / "port"
+        if not port_file.exists():
+            raise
+        url = f"redis://127.0.0.1:{int(port_file.read_text())}/0"
+        with contextlib.closing(redis.Redis.from_url(url, socket_connect_timeout=1.0)) as client:
+            client.ping()
+        return url
+    _managed = server
+    return server.url
