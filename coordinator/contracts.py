@@ -1,0 +1,407 @@
+"""The intent contract: what a build must deliver, decided once (Phase 0) and then locked.
+
+A plain-language prompt becomes an :class:`IntentContract`: the app's components (each with
+its tasks, check command and dev server), success criteria that a machine can check, a budget
+and constraints. Everything downstream — the fleet plan, the merge order, "done" — reads
+this one document, so it is validated as a whole here: names are unique, dependencies exist
+and form no cycle (the error names it), criteria point at existing components. Bad input is
+refused with :class:`ContractInvalidError` (a :class:`ContractError`) listing every problem,
+so a planner LLM can fix them all in one retry.
+
+Success criteria are a tagged union on ``type``: ``command``, ``http``, ``ui``, ``file`` and
+``route``; ``coordinator.intent.check_satisfaction`` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from coordinator.tournament import TournamentSettings
+from sandbox_agents.agent_models import AgentTask
+from sandbox_agents.errors import ContractError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+"""Component names appear in slot ids, agent roles, sandbox tags and replay keys."""
+TASK_ID = r"^[^#\s~]{1,200}$"
+"""``#`` is reserved for the team's attempt suffixes (``#retry1``), ``~`` for slot ids."""
+
+ComponentKind = Literal["frontend", "backend", "database", "api-integrations", "auth", "payments", "other"]
+Command = list[str] | str
+
+
+class ContractInvalidError(ContractError):
+    """A contract failed validation; ``problems`` lists every reason, one per entry."""
+
+    def __init__(self, message: str, *, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- components ------------------------------------------------------------------------
+
+
+class ContractTask(_Model):
+    """One task of a component; it becomes an :class:`AgentTask` (and a team task) unchanged."""
+
+    id: str = Field(pattern=TASK_ID)
+    """Stable id, unique within its component; the ``task`` of the agents' TurnKeys."""
+    title: str = Field(min_length=1)
+    instructions: str = ""
+    acceptance: str = ""
+    """What must hold for the task to count as done, in words."""
+    check_command: Command | None = None
+    """Exit code 0 shows the task is done."""
+    depends_on: tuple[str, ...] = ()
+    """Tasks of the same component that must be done first."""
+    files: tuple[str, ...] = ()
+    """Files the task is expected to touch (a hint)."""
+
+    def to_agent_task(self, *, note: str = "") -> AgentTask:
+        """The agent-facing task, with ``note`` (e.g. a strategy suffix) appended to the instructions."""
+        instructions = (self.instructions + (f"\n\n{note}" if note else "")).strip()
+        return AgentTask(
+            id=self.id,
+            title=self.title,
+            instructions=instructions,
+            acceptance=self.acceptance,
+            check_command=self.check_command,
+            files=self.files,
+        )
+
+
+class DevServer(_Model):
+    """How to serve a component for previews and HTTP/UI criteria."""
+
+    command: Command
+    """Starts the server in the foreground (the preview runs it in the background)."""
+    port: int = Field(ge=1, le=65535)
+    ready_path: str = Field(default="/", pattern=r"^/")
+    """Polled until it answers, to know the server is up."""
+
+
+class DesignTokens(_Model):
+    """Optional visual language the design-style verifier and frontend agents follow."""
+
+    colors: dict[str, str] = Field(default_factory=dict)
+    fonts: dict[str, str] = Field(default_factory=dict)
+    spacing: dict[str, str | int | float] = Field(default_factory=dict)
+
+
+class Component(_Model):
+    """One part of the app, built in its own sandbox(es) by one team."""
+
+    name: str = Field(pattern=NAME)
+    kind: ComponentKind
+    description: str = Field(min_length=1)
+    depends_on: tuple[str, ...] = ()
+    """Components merged before this one (the frontend needs the backend's API)."""
+    tasks: tuple[ContractTask, ...] = Field(min_length=1)
+    check_command: Command | None = None
+    """Build/test command; it must pass before the component may be merged."""
+    install: tuple[str, ...] = ()
+    """Install commands (shell strings); the only commands given the network."""
+    dev_server: DevServer | None = None
+    profile: str | None = None
+    """Sandbox profile/image; None takes the planner default."""
+    agents: int | None = Field(default=None, ge=1, le=5)
+    """Team size wish; the plan clamps it (default: one per task, 3–5)."""
+    design: DesignTokens | None = None
+    tournament: TournamentSettings = Field(default_factory=TournamentSettings)
+
+
+# --- success criteria --------------------------------------------------------------------
+
+
+class _Criterion(_Model):
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    """Stable id for reports; filled in as ``{type}-{n}`` when absent."""
+    description: str = ""
+    component: str | None = None
+    """Component the criterion is about (and whose dev server HTTP/UI checks reach)."""
+
+
+class CommandCriterion(_Criterion):
+    """A command exits with ``expect_exit``."""
+
+    type: Literal["command"] = "command"
+    command: Command
+    expect_exit: int = 0
+    timeout_s: float = Field(default=300.0, gt=0, le=3600)
+
+
+class HttpCriterion(_Criterion):
+    """An HTTP request to the served app answers ``expected_status`` (and contains a text)."""
+
+    type: Literal["http"] = "http"
+    path: str = Field(pattern=r"^/")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "GET"
+    request_body: Any = None
+    """Sent as JSON when not None."""
+    expected_status: int = Field(default=200, ge=100, le=599)
+    body_contains: str | None = None
+
+
+class UiCriterion(_Criterion):
+    """A page shows an element/text in a real browser, without console errors."""
+
+    type: Literal["ui"] = "ui"
+    path: str = Field(default="/", pattern=r"^/")
+    selector: str | None = None
+    text: str | None = None
+    no_console_errors: bool = True
+
+
+class FileCriterion(_Criterion):
+    """A workspace path exists."""
+
+    type: Literal["file"] = "file"
+    path: str = Field(min_length=1)
+
+
+class RouteCriterion(_Criterion):
+    """A route exists in the served app: GET answers anything but 404."""
+
+    type: Literal["route"] = "route"
+    path: str = Field(pattern=r"^/")
+
+
+Criterion = Annotated[
+    CommandCriterion | HttpCriterion | UiCriterion | FileCriterion | RouteCriterion,
+    Field(discriminator="type"),
+]
+
+
+class Budget(_Model):
+    """Most the build may spend; the budget ledger enforces it."""
+
+    usd: float = Field(default=10.0, gt=0)
+    llm_tokens: int = Field(default=5_000_000, gt=0)
+    compute_seconds: float = Field(default=4 * 3600.0, gt=0)
+    """Sandbox CPU-seconds over the whole fleet."""
+
+
+# --- the contract ------------------------------------------------------------------------
+
+
+class IntentContract(_Model):
+    """Everything a build must deliver; locked by ``coordinator.intent.lock``."""
+
+    version: Literal[1] = 1
+    name: str = Field(pattern=NAME)
+    """Short app name."""
+    summary: str = Field(min_length=1)
+    """The app in a few sentences, as the user meant it."""
+    components: tuple[Component, ...] = Field(min_length=1)
+    success_criteria: tuple[Criterion, ...] = Field(min_length=1)
+    budget: Budget = Field(default_factory=Budget)
+    constraints: tuple[str, ...] = ()
+    """Things the build must (not) do, in words (e.g. "stdlib only")."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_criteria(cls, data: Any) -> Any:
+        """Give every criterion without an id the id ``{type}-{n}`` (n from 1 in the list)."""
+        if not isinstance(data, dict) or not isinstance(data.get("success_criteria"), list | tuple):
+            return data
+        named = []
+        for n, item in enumerate(data["success_criteria"], start=1):
+            if isinstance(item, dict) and not item.get("id"):
+                item = {**item, "id": f"{item.get('type', 'criterion')}-{n}"}
+            elif isinstance(item, _Criterion) and item.id is None:
+                item = item.model_copy(update={"id": f"{item.type}-{n}"})  # type: ignore[attr-defined]
+            named.append(item)
+        return {**data, "success_criteria": named}
+
+    @model_validator(mode="after")
+    def _whole_contract(self) -> IntentContract:
+        problems = contract_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def component(self, name: str) -> Component:
+        """The component called ``name``; raises InvalidInputError when there is none."""
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise InvalidInputError(f"no component {name!r} in contract {self.name!r}", field="component")
+
+    def criteria_of(self, component: str) -> list[Criterion]:
+        """The criteria about one component."""
+        return [c for c in self.success_criteria if c.component == component]
+
+
+def contract_problems(contract: IntentContract) -> list[str]:
+    """Every cross-field problem of a structurally valid contract (empty when it is sound)."""
+    problems: list[str] = []
+    names = [c.name for c in contract.components]
+    problems += [f"duplicate component name {n!r}" for n in _duplicates(names)]
+    known = set(names)
+    for comp in contract.components:
+        problems += [
+            f"component {comp.name!r} depends on unknown component {d!r}" for d in comp.depends_on if d not in known
+        ]
+        if comp.name in comp.depends_on:
+            problems.append(f"component {comp.name!r} depends on itself")
+        problems += _task_problems(comp)
+    cycle = find_cycle({c.name: [d for d in c.depends_on if d in known] for c in contract.components})
+    if cycle and len(cycle) > 2:  # a self-dependency is reported above
+        problems.append(f"dependency cycle among components: {' -> '.join(cycle)}")
+    ports: dict[int, str] = {}
+    for comp in contract.components:
+        if comp.dev_server is not None:
+            other = ports.setdefault(comp.dev_server.port, comp.name)
+            if other != comp.name:
+                problems.append(f"components {other!r} and {comp.name!r} both serve on port {comp.dev_server.port}")
+    ids = [c.id or "" for c in contract.success_criteria]
+    problems += [f"duplicate success criterion id {i!r}" for i in _duplicates(ids)]
+    by_name = {c.name: c for c in contract.components}
+    for crit in contract.success_criteria:
+        if crit.component is None:
+            continue
+        if crit.component not in by_name:
+            problems.append(f"success criterion {crit.id!r} refers to unknown component {crit.component!r}")
+        elif crit.type in ("http", "ui", "route") and by_name[crit.component].dev_server is None:
+            problems.append(
+                f"success criterion {crit.id!r} needs a served app but component {crit.component!r} has no dev_server"
+            )
+    return problems
+
+
+def _task_problems(comp: Component) -> list[str]:
+    ids = [t.id for t in comp.tasks]
+    problems = [f"component {comp.name!r}: duplicate task id {i!r}" for i in _duplicates(ids)]
+    for task in comp.tasks:
+        problems += [
+            f"component {comp.name!r}: task {task.id!r} depends on unknown task {d!r}"
+            for d in task.depends_on
+            if d not in ids
+        ]
+    cycle = find_cycle({t.id: [d for d in t.depends_on if d in ids] for t in comp.tasks})
+    if cycle:
+        problems.append(f"component {comp.name!r}: dependency cycle among tasks: {' -> '.join(cycle)}")
+    return problems
+
+
+def _duplicates(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({i for i in items if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """One dependency cycle as ``[a, b, …, a]``, or None; deterministic (nodes visited by name)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state and (found := visit(dep)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)) is not None:
+            return found
+    return None
+
+
+# --- parsing and loading ---------------------------------------------------------------------
+
+
+def parse_contract(data: Any) -> IntentContract:
+    """Validate a mapping (from YAML, JSON or a tool call) into a contract.
+
+    Raises:
+        ContractInvalidError: The contract is invalid; ``problems`` lists every reason with its location.
+    """
+    if isinstance(data, IntentContract):
+        return data
+    if not isinstance(data, dict):
+        raise ContractInvalidError(
+            f"a contract must be a mapping, not {type(data).__name__}", problems=["not a mapping"]
+        )
+    try:
+        return IntentContract.model_validate(data)
+    except ValidationError as exc:
+        problems = validation_problems(exc)
+        raise ContractInvalidError("invalid intent contract:\n- " + "\n- ".join(problems), problems=problems) from None
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Pydantic's errors as readable lines: ``components.1.kind: Input should be …``."""
+    problems: list[str] = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        for line in message.splitlines():
+            problems.append(f"{where}: {line}" if where else line)
+    return problems
+
+
+def load_contract(source: str | Path) -> IntentContract:
+    """A contract from a YAML/JSON file path or from YAML/JSON text.
+
+    A :class:`~pathlib.Path`, or a one-line string naming an existing file, is read; any other
+    string is parsed as text (JSON is YAML).
+
+    Raises:
+        ContractInvalidError: The text is not YAML or the contract is invalid (the message names the file).
+        InvalidInputError: The path cannot be read.
+    """
+    origin = "<text>"
+    text: str
+    if isinstance(source, Path) or _names_file(source):
+        path = Path(source)
+        origin = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read contract {path}: {exc}", field="path") from exc
+    else:
+        text = source
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ContractInvalidError(f"{origin}: not YAML/JSON: {exc}", problems=[f"not YAML/JSON: {exc}"]) from None
+    try:
+        return parse_contract(data)
+    except ContractInvalidError as exc:
+        if origin == "<text>":
+            raise
+        raise ContractInvalidError(f"{origin}: {exc}", problems=exc.problems) from None
+
+
+def _names_file(text: str) -> bool:
+    """Whether a string is the path of an existing file (a long or multi-line string is text)."""
+    if "\n" in text or len(text) > 1024 or text.lstrip().startswith(("{", "[")):
+        return False
+    try:
+        return Path(text).is_file()
+    except OSError:
+        return False
+
+
+def dump_contract(contract: IntentContract, *, fmt: Literal["yaml", "json"] = "yaml") -> str:
+    """The contract as YAML or JSON text that :func:`load_contract` reads back to an equal contract."""
+    data = contract.model_dump(mode="json", exclude_none=True)
+    if fmt == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,140 @@
+"""The fleet plan: dependency order, slots and tournaments, team sizes, task queues, sandbox specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.contracts import IntentContract, load_contract, parse_contract
+from coordinator.plan import PlanSettings, assign_tasks, dependency_order, plan_fleet
+from sandbox_agents.backends.base import NetworkPolicy
+from sandbox_agents.errors import ContractError
+
+TODO = Path(__file__).parents[2] / "examples" / "intents" / "todo-fullstack.yaml"
+
+
+def comp(name: str, deps: list[str] = (), tasks: int = 1, **extra: Any) -> dict[str, Any]:  # type: ignore[assignment]
+    return {
+        "name": name,
+        "kind": "other",
+        "description": name,
+        "depends_on": list(deps),
+        "tasks": [{"id": f"{name}{i}", "title": f"t{i}"} for i in range(tasks)],
+        **extra,
+    }
+
+
+def contract(*components: dict[str, Any]) -> IntentContract:
+    return parse_contract(
+        {
+            "name": "x",
+            "summary": "x",
+            "components": list(components),
+            "success_criteria": [{"type": "file", "path": "a"}],
+        }
+    )
+
+
+def test_dependency_order_breaks_ties_by_name() -> None:
+    c = contract(comp("web", ["api"]), comp("zeta"), comp("api", ["db"]), comp("db"), comp("auth"))
+    assert dependency_order(c) == ["auth", "db", "api", "web", "zeta"]
+    plan = plan_fleet(c)
+    assert plan.order == plan.merge_order == ("auth", "db", "api", "web", "zeta")
+
+
+def test_cycle_in_an_unvalidated_contract_is_refused() -> None:
+    c = contract(comp("a"), comp("b"))
+    broken = IntentContract.model_construct(
+        **{
+            **dict(c),
+            "components": (
+                c.components[0].model_copy(update={"depends_on": ("b",)}),
+                c.components[1].model_copy(update={"depends_on": ("a",)}),
+            ),
+        }
+    )
+    with pytest.raises(ContractError, match="a -> b -> a"):
+        dependency_order(broken)
+
+
+def test_todo_example_plan_has_tournament_slots() -> None:
+    plan = plan_fleet(load_contract(TODO), PlanSettings(build_id="b1"))
+    assert [s.slot_id for s in plan.slots] == ["database", "backend", "frontend~minimal", "frontend~polished"]
+    assert plan.merge_order == ("database", "backend", "frontend")
+    minimal = plan.slot("frontend~minimal")
+    assert minimal.candidate is not None and minimal.candidate.name == "minimal"
+    assert minimal.spec.tags == {
+        "build": "b1",
+        "component": "frontend",
+        "kind": "frontend",
+        "slot": "frontend~minimal",
+        "candidate": "minimal",
+    }
+    assert minimal.spec.ports == (5173,) and minimal.spec.network is NetworkPolicy.NONE
+    assert plan.slot("backend").spec.ports == (8000,)
+    assert plan.tournaments()[0].threshold == 0.1  # the contract's halving_threshold (default)
+    [tournament] = plan.tournaments(threshold=0.2)
+    assert tournament.component == "frontend" and tournament.alive == ["frontend~minimal", "frontend~polished"]
+    assert tournament.threshold == 0.2
+
+
+def test_team_size_is_clamped() -> None:
+    c = contract(comp("one", tasks=1), comp("many", tasks=8), comp("asked", tasks=2, agents=4))
+    plan = plan_fleet(c)
+    assert {s.slot_id: s.agents for s in plan.slots} == {"asked": 4, "many": 5, "one": 3}
+    small = plan_fleet(c, PlanSettings(min_agents=1, max_agents=2))
+    assert {s.slot_id: s.agents for s in small.slots} == {"asked": 2, "many": 2, "one": 1}
+    with pytest.raises(ValueError):
+        PlanSettings(min_agents=4, max_agents=3)
+
+
+def test_round_robin_respects_task_dependencies() -> None:
+    c = parse_contract(
+        {
+            "name": "x",
+            "summary": "x",
+            "success_criteria": [{"type": "file", "path": "a"}],
+            "components": [
+                {
+                    "name": "api",
+                    "kind": "backend",
+                    "description": "api",
+                    "tasks": [
+                        {"id": "tests", "title": "tests", "depends_on": ["server"]},
+                        {"id": "server", "title": "server", "depends_on": ["models"]},
+                        {"id": "models", "title": "models"},
+                        {"id": "docs", "title": "docs"},
+                    ],
+                }
+            ],
+        }
+    )
+    queues = assign_tasks(c.components[0].tasks, 3)
+    assert queues == (("models", "docs"), ("server",), ("tests",))
+    flat = [t for q in zip(*[q + ("",) for q in queues], strict=False) for t in q if t]
+    assert flat.index("models") < flat.index("server") < flat.index("tests")
+
+
+def test_install_commands_open_the_install_network_and_work_converts() -> None:
+    c = contract(
+        comp(
+            "web",
+            tasks=2,
+            install=["npm ci"],
+            check_command="npm test",
+            tournament={"candidates": 2, "strategies": ["robust", "minimal"]},
+        )
+    )
+    plan = plan_fleet(c)
+    slot = plan.slot("web~robust")
+    assert slot.spec.network is NetworkPolicy.INSTALL and slot.spec.install_commands == ("npm ci",)
+    work = slot.work()
+    assert work.component == "web.robust" and work.agents == 3 and work.check_command == "npm test"
+    assert all("robustness first" in t.instructions for t in work.tasks)
+    assert [t.agent for t in work.tasks] == [0, 1]
+    assert plan.slot("web~minimal").work().roles()[0] == "agent:web.minimal:0"
+    assert plan_fleet(c) == plan  # deterministic
+    with pytest.raises(ValueError, match="no slot"):
+        plan.slot("web")
