@@ -1,0 +1,250 @@
+"""Agent: one Ray actor per agent, thin over an AgentLoop on AgentTools on its sandbox's proxy.
+
+Named ``build:{id}:agent:{sid}:{n}`` in namespace ``kriptik``. It builds its LLM provider
+from a config dict inside the actor (a replay config with cassette paths in tests), reaches
+its sandbox only through the SandboxProxy handle it is given (``ProxySandbox``), and talks
+to the build through the context bus:
+
+- before every LLM turn it reads the build's unified context (``context_source``), so an
+  error any sandbox published is in its next system prompt;
+- after every task it publishes a ``FileChange`` per file it changed and, when the run
+  failed, an ``ErrorReport``; what the model ``publish``-es goes out at once as an
+  ``ErrorReport`` (kind ``error``) or a ``ContextUpdate`` (``discovery``/``decision``).
+
+File writes go through the team's per-file lock service (``acquire/release`` on the team
+actor) when one is given. Every ``ray.*`` call about agents lives in this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from coordinator.bus import BusConfig, ContextBus
+from coordinator.bus_models import ContextUpdate, ErrorReport, FileChange
+from coordinator.team import agent_role, prompt_context
+from sandbox_agents.agent_loop import AgentLoop
+from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask, PublishedItem
+from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP
+from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.llm.base import AssistantTurn, LLMProvider, LLMRequest, ToolCall, ToolResult
+from sandbox_agents.llm.config import LLMConfig, make_provider
+from sandbox_agents.proxy_sandbox import ProxySandbox
+from sandbox_agents.tools import AgentTools
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "kriptik"
+_LLM_CONFIG: TypeAdapter[Any] = TypeAdapter(LLMConfig)
+
+
+def agent_name(build_id: str, sid: str, index: int) -> str:
+    """The actor name DESIGN.md gives an agent: ``build:{id}:agent:{sid}:{n}``."""
+    return f"build:{build_id}:agent:{sid}:{index}"
+
+
+class AgentConfig(BaseModel):
+    """Everything an Agent actor needs to build its loop; crosses the actor boundary as a dict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str = Field(min_length=1)
+    """The build the agent works for (its bus keys)."""
+    sid: str = Field(min_length=1)
+    """The sandbox's id within the build (the proxy is ``build:{id}:sbx:{sid}``)."""
+    index: int = Field(ge=0, le=63)
+    """The agent's number in its team."""
+    component: str | None = None
+    """Component the team builds; the role is ``agent:{component}:{n}`` (``sid`` when unset)."""
+    llm: dict[str, Any]
+    """Provider config (``{"type": "replay", "cassettes": [...]}``, anthropic, openai)."""
+    redis_url: str
+    """The context bus's Redis."""
+    bus_prefix: str = "kriptik"
+    """Key prefix of the bus (``REDIS_SANDBOX_PREFIX``)."""
+    spec: SandboxSpec = Field(default_factory=SandboxSpec)
+    """The sandbox's spec (its workdir is where paths resolve)."""
+    limits: AgentLimits = Field(default_factory=AgentLimits)
+    """Bounds of one run of the loop."""
+    context_cap: int = Field(default=DEFAULT_CONTEXT_CAP, ge=200)
+    """Most characters of rendered context in each system prompt."""
+    model: str | None = None
+    """Model override (tournament strategies)."""
+    prompt_history: int = Field(default=64, ge=0, le=10_000)
+    """Recent requests (key and system prompt) kept for ``recent_prompts``."""
+
+    @property
+    def role(self) -> str:
+        return agent_role(self.component or self.sid, self.index)
+
+    @property
+    def name(self) -> str:
+        return agent_name(self.build_id, self.sid, self.index)
+
+
+class _Watched:
+    """A provider wrapper keeping the last requests' keys and system prompts (for tests and debugging)."""
+
+    def __init__(self, inner: LLMProvider, keep: int) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seen: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+
+    async def complete(self, request: LLMRequest) -> AssistantTurn:
+        self.seen.append({**request.key.model_dump(), "system": request.system})
+        return await self.inner.complete(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class AgentActor:
+    """One agent. Construct through :func:`start_agent`.
+
+    Args:
+        config: An :class:`AgentConfig` as a dict.
+        proxy: The SandboxProxy handle of the agent's sandbox.
+        locks: An actor with ``acquire(path, holder)``/``release(path, holder)`` shared by the
+            sandbox's agents (the SandboxTeam actor); without it, locks are per agent.
+    """
+
+    def __init__(self, config: dict[str, Any], proxy: Any, locks: Any = None) -> None:
+        self.config = _validate(AgentConfig, config, "config")
+        self._proxy = proxy
+        self._locks = locks
+        self._provider = _Watched(
+            make_provider(_LLM_CONFIG.validate_python(self.config.llm)), self.config.prompt_history
+        )
+        bus_config = BusConfig(prefix=self.config.bus_prefix)
+        self._bus = ContextBus(self.config.redis_url, bus_config, sender=self.config.name)
+        self._loop: AgentLoop | None = None
+        self._tools: AgentTools | None = None
+        self._one_task = asyncio.Lock()
+
+    async def ping(self) -> str:
+        return self.config.name
+
+    async def run_task(self, task: AgentTask | dict[str, Any]) -> AgentOutcome:
+        """Run one task to its end; publishes the files it changed and, on failure, the error.
+
+        Raises:
+            InvalidInputError: ``task`` is not a valid AgentTask.
+        """
+        checked: AgentTask = _validate(AgentTask, task, "task")
+        loop = await self._agent_loop()
+        async with self._one_task:  # one loop, one conversation at a time
+            outcome = await loop.run(checked)
+        await self._publish_outcome(checked, outcome)
+        return outcome
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> ToolResult:
+        """Run one tool call directly, without the model (benchmarks, operators)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError("tool name must be a non-empty string", field="name")
+        await self._agent_loop()
+        assert self._tools is not None
+        return await self._tools.call(ToolCall(id="direct", name=name, arguments=dict(arguments or {})))
+
+    async def recent_prompts(self) -> list[dict[str, Any]]:
+        """The last requests this agent sent: ``{role, task, turn, system}``, oldest first."""
+        return list(self._provider.seen)
+
+    async def close(self) -> None:
+        """Flush and close the bus connection and the provider (before the actor is killed)."""
+        with contextlib.suppress(Exception):
+            await self._bus.aclose(flush_timeout=2.0)
+        with contextlib.suppress(Exception):
+            await self._provider.aclose()
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def _agent_loop(self) -> AgentLoop:
+        if self._loop is None:
+            cfg = self.config
+            sandbox = await ProxySandbox.connect(self._proxy, cfg.spec)
+            lock = self._file_lock if self._locks is not None else None
+            self._tools = AgentTools(sandbox, publish=self._publish_item, file_lock=lock)
+            self._loop = AgentLoop(
+                self._provider,
+                self._tools,
+                role=cfg.role,
+                limits=cfg.limits,
+                context_source=self._context,
+                context_cap=cfg.context_cap,
+                model=cfg.model,
+                workdir=cfg.spec.workdir,
+            )
+        return self._loop
+
+    async def _context(self) -> Mapping[str, Any]:
+        return prompt_context(await self._bus.unified_context(self.config.build_id))
+
+    @contextlib.asynccontextmanager
+    async def _file_lock(self, path: str) -> AsyncIterator[None]:
+        holder = self.config.name
+        await self._locks.acquire.remote(path, holder)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # the team may have freed it already (release_all)
+                await self._locks.release.remote(path, holder)
+
+    async def _publish_item(self, item: PublishedItem) -> None:
+        if item.kind == "error":
+            message: Any = ErrorReport(source=item.key, message=item.message, file=item.file, line=item.line)
+        else:
+            value = item.model_dump(include={"message", "file", "line", "sandbox_id"}, exclude_none=True)
+            message = ContextUpdate(key=item.key, value=value, kind=item.kind)
+        await self._bus.publish(self.config.build_id, message)
+
+    async def _publish_outcome(self, task: AgentTask, outcome: AgentOutcome) -> None:
+        sandbox_id = self._tools.sandbox.id if self._tools else ""
+        messages: list[Any] = [
+            FileChange(path=path, sha256=digest, sandbox_id=sandbox_id, agent=self.config.role)
+            for path, digest in outcome.changed_files.items()
+        ]
+        if not outcome.ok:
+            text = f"task {task.id} ended {outcome.status}: {outcome.error or outcome.final_text}"
+            messages.append(ErrorReport(source=f"{self.config.role}:{task.id}", message=text[:4000]))
+        if not messages:
+            return
+        try:
+            await self._bus.publish_many(self.config.build_id, messages)
+        except Exception:  # the outcome stands even if the bus refuses it; the team reports it too
+            logger.warning("agent %s: publishing the outcome of %s failed", self.config.name, task.id, exc_info=True)
+
+
+def _validate(model: type[BaseModel], value: Any, field: str) -> Any:
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid {field}: {exc}", field=field) from exc
+
+
+Agent = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0, max_concurrency=32)(AgentActor)  # type: ignore[call-overload]
+
+
+def start_agent(config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None, *, detached: bool = False) -> Any:
+    """Start a named Agent actor in namespace ``kriptik`` (detached when asked)."""
+    checked: AgentConfig = _validate(AgentConfig, config, "config")
+    options: dict[str, Any] = {"name": checked.name, "namespace": NAMESPACE}
+    if detached:
+        options["lifetime"] = "detached"
+    return Agent.options(**options).remote(checked.model_dump(mode="json"), proxy, locks)
+
+
+async def stop_agent(handle: Any) -> None:
+    """Close an agent's connections and kill it for good."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(handle.close.remote(), 10)
+    ray.kill(handle, no_restart=True)

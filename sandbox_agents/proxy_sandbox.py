@@ -1,0 +1,112 @@
+"""A :class:`~sandbox_agents.backends.base.Sandbox` over a SandboxProxy actor handle.
+
+The agent's tools speak the Sandbox protocol; an Agent actor reaches its sandbox only
+through the sandbox's proxy actor. This adapter turns each protocol method into one call
+on the handle (``await handle.method.remote(...)``), so :class:`~sandbox_agents.tools.AgentTools`
+work unchanged on a proxy. It never imports Ray: it only calls methods of the handle it
+is given (any object with the same shape works, which is how it is unit-tested).
+
+Errors raised inside the proxy reach the caller as Ray's task errors, which are also
+instances of the original class (a ``SandboxPathError`` stays catchable as one), so the
+tools' error handling applies as it does on a local sandbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sandbox_agents.backends.base import ExecChunk, ExecResult, FileInfo, SandboxSpec, SandboxStatus, SnapshotRef
+from sandbox_agents.errors import InvalidInputError
+
+
+class ProxySandbox:
+    """The sandbox a SandboxProxy actor owns, seen through its handle.
+
+    Args:
+        handle: The proxy actor's handle.
+        sandbox_id: The id of the sandbox the proxy owns (``await handle.sandbox_id.remote()``).
+        spec: The sandbox's spec; the tools read ``spec.workdir`` from it. The proxy does not
+            serve its spec, so the owner passes the one it created the sandbox with.
+    """
+
+    def __init__(self, handle: Any, sandbox_id: str, spec: SandboxSpec | None = None) -> None:
+        if not sandbox_id:
+            raise InvalidInputError("sandbox_id must be a non-empty string", field="sandbox_id")
+        self._handle = handle
+        self._id = sandbox_id
+        self._spec = spec or SandboxSpec()
+
+    @classmethod
+    async def connect(cls, handle: Any, spec: SandboxSpec | None = None) -> ProxySandbox:
+        """An adapter for the sandbox the proxy owns now.
+
+        Raises:
+            InvalidInputError: The proxy owns no sandbox (create or attach one first).
+        """
+        sandbox_id = await handle.sandbox_id.remote()
+        if not sandbox_id:
+            raise InvalidInputError("the proxy owns no sandbox: create or attach one first", field="handle")
+        return cls(handle, sandbox_id, spec)
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def spec(self) -> SandboxSpec:
+        return self._spec
+
+    @property
+    def handle(self) -> Any:
+        return self._handle
+
+    async def exec(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult:
+        return await self._handle.exec.remote(command, cwd, env, timeout, stdin)
+
+    async def exec_stream(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ExecChunk]:
+        refs = self._handle.exec_stream.options(num_returns="streaming").remote(command, cwd, env, timeout)
+        async for ref in refs:
+            yield await ref
+
+    async def write_file(self, path: str, data: bytes | str, *, mode: int | None = None) -> None:
+        await self._handle.write_file.remote(path, data, mode)
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._handle.read_file.remote(path)
+
+    async def list_files(self, pattern: str = "**/*") -> list[FileInfo]:
+        return await self._handle.list_files.remote(pattern)
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        await self._handle.remove.remote(path, recursive)
+
+    async def snapshot(self) -> SnapshotRef:
+        return await self._handle.snapshot.remote()
+
+    async def expose(self, port: int) -> str:
+        return await self._handle.expose.remote(port)
+
+    async def keepalive(self) -> None:
+        await self._handle.keepalive.remote()
+
+    async def status(self) -> SandboxStatus:
+        return await self._handle.status.remote()
+
+    async def terminate(self) -> None:
+        await self._handle.terminate.remote()
