@@ -1,0 +1,322 @@
+"""MergeGate: the Ray actor ``build:{id}:gate`` that owns the main-test sandbox and merges into ``main``.
+
+Thin over :class:`coordinator.merge.MergeGateCore`: it creates the main-test sandbox through
+a SandboxProxy (``build:{id}:sbx:main-test``), hands the core its ports — the main repo as git
+in that sandbox, slots' files read through their proxies, the verification swarm and the
+criteria runner on the main-test sandbox, the bus — and translates calls. Detached and
+restartable: the contract and the proxy's name live in ``KRIPTIK_HOME/gates/``, and the repo
+itself (commits with ``Kriptik-Component`` trailers) says what is merged, so a restarted gate
+picks up where it was; a merge cut short is rolled back and must be submitted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.sandbox_pool import get_proxy, release
+from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
+from coordinator.bus import BusConfig, ContextBus
+from coordinator.bus_models import ErrorReport
+from coordinator.contracts import IntentContract, parse_contract
+from coordinator.merge import (
+    MAX_TREE_BYTES,
+    GitMainRepo,
+    MergeGateCore,
+    MergeRequest,
+    MergeResult,
+    SandboxDevServers,
+    sandbox_satisfy,
+)
+from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.proxy_sandbox import ProxySandbox
+from sandbox_agents.settings import get_settings
+from sandbox_agents.verifiers import (
+    Chromium,
+    Finding,
+    Severity,
+    SwarmReport,
+    VerificationSwarm,
+    VerifyTarget,
+    default_verifiers,
+)
+
+logger = logging.getLogger(__name__)
+
+MAIN_TEST_SID = "main-test"
+
+
+def gate_name(build_id: str) -> str:
+    """The actor name of a build's merge gate: ``build:{id}:gate``."""
+    return f"build:{build_id}:gate"
+
+
+class GateConfig(BaseModel):
+    """What a MergeGate needs; crosses the actor boundary as a dict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str = Field(min_length=1)
+    backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    """Backend config of the main-test sandbox's proxy."""
+    redis_url: str | None = None
+    """The bus; None publishes nothing."""
+    bus_prefix: str = "kriptik"
+    spec: SandboxSpec | None = None
+    """The main-test sandbox's spec; None: 2 CPUs, 2 GiB, a day's TTL, the contract's dev ports."""
+    swarm_timeout_s: float = Field(default=180.0, gt=0)
+    """Per-verifier timeout of the merge's swarm run."""
+    ready_timeout_s: float = Field(default=30.0, gt=0)
+    """Bound on a dev server answering after a (re)start."""
+    swarm_must_pass: bool = True
+    """False: swarm errors are reported but only failing criteria reject."""
+    heartbeat_s: float = Field(default=30.0, gt=0)
+
+
+class _GateState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contract: dict[str, Any]
+    proxy: str
+    sandbox_id: str
+    spec: SandboxSpec
+
+
+def _state_path(build_id: str) -> Path:
+    path = get_settings().home() / "gates"
+    path.mkdir(parents=True, exist_ok=True)
+    return path / (build_id.replace("/", "_") + ".json")
+
+
+def default_spec(contract: IntentContract, build_id: str, role: str) -> SandboxSpec:
+    """A sandbox spec that can serve every component of the contract."""
+    ports = tuple(sorted({c.dev_server.port for c in contract.components if c.dev_server is not None}))
+    return SandboxSpec(
+        cpu=2.0, memory_mb=2048, max_pids=512, timeout_s=86400, ports=ports, tags={"build": build_id, "role": role}
+    )
+
+
+def ui_checker(chromium: Chromium, timeout_s: float = 15.0):  # type: ignore[no-untyped-def]
+    """A UI-criterion check in real Chromium: (url, selector, text) -> (visible, console errors)."""
+
+    async def check(url: str, selector: str | None, text: str | None) -> tuple[bool, list[str]]:
+        browser = await chromium.browser()
+        context = await browser.new_context()
+        errors: list[str] = []
+        try:
+            page = await context.new_page()
+            page.on("console", lambda m: _console_error(m, errors))
+            page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+            await page.goto(url, wait_until="load", timeout=timeout_s * 1000)
+            locator = page.locator(selector or "body")
+            if text:
+                locator = locator.filter(has_text=text)
+            try:
+                await locator.first.wait_for(state="visible", timeout=timeout_s * 1000 / 3)
+                return True, errors
+            except Exception:  # playwright's TimeoutError: not visible is the answer, not a failure
+                return False, errors
+        finally:
+            await context.close()
+
+    return check
+
+
+def _console_error(message: Any, errors: list[str]) -> None:
+    if message.type == "error" and "favicon.ico" not in ((message.location or {}).get("url") or ""):
+        errors.append(f"console error: {message.text}")
+
+
+class _Events:
+    """The core's event port over the bus: merge events to the log, findings to the team's errors channel."""
+
+    def __init__(self, bus: ContextBus | None, build_id: str) -> None:
+        self.bus = bus
+        self.build_id = build_id
+        self._open: dict[str, list[ErrorReport]] = {}
+
+    async def emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.bus is not None:
+            await self.bus.publish_event(self.build_id, kind, data)
+
+    async def report_findings(self, component: str, findings: list[Finding]) -> None:
+        """Errors to the component's team (source ``merge:{component}``); an empty list resolves the last ones."""
+        if self.bus is None:
+            return
+        source = f"merge:{component}"
+        reports = [
+            ErrorReport(source=source, message=f"[{component}] {f.rule}: {f.message}", file=f.file, line=f.line)
+            for f in findings
+            if f.severity == Severity.ERROR
+        ][:50]
+        keys = {r.error_key() for r in reports}
+        gone = [
+            r.model_copy(update={"resolved": True}) for r in self._open.get(component, []) if r.error_key() not in keys
+        ]
+        self._open[component] = reports
+        if reports or gone:
+            await self.bus.publish_many(self.build_id, [*reports, *gone])
+
+
+class MergeGateActor:
+    """A build's merge gate. Construct through :func:`start_gate`.
+
+    Args:
+        config: A :class:`GateConfig` as a dict.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        try:
+            self.config = config if isinstance(config, GateConfig) else GateConfig.model_validate(config)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid gate config: {exc}", field="config") from exc
+        cfg = self.config
+        self._state_file = _state_path(cfg.build_id)
+        self._bus = (
+            ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=gate_name(cfg.build_id))
+            if cfg.redis_url
+            else None
+        )
+        self._chromium = Chromium()
+        self._proxy: Any = None
+        self._state: _GateState | None = None
+        self._core: MergeGateCore | None = None
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    async def _wire(self, state: _GateState) -> MergeGateCore:
+        cfg = self.config
+        if self._proxy is None:
+            self._proxy = ray.get_actor(state.proxy, namespace=NAMESPACE)
+        sandbox = ProxySandbox(self._proxy, state.sandbox_id, state.spec)
+        swarm = VerificationSwarm(default_verifiers(self._chromium), timeout_s=cfg.swarm_timeout_s)
+
+        async def verify(target: VerifyTarget) -> SwarmReport:
+            return await swarm.run(sandbox, target)
+
+        core = MergeGateCore(
+            parse_contract(state.contract),
+            GitMainRepo(sandbox),
+            _slot_reader(),
+            verify,
+            sandbox_satisfy(sandbox, ui_checker(self._chromium)),
+            SandboxDevServers(sandbox, ready_timeout_s=cfg.ready_timeout_s),
+            _Events(self._bus, cfg.build_id),
+            swarm_must_pass=cfg.swarm_must_pass,
+        )
+        await core.start()
+        self._state, self._core = state, core
+        return core
+
+    async def _ready(self) -> MergeGateCore:
+        if self._core is not None:
+            return self._core
+        try:
+            state = _GateState.model_validate_json(self._state_file.read_text())
+        except FileNotFoundError:
+            raise InvalidInputError("the gate is not started: call start(contract_json) first", field="gate") from None
+        return await self._wire(state)
+
+    # --- the actor's methods ----------------------------------------------------------------
+
+    async def start(self, contract_json: str) -> str:
+        """Create (or reconnect to) the main-test sandbox and its repo; returns the sandbox's id."""
+        if self._state_file.exists():
+            await self._ready()
+            assert self._state is not None
+            return self._state.sandbox_id
+        contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
+        cfg = self.config
+        spec = cfg.spec or default_spec(contract, cfg.build_id, MAIN_TEST_SID)
+        name = proxy_name(cfg.build_id, MAIN_TEST_SID)
+        self._proxy = start_proxy(name, cfg.backend, heartbeat_s=cfg.heartbeat_s)
+        sandbox_id = await self._proxy.create.remote(spec, cfg.build_id, MAIN_TEST_SID)
+        await self._proxy.set_active.remote(True)
+        state = _GateState(contract=contract.model_dump(mode="json"), proxy=name, sandbox_id=sandbox_id, spec=spec)
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(state.model_dump_json())
+        os.replace(tmp, self._state_file)
+        await self._wire(state)
+        logger.info("gate %s: main-test sandbox %s", cfg.build_id, sandbox_id)
+        return sandbox_id
+
+    async def admit(self, request: MergeRequest | dict[str, Any]) -> MergeResult:
+        """Merge a slot's component when its turn comes, only if the swarm and criteria pass."""
+        if not isinstance(request, MergeRequest):
+            try:
+                request = MergeRequest.model_validate(request)
+            except ValueError as exc:
+                raise InvalidInputError(f"invalid merge request: {exc}", field="request") from exc
+        return await (await self._ready()).admit(request)
+
+    async def head(self) -> str:
+        return await (await self._ready()).head()
+
+    async def tree_hash(self) -> str:
+        return await (await self._ready()).tree_hash()
+
+    async def tree(self, max_bytes: int = MAX_TREE_BYTES) -> dict[str, bytes]:
+        return await (await self._ready()).tree(max_bytes)
+
+    async def merged(self) -> list[str]:
+        return (await self._ready()).merged()
+
+    async def held(self) -> dict[str, list[str]]:
+        """Components waiting for their dependencies, and what each waits for."""
+        return (await self._ready()).held()
+
+    async def sandbox_id(self) -> str | None:
+        return self._state.sandbox_id if self._state else None
+
+    async def close(self) -> None:
+        """Terminate the main-test sandbox (and its proxy) and forget the gate's state."""
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            state = _GateState.model_validate_json(self._state_file.read_text())
+            with contextlib.suppress(Exception):
+                await release(self._proxy or ray.get_actor(state.proxy, namespace=NAMESPACE), state.proxy)
+        self._state_file.unlink(missing_ok=True)
+        self._core = self._state = self._proxy = None
+        with contextlib.suppress(Exception):
+            await self._chromium.close()
+        if self._bus is not None:
+            with contextlib.suppress(Exception):
+                await self._bus.aclose(flush_timeout=2.0)
+
+
+def _slot_reader():  # type: ignore[no-untyped-def]
+    """Reads a file of the requesting slot through the slot's proxy (handles looked up once per slot)."""
+    handles: dict[tuple[str, str], Any] = {}
+
+    async def fetch(request: MergeRequest, path: str) -> bytes:
+        key = (request.build_id, request.slot)
+        if key not in handles:
+            handles[key] = get_proxy(*key)
+        return await handles[key].read_file.remote(path)
+
+    return fetch
+
+
+MergeGate = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(MergeGateActor)  # type: ignore[call-overload]
+
+
+def start_gate(config: GateConfig | dict[str, Any]) -> Any:
+    """Start the detached, named, restartable gate ``build:{id}:gate`` (call ``start(contract_json)`` next)."""
+    config = config if isinstance(config, GateConfig) else GateConfig.model_validate(config)
+    return MergeGate.options(name=gate_name(config.build_id), namespace=NAMESPACE, lifetime="detached").remote(
+        config.model_dump(mode="json")
+    )
+
+
+async def stop_gate(handle: Any) -> None:
+    """Close the gate (its main-test sandbox goes) and kill the actor for good."""
+    with contextlib.suppress(Exception):
+        await handle.close.remote()
+    ray.kill(handle, no_restart=True)

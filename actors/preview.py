@@ -1,0 +1,300 @@
+"""Preview: the Ray actor ``build:{id}:preview`` that serves verified ``main`` to the user (Phase 5).
+
+It owns a preview sandbox of its own (never the main-test one), receives only ``main``'s tree
+after each accepted merge (:meth:`PreviewActor.refresh`), restarts the dev servers of the
+merged components and exposes ONE stable URL for the build: the primary UI component's port
+(the first ``frontend`` with a dev server, else the first component with one). Screenshots come
+from Chromium (periodically and on demand). :meth:`PreviewActor.take_control` snapshots the
+preview into a NEW sandbox the user may change: nothing ever flows back from it.
+
+State (contract, proxy names, the hashes of the files it holds) lives in
+``KRIPTIK_HOME/previews/`` so a restarted actor reconnects to the same sandbox and URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.merge_gate import default_spec, gate_name
+from actors.sandbox_pool import release
+from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
+from coordinator.contracts import Component, IntentContract, parse_contract
+from coordinator.merge import SandboxDevServers, is_junk, sha256_of
+from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.proxy_sandbox import ProxySandbox
+from sandbox_agents.settings import get_settings
+from sandbox_agents.verifiers import Chromium, Finding
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_SID = "preview"
+
+
+def preview_name(build_id: str) -> str:
+    """The actor name of a build's preview: ``build:{id}:preview``."""
+    return f"build:{build_id}:preview"
+
+
+class PreviewConfig(BaseModel):
+    """What a Preview needs; crosses the actor boundary as a dict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str = Field(min_length=1)
+    backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    spec: SandboxSpec | None = None
+    """The preview sandbox's spec; None: the gate's default (every dev port of the contract)."""
+    ready_timeout_s: float = Field(default=30.0, gt=0)
+    screenshot_every_s: float = Field(default=60.0, ge=0)
+    """Period of the automatic screenshot after a refresh; 0 turns it off."""
+    viewport: tuple[int, int] = (1280, 720)
+    heartbeat_s: float = Field(default=30.0, gt=0)
+
+
+class _PreviewState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contract: dict[str, Any]
+    proxy: str
+    sandbox_id: str
+    spec: SandboxSpec
+    files: dict[str, str] = Field(default_factory=dict)
+    """Path → sha256 of what the preview holds from ``main``."""
+    serving: list[str] = Field(default_factory=list)
+    """Components whose dev servers run."""
+    takeovers: list[str] = Field(default_factory=list)
+    """Proxy names of the take-over sandboxes."""
+
+
+def primary(contract: IntentContract) -> Component | None:
+    """The component the preview URL shows: the first frontend with a dev server, else the first server."""
+    served = [c for c in contract.components if c.dev_server is not None]
+    return next((c for c in served if c.kind == "frontend"), served[0] if served else None)
+
+
+class PreviewActor:
+    """A build's live preview. Construct through :func:`start_preview`."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        try:
+            self.config = config if isinstance(config, PreviewConfig) else PreviewConfig.model_validate(config)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid preview config: {exc}", field="config") from exc
+        home = get_settings().home() / "previews"
+        home.mkdir(parents=True, exist_ok=True)
+        self._state_file = home / (self.config.build_id.replace("/", "_") + ".json")
+        self._state: _PreviewState | None = None
+        self._proxy: Any = None
+        self._chromium = Chromium()
+        self._findings: list[Finding] = []
+        self._last_shot: bytes | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        assert self._state is not None
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(self._state.model_dump_json())
+        os.replace(tmp, self._state_file)
+
+    def _ready(self) -> tuple[_PreviewState, ProxySandbox]:
+        if self._state is None:
+            try:
+                self._state = _PreviewState.model_validate_json(self._state_file.read_text())
+            except FileNotFoundError:
+                raise InvalidInputError(
+                    "the preview is not started: call start(contract_json)", field="preview"
+                ) from None
+        if self._proxy is None:
+            self._proxy = ray.get_actor(self._state.proxy, namespace=NAMESPACE)
+        return self._state, ProxySandbox(self._proxy, self._state.sandbox_id, self._state.spec)
+
+    def _contract(self) -> IntentContract:
+        return parse_contract(self._ready()[0].contract)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, contract_json: str) -> str:
+        """Create (or reconnect to) the preview sandbox; returns its id."""
+        if self._state_file.exists():
+            return self._ready()[0].sandbox_id
+        contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
+        cfg = self.config
+        spec = cfg.spec or default_spec(contract, cfg.build_id, PREVIEW_SID)
+        name = proxy_name(cfg.build_id, PREVIEW_SID)
+        self._proxy = start_proxy(name, cfg.backend, heartbeat_s=cfg.heartbeat_s)
+        sandbox_id = await self._proxy.create.remote(spec, cfg.build_id, PREVIEW_SID)
+        await self._proxy.set_active.remote(True)
+        self._state = _PreviewState(
+            contract=contract.model_dump(mode="json"), proxy=name, sandbox_id=sandbox_id, spec=spec
+        )
+        self._save()
+        return sandbox_id
+
+    async def refresh(self, tree: dict[str, bytes] | None = None, merged: list[str] | None = None) -> str:
+        """Bring the preview to ``main``: write what changed, delete what left, restart the dev servers.
+
+        Args:
+            tree: ``main``'s files (``MergeGate.tree()``); None fetches them from the build's gate.
+            merged: Components whose servers to run; None asks the gate (or, without one, every server).
+
+        Returns:
+            The preview URL (stable for the build).
+        """
+        state, sandbox = self._ready()
+        if tree is None or merged is None:
+            gate = ray.get_actor(gate_name(self.config.build_id), namespace=NAMESPACE)
+            tree = await gate.tree.remote() if tree is None else tree
+            merged = await gate.merged.remote() if merged is None else merged
+        wanted = {p: sha256_of(b) for p, b in tree.items() if not is_junk(p)}
+        for path in sorted(set(state.files) - set(wanted)):
+            with contextlib.suppress(Exception):
+                await sandbox.remove(path)
+        for path, digest in wanted.items():
+            if state.files.get(path) != digest:
+                await sandbox.write_file(path, tree[path])
+        state.files = wanted
+        contract = self._contract()
+        serving = [c for c in contract.components if c.dev_server is not None and c.name in merged]
+        servers = SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s)
+        for comp in contract.components:  # a server of a component not merged (any more) must not linger
+            if comp.dev_server is not None and comp not in serving:
+                await servers.stop(comp.dev_server.port)
+        _, self._findings = await servers.restart(serving)
+        state.serving = [c.name for c in serving]
+        self._save()
+        self._tick()
+        return await self.expose()
+
+    async def expose(self) -> str:
+        """The ONE preview URL of the build: the primary UI component's port on the preview sandbox."""
+        comp = primary(self._contract())
+        if comp is None or comp.dev_server is None:
+            raise InvalidInputError("no component of the contract has a dev server to preview", field="contract")
+        return await self._ready()[1].expose(comp.dev_server.port)
+
+    async def urls(self) -> dict[str, str]:
+        """Component name → URL of each component with a dev server."""
+        _, sandbox = self._ready()
+        return {
+            c.name: await sandbox.expose(c.dev_server.port)
+            for c in self._contract().components
+            if c.dev_server is not None
+        }
+
+    async def findings(self) -> list[Finding]:
+        """Dev servers that did not come up at the last refresh."""
+        return list(self._findings)
+
+    async def screenshot(self, path: str = "/") -> bytes:
+        """A PNG of ``path`` on the preview, taken now in Chromium."""
+        url = (await self.expose()).rstrip("/") + "/" + path.lstrip("/")
+        browser = await self._chromium.browser()
+        context = await browser.new_context(
+            viewport={"width": self.config.viewport[0], "height": self.config.viewport[1]}
+        )
+        try:
+            page = await context.new_page()
+            await page.goto(url, wait_until="load", timeout=20_000)
+            with contextlib.suppress(Exception):  # a polling page never goes idle; what loaded is enough
+                await page.wait_for_load_state("networkidle", timeout=2_000)
+            shot: bytes = await page.screenshot(type="png")
+        finally:
+            await context.close()
+        self._last_shot = shot
+        directory = get_settings().home() / "previews" / self.config.build_id.replace("/", "_")
+        directory.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread((directory / "latest.png").write_bytes, shot)
+        return shot
+
+    async def last_screenshot(self) -> bytes | None:
+        return self._last_shot
+
+    def _tick(self) -> None:
+        every = self.config.screenshot_every_s
+        if every > 0 and (self._ticker is None or self._ticker.done()):
+            self._ticker = asyncio.get_running_loop().create_task(self._screenshots(every))
+
+    async def _screenshots(self, every: float) -> None:
+        next_at = time.monotonic()
+        while True:
+            if time.monotonic() >= next_at:
+                next_at = time.monotonic() + every
+                try:
+                    await self.screenshot("/")
+                except Exception as exc:  # a page that fails to load is a missing screenshot, not a dead actor
+                    logger.info("preview screenshot of %s failed: %s", self.config.build_id, exc)
+            await asyncio.sleep(min(every, 1.0))
+
+    async def take_control(self) -> str:
+        """Restore a snapshot of the preview into a NEW sandbox with its servers running; returns its URL.
+
+        The user may change that sandbox freely; it is never written back to the build.
+        """
+        state, _ = self._ready()
+        ref = await self._proxy.snapshot.remote()
+        name = proxy_name(self.config.build_id, f"takeover-{len(state.takeovers) + 1}")
+        handle = start_proxy(name, self.config.backend, heartbeat_s=self.config.heartbeat_s)
+        sandbox_id = await handle.restore.remote(ref)
+        state.takeovers.append(name)
+        self._save()
+        contract = self._contract()
+        sandbox = ProxySandbox(handle, sandbox_id, state.spec)
+        serving = [c for c in contract.components if c.dev_server is not None and c.name in state.serving]
+        await SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s).restart(serving)
+        comp = primary(contract)
+        if comp is None or comp.dev_server is None:
+            raise InvalidInputError("no component of the contract has a dev server to preview", field="contract")
+        return await sandbox.expose(comp.dev_server.port)
+
+    async def takeovers(self) -> list[str]:
+        """Proxy names of the take-over sandboxes (``build:{id}:sbx:takeover-{n}``)."""
+        return list(self._ready()[0].takeovers)
+
+    async def sandbox_id(self) -> str | None:
+        return self._state.sandbox_id if self._state else None
+
+    async def close(self) -> None:
+        """Terminate the preview sandbox and every take-over sandbox, and forget the state."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._ticker
+        with contextlib.suppress(FileNotFoundError, ValueError, InvalidInputError):
+            state, _ = self._ready()
+            for name in [state.proxy, *state.takeovers]:
+                with contextlib.suppress(Exception):
+                    await release(ray.get_actor(name, namespace=NAMESPACE), name)
+        self._state_file.unlink(missing_ok=True)
+        self._state = self._proxy = None
+        with contextlib.suppress(Exception):
+            await self._chromium.close()
+
+
+Preview = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(PreviewActor)  # type: ignore[call-overload]
+
+
+def start_preview(config: PreviewConfig | dict[str, Any]) -> Any:
+    """Start the detached, named, restartable ``build:{id}:preview`` (call ``start(contract_json)`` next)."""
+    config = config if isinstance(config, PreviewConfig) else PreviewConfig.model_validate(config)
+    return Preview.options(name=preview_name(config.build_id), namespace=NAMESPACE, lifetime="detached").remote(
+        config.model_dump(mode="json")
+    )
+
+
+async def stop_preview(handle: Any) -> None:
+    """Close the preview (its sandboxes go) and kill the actor for good."""
+    with contextlib.suppress(Exception):
+        await handle.close.remote()
+    ray.kill(handle, no_restart=True)

@@ -1,0 +1,278 @@
+"""coordinator.merge with fakes: order, rejection, held dependents, junk, stale requests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from coordinator.contracts import Component, IntentContract, parse_contract
+from coordinator.intent import CriterionResult, SatisfactionReport
+from coordinator.merge import (
+    MergeGateCore,
+    MergeQueue,
+    MergeRequest,
+    changed_files,
+    criteria_for,
+    is_junk,
+    verify_target,
+)
+from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.verifiers.models import Finding, SwarmReport, VerifierReport
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+CONTRACT = parse_contract(
+    {
+        "name": "shop",
+        "summary": "a shop",
+        "components": [
+            {"name": "db", "kind": "database", "description": "d", "tasks": [{"id": "t", "title": "t"}]},
+            {
+                "name": "api",
+                "kind": "backend",
+                "description": "a",
+                "depends_on": ["db"],
+                "tasks": [{"id": "t", "title": "t"}],
+                "dev_server": {"command": "serve api", "port": 8000},
+            },
+            {
+                "name": "web",
+                "kind": "frontend",
+                "description": "w",
+                "depends_on": ["api"],
+                "tasks": [{"id": "t", "title": "t"}],
+                "dev_server": {"command": "serve web", "port": 5173},
+            },
+        ],
+        "success_criteria": [
+            {"id": "db-ok", "type": "command", "command": "check db", "component": "db"},
+            {"id": "api-ok", "type": "http", "path": "/api", "component": "api"},
+            {"id": "web-ok", "type": "ui", "text": "Shop", "component": "web"},
+            {"id": "all-ok", "type": "command", "command": "check all"},
+        ],
+    }
+)
+
+
+class FakeRepo:
+    """An in-memory main repo with branches as dict copies."""
+
+    def __init__(self) -> None:
+        self.main: dict[str, bytes] = {}
+        self.log: list[tuple[str, str]] = []  # (commit, component)
+        self.branch: dict[str, bytes] | None = None
+        self.branch_component = ""
+
+    async def init(self) -> None:
+        self.branch = None
+
+    async def files(self) -> dict[str, str]:
+        return {p: sha(b) for p, b in self.main.items()}
+
+    async def stage(self, branch: str, writes: Mapping[str, bytes], deletes: list[str], message: str) -> str:
+        self.branch = {**self.main, **writes}
+        for path in deletes:
+            self.branch.pop(path, None)
+        self.branch_component = message.rsplit("Kriptik-Component: ", 1)[1]
+        return "staged"
+
+    async def accept(self, branch: str) -> str:
+        assert self.branch is not None
+        self.main, self.branch = self.branch, None
+        self.log.append((f"c{len(self.log) + 1}", self.branch_component))
+        return await self.head()
+
+    async def discard(self, branch: str) -> None:
+        self.branch = None
+
+    async def head(self) -> str:
+        return self.log[-1][0] if self.log else "c0"
+
+    async def tree_hash(self) -> str:
+        return sha(repr(sorted(self.main.items())).encode())
+
+    async def tree(self, max_bytes: int) -> dict[str, bytes]:
+        return dict(self.main)
+
+    async def merged(self) -> list[str]:
+        return list(dict.fromkeys(c for _, c in self.log))
+
+
+class FakeServers:
+    def __init__(self) -> None:
+        self.started: list[list[str]] = []
+
+    async def restart(self, components: list[Component]) -> tuple[dict[str, str], list[Finding]]:
+        self.started.append([c.name for c in components])
+        return {c.name: f"http://{c.name}.test" for c in components}, []
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.kinds: list[tuple[str, str]] = []
+        self.findings: dict[str, list[Finding]] = {}
+
+    async def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.kinds.append((kind, data["component"]))
+
+    async def report_findings(self, component: str, findings: list[Finding]) -> None:
+        self.findings[component] = findings
+
+
+class World:
+    """Slots' files, a swarm and criteria whose verdicts the test sets."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, dict[str, bytes]] = {}
+        self.failing_criteria: set[str] = set()
+        self.swarm_errors: list[Finding] = []
+        self.checked: list[list[str]] = []
+        self.repo = FakeRepo()
+        self.servers = FakeServers()
+        self.events = FakeEvents()
+        self.core = MergeGateCore(CONTRACT, self.repo, self.fetch, self.verify, self.satisfy, self.servers, self.events)
+
+    async def fetch(self, request: MergeRequest, path: str) -> bytes:
+        await asyncio.sleep(0)
+        return self.slots[request.slot][path]
+
+    async def verify(self, target: Any) -> SwarmReport:
+        report = VerifierReport(
+            verifier="error_checker", passed=not self.swarm_errors, score=1.0, findings=self.swarm_errors
+        )
+        return SwarmReport(sandbox_id="main-test", passed=report.passed, score=1.0, reports=[report])
+
+    async def satisfy(self, contract: IntentContract, urls: Mapping[str, str]) -> SatisfactionReport:
+        ids = [c.id or "" for c in contract.success_criteria]
+        self.checked.append(ids)
+        results = [
+            CriterionResult(id=i, type="command", passed=i not in self.failing_criteria, evidence="ran") for i in ids
+        ]
+        return SatisfactionReport(contract_sha256="0" * 64, results=results)
+
+    def request(self, component: str, files: dict[str, bytes], slot: str | None = None) -> MergeRequest:
+        slot = slot or component
+        self.slots[slot] = files
+        return MergeRequest(build_id="b1", component=component, slot=slot, files={p: sha(b) for p, b in files.items()})
+
+
+async def test_components_merge_in_dependency_order_whatever_the_submission_order() -> None:
+    world = World()
+    web = asyncio.create_task(world.core.admit(world.request("web", {"web/index.html": b"<h1>Shop</h1>"})))
+    api = asyncio.create_task(world.core.admit(world.request("api", {"api/server.py": b"print(1)"})))
+    await asyncio.sleep(0.01)
+    assert not web.done() and not api.done()
+    assert world.core.held() == {"web": ["api"], "api": ["db"]}
+    db = await world.core.admit(world.request("db", {"db/schema.sql": b"create table t(x);"}))
+    results = [db, await api, await web]
+    assert all(r.accepted for r in results), [r.reason for r in results]
+    assert world.core.merged() == ["db", "api", "web"]
+    assert [c for _, c in world.repo.log] == ["db", "api", "web"]
+    # criteria of merged components only; the global one once everything is merged
+    assert world.checked == [["db-ok"], ["db-ok", "api-ok"], ["db-ok", "api-ok", "web-ok", "all-ok"]]
+    assert world.servers.started == [[], ["api"], ["api", "web"]]
+    assert set((await world.core.tree()).keys()) == {"db/schema.sql", "api/server.py", "web/index.html"}
+    assert ("merge.queued", "web") in world.events.kinds and world.events.kinds[-1] == ("merge.accepted", "web")
+
+
+async def test_a_rejected_merge_leaves_main_unchanged_and_returns_findings() -> None:
+    world = World()
+    assert (await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))).accepted
+    head, tree = await world.core.head(), await world.core.tree_hash()
+    world.failing_criteria = {"api-ok"}
+    world.swarm_errors = [Finding(file="api/server.py", line=3, message="SyntaxError: bad", rule="error_checker.py")]
+    result = await world.core.admit(world.request("api", {"api/server.py": b"def (:"}))
+    assert not result.accepted and result.commit is None
+    assert await world.core.head() == head and await world.core.tree_hash() == tree == result.tree_hash
+    rules = sorted(f.rule for f in result.findings)
+    assert rules == ["criterion.command", "error_checker.py"]
+    assert [r.id for r in result.criteria if not r.passed] == ["api-ok"]
+    assert world.events.findings["api"] == result.findings
+    assert world.events.kinds[-1] == ("merge.rejected", "api") and world.core.merged() == ["db"]
+
+
+async def test_a_dependent_of_a_rejected_component_is_held_until_the_dependency_merges() -> None:
+    world = World()
+    await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    world.failing_criteria = {"api-ok"}
+    web = asyncio.create_task(world.core.admit(world.request("web", {"web/index.html": b"<h1>Shop</h1>"})))
+    assert not (await world.core.admit(world.request("api", {"api/server.py": b"broken"}))).accepted
+    await asyncio.sleep(0.01)
+    assert not web.done() and world.core.held() == {"web": ["api"]}
+    world.failing_criteria = set()
+    fixed = await world.core.admit(world.request("api", {"api/server.py": b"fixed"}, slot="api~robust"))
+    assert fixed.accepted
+    assert (await asyncio.wait_for(web, 5)).accepted
+    assert world.core.merged() == ["db", "api", "web"]
+
+
+async def test_only_changed_non_junk_files_are_fetched_and_written() -> None:
+    world = World()
+    await world.core.admit(world.request("db", {"db/schema.sql": b"v1", "README.md": b"shop"}))
+    files = {
+        "db/schema.sql": b"v1",  # unchanged: not fetched again
+        "README.md": b"shop v2",
+        "api/server.py": b"ok",
+        "node_modules/x/index.js": b"junk",
+        "api/__pycache__/server.cpython-311.pyc": b"junk",
+        "api/server.pyc": b"junk",
+        ".git/HEAD": b"junk",
+        ".venv/bin/python": b"junk",
+        "dist/app.js": b"junk",
+    }
+    result = await world.core.admit(world.request("api", files))
+    assert result.accepted and result.changed == ["README.md", "api/server.py"]
+    assert world.repo.main["README.md"] == b"shop v2" and "dist/app.js" not in world.repo.main
+
+
+def test_changed_files_ignores_junk_and_equal_content() -> None:
+    main = {"a.py": sha(b"1"), "b.py": sha(b"2")}
+    wanted = {"a.py": sha(b"1"), "b.py": sha(b"3"), "c/d.ts": sha(b"4"), "web/node_modules/x.js": sha(b"5")}
+    assert changed_files(wanted, main) == {"b.py": sha(b"3"), "c/d.ts": sha(b"4")}
+    assert is_junk("pkg/__pycache__/m.cpython-311.pyc") and is_junk("x/.git/config") and is_junk("m.pyc")
+    assert not is_junk("src/build_config.py") and not is_junk("distance.py")
+
+
+async def test_a_stale_request_is_rejected_without_touching_main() -> None:
+    world = World()
+    request = world.request("db", {"db/schema.sql": b"v1"})
+    world.slots["db"]["db/schema.sql"] = b"edited after the request"
+    result = await world.core.admit(request)
+    assert not result.accepted and "changed in slot db" in result.reason
+    assert world.repo.log == [] and world.core.merged() == []
+
+
+async def test_unknown_component_is_refused_at_once() -> None:
+    world = World()
+    with pytest.raises(InvalidInputError):
+        await world.core.admit(world.request("payments", {}))
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    queue = MergeQueue({"a": (), "b": ("a",)})
+    waiter = asyncio.create_task(queue.acquire("b"))
+    await asyncio.sleep(0.01)
+    assert queue.held() == {"b": ["a"]}
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert queue.held() == {}
+    await queue.acquire("a")
+    await queue.release("a", merged=True)
+    assert queue.merged == ["a"]
+
+
+def test_verify_target_and_criteria_selection() -> None:
+    target = verify_target(CONTRACT, "api", {"api": "http://api", "web": "http://web"}, ["db", "api", "web"])
+    assert target.kind == "web" and target.dev_url == "http://web"
+    assert verify_target(CONTRACT, "db", {}, ["db"]).kind == "library"
+    sub = criteria_for(CONTRACT, ["db"])
+    assert sub is not None and [c.id for c in sub.success_criteria] == ["db-ok"]
+    assert criteria_for(CONTRACT, []) is None
