@@ -33,3 +33,12 @@ def sandbox_bench() -> None:
     from bench.sandbox import main as bench_main
 
     bench_main()
+
+
+def _register_commands() -> None:
+    from serve.cli_commands import register
+
+    register(app)
+
+
+_register_commands()

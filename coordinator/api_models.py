@@ -1,0 +1,212 @@
+"""The bodies of the HTTP API: what a user sends and what the Control actor answers.
+
+Both the API (``serve/``) and the Control actor (``actors/control.py``) import these, so they
+live on floor 2, free of Ray and of FastAPI. Requests refuse unknown fields (a typo is a 422
+that names the field, never a silently ignored option); views *ignore* unknown fields, so a
+Control that reports one more field than this version knows does not turn a status read
+into a server error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BuildMode = Literal["local", "modal", "hybrid"]
+"""Where sandboxes run: bubblewrap on the head node, Modal, or Modal with a local coordinator."""
+
+BuildStatusName = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
+"""Life of a build, as ``coordinator.store_schema.SessionStatus``."""
+
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+"""Statuses a build never leaves (``paused`` is not final: ``resume`` continues it)."""
+
+EXAMPLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class BuildRequest(_Request):
+    """Start a build from exactly one of: a prompt, an intent contract, or a named example."""
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=20_000)
+    """The app in plain language; Phase 0 turns it into an intent contract."""
+    contract: dict[str, Any] | None = None
+    """A ready IntentContract (as JSON); validated here, so a bad one is a 422 listing every problem."""
+    example: str | None = Field(default=None, pattern=EXAMPLE_NAME)
+    """Name of an intent under ``examples/intents`` (``hello-calc``)."""
+    build_mode: BuildMode = "local"
+    """Where the sandboxes run."""
+    budget_usd: float | None = Field(default=None, gt=0, le=100_000)
+    """Most the build may spend, in dollars; the contract's budget (or the default) when unset."""
+    priority: int = Field(default=0, ge=-100, le=100)
+    """Queue priority: higher starts first among queued builds of the cluster."""
+
+    @field_validator("contract")
+    @classmethod
+    def _valid_contract(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from coordinator.contracts import parse_contract  # heavy import, only when a contract is sent
+
+        return parse_contract(value).model_dump(mode="json")  # ContractInvalidError is a ValueError: a 422
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> BuildRequest:
+        given = [name for name in ("prompt", "contract", "example") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of prompt, contract, example (got {', '.join(given) or 'none'})")
+        return self
+
+
+class BudgetRaise(_Request):
+    """Raise a build's spending limit (a paused build then continues with ``resume``)."""
+
+    usd: float = Field(gt=0, le=100_000)
+    """Dollars added to the current limit."""
+
+
+# --- views ---------------------------------------------------------------------------------
+
+
+class BudgetView(_View):
+    """What a build may spend and has spent."""
+
+    limit_usd: float
+    spent_usd: float
+    status: str = "ok"
+    """``ok``, ``warning`` (past the warning threshold) or ``exhausted`` (the build pauses)."""
+
+
+class ComponentView(_View):
+    """One slot of the fleet: a candidate of a component in its sandbox."""
+
+    slot: str
+    component: str
+    candidate: int = 0
+    """Candidate number in a tournament (0 without one)."""
+    sandbox_id: str | None = None
+    status: str = "pending"
+    agents: list[str] = Field(default_factory=list)
+    """Names of the agents working in the slot's sandbox."""
+    swarm_score: float | None = None
+    """Latest verification-swarm score in [0, 1], if verified yet."""
+
+
+class TournamentView(_View):
+    """A tournament between candidates of one component."""
+
+    component: str
+    status: str = "running"
+    candidates: list[str] = Field(default_factory=list)
+    """Slots competing."""
+    scores: dict[str, float] = Field(default_factory=dict)
+    """Judge score per slot."""
+    winner: str | None = None
+    reason: str = ""
+
+
+class MergeView(_View):
+    """One merge (or refused merge) into the main branch by the MergeGate."""
+
+    component: str
+    status: str
+    """``pending``, ``merged`` or ``rejected``."""
+    slot: str | None = None
+    commit: str | None = None
+    at: float | None = None
+    message: str = ""
+
+
+class BuildStatus(_View):
+    """Everything known about one build, as ``GET /api/build/status/{id}`` returns it."""
+
+    id: str
+    user_id: str
+    status: BuildStatusName
+    phase: str = ""
+    """``intent``, ``fleet``, ``build``, ``verify``, ``merge``, ``preview`` or ``done``."""
+    components: list[ComponentView] = Field(default_factory=list)
+    preview_url: str | None = None
+    main_commit: str | None = None
+    budget: BudgetView | None = None
+    tournaments: list[TournamentView] = Field(default_factory=list)
+    merges: list[MergeView] = Field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class BuildSummary(_View):
+    """One line of ``GET /api/builds``."""
+
+    id: str
+    status: BuildStatusName
+    phase: str = ""
+    title: str = ""
+    """The prompt's first line or the contract's name."""
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class BuildCreated(_View):
+    """Answer to ``POST /api/builds``: the build is queued; follow it with these URLs."""
+
+    id: str
+    status_url: str
+    stream_url: str
+
+
+class PreviewView(_View):
+    """Where the build's app can be seen: the merged app and each component's own server."""
+
+    url: str | None = None
+    components: dict[str, str] = Field(default_factory=dict)
+
+
+class SandboxView(_View):
+    """One sandbox of the build's fleet."""
+
+    id: str
+    slot: str = ""
+    component: str = ""
+    backend: str = ""
+    status: str = ""
+    agents: list[str] = Field(default_factory=list)
+    swarm_score: float | None = None
+
+
+class TakeControlView(_View):
+    """A URL where the user drives the build's preview (or sandbox) themselves."""
+
+    url: str
+
+
+class Health(_View):
+    """Liveness of the API replica (no auth, no Control call)."""
+
+    status: Literal["ok"] = "ok"
+    version: str = ""
+
+
+class ErrorBody(_View):
+    """Every non-2xx answer of the API."""
+
+    error: str
+    """Machine-readable code: ``not_found``, ``invalid_input``, ``unauthorized``, ``rate_limited`` …"""
+    message: str
+    field: str | None = None
+    """The offending field, when one is to blame (``body.prompt``)."""
+    retry_after_s: float | None = None
+    problems: list[str] = Field(default_factory=list)
+    """Every validation problem, ``location: message`` (422 only)."""

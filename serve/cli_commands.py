@@ -1,0 +1,336 @@
+"""``kriptik up|down|build|status|logs|cancel|resume|preview|token``: the CLI of the API.
+
+:func:`register` adds the commands to the ``kriptik`` typer app. Every command but ``up``,
+``down`` and ``token`` talks HTTP to the API (httpx) with the token from ``KRIPTIK_TOKEN``
+or ``~/.kriptik/token``, at ``KRIPTIK_API_URL`` (default ``http://KRIPTIK_API_HOST:PORT``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+PHASES = ("intent", "fleet", "build", "verify", "merge", "preview", "done")
+REDIS_KEEPER = "kriptik-redis"
+UP_MARKER = "up.json"
+
+
+# --- talking to the API ------------------------------------------------------------------
+
+
+def api_url() -> str:
+    from serve.app import ApiSettings
+
+    s = ApiSettings()
+    return os.environ.get("KRIPTIK_API_URL", f"http://{s.host}:{s.port}").rstrip("/")
+
+
+def token() -> str:
+    value = os.environ.get("KRIPTIK_TOKEN") or _read(Path("~/.kriptik/token").expanduser())
+    if not value:
+        console.print("[red]no token: set KRIPTIK_TOKEN or write ~/.kriptik/token (kriptik token create USER)")
+        raise typer.Exit(2)
+    return value
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""
+
+
+def client(timeout: float | httpx.Timeout = 30.0) -> httpx.Client:
+    return httpx.Client(base_url=api_url(), headers={"Authorization": f"Bearer {token()}"}, timeout=timeout)
+
+
+def call(method: str, path: str, **kwargs: Any) -> Any:
+    """One API call; an error answer is printed and exits with 1."""
+    try:
+        with client() as c:
+            r = c.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach the API at {api_url()}: {exc} (is `kriptik up` running?)")
+        raise typer.Exit(1) from None
+    if r.is_error:
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        console.print(f"[red]{r.status_code} {body.get('error', '')}: {body.get('message', r.text)}")
+        raise typer.Exit(1)
+    return r.json()
+
+
+def events(build_id: str, *, follow: bool) -> Iterator[dict[str, Any]]:
+    """The build's SSE events; without ``follow``, stop once the backlog is read."""
+    timeout = httpx.Timeout(30.0, read=None if follow else 2.0)
+    last_id: str | None = None
+    while True:
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            with client(timeout) as c, c.stream("GET", f"/api/build/stream/{build_id}", headers=headers) as r:
+                if r.is_error:
+                    r.read()
+                    console.print(f"[red]{r.status_code}: {r.json().get('message', r.text)}")
+                    raise typer.Exit(1)
+                event: dict[str, Any] = {}
+                for line in r.iter_lines():
+                    if line == "":
+                        if "data" in event:
+                            last_id = event.get("id", last_id)
+                            yield event
+                            if event.get("event") == "end":
+                                return
+                        event = {}
+                    elif not line.startswith(":"):
+                        key, _, value = line.partition(":")
+                        event[key] = value.removeprefix(" ")
+        except httpx.ReadTimeout:
+            return  # backlog read (not following)
+        except httpx.TransportError as exc:
+            if not follow:
+                raise
+            console.print(f"[yellow]stream dropped ({exc}); resuming after {last_id}")
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def register(app: typer.Typer) -> None:
+    """Add the API commands to the ``kriptik`` app."""
+    token_app = typer.Typer(help="API tokens.")
+    app.add_typer(token_app, name="token")
+
+    @token_app.command("create")
+    def token_create(user: str = typer.Argument(..., help="User the token acts for.")) -> None:
+        """Create a bearer token for USER (shown once; only its hash is stored)."""
+        from coordinator.store import Store
+        from serve.auth import create_token
+
+        with Store() as store:
+            print(create_token(store, user))
+
+    @app.command()
+    def up(port: int = typer.Option(None, help="API port (default KRIPTIK_API_PORT or 8000).")) -> None:
+        """Start a local Ray head, the managed Redis, the Control actor and the API; print the URLs."""
+        raise typer.Exit(_up(port))
+
+    @app.command()
+    def down() -> None:
+        """Stop the API and the managed Redis; stop Ray if `kriptik up` started it."""
+        raise typer.Exit(_down())
+
+    @app.command()
+    def build(
+        what: str = typer.Argument(..., help="A prompt, or a contract file (YAML/JSON)."),
+        budget: float = typer.Option(None, help="Budget in dollars."),
+        mode: str = typer.Option("local", help="local, modal or hybrid."),
+        detach: bool = typer.Option(False, "--detach", "-d", help="Print the id and return."),
+    ) -> None:
+        """Start a build and show its progress live."""
+        body: dict[str, Any] = {"build_mode": mode, "budget_usd": budget}
+        path = Path(what)
+        if len(what) < 4096 and "\n" not in what and path.is_file():
+            from coordinator.contracts import load_contract
+
+            body["contract"] = load_contract(path).model_dump(mode="json")
+        else:
+            body["prompt"] = what
+        created = call("POST", "/api/builds", json=body)
+        console.print(f"build [bold]{created['id']}[/] queued")
+        if not detach:
+            _follow_progress(created["id"])
+
+    @app.command()
+    def status(build_id: str, json_output: bool = typer.Option(False, "--json")) -> None:
+        """Show a build's status, fleet and budget."""
+        s = call("GET", f"/api/build/status/{build_id}")
+        if json_output:
+            print(json.dumps(s))
+            return
+        console.print(f"[bold]{s['id']}[/] {s['status']} phase={s['phase'] or '-'} preview={s.get('preview_url')}")
+        if s.get("budget"):
+            b = s["budget"]
+            console.print(f"budget ${b['spent_usd']:.2f} of ${b['limit_usd']:.2f} ({b['status']})")
+        table = Table("slot", "component", "sandbox", "status", "agents", "swarm")
+        for c in s.get("components", []):
+            score = "" if c.get("swarm_score") is None else f"{c['swarm_score']:.2f}"
+            table.add_row(c["slot"], c["component"], c.get("sandbox_id") or "", c["status"],
+                          ", ".join(c.get("agents", [])), score)  # fmt: skip
+        if s.get("components"):
+            console.print(table)
+        if s.get("error"):
+            console.print(f"[red]{s['error']}")
+
+    @app.command()
+    def logs(build_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming.")) -> None:
+        """Print a build's event log (with -f, follow it until the build ends)."""
+        for event in events(build_id, follow=follow):
+            if event.get("event") == "end":
+                console.print(f"[bold]end[/] {event['data']}")
+                continue
+            body = json.loads(event["data"])
+            console.print(f"[dim]{event.get('id', '')}[/] [bold]{body['kind']}[/] {json.dumps(body['data'])}")
+
+    @app.command()
+    def cancel(build_id: str) -> None:
+        """Cancel a build."""
+        console.print(f"{build_id}: {call('POST', f'/api/build/cancel/{build_id}')['status']}")
+
+    @app.command()
+    def resume(build_id: str) -> None:
+        """Resume a paused build."""
+        console.print(f"{build_id}: {call('POST', f'/api/build/resume/{build_id}')['status']}")
+
+    @app.command()
+    def preview(build_id: str) -> None:
+        """Print the build's preview URLs."""
+        p = call("GET", f"/api/build/preview/{build_id}")
+        console.print(f"app: {p.get('url') or '(not yet)'}")
+        for name, url in p.get("components", {}).items():
+            console.print(f"  {name}: {url}")
+
+
+def _follow_progress(build_id: str) -> None:
+    """Progress bars fed by SSE: one per phase, plus the latest message."""
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.fields[note]}"),
+                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+        tasks = {p: progress.add_task(p, total=1.0, note="", start=False) for p in PHASES}
+        for event in events(build_id, follow=True):
+            if event.get("event") == "end":
+                status = json.loads(event["data"])["status"]
+                colour = "green" if status == "completed" else "red"
+                progress.console.print(f"[{colour}]build {build_id} {status}")
+                return
+            body = json.loads(event["data"])
+            data = body.get("data") or {}
+            phase = data.get("phase") or body["kind"].split(".")[0]
+            task = tasks.get(phase)
+            if task is None:
+                progress.console.print(f"[dim]{body['kind']}[/] {json.dumps(data)}")
+                continue
+            progress.start_task(task)
+            fraction = data.get("fraction")
+            if body["kind"].endswith((".completed", ".done", ".finished")):
+                fraction = 1.0
+            progress.update(task, completed=fraction if fraction is not None else 0.0,
+                            note=str(data.get("message", body["kind"]))[:60])  # fmt: skip
+            if event.get("event") == "error":
+                progress.console.print(f"[red]{body['kind']}[/] {json.dumps(data)}")
+
+
+# --- up / down -----------------------------------------------------------------------------
+
+
+def _up(port: int | None) -> int:
+    import ray
+
+    from coordinator.store import Store
+    from sandbox_agents.settings import get_settings
+    from serve.app import ApiSettings
+    from serve.deployment import run_api
+
+    settings = get_settings()
+    home = settings.home()
+    api = ApiSettings(**({"port": port} if port else {}))
+    started = False
+    try:
+        ray.init(address="auto", namespace="kriptik", log_to_driver=False)
+    except ConnectionError:
+        console.print("starting a local Ray head …")
+        subprocess.run(["ray", "start", "--head", "--dashboard-host=127.0.0.1", "--disable-usage-stats"], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        started = True
+        ray.init(address="auto", namespace="kriptik", log_to_driver=False)
+    redis_url = settings.redis_url or _start_redis_keeper(ray, home)
+    if not _control_running(ray):
+        try:
+            from actors import control as control_module  # written alongside; optional until it lands
+
+            starter = getattr(control_module, "start_control", None)
+            if starter is not None:
+                starter()
+        except ImportError:
+            console.print("[yellow]no Control actor yet (actors/control.py): the API answers 503 until one runs")
+    Store().start().close()  # create and migrate the store before the replica opens it
+    url = run_api(redis_url, str(home / "store.db"), api)
+    (home / UP_MARKER).write_text(json.dumps({"started_ray": started, "api": url, "redis": redis_url}))
+    console.print(f"API        {url}/api   (docs {url}/docs)")
+    console.print(f"web UI     {url}/ui/")
+    console.print("Ray        http://127.0.0.1:8265  (dashboard)")
+    console.print(f"Redis      {redis_url}")
+    console.print("token      kriptik token create USER > ~/.kriptik/token")
+    return 0
+
+
+def _control_running(ray: Any) -> bool:
+    from serve.control_port import CONTROL_NAME, CONTROL_NAMESPACE
+
+    try:
+        ray.get_actor(CONTROL_NAME, namespace=CONTROL_NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+class _RedisKeeper:
+    """A detached actor that owns the managed redis-server, so it outlives ``kriptik up``."""
+
+    def __init__(self, data_dir: str) -> None:
+        from coordinator.redis_server import ManagedRedis
+
+        self.server = ManagedRedis(data_dir)
+        self.server.start()
+
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _start_redis_keeper(ray: Any, home: Path) -> str:
+    try:
+        keeper = ray.get_actor(REDIS_KEEPER, namespace="kriptik")
+    except ValueError:
+        keeper = (
+            ray.remote(_RedisKeeper)
+            .options(name=REDIS_KEEPER, namespace="kriptik", lifetime="detached", num_cpus=0)
+            .remote(str(home / "redis"))
+        )
+    return ray.get(keeper.url.remote(), timeout=60)
+
+
+def _down() -> int:
+    import ray
+    from ray import serve
+
+    from sandbox_agents.settings import get_settings
+
+    marker = get_settings().home() / UP_MARKER
+    info = json.loads(marker.read_text()) if marker.exists() else {}
+    try:
+        ray.init(address="auto", namespace="kriptik", log_to_driver=False)
+    except ConnectionError:
+        console.print("no Ray running")
+        marker.unlink(missing_ok=True)
+        return 0
+    serve.shutdown()
+    try:
+        keeper = ray.get_actor(REDIS_KEEPER, namespace="kriptik")
+        ray.get(keeper.stop.remote(), timeout=30)
+        ray.kill(keeper)
+    except ValueError:
+        pass
+    ray.shutdown()
+    if info.get("started_ray"):
+        subprocess.run(["ray", "stop"], check=False, stdout=subprocess.DEVNULL)
+    marker.unlink(missing_ok=True)
+    console.print("stopped")
+    return 0

@@ -1,0 +1,227 @@
+"""What the HTTP layer needs from the Control actor, as a small protocol (a *port*).
+
+The API codes against :class:`ControlPort` only. In production :class:`RayControlPort`
+adapts the named ``control`` actor (namespace ``kriptik``); tests, the benchmark and UI
+work use :class:`MemoryControl`, an in-memory double that keeps builds in dicts and runs
+nothing. Every method is scoped to a user: another user's build does not exist for you
+(:class:`BuildNotFoundError`, a 404), so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any, Protocol, runtime_checkable
+
+from coordinator.api_models import FINAL_STATUSES, BuildRequest
+from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError, InvalidInputError, KriptikError
+
+CONTROL_NAME = "control"
+CONTROL_NAMESPACE = "kriptik"
+
+
+class ControlUnavailableError(KriptikError, ConnectionError):
+    """The Control actor cannot be reached (not started, dead, restarting or too slow); a 503."""
+
+
+@runtime_checkable
+class ControlPort(Protocol):
+    """The Control actor as the API sees it; dicts in the shapes of ``coordinator.api_models``.
+
+    Every method raises :class:`BuildNotFoundError` for an unknown build or another user's,
+    :class:`InvalidInputError` for bad input and :class:`BudgetExceededError` when spending
+    is refused.
+    """
+
+    async def submit(self, user_id: str, request: dict[str, Any]) -> str: ...
+    async def status(self, user_id: str, build_id: str) -> dict[str, Any]: ...
+    async def list_builds(self, user_id: str) -> list[dict[str, Any]]: ...
+    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]: ...
+    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]: ...
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]: ...
+    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]: ...
+    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]: ...
+    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]: ...
+
+
+class RayControlPort:
+    """:class:`ControlPort` over a Ray actor handle; every ``ray.*`` call of the API is here.
+
+    Args:
+        handle: the Control actor's handle; looked up by name at the first call when ``None``
+            (so the API can start before the Control actor does and answer 503 meanwhile).
+        name, namespace: where to look it up.
+        timeout_s: longest wait for one call before :class:`ControlUnavailableError`.
+    """
+
+    def __init__(
+        self,
+        handle: Any = None,
+        *,
+        name: str = CONTROL_NAME,
+        namespace: str = CONTROL_NAMESPACE,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._handle = handle
+        self.name = name
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+
+    def _actor(self) -> Any:
+        if self._handle is None:
+            import ray
+
+            try:
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError as exc:
+                raise ControlUnavailableError(f"no actor {self.name!r} in namespace {self.namespace!r}") from exc
+        return self._handle
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        import ray.exceptions as rex
+
+        try:
+            ref = getattr(self._actor(), method).remote(*args)
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                return await ref
+        except rex.RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, KriptikError):
+                raise cause from None  # our own error, with its fields, not Ray's wrapper
+            raise
+        except (rex.RayActorError, rex.ActorUnavailableError) as exc:
+            self._handle = None  # look it up again: a restarted actor may be a new handle
+            raise ControlUnavailableError(f"control actor unavailable: {exc}") from exc
+        except TimeoutError as exc:
+            raise ControlUnavailableError(f"control actor did not answer {method} in {self.timeout_s}s") from exc
+
+    async def submit(self, user_id: str, request: dict[str, Any]) -> str:
+        return str(await self._call("submit", user_id, request))
+
+    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self._call("status", user_id, build_id)
+
+    async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
+        return await self._call("list_builds", user_id)
+
+    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self._call("cancel", user_id, build_id)
+
+    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self._call("resume", user_id, build_id)
+
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]:
+        return await self._call("raise_budget", user_id, build_id, usd)
+
+    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self._call("preview", user_id, build_id)
+
+    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
+        return await self._call("sandboxes", user_id, build_id)
+
+    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self._call("take_control", user_id, build_id)
+
+
+class MemoryControl:
+    """An in-memory :class:`ControlPort` that runs no builds: for tests, benchmarks and UI work.
+
+    Builds are dicts shaped like ``BuildStatus``; :meth:`set_status` moves one along. It is
+    picklable, so it can also be the state of a Ray actor or live inside a Serve replica.
+    """
+
+    def __init__(self, *, id_prefix: str = "b", clock: Any = time.time) -> None:
+        self.builds: dict[str, dict[str, Any]] = {}
+        self.id_prefix = id_prefix
+        self.clock = clock
+        self._ids = itertools.count(1)
+
+    def _own(self, user_id: str, build_id: str) -> dict[str, Any]:
+        build = self.builds.get(build_id)
+        if build is None or build["user_id"] != user_id:
+            raise BuildNotFoundError(f"no build {build_id!r}")
+        return build
+
+    async def submit(self, user_id: str, request: dict[str, Any]) -> str:
+        req = BuildRequest.model_validate(request)
+        if req.example == "missing":
+            raise InvalidInputError("no example called 'missing'", field="example")
+        build_id = f"{self.id_prefix}{next(self._ids):06d}"
+        title = req.prompt.splitlines()[0][:80] if req.prompt else (req.contract or {}).get("name", req.example or "")
+        limit = req.budget_usd or 10.0
+        self.builds[build_id] = {
+            "id": build_id,
+            "user_id": user_id,
+            "status": "queued",
+            "phase": "intent",
+            "title": title,
+            "components": [],
+            "preview_url": None,
+            "main_commit": None,
+            "budget": {"limit_usd": limit, "spent_usd": 0.0, "status": "ok"},
+            "tournaments": [],
+            "merges": [],
+            "started_at": self.clock(),
+            "finished_at": None,
+            "error": None,
+            "sandboxes": [],
+            "preview": {"url": None, "components": {}},
+        }
+        return build_id
+
+    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
+        build = self._own(user_id, build_id)
+        return {k: v for k, v in build.items() if k not in ("sandboxes", "preview", "title")}
+
+    async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
+        keys = ("id", "status", "phase", "title", "started_at", "finished_at")
+        mine = [b for b in self.builds.values() if b["user_id"] == user_id]
+        return [{k: b[k] for k in keys} for b in sorted(mine, key=lambda b: b["started_at"], reverse=True)]
+
+    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]:
+        build = self._own(user_id, build_id)
+        if build["status"] not in FINAL_STATUSES:
+            build.update(status="cancelled", finished_at=self.clock())
+        return await self.status(user_id, build_id)
+
+    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]:
+        build = self._own(user_id, build_id)
+        if build["status"] in FINAL_STATUSES:
+            raise InvalidInputError(f"build {build_id} is {build['status']} and cannot resume", field="build_id")
+        budget = build["budget"]
+        if budget["spent_usd"] >= budget["limit_usd"]:
+            raise BudgetExceededError(f"build {build_id} has spent its ${budget['limit_usd']:.2f}")
+        build["status"] = "running"
+        return await self.status(user_id, build_id)
+
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]:
+        build = self._own(user_id, build_id)
+        if usd <= 0:
+            raise InvalidInputError("a raise must be positive", field="usd")
+        budget = build["budget"]
+        budget["limit_usd"] += usd
+        budget["status"] = "ok" if budget["spent_usd"] < budget["limit_usd"] else "exhausted"
+        return dict(budget)
+
+    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return dict(self._own(user_id, build_id)["preview"])
+
+    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
+        return list(self._own(user_id, build_id)["sandboxes"])
+
+    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
+        build = self._own(user_id, build_id)
+        url = build["preview"]["url"]
+        if url is None:
+            raise InvalidInputError(f"build {build_id} has no preview yet", field="build_id")
+        return {"url": url}
+
+    # --- test hooks ----------------------------------------------------------------------
+
+    async def set_status(self, build_id: str, **fields: Any) -> None:
+        """Change fields of a build (``status``, ``phase``, ``budget``, ``sandboxes``, ``preview`` …)."""
+        build = self.builds[build_id]
+        build.update(fields)
+        if fields.get("status") in FINAL_STATUSES and build["finished_at"] is None:
+            build["finished_at"] = self.clock()

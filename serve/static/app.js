@@ -1,0 +1,167 @@
+// KripTik Fleet web UI: plain JS, no build step.
+// The live log reads /api/build/stream/{id} with fetch() and a streaming body, not EventSource:
+// EventSource cannot send an Authorization header, and a ?token= in the URL would land in
+// proxy and access logs. The parser below handles id/event/data lines and ": ping" comments;
+// on a dropped connection it reconnects with Last-Event-ID, so no event is lost or repeated.
+"use strict";
+
+const PHASES = ["intent", "fleet", "build", "verify", "merge", "preview", "done"];
+const $ = (sel, root = document) => root.querySelector(sel);
+let current = null; // {id, abort: AbortController}
+
+function token() { return localStorage.getItem("kriptik.token") || ""; }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: "Bearer " + token() }, options.headers || {});
+  if (options.body) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, Object.assign({}, options, { headers }));
+  const body = res.headers.get("content-type")?.includes("json") ? await res.json() : null;
+  if (!res.ok) throw new Error((body && body.message) || res.statusText);
+  return body;
+}
+
+function cell(tr, text) { const td = document.createElement("td"); td.textContent = text ?? ""; tr.appendChild(td); return td; }
+function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleString() : ""; }
+function fill(tbody, rows, render) { tbody.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(tr, r); return tr; })); }
+
+// --- list of builds --------------------------------------------------------------------------
+
+async function showList() {
+  $("#main").replaceChildren($("#list-view").content.cloneNode(true));
+  $("#new-build").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const created = await api("/api/builds", { method: "POST", body: JSON.stringify({
+      prompt: $("#prompt").value, budget_usd: Number($("#budget-usd").value) || null }) });
+    location.hash = "#/build/" + created.id;
+  });
+  try {
+    const builds = await api("/api/builds");
+    $("#builds-empty").hidden = builds.length > 0;
+    fill($("#builds tbody"), builds, (tr, b) => {
+      tr.className = "build-row";
+      const a = document.createElement("a"); a.href = "#/build/" + b.id; a.textContent = b.id;
+      cell(tr, "").appendChild(a); cell(tr, b.title); cell(tr, b.status); cell(tr, b.phase); cell(tr, fmtTime(b.started_at));
+    });
+  } catch (err) { $("#builds-empty").hidden = false; $("#builds-empty").textContent = err.message; }
+}
+
+// --- one build -------------------------------------------------------------------------------
+
+function renderStatus(s) {
+  $("#build-status").textContent = s.status;
+  const at = PHASES.indexOf(s.phase);
+  $("#timeline").replaceChildren(...PHASES.map((p, i) => {
+    const li = document.createElement("li"); li.textContent = p; li.dataset.phase = p;
+    li.className = i < at || s.status === "completed" ? "done" : i === at ? "current" : "";
+    return li;
+  }));
+  renderBudget(s.budget);
+  fill($("#fleet tbody"), s.components || [], (tr, c) => {
+    cell(tr, c.slot); cell(tr, c.component); cell(tr, c.sandbox_id); cell(tr, c.status);
+    cell(tr, (c.agents || []).join(", ")); cell(tr, c.swarm_score == null ? "" : c.swarm_score.toFixed(2));
+  });
+  fill($("#tournaments tbody"), s.tournaments || [], (tr, t) => {
+    cell(tr, t.component); cell(tr, t.status);
+    cell(tr, Object.entries(t.scores || {}).map(([k, v]) => k + ": " + v.toFixed(2)).join(", ")); cell(tr, t.winner);
+  });
+  fill($("#merges tbody"), s.merges || [], (tr, m) => {
+    cell(tr, m.component); cell(tr, m.status); cell(tr, (m.commit || "").slice(0, 10)); cell(tr, m.message);
+  });
+  if (s.preview_url && $("#preview").dataset.src !== s.preview_url) {
+    $("#preview").src = $("#preview").dataset.src = s.preview_url;
+    $("#preview-link").href = s.preview_url; $("#preview-link").textContent = s.preview_url;
+  }
+}
+
+function renderBudget(b) {
+  if (!b) return;
+  const pct = b.limit_usd > 0 ? Math.min(100, (100 * b.spent_usd) / b.limit_usd) : 0;
+  $("#budget-meter").className = "meter " + (b.status || "");
+  $("#budget-meter").dataset.pct = pct.toFixed(1);
+  $("#budget-meter .fill").style.width = pct + "%";
+  $("#budget-text").textContent = `$${b.spent_usd.toFixed(2)} of $${b.limit_usd.toFixed(2)} (${b.status})`;
+}
+
+function logLine(ev) {
+  const li = document.createElement("li");
+  li.className = "log-line " + ev.event; li.dataset.id = ev.id || "";
+  let text = ev.event;
+  try { const d = JSON.parse(ev.data); text = `${d.kind} ${JSON.stringify(d.data)}`; } catch (_) { text += " " + ev.data; }
+  li.textContent = text;
+  const log = $("#log"); const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.appendChild(li); if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+async function streamEvents(id, abort, onEvent) {
+  let lastId = null;
+  for (let attempt = 0; !abort.signal.aborted; attempt++) {
+    try {
+      const headers = { Authorization: "Bearer " + token(), Accept: "text/event-stream" };
+      if (lastId) headers["Last-Event-ID"] = lastId;
+      const res = await fetch(`/api/build/stream/${id}`, { headers, signal: abort.signal });
+      if (res.status === 401 || res.status === 404) { $("#stream-state").textContent = res.statusText; return; }
+      $("#stream-state").textContent = "live";
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut); buf = buf.slice(cut + 2);
+          const ev = { event: "message", data: "", id: null };
+          for (const line of block.split("\n")) {
+            if (!line || line.startsWith(":")) continue;
+            const i = line.indexOf(":"); const k = i < 0 ? line : line.slice(0, i);
+            const v = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+            if (k === "data") ev.data += (ev.data ? "\n" : "") + v; else if (k === "event") ev.event = v; else if (k === "id") ev.id = v;
+          }
+          if (ev.id) lastId = ev.id;
+          if (ev.event === "end") { $("#stream-state").textContent = "ended"; onEvent(ev); return; }
+          if (ev.data) onEvent(ev);
+        }
+      }
+    } catch (err) { if (abort.signal.aborted) return; }
+    $("#stream-state").textContent = "reconnecting…";
+    await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** Math.min(attempt, 5))));
+  }
+}
+
+async function showBuild(id) {
+  $("#main").replaceChildren($("#build-view").content.cloneNode(true));
+  $("#build-id").textContent = id;
+  const abort = new AbortController(); current = { id, abort };
+  const refresh = async () => { try { renderStatus(await api(`/api/build/status/${id}`)); } catch (err) { $("#action-msg").textContent = err.message; } };
+  const act = (path, body) => async (e) => {
+    e.preventDefault();
+    try { await api(path, { method: "POST", body: body ? JSON.stringify(body()) : undefined }); $("#action-msg").textContent = ""; }
+    catch (err) { $("#action-msg").textContent = err.message; }
+    refresh();
+  };
+  $("#cancel").addEventListener("click", act(`/api/build/cancel/${id}`));
+  $("#resume").addEventListener("click", act(`/api/build/resume/${id}`));
+  $("#raise-form").addEventListener("submit", act(`/api/build/budget/${id}`, () => ({ usd: Number($("#raise-usd").value) })));
+  $("#take-control").addEventListener("click", async () => {
+    try { const { url } = await api(`/api/build/take-control/${id}`, { method: "POST" }); window.open(url, "_blank", "noopener"); }
+    catch (err) { $("#action-msg").textContent = err.message; }
+  });
+  await refresh();
+  const timer = setInterval(() => (abort.signal.aborted ? clearInterval(timer) : refresh()), 5000);
+  streamEvents(id, abort, (ev) => {
+    if (ev.event !== "end") logLine(ev);
+    if (ev.event === "budget") { try { renderBudget(JSON.parse(ev.data).data); } catch (_) { /* a partial budget event */ } }
+    if (["phase", "merge", "tournament", "sandbox", "build", "end"].includes(ev.event)) refresh();
+  });
+}
+
+function route() {
+  if (current) { current.abort.abort(); current = null; }
+  const m = location.hash.match(/^#\/build\/([^/]+)$/);
+  return m ? showBuild(decodeURIComponent(m[1])) : showList();
+}
+
+$("#token").value = token();
+$("#token-form").addEventListener("submit", (e) => { e.preventDefault(); localStorage.setItem("kriptik.token", $("#token").value.trim()); route(); });
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,106 @@
+"""The web UI in headless Chromium, against the API on a real Ray Serve and a real bus."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from coordinator.bus import ContextBus
+from coordinator.redis_server import ManagedRedis, free_port
+from coordinator.store import Store
+from serve.auth import create_token
+from serve.control_port import MemoryControl, RayControlPort
+from tests.integration.conftest_bus import fast_config
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CONTROL = "test-ui-control"
+
+
+@pytest.fixture(scope="module")
+def site(
+    ray_cluster: Any,
+    redis_server: ManagedRedis,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    import shutil
+
+    from ray import serve
+
+    from serve.app import ApiSettings
+    from serve.deployment import run_api
+
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("chromium is not installed")
+    store_path = tmp_path_factory.mktemp("ui") / "store.db"
+    with Store(store_path) as store:
+        token = create_token(store, "alice")
+    control = ray_cluster.remote(MemoryControl).options(name=CONTROL, namespace="kriptik").remote()
+    settings = ApiSettings(port=free_port(), heartbeat_s=1.0, sse_block_ms=200, rate_per_s=1000, burst=1000)
+    url = run_api(redis_server.url, store_path, settings, control=RayControlPort(name=CONTROL), bus_prefix="test")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "API not up in 60 s"
+        time.sleep(0.2)
+    try:
+        yield {"url": url, "token": token, "control": control, "redis": redis_server.url}
+    finally:
+        serve.shutdown()
+        ray_cluster.kill(control)
+
+
+async def test_build_list_and_build_page_with_live_log_and_budget(site: dict[str, Any]) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    headers = {"Authorization": f"Bearer {site['token']}"}
+    async with httpx.AsyncClient(base_url=site["url"], headers=headers, timeout=30) as client:
+        ids = [(await client.post("/api/builds", json={"prompt": f"app {n}"})).json()["id"] for n in range(2)]
+    build = ids[0]
+    budget = {"limit_usd": 10.0, "spent_usd": 2.5, "status": "ok"}
+    await asyncio.wrap_future(site["control"].set_status.remote(build, status="running", phase="build",
+                                                                budget=budget).future())  # fmt: skip
+    bus = ContextBus(site["redis"], fast_config(), sender="test")
+    try:
+        await bus.publish_event(build, "phase.started", {"phase": "build"})
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = await browser.new_page()
+            await page.goto(f"{site['url']}/ui/")
+            await page.fill("#token", site["token"])
+            await page.click("#token-form button")
+            rows = page.locator("#builds tbody tr.build-row")
+            await expect(rows).to_have_count(2, timeout=20_000)
+            await expect(page.locator("#builds")).to_contain_text("app 1")
+
+            await page.click(f"a[href='#/build/{build}']")
+            await expect(page.locator("#build-status")).to_have_text("running", timeout=20_000)
+            await expect(page.locator("#timeline li.current")).to_have_text("build")
+            await expect(page.locator("#budget-text")).to_contain_text("$2.50 of $10.00", timeout=20_000)
+            assert await page.locator("#budget-meter").get_attribute("data-pct") == "25.0"
+
+            log = page.locator("#log li.log-line")
+            await expect(log).to_have_count(1, timeout=20_000)  # the backlog
+            for n in range(3):  # live: each event appears while the page stays open
+                await bus.publish_event(build, "progress.task", {"n": n})
+                await expect(log).to_have_count(2 + n, timeout=20_000)
+            await expect(log.last).to_contain_text('progress.task {"n":2}')
+            await expect(page.locator("#stream-state")).to_have_text("live")
+
+            await bus.publish_event(build, "budget.updated", {"limit_usd": 10.0, "spent_usd": 7.5, "status": "warning"})
+            await expect(page.locator("#budget-text")).to_contain_text("$7.50 of $10.00", timeout=20_000)
+            await browser.close()
+    finally:
+        await bus.delete_build(build)
+        await bus.aclose(flush_timeout=1.0)
