@@ -1,0 +1,623 @@
+"""BuildCoordinator: the Ray actor ``build:{id}`` that runs one build, thin over BuildRun.
+
+It builds :class:`coordinator.build.BuildRun`'s ports from the real actors — SandboxProxy
+(warm :class:`~actors.sandbox_pool.ProxyPool`, :func:`~actors.sandbox_proxy.start_proxy`),
+SandboxTeam, the MergeGate and the Preview, the context bus on the build's Redis — and runs
+the build in a background task. Detached, ``max_restarts=-1``, ``max_task_retries=0``: after a
+crash Ray re-creates it with the same config, and ``__init__`` resumes the run when the store
+says the build is running (sandboxes are found again by their proxies' names). Every ``ray.*``
+call about coordinators lives in this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.judge import JudgeConfig, judge_name, start_judge
+from actors.merge_gate import GateConfig, gate_name, start_gate, ui_checker
+from actors.preview import PreviewConfig, preview_name, start_preview
+from actors.sandbox_pool import ProxyPool, get_proxy, release
+from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
+from actors.swarm import SwarmConfig, start_swarm, stop_swarm, swarm_name, target_json
+from actors.team import TeamConfig, start_team, stop_team, team_name
+from coordinator.budget import Budget, BudgetLedger
+from coordinator.build import BuildPorts, BuildRun
+from coordinator.build_adapters import (
+    BusEvents,
+    ProviderPlanner,
+    SandboxSatisfaction,
+    SessionNotifier,
+    SwarmVerify,
+    served,
+)
+from coordinator.build_ports import BuildSettings, MergeOutcome, TeamOutcome
+from coordinator.bus import BusConfig, ContextBus
+from coordinator.clock import SystemClock
+from coordinator.contracts import IntentContract
+from coordinator.judge import Decision, Evidence
+from coordinator.merge import is_junk, sha256_of
+from coordinator.plan import SlotPlan
+from coordinator.store import Store
+from coordinator.store_schema import SessionStatus
+from coordinator.team import ComponentWork, TeamTask
+from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
+from sandbox_agents.proxy_sandbox import ProxySandbox
+from sandbox_agents.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+MAIN_TEST_SID = "main-test"
+DETERMINISTIC_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+"""Every slot's env: no byte-code files, so replays give byte-identical workspaces."""
+
+
+def coordinator_name(build_id: str) -> str:
+    return f"build:{build_id}"
+
+
+class CoordinatorConfig(BaseModel):
+    """What a BuildCoordinator needs; crosses the actor boundary as a dict (and is saved for revival)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str = Field(min_length=1)
+    redis_url: str
+    bus_prefix: str = "kriptik"
+    backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    llm: dict[str, Any] = Field(default_factory=lambda: {"type": "replay", "cassettes": []})
+    """Provider config of agents, planner and judge."""
+    judge_llm: bool = False
+    """Give the judge the LLM signal (key ``(judge, judge:{component}, 0)`` must be in the cassette)."""
+    pool_size: int = Field(default=0, ge=0, le=32)
+    """Warm SandboxProxy actors kept by the coordinator (each with a standby sandbox)."""
+    checkpoint_interval_s: float = Field(default_factory=lambda: float(get_settings().build_checkpoint_interval))
+    max_merge_attempts: int = Field(default=3, ge=1)
+    swarm_timeout_s: float = Field(default=120.0, gt=0)
+    gate: dict[str, Any] = Field(default_factory=dict)
+    """Extra GateConfig fields (``swarm_must_pass``, ``ready_timeout_s``…)."""
+    webhook: dict[str, Any] | None = None
+    """A ``WebhookConfig`` for ghost-mode notifications."""
+    store_path: str | None = None
+    """The store (``KRIPTIK_HOME/store.db`` when unset)."""
+
+
+def config_path(build_id: str) -> Path:
+    path = get_settings().home() / "builds"
+    path.mkdir(parents=True, exist_ok=True)
+    return path / f"{build_id}.json"
+
+
+def save_config(config: CoordinatorConfig) -> None:
+    path = config_path(config.build_id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(config.model_dump_json())
+    os.replace(tmp, path)
+
+
+def load_config(build_id: str) -> CoordinatorConfig | None:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return CoordinatorConfig.model_validate_json(config_path(build_id).read_text())
+    return None
+
+
+# --- ports over Ray actors ---------------------------------------------------------------------
+
+
+class RayFleet:
+    """One SandboxProxy per slot, named (or aliased) ``build:{id}:sbx:{slot}``."""
+
+    def __init__(self, build_id: str, backend: dict[str, Any], pool: ProxyPool | None) -> None:
+        self.build_id = build_id
+        self.backend = backend
+        self.pool = pool
+        self.handles: dict[str, Any] = {}
+        self.specs: dict[str, SandboxSpec] = {}
+
+    def spec_of(self, slot: SlotPlan) -> SandboxSpec:
+        spec = slot.spec.model_copy(update={"env": {**slot.spec.env, **DETERMINISTIC_ENV}})
+        self.specs[slot.slot_id] = spec
+        return spec
+
+    def handle(self, slot_id: str) -> Any:
+        if slot_id not in self.handles:
+            self.handles[slot_id] = get_proxy(self.build_id, slot_id)  # ValueError when there is none
+        return self.handles[slot_id]
+
+    async def sandbox(self, slot_id: str) -> ProxySandbox:
+        return await ProxySandbox.connect(self.handle(slot_id), self.specs.get(slot_id))
+
+    async def acquire(self, slot: SlotPlan) -> str:
+        spec = self.spec_of(slot)
+        if self.pool is not None:
+            handle = await self.pool.acquire(self.build_id, slot.slot_id, spec, component=slot.component)
+        else:
+            handle = start_proxy(proxy_name(self.build_id, slot.slot_id), self.backend)
+            await handle.create.remote(spec, self.build_id, slot.component)
+        self.handles[slot.slot_id] = handle
+        await handle.set_active.remote(True)
+        return await handle.sandbox_id.remote()
+
+    async def alive(self, slot_id: str) -> bool:
+        try:
+            return await self.handle(slot_id).status.remote() == SandboxStatus.RUNNING
+        except Exception:  # noqa: BLE001 - no proxy, or its sandbox is gone: not alive
+            self.handles.pop(slot_id, None)
+            return False
+
+    async def restore(self, slot: SlotPlan, ref: SnapshotRef) -> str:
+        self.spec_of(slot)
+        try:
+            handle = self.handle(slot.slot_id)
+            await handle.ping.remote()
+        except Exception:  # noqa: BLE001 - released (paused) or lost: a cold proxy under the build's name
+            name = proxy_name(self.build_id, slot.slot_id)
+            forget_binding(name)
+            handle = start_proxy(name, self.backend)
+            self.handles[slot.slot_id] = handle
+        sandbox_id = await handle.restore.remote(ref)
+        await handle.set_active.remote(True)
+        return sandbox_id
+
+    async def snapshot(self, slot_id: str) -> SnapshotRef:
+        return await self.handle(slot_id).snapshot.remote()
+
+    async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
+        handle = self.handle(slot_id)
+        await asyncio.gather(*(handle.write_file.remote(p, data) for p, data in files.items()))
+
+    async def size_bytes(self, slot_id: str) -> int:
+        files = await self.handle(slot_id).list_files.remote("**/*")
+        return sum(f.size for f in files if not f.is_dir and not is_junk(f.path))
+
+    async def compute_seconds(self, slot_id: str) -> float:
+        return (await self.handle(slot_id).metering.remote()).compute_seconds
+
+    async def release(self, slot_id: str) -> None:
+        try:
+            handle = self.handle(slot_id)
+        except Exception:  # noqa: BLE001 - nothing to release
+            return
+        self.handles.pop(slot_id, None)
+        await release(handle, proxy_name(self.build_id, slot_id))
+
+    async def files(self, slot_id: str) -> dict[str, str]:
+        """Path → sha256 of the slot's workspace (junk left out): a MergeRequest's body."""
+        handle = self.handle(slot_id)
+        paths = [f.path for f in await handle.list_files.remote("**/*") if not f.is_dir and not is_junk(f.path)]
+        blobs = await asyncio.gather(*(handle.read_file.remote(p) for p in paths))
+        return {p: sha256_of(b) for p, b in zip(paths, blobs, strict=True)}
+
+
+class RayTeams:
+    """A SandboxTeam actor per slot run (owned by the coordinator, so it dies with it)."""
+
+    def __init__(self, config: CoordinatorConfig, fleet: RayFleet, swarms: RaySwarms | None = None) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.swarms = swarms
+        self.running: dict[str, Any] = {}
+
+    async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
+        await self.stop(slot.slot_id)
+        work = slot.work()
+        if feedback is not None:
+            fix = TeamTask(
+                id=f"merge-fix-{attempt}",
+                title=f"Fix what the merge gate found in {slot.component}",
+                instructions=feedback,
+                check_command=slot.check_command,
+                agent=0,
+            )
+            work = ComponentWork(
+                component=work.component, tasks=(fix,), check_command=work.check_command, agents=work.agents
+            )
+        cfg = self.config
+        team = TeamConfig(
+            build_id=cfg.build_id,
+            sid=slot.slot_id,
+            work=work,
+            llm=cfg.llm,
+            redis_url=cfg.redis_url,
+            bus_prefix=cfg.bus_prefix,
+            spec=self.fleet.specs.get(slot.slot_id, slot.spec),
+        )
+        handle = start_team(team, self.fleet.handle(slot.slot_id))
+        self.running[slot.slot_id] = handle
+        report = await handle.run.remote()
+        return TeamOutcome(report=report)
+
+    async def stop(self, slot_id: str) -> None:
+        """Stop the slot's team (and its swarm: the slot's agents and checkers go together)."""
+        if self.swarms is not None:
+            await self.swarms.stop(slot_id)
+        handle = self.running.pop(slot_id, None)
+        if handle is None:
+            with contextlib.suppress(Exception):
+                handle = ray.get_actor(team_name(self.config.build_id, slot_id), namespace=NAMESPACE)
+        if handle is not None:
+            await stop_team(handle)
+            for _ in range(50):  # the name is free only once the actor is gone
+                try:
+                    ray.get_actor(team_name(self.config.build_id, slot_id), namespace=NAMESPACE)
+                except ValueError:
+                    break
+                await asyncio.sleep(0.1)
+
+
+class RayGate:
+    """The MergeGate ``build:{id}:gate`` (and the Preview, started with it)."""
+
+    def __init__(self, config: CoordinatorConfig, fleet: RayFleet) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.contract: IntentContract | None = None
+        self._gate: Any = None
+        self._preview: Any = None
+
+    def gate(self) -> Any:
+        if self._gate is None:
+            name = gate_name(self.config.build_id)
+            try:
+                self._gate = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                cfg = GateConfig(
+                    build_id=self.config.build_id,
+                    backend=self.config.backend,
+                    redis_url=self.config.redis_url,
+                    bus_prefix=self.config.bus_prefix,
+                    **self.config.gate,
+                )
+                self._gate = start_gate(cfg)
+        return self._gate
+
+    def preview_actor(self) -> Any:
+        if self._preview is None:
+            try:
+                self._preview = ray.get_actor(preview_name(self.config.build_id), namespace=NAMESPACE)
+            except ValueError:
+                self._preview = start_preview(PreviewConfig(build_id=self.config.build_id, backend=self.config.backend))
+        return self._preview
+
+    async def start(self, contract: IntentContract) -> str:
+        self.contract = contract
+        return await self.gate().start.remote(contract.model_dump_json())
+
+    async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
+        request = {
+            "build_id": self.config.build_id,
+            "component": slot.component,
+            "slot": slot.slot_id,
+            "files": await self.fleet.files(slot.slot_id),
+            "message": f"merge {slot.slot_id} (sandbox {sandbox_id})",
+        }
+        result = await self.gate().admit.remote(request)
+        findings = [f"{getattr(f, 'file', '') or ''}: {getattr(f, 'message', f)}".lstrip(": ") for f in result.findings]
+        return MergeOutcome(accepted=result.accepted, commit=result.commit, reason=result.reason, findings=findings)
+
+    async def merged(self) -> list[str]:
+        return await self.gate().merged.remote()
+
+    async def tree(self) -> dict[str, bytes]:
+        return await self.gate().tree.remote()
+
+    async def tree_hash(self) -> str:
+        return await self.gate().tree_hash.remote()
+
+    # --- the preview port ----------------------------------------------------------------------
+
+    async def refresh(self) -> str | None:
+        if self.contract is None or not served(self.contract):
+            return None  # nothing to serve (a library or CLI): no preview sandbox at all
+        preview = self.preview_actor()
+        await preview.start.remote(self.contract.model_dump_json())
+        return await preview.refresh.remote()
+
+    async def main_sandbox(self) -> ProxySandbox:
+        handle = ray.get_actor(proxy_name(self.config.build_id, MAIN_TEST_SID), namespace=NAMESPACE)
+        return await ProxySandbox.connect(handle)
+
+    async def main_urls(self) -> dict[str, str]:
+        if self.contract is None:
+            return {}
+        handle = ray.get_actor(proxy_name(self.config.build_id, MAIN_TEST_SID), namespace=NAMESPACE)
+        return {c.name: await handle.expose.remote(c.dev_server.port) for c in served(self.contract)}  # type: ignore[union-attr]
+
+
+class RaySwarms:
+    """A Swarm actor per slot (``build:{id}:swarm:{sid}``) over the slot's current proxy."""
+
+    def __init__(self, config: CoordinatorConfig, fleet: RayFleet) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.swarms: dict[str, tuple[Any, Any]] = {}  # slot -> (proxy handle, swarm handle)
+
+    async def run(self, slot_id: str, target: Any) -> Any:
+        proxy = self.fleet.handle(slot_id)
+        known = self.swarms.get(slot_id)
+        if known is None or known[0] is not proxy:
+            await self.stop(slot_id)
+            cfg = self.config
+            swarm_config = SwarmConfig(
+                build_id=cfg.build_id,
+                sid=slot_id,
+                redis_url=cfg.redis_url,
+                bus_prefix=cfg.bus_prefix,
+                spec=self.fleet.specs.get(slot_id, SandboxSpec()),
+                timeout_s=cfg.swarm_timeout_s,
+            )
+            known = self.swarms[slot_id] = (proxy, start_swarm(swarm_config, proxy))
+        return await known[1].verify.remote(target_json(target))
+
+    async def stop(self, slot_id: str) -> None:
+        known = self.swarms.pop(slot_id, None)
+        handle = known[1] if known else None
+        if handle is None:
+            with contextlib.suppress(Exception):
+                handle = ray.get_actor(swarm_name(self.config.build_id, slot_id), namespace=NAMESPACE)
+        if handle is not None:
+            await stop_swarm(handle)
+            for _ in range(50):
+                try:
+                    ray.get_actor(swarm_name(self.config.build_id, slot_id), namespace=NAMESPACE)
+                except ValueError:
+                    break
+                await asyncio.sleep(0.1)
+
+
+class RayJudge:
+    """The build's Judge actor ``build:{id}:judge`` (started on the first tournament)."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self._handle: Any = None
+
+    async def decide(self, evidence: list[Evidence], component: str) -> Decision:
+        if self._handle is None:
+            try:
+                self._handle = ray.get_actor(judge_name(self.config.build_id), namespace=NAMESPACE)
+            except ValueError:
+                cfg = self.config
+                llm = cfg.llm if cfg.judge_llm else None
+                self._handle = start_judge(
+                    JudgeConfig(build_id=cfg.build_id, llm=llm, redis_url=cfg.redis_url, bus_prefix=cfg.bus_prefix)
+                )
+        return await self._handle.decide.remote(evidence, component)
+
+
+# --- the actor ------------------------------------------------------------------------------------
+
+
+class BuildCoordinatorActor:
+    """One build's coordinator. Start through :func:`start_coordinator`.
+
+    Args:
+        config: A :class:`CoordinatorConfig` as a dict.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = CoordinatorConfig.model_validate(config)
+        self.build_id = self.config.build_id
+        self.store = Store(self.config.store_path).start()
+        self.bus = ContextBus(
+            self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=coordinator_name(self.build_id)
+        )
+        self._pool: ProxyPool | None = None
+        self._run: BuildRun | None = None
+        self._task: asyncio.Task[Any] | None = None
+        if self.store.get_session(self.build_id).status is SessionStatus.RUNNING:
+            # Re-created after a crash (or revived by Control): carry on where the store says.
+            self._task = asyncio.get_running_loop().create_task(self._drive())
+
+    def _ports(self) -> BuildRun:
+        cfg = self.config
+        if self._pool is None and cfg.pool_size:
+            self._pool = ProxyPool(cfg.backend, size=cfg.pool_size)
+        fleet = RayFleet(self.build_id, cfg.backend, self._pool)
+        gate = RayGate(cfg, fleet)
+        events = BusEvents(self.bus, self.build_id)
+        session = self.store.get_session(self.build_id)
+        budget = Budget.model_validate(session.budget) if session.budget else None
+        ledger = BudgetLedger(self.store, self.build_id, budget, events=events)
+        from sandbox_agents.llm.config import make_provider
+        from sandbox_agents.verifiers import Chromium
+
+        no_cassettes = cfg.llm.get("type") == "replay" and not cfg.llm.get("cassettes")
+        provider = None if no_cassettes else make_provider(_llm_config(cfg.llm))
+        self._swarms = swarms = RaySwarms(cfg, fleet)
+        teams = RayTeams(cfg, fleet, swarms)
+        run: BuildRun | None = None
+
+        def contract() -> IntentContract:
+            assert run is not None and run.locked is not None
+            return run.locked.contract
+
+        notifier = None
+        if cfg.webhook:
+            from coordinator.notify import WebhookConfig, WebhookNotifier
+
+            webhook = WebhookNotifier(WebhookConfig.model_validate(cfg.webhook))
+            notifier = SessionNotifier(webhook, self.store, self.build_id)
+        ports = BuildPorts(
+            fleet=fleet,
+            teams=teams,
+            verify=SwarmVerify(contract, fleet.sandbox, swarms.run),
+            judge=RayJudge(cfg),
+            gate=gate,
+            preview=gate,
+            satisfaction=SandboxSatisfaction(gate.main_sandbox, gate.main_urls, fleet.sandbox, ui_checker(Chromium())),
+            events=events,
+            store=self.store,
+            ledger=ledger,
+            clock=SystemClock(),
+            planner=ProviderPlanner(provider) if provider is not None else None,
+            notifier=notifier,
+        )
+        settings = BuildSettings(
+            checkpoint_interval_s=cfg.checkpoint_interval_s,
+            max_merge_attempts=cfg.max_merge_attempts,
+            backend=str(cfg.backend.get("type", "local")),
+        )
+        run = BuildRun(self.build_id, ports, settings)
+        return run
+
+    async def _drive(self) -> None:
+        self._run = self._ports()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.fill()
+        try:
+            await self._run.run()
+        finally:
+            if self._pool is not None:
+                with contextlib.suppress(Exception):
+                    await self._pool.close()
+                self._pool = None
+            with contextlib.suppress(Exception):
+                await self.bus.flush(timeout=5.0)
+
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # --- the actor's methods --------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Run the build in the background (no-op while it runs); returns its status."""
+        session = self.store.get_session(self.build_id)
+        if not self._running() and session.status in (SessionStatus.QUEUED, SessionStatus.RUNNING):
+            if session.status is SessionStatus.QUEUED:
+                self.store.update_session(self.build_id, status=SessionStatus.RUNNING)
+            self._task = asyncio.get_running_loop().create_task(self._drive())
+        return self.store.get_session(self.build_id).status.value
+
+    async def status(self) -> dict[str, Any]:
+        if self._run is not None:
+            data = self._run.describe()
+        else:
+            session = self.store.get_session(self.build_id)
+            data = {"build_id": self.build_id, "status": session.status.value, "phase": session.phase}
+        data["running"] = self._running()
+        return data
+
+    async def cancel(self) -> str:
+        """Cancel at the next step boundary (immediately when nothing runs)."""
+        if self._run is not None and self._running():
+            self._run.request_cancel()
+        else:
+            self._run = self._ports()
+            self._run.request_cancel()
+            self._task = asyncio.get_running_loop().create_task(self._drive())
+        return "cancelling"
+
+    async def resume(self) -> str:
+        """Continue a paused build from its checkpoints (after ``raise_budget``)."""
+        if not self._running():
+            self._task = asyncio.get_running_loop().create_task(self._drive())
+        return self.store.get_session(self.build_id).status.value
+
+    async def raise_budget(self, usd: float) -> dict[str, Any]:
+        """Set the build's limit to ``usd`` dollars; a paused build resumes."""
+        session = self.store.get_session(self.build_id)
+        budget = Budget.model_validate(session.budget) if session.budget else Budget()
+        ledger = BudgetLedger(self.store, self.build_id, budget, events=BusEvents(self.bus, self.build_id))
+        status = await ledger.raise_budget(usd)
+        if self._run is not None:
+            self._run.ports.ledger.budget = ledger.budget
+        if self.store.get_session(self.build_id).status is SessionStatus.PAUSED:
+            await self.resume()
+        return {"limit_usd": usd, "spent_usd": ledger.spent(), "status": status.value}
+
+    async def preview(self) -> dict[str, Any]:
+        with contextlib.suppress(Exception):
+            preview = ray.get_actor(preview_name(self.build_id), namespace=NAMESPACE)
+            urls = await preview.urls.remote()
+            return {"url": await preview.expose.remote(), "components": urls}
+        return {"url": None, "components": {}}
+
+    async def sandboxes(self) -> list[dict[str, Any]]:
+        backend = str(self.config.backend.get("type", "local"))
+        return [
+            {"id": s.sandbox_id, "slot": s.slot, "component": s.component, "backend": backend, "status": s.status}
+            for s in self.store.list_slots(self.build_id)
+            if s.sandbox_id
+        ]
+
+    async def take_control(self) -> str:
+        preview = ray.get_actor(preview_name(self.build_id), namespace=NAMESPACE)
+        return await preview.take_control.remote()
+
+    async def heartbeat(self) -> float:
+        return SystemClock().now()
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def wait(self, timeout: float | None = None) -> str:
+        """Wait for the background run to end (tests); returns the build's status."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        return self.store.get_session(self.build_id).status.value
+
+    async def close(self) -> None:
+        """Close the gate and preview of a finished build (their sandboxes go)."""
+        for name in (gate_name(self.build_id), preview_name(self.build_id), judge_name(self.build_id)):
+            with contextlib.suppress(Exception):
+                handle = ray.get_actor(name, namespace=NAMESPACE)
+                await handle.close.remote()
+                ray.kill(handle, no_restart=True)
+
+
+def _llm_config(data: dict[str, Any]) -> Any:
+    from pydantic import TypeAdapter
+
+    from sandbox_agents.llm.config import LLMConfig
+
+    return TypeAdapter(LLMConfig).validate_python(data)
+
+
+BuildCoordinator = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(
+    BuildCoordinatorActor
+)
+
+
+def start_coordinator(config: CoordinatorConfig) -> Any:
+    """Get the build's coordinator, or start it (detached, restartable, named ``build:{id}``)."""
+    save_config(config)
+    name = coordinator_name(config.build_id)
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        pass
+    return BuildCoordinator.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
+        config.model_dump(mode="json")
+    )
+
+
+def get_coordinator(build_id: str) -> Any:
+    """The build's coordinator handle; ValueError when it does not exist."""
+    return ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE)
+
+
+async def stop_coordinator(handle: Any) -> None:
+    """Close the build's gate and preview and kill the coordinator for good."""
+    with contextlib.suppress(Exception):
+        await handle.close.remote()
+    ray.kill(handle, no_restart=True)
+
+
+def tree_digest(files: dict[str, bytes]) -> str:
+    """A digest of a whole tree (path and content), for comparing two builds' main."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(json.dumps(path).encode() + b"\0" + hashlib.sha256(files[path]).digest())
+    return h.hexdigest()

@@ -1,0 +1,404 @@
+"""Control: the one actor ``control`` per cluster — registry, quotas, priority queue, revival, heartbeats.
+
+Every build lives in the store; Control is how the front doors (HTTP, CLI) reach them, always
+scoped to a user (another user's build is a :class:`BuildNotFoundError`, like a missing one).
+
+* **Quotas.** A user's running builds together hold at most ``MODAL_MAX_CONCURRENT``
+  sandboxes (a build needs one per slot of its plan); the cluster at most ``max_sandboxes``.
+  A build that does not fit waits in a priority queue (higher ``priority`` first, then
+  oldest) and is admitted when running builds end or pause.
+* **Revival.** At start it re-queues queued builds and gets-or-starts the coordinator of every
+  running or paused one; a coordinator resumes a running build by itself.
+* **Heartbeats.** Every ``heartbeat_s`` (60 s) it pings each running build's coordinator; one
+  that does not answer in ``heartbeat_timeout_s`` is restarted (``ray.kill`` with restart, or
+  started again when its actor is gone).
+* **Cancel while down.** A cancel is stored first (the session's ``error`` marker), so a
+  coordinator that was down honours it when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.build_coordinator import (
+    CoordinatorConfig,
+    config_path,
+    coordinator_name,
+    load_config,
+    save_config,
+    start_coordinator,
+)
+from actors.sandbox_proxy import NAMESPACE
+from coordinator.api_models import FINAL_STATUSES, BuildRequest, BuildStatus, BuildSummary
+from coordinator.build_ports import CANCEL_REQUESTED
+from coordinator.clock import SystemClock
+from coordinator.contracts import load_contract, parse_contract
+from coordinator.plan import plan_fleet
+from coordinator.store import Store
+from coordinator.store_schema import BuildSession, SessionStatus
+from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
+from sandbox_agents.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+CONTROL_NAME = "control"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class ControlConfig(BaseModel):
+    """What the Control actor needs (and hands every coordinator it starts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str
+    bus_prefix: str = "kriptik"
+    backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    llm: dict[str, Any] | None = None
+    """Provider config for prompt/contract builds; None: replay of ``KRIPTIK_CASSETTES``."""
+    max_sandboxes_per_user: int = Field(default_factory=lambda: get_settings().modal_max_concurrent, ge=1)
+    """``MODAL_MAX_CONCURRENT``: sandboxes one user's running builds may hold together."""
+    max_sandboxes: int = Field(default=64, ge=1)
+    """Sandboxes the whole fleet may hold; past it builds queue by priority."""
+    heartbeat_s: float = Field(default=60.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=10.0, gt=0)
+    admit_poll_s: float = Field(default=1.0, gt=0)
+    """How often finished builds free their quota and queued ones are admitted."""
+    examples_dir: str = str(EXAMPLES)
+    coordinator: dict[str, Any] = Field(default_factory=dict)
+    """Extra CoordinatorConfig fields for every build (pool_size, checkpoint_interval_s, gate, webhook…)."""
+    store_path: str | None = None
+
+
+class _Admission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str
+    user_id: str
+    priority: int = 0
+    needed: int = 1
+
+
+class ControlActor:
+    """The cluster's build registry. Start through :func:`start_control`."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = ControlConfig.model_validate(config)
+        self.store = Store(self.config.store_path).start()
+        self.clock = SystemClock()
+        self._seq = itertools.count()
+        self._queue: list[tuple[int, int, str]] = []  # (-priority, seq, build id)
+        self._admissions: dict[str, _Admission] = {}
+        self._running: dict[str, _Admission] = {}
+        self._restarts: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
+        self._revived = loop.create_task(self._revive())
+        self._loops = [loop.create_task(self._admit_loop()), loop.create_task(self._heartbeat_loop())]
+
+    # --- the Control interface ------------------------------------------------------------------
+
+    async def submit(self, user_id: str, request: dict[str, Any]) -> str:
+        """Register a build and queue it; returns its id."""
+        await self._revived
+        req = request if isinstance(request, BuildRequest) else BuildRequest.model_validate(request)
+        llm = self.config.llm or _replay_from_env()
+        contract = None
+        if req.contract is not None:
+            contract = parse_contract(req.contract)
+        elif req.example is not None:
+            path = Path(self.config.examples_dir) / "intents" / f"{req.example}.yaml"
+            if not path.is_file():
+                raise InvalidInputError(f"no example {req.example!r}", field="example")
+            contract = load_contract(path)
+            cassette = Path(self.config.examples_dir) / "cassettes" / f"{req.example}.yaml"
+            if cassette.is_file():
+                llm = {"type": "replay", "cassettes": [str(cassette)]}
+        prompt = req.prompt or (contract.summary if contract else "")
+        budget = {"max_usd": req.budget_usd} if req.budget_usd else None
+        session = self.store.create_session(user_id, prompt, budget=budget)
+        if contract is not None:
+            self.store.update_session(session.id, contract=contract.model_dump(mode="json"))
+        needed = len(plan_fleet(contract).slots) if contract is not None else 1
+        cfg = CoordinatorConfig(
+            build_id=session.id,
+            redis_url=self.config.redis_url,
+            bus_prefix=self.config.bus_prefix,
+            backend=self.config.backend,
+            llm=llm,
+            store_path=self.config.store_path,
+            **self.config.coordinator,
+        )
+        save_config(cfg)
+        admission = _Admission(build_id=session.id, user_id=user_id, priority=req.priority, needed=needed)
+        _admission_path(session.id).write_text(admission.model_dump_json())
+        self._enqueue(admission)
+        await self._admit()
+        return session.id
+
+    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
+        session = self.store.get_session(build_id, user_id)
+        live: dict[str, Any] = {}
+        if session.status.value not in FINAL_STATUSES:
+            with contextlib.suppress(Exception):
+                live = await self._call(build_id, "status")
+        return _status_view(self.store, session, live)
+
+    async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
+        return [
+            BuildSummary(
+                id=s.id,
+                status=s.status.value,
+                phase=s.phase,
+                title=(s.contract or {}).get("name") or s.prompt.split("\n", 1)[0][:120],
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+            ).model_dump()
+            for s in self.store.list_sessions(user_id)
+        ]
+
+    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]:
+        session = self.store.get_session(build_id, user_id)
+        if session.status.value in FINAL_STATUSES:
+            return {"id": build_id, "status": session.status.value}
+        if build_id in self._admissions and build_id not in self._running:  # still queued: nothing runs
+            self._admissions.pop(build_id)
+            self.store.update_session(
+                build_id, status=SessionStatus.CANCELLED, finished_at=self.clock.now(), error="cancelled by the user"
+            )
+            return {"id": build_id, "status": "cancelled"}
+        self.store.update_session(build_id, error=CANCEL_REQUESTED)  # durable: honoured after a restart too
+        try:
+            await self._call(build_id, "cancel")
+        except Exception:  # noqa: BLE001 - the coordinator is down: the stored flag is enough
+            logger.warning("control: coordinator of %s unreachable; cancel stored", build_id)
+        return {"id": build_id, "status": "cancelling"}
+
+    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]:
+        session = self.store.get_session(build_id, user_id)
+        if session.status.value in FINAL_STATUSES:
+            raise InvalidInputError(f"build {build_id} is {session.status.value}; it cannot resume", field="build_id")
+        status = await self._call(build_id, "resume", start=True)
+        self._running.setdefault(build_id, self._admission_of(session))
+        return {"id": build_id, "status": status}
+
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]:
+        """Add ``usd`` dollars to the build's limit; a paused build resumes."""
+        session = self.store.get_session(build_id, user_id)
+        if usd <= 0:
+            raise InvalidInputError("a budget raise must be positive", field="usd")
+        current = (session.budget or {}).get("max_usd") or 0.0
+        result = await self._call(build_id, "raise_budget", current + usd, start=True)
+        self._running.setdefault(build_id, self._admission_of(session))
+        return result
+
+    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
+        self.store.get_session(build_id, user_id)
+        return await self._call(build_id, "preview", start=True)
+
+    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
+        self.store.get_session(build_id, user_id)
+        return await self._call(build_id, "sandboxes", start=True)
+
+    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
+        self.store.get_session(build_id, user_id)
+        return {"url": await self._call(build_id, "take_control", start=True)}
+
+    # --- operations -----------------------------------------------------------------------------
+
+    async def restarts(self) -> dict[str, int]:
+        """Coordinators the heartbeat restarted, per build."""
+        return dict(self._restarts)
+
+    async def queued(self) -> list[str]:
+        return [b for _, _, b in sorted(self._queue) if b in self._admissions and b not in self._running]
+
+    async def check_heartbeats(self) -> list[str]:
+        """One heartbeat round now; returns the builds whose coordinator was restarted."""
+        restarted = []
+        for build_id in list(self._running):
+            if self.store.get_session(build_id).status is not SessionStatus.RUNNING:
+                continue
+            try:
+                handle = ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE)
+                await asyncio.wait_for(handle.heartbeat.remote(), self.config.heartbeat_timeout_s)
+                if not (await asyncio.wait_for(handle.status.remote(), self.config.heartbeat_timeout_s))["running"]:
+                    await handle.start.remote()  # alive but idle while the store says running
+                continue
+            except ValueError:  # the actor is gone: start it again
+                await self._coordinator(build_id).start.remote()
+            except Exception:  # noqa: BLE001 - no answer in time: restart it (Ray re-creates it)
+                with contextlib.suppress(Exception):
+                    ray.kill(ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE), no_restart=False)
+            self._restarts[build_id] = self._restarts.get(build_id, 0) + 1
+            restarted.append(build_id)
+            logger.warning("control: restarted the coordinator of %s", build_id)
+        return restarted
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _coordinator(self, build_id: str) -> Any:
+        config = load_config(build_id)
+        if config is None:
+            raise BuildNotFoundError(f"build {build_id} has no coordinator config at {config_path(build_id)}")
+        return start_coordinator(config)
+
+    async def _call(self, build_id: str, method: str, *args: Any, start: bool = False) -> Any:
+        try:
+            handle = ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE)
+        except ValueError:
+            if not start:
+                raise  # e.g. a cancel while the coordinator is down: the stored flag waits for it
+            handle = self._coordinator(build_id)
+        return await getattr(handle, method).remote(*args)
+
+    def _admission_of(self, session: BuildSession) -> _Admission:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return _Admission.model_validate_json(_admission_path(session.id).read_text())
+        return _Admission(build_id=session.id, user_id=session.user_id)
+
+    def _enqueue(self, admission: _Admission) -> None:
+        self._admissions[admission.build_id] = admission
+        heapq.heappush(self._queue, (-admission.priority, next(self._seq), admission.build_id))
+
+    def _in_use(self, user_id: str | None = None) -> int:
+        return sum(a.needed for a in self._running.values() if user_id is None or a.user_id == user_id)
+
+    async def _admit(self) -> list[str]:
+        """Free the quota of builds that ended or paused; start queued builds that now fit."""
+        for build_id in list(self._running):
+            status = self.store.get_session(build_id).status
+            if status is not SessionStatus.RUNNING:
+                self._running.pop(build_id)
+                if status.value in FINAL_STATUSES:
+                    self._admissions.pop(build_id, None)
+                    _admission_path(build_id).unlink(missing_ok=True)
+        admitted, waiting = [], []
+        while self._queue:
+            item = heapq.heappop(self._queue)
+            admission = self._admissions.get(item[2])
+            if admission is None or item[2] in self._running:
+                continue
+            user_quota = self.config.max_sandboxes_per_user
+            needed = min(admission.needed, user_quota)  # a build bigger than the quota runs alone
+            fits_user = self._in_use(admission.user_id) + needed <= user_quota
+            fits_fleet = self._in_use() + needed <= self.config.max_sandboxes or not self._running
+            if not (fits_user and fits_fleet):
+                waiting.append(item)
+                continue
+            self._running[admission.build_id] = admission
+            self.store.update_session(admission.build_id, status=SessionStatus.RUNNING)
+            await self._coordinator(admission.build_id).start.remote()
+            admitted.append(admission.build_id)
+        for item in waiting:
+            heapq.heappush(self._queue, item)
+        return admitted
+
+    async def _revive(self) -> None:
+        for session in self.store.active_sessions():
+            admission = self._admission_of(session)
+            if session.status is SessionStatus.QUEUED:
+                self._enqueue(admission)
+                continue
+            try:
+                handle = self._coordinator(session.id)
+                if session.status is SessionStatus.RUNNING:
+                    self._running[session.id] = admission
+                    await handle.start.remote()
+            except Exception:  # noqa: BLE001 - one build that cannot be revived must not stop the others
+                logger.exception("control: could not revive build %s", session.id)
+
+    async def _admit_loop(self) -> None:
+        await self._revived
+        while True:
+            try:
+                await self._admit()
+            except Exception:  # noqa: BLE001 - keep admitting
+                logger.exception("control: admission round failed")
+            await self.clock.sleep(self.config.admit_poll_s)
+
+    async def _heartbeat_loop(self) -> None:
+        await self._revived
+        while True:
+            await self.clock.sleep(self.config.heartbeat_s)
+            try:
+                await self.check_heartbeats()
+            except Exception:  # noqa: BLE001 - keep watching
+                logger.exception("control: heartbeat round failed")
+
+
+def _admission_path(build_id: str) -> Path:
+    return config_path(build_id).with_suffix(".admission.json")
+
+
+def _replay_from_env() -> dict[str, Any]:
+    import os
+
+    cassettes = [c for c in (get_settings().kriptik_cassettes or "").split(os.pathsep) if c]
+    return {"type": "replay", "cassettes": cassettes}
+
+
+def _status_view(store: Store, session: BuildSession, live: dict[str, Any]) -> dict[str, Any]:
+    """The session (and the coordinator's live view) as a :class:`BuildStatus`."""
+    budget = session.budget or {}
+    spent = store.cost_totals(session.id).estimated_cost
+    live_budget = live.get("budget") or {}
+    merges = [
+        {"component": m.component, "status": m.status, "slot": m.ref.get("slot"), "at": m.created_at}
+        for m in store.pending_merges(session.id)
+    ]
+    view = BuildStatus(
+        id=session.id,
+        user_id=session.user_id,
+        status=session.status.value,
+        phase=session.phase,
+        components=[
+            {
+                "slot": s.slot,
+                "component": s.component,
+                "candidate": s.candidate,
+                "sandbox_id": s.sandbox_id,
+                "status": s.status,
+            }
+            for s in store.list_slots(session.id)
+        ],
+        preview_url=live.get("preview_url"),
+        budget={
+            "limit_usd": budget.get("max_usd") or 0.0,
+            "spent_usd": round(spent, 6),
+            "status": live_budget.get("status", "ok"),
+        },
+        merges=merges,
+        started_at=session.started_at,
+        finished_at=session.finished_at,
+        error=session.error,
+    )
+    return json.loads(view.model_dump_json())
+
+
+Control = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=256)(ControlActor)
+
+
+def start_control(config: ControlConfig | dict[str, Any]) -> Any:
+    """Get or start the detached, restartable ``control`` actor in namespace ``kriptik``."""
+    config = config if isinstance(config, ControlConfig) else ControlConfig.model_validate(config)
+    return Control.options(name=CONTROL_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
+        config.model_dump(mode="json")
+    )
+
+
+def get_control() -> Any:
+    """The running Control actor; ValueError when there is none."""
+    return ray.get_actor(CONTROL_NAME, namespace=NAMESPACE)
+
+
+async def stop_control(handle: Any) -> None:
+    ray.kill(handle, no_restart=True)

@@ -1,0 +1,518 @@
+"""BuildRun, the phase machine of one build, over fakes and a FakeClock (no Ray, no sandboxes).
+
+The fakes model the world a coordinator restart does not lose: sandboxes (with files, alive or
+dead), the merge gate's main tree, the event log. A "crash" is a BaseException raised from an
+event emission, which nothing in BuildRun catches, like a SIGKILL between two steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.budget import Budget, BudgetLedger
+from coordinator.build import BuildPorts, BuildRun
+from coordinator.build_ports import (
+    CANCEL_REQUESTED,
+    PAUSED_BUDGET,
+    BuildSettings,
+    MergeOutcome,
+    SlotVerification,
+    TeamOutcome,
+)
+from coordinator.clock import FakeClock
+from coordinator.contracts import IntentContract, parse_contract
+from coordinator.intent import CriterionResult, LockedContract, SatisfactionReport
+from coordinator.judge import Decision, Evidence, judge
+from coordinator.plan import SlotPlan
+from coordinator.store import Store
+from coordinator.store_schema import SessionStatus
+from coordinator.team import TeamReport
+from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
+from sandbox_agents.errors import SandboxDeadError
+from sandbox_agents.llm.base import Usage
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def comp(name: str, deps: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "other",
+        "description": name,
+        "depends_on": list(deps),
+        "tasks": [{"id": f"{name}-t", "title": f"build {name}"}],
+        **extra,
+    }
+
+
+CONTRACT: IntentContract = parse_contract(
+    {
+        "name": "shop",
+        "summary": "four components, one tournament",
+        "components": [
+            comp("db"),
+            comp("util"),
+            comp("api", ("db",)),
+            comp("web", ("api",), tournament={"candidates": 2, "strategies": ["minimal", "polished"]}),
+        ],
+        "success_criteria": [{"type": "file", "path": f"{c}/main.py", "component": c} for c in ("db", "util", "api")]
+        + [{"type": "file", "path": "web/main.py", "component": "web"}],
+        "budget": {"usd": 5.0},
+    }
+)
+
+
+class Crash(BaseException):
+    """Stands for the coordinator process dying: nothing in BuildRun catches it."""
+
+
+class World:
+    """Sandboxes, main, the event log: everything that outlives a coordinator."""
+
+    def __init__(self) -> None:
+        self.ids = itertools.count(1)
+        self.sandboxes: dict[str, dict[str, Any]] = {}  # sandbox id -> {files, alive}
+        self.slot_sandbox: dict[str, str] = {}
+        self.snapshots: dict[str, dict[str, bytes]] = {}
+        self.log: list[tuple[str, Any]] = []  # (what, detail) in order
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.main: dict[str, bytes] = {}
+        self.merged: list[str] = []
+        self.reject: dict[str, int] = {}  # component -> admissions to reject
+        self.crash_at: tuple[str, str] | None = None  # (event kind, data value) that "kills" the coordinator
+        self.hold: dict[str, asyncio.Event] = {}  # slot -> event the team waits for
+        self.kill_during_team: set[str] = set()
+        self.team_usd = 0.0
+        self.seeded: dict[str, list[str]] = {}
+
+
+class FakeFleet:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    def _box(self, slot_id: str) -> dict[str, Any]:
+        return self.w.sandboxes[self.w.slot_sandbox[slot_id]]
+
+    async def acquire(self, slot: SlotPlan) -> str:
+        sid = f"sbx-{next(self.w.ids)}"
+        self.w.sandboxes[sid] = {"files": {}, "alive": True}
+        self.w.slot_sandbox[slot.slot_id] = sid
+        self.w.log.append(("acquire", slot.slot_id))
+        return sid
+
+    async def alive(self, slot_id: str) -> bool:
+        sid = self.w.slot_sandbox.get(slot_id)
+        return sid is not None and self.w.sandboxes.get(sid, {}).get("alive", False)
+
+    async def restore(self, slot: SlotPlan, ref: SnapshotRef) -> str:
+        sid = f"sbx-{next(self.w.ids)}"
+        self.w.sandboxes[sid] = {"files": dict(self.w.snapshots[ref.id]), "alive": True}
+        self.w.slot_sandbox[slot.slot_id] = sid
+        self.w.log.append(("restore", slot.slot_id))
+        return sid
+
+    async def snapshot(self, slot_id: str) -> SnapshotRef:
+        box = self._box(slot_id)
+        if not box["alive"]:
+            raise SandboxDeadError("dead")
+        snap = f"snap-{next(self.w.ids)}"
+        self.w.snapshots[snap] = dict(box["files"])
+        self.w.log.append(("snapshot", slot_id))
+        return SnapshotRef(backend="fake", id=snap, sandbox_id=self.w.slot_sandbox[slot_id], spec=SandboxSpec())
+
+    async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
+        self._box(slot_id)["files"].update(files)
+        self.w.seeded[slot_id] = sorted(files)
+
+    async def size_bytes(self, slot_id: str) -> int:
+        return sum(len(v) for v in self._box(slot_id)["files"].values())
+
+    async def compute_seconds(self, slot_id: str) -> float:
+        return 10.0 * len(self._box(slot_id)["files"])
+
+    async def release(self, slot_id: str) -> None:
+        sid = self.w.slot_sandbox.pop(slot_id, None)
+        if sid is not None:
+            self.w.sandboxes.pop(sid, None)
+            self.w.log.append(("release", slot_id))
+
+
+class FakeTeams:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
+        self.w.log.append(("team", slot.slot_id, attempt, feedback))
+        if slot.slot_id in self.w.hold:
+            await self.w.hold[slot.slot_id].wait()
+        box = self.w.sandboxes[self.w.slot_sandbox[slot.slot_id]]
+        if slot.slot_id in self.w.kill_during_team:
+            self.w.kill_during_team.discard(slot.slot_id)
+            box["alive"] = False
+            raise SandboxDeadError("sandbox processes killed")
+        body = f"# {slot.component} by {slot.slot_id}\n" + ("x = 1\n" * (50 if "minimal" in slot.slot_id else 5))
+        box["files"][f"{slot.component}/main.py"] = body.encode()
+        if feedback:
+            box["files"][f"{slot.component}/fix.py"] = f"# fixed: {feedback}\n".encode()
+        self.w.log.append(("team-done", slot.slot_id))
+        usage = [(f"agent:{slot.team_name}:0", "claude-sonnet-4", Usage(input_tokens=1000, output_tokens=100))]
+        if self.w.team_usd:
+            usage = [(f"agent:{slot.team_name}:0", "priced", Usage(cost_usd=self.w.team_usd))]
+        report = TeamReport(component=slot.team_name, ready=True, done=[t.id for t in slot.tasks])
+        return TeamOutcome(report=report, usage=usage)
+
+    async def stop(self, slot_id: str) -> None:
+        self.w.log.append(("stop", slot_id))
+
+
+class FakeVerify:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    async def verify(self, slot: SlotPlan) -> SlotVerification:
+        box = self.w.sandboxes[self.w.slot_sandbox[slot.slot_id]]
+        if not box["alive"]:
+            raise SandboxDeadError("dead")
+        score = 0.3 if "minimal" in slot.slot_id else 0.9
+        return SlotVerification(score=score, passed=True, tests_passed=int(score * 10), tests_total=10)
+
+
+class FakeJudge:
+    async def decide(self, evidence: list[Evidence], component: str) -> Decision:
+        return await judge(evidence, component=component)
+
+
+class FakeGate:
+    def __init__(self, world: World) -> None:
+        self.w = world
+        self.starts = 0
+
+    async def start(self, contract: IntentContract) -> str:
+        self.starts += 1
+        return "main"
+
+    async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
+        self.w.log.append(("admit", slot.slot_id))
+        if self.w.reject.get(slot.component, 0) > 0:
+            self.w.reject[slot.component] -= 1
+            return MergeOutcome(accepted=False, reason="tests fail in main", findings=["api/main.py: boom"])
+        files = self.w.sandboxes[sandbox_id]["files"]
+        self.w.main.update({p: b for p, b in files.items() if p.startswith(f"{slot.component}/")})
+        self.w.merged.append(slot.component)
+        return MergeOutcome(accepted=True, commit=f"c{len(self.w.merged)}")
+
+    async def merged(self) -> list[str]:
+        return list(self.w.merged)
+
+    async def tree(self) -> dict[str, bytes]:
+        return dict(self.w.main)
+
+    async def tree_hash(self) -> str:
+        return hashlib.sha256(repr(sorted(self.w.main.items())).encode()).hexdigest()
+
+
+class FakePreview:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    async def refresh(self) -> str | None:
+        self.w.log.append(("preview", len(self.w.merged)))
+        return "http://preview.test/"
+
+
+class FakeSatisfaction:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    async def check_main(self, locked: LockedContract) -> SatisfactionReport:
+        results = [
+            CriterionResult(
+                id=c.id or "", type=c.type, component=c.component, passed=c.path in self.w.main, evidence=""
+            )
+            for c in locked.contract.success_criteria
+        ]
+        return SatisfactionReport(contract_sha256=locked.sha256, results=results)
+
+    async def check_slot(self, locked: LockedContract, slot: SlotPlan) -> tuple[int, int]:
+        return (1 if "polished" in slot.slot_id else 0), 1
+
+
+class FakeEvents:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    async def emit(self, kind: str, data: dict[str, Any]) -> str | None:
+        entry = f"{len(self.w.events) + 1}-0"
+        self.w.events.append((entry, kind, data))
+        if self.w.crash_at is not None and self.w.crash_at == (kind, data.get("phase")):
+            self.w.crash_at = None
+            raise Crash(f"killed at {kind} {data.get('phase')}")
+        return entry
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def notify(self, status: str, summary: str, data: dict[str, Any]) -> None:
+        self.sent.append(status)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, *, budget_usd: float | None = 5.0, contract: IntentContract = CONTRACT) -> None:
+        self.clock = FakeClock()
+        self.store = Store(tmp_path / "store.db", clock=self.clock).start()
+        budget = {"max_usd": budget_usd} if budget_usd else None
+        self.session = self.store.create_session("alice", "a shop", budget=budget)
+        self.store.update_session(self.session.id, contract=contract.model_dump(mode="json"))
+        self.world = World()
+        self.gate = FakeGate(self.world)
+        self.notes = Notes()
+
+    def run_obj(self, settings: BuildSettings | None = None) -> BuildRun:
+        session = self.store.get_session(self.session.id)
+        events = FakeEvents(self.world)
+        ledger = BudgetLedger(
+            self.store, session.id, Budget(**session.budget) if session.budget else None, events=events
+        )
+        ports = BuildPorts(
+            fleet=FakeFleet(self.world),
+            teams=FakeTeams(self.world),
+            verify=FakeVerify(self.world),
+            judge=FakeJudge(),
+            gate=self.gate,
+            preview=FakePreview(self.world),
+            satisfaction=FakeSatisfaction(self.world),
+            events=events,
+            store=self.store,
+            ledger=ledger,
+            clock=self.clock,
+            notifier=self.notes,
+        )
+        return BuildRun(session.id, ports, settings)
+
+    async def run(self, settings: BuildSettings | None = None) -> Any:
+        return await asyncio.wait_for(self.run_obj(settings).run(), 10)
+
+    def kinds(self, kind: str | None = None) -> list[Any]:
+        if kind is None:
+            return [k for _, k, _ in self.world.events]
+        return [d for _, k, d in self.world.events if k == kind]
+
+    def main_hash(self) -> str:
+        return hashlib.sha256(repr(sorted(self.world.main.items())).encode()).hexdigest()
+
+
+def index(log: list[tuple[Any, ...]], *entry: Any) -> int:
+    return next(i for i, e in enumerate(log) if e[: len(entry)] == entry)
+
+
+async def test_phases_in_order_and_the_build_completes(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert session.phase == "done" and session.contract_hash
+    phases = [d["phase"] for d in h.kinds("build.phase")]
+    assert phases == ["intent", "fleet", "build", "verify", "judge", "merge", "preview", "satisfy", "done"]
+    assert h.world.merged == ["db", "util", "api", "web"] or h.world.merged[:2] in (["db", "util"], ["util", "db"])
+    assert set(h.world.main) == {"db/main.py", "util/main.py", "api/main.py", "web/main.py"}
+    assert h.kinds()[-1] == "build.done" and h.notes.sent == ["completed"]
+    assert not h.world.sandboxes  # every sandbox released at the end
+    assert len(h.kinds("preview.refreshed")) == 4
+    ids = [int(e.split("-")[0]) for e, _, _ in h.world.events]
+    assert ids == list(range(1, len(ids) + 1))
+    assert h.store.get_offsets(session.id)[("events", "coordinator")] == h.world.events[-1][0]
+    costs = h.store.cost_totals(session.id)
+    assert costs.llm_tokens == 5 * 1100 and costs.compute_seconds > 0  # 5 team runs, compute metered
+
+
+async def test_dependents_start_after_their_dependencies_merged_seeded_with_main(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.run()
+    log = h.world.log
+    assert index(log, "admit", "db") < index(log, "team", "api")
+    assert index(log, "admit", "api") < index(log, "team", "web~minimal")
+    assert index(log, "team", "util") < index(log, "admit", "db")  # independent ones build side by side
+    assert "db/main.py" in h.world.seeded["api"]  # main as it was: db merged (util too, if it was first)
+    assert h.world.seeded["web~polished"] == ["api/main.py", "db/main.py", "util/main.py"]
+    assert "db" not in h.world.seeded and "util" not in h.world.seeded
+
+
+async def test_a_rejected_merge_goes_back_to_the_team_then_merges(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.reject["api"] = 1
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    rejected = h.kinds("merge.rejected")
+    assert [r["component"] for r in rejected] == ["api"] and rejected[0]["findings"] == ["api/main.py: boom"]
+    fix = [e for e in h.world.log if e[:2] == ("team", "api") and e[2] == 1]
+    assert fix and "tests fail in main" in fix[0][3]
+    assert "api/fix.py" in h.world.main
+    statuses = [m.status for m in h.store.pending_merges(session.id)]
+    assert statuses == []  # every admission resolved
+
+
+async def test_tournament_judged_losers_snapshotted_then_terminated(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    session = await h.run()
+    [decision] = h.kinds("tournament.decision")
+    assert decision["component"] == "web" and decision["winner"] == "web~polished"
+    log = h.world.log
+    assert index(log, "snapshot", "web~minimal") < index(log, "release", "web~minimal")
+    assert index(log, "release", "web~minimal") < index(log, "admit", "web~polished")
+    assert ("admit", "web~minimal") not in log
+    slots = {s.slot: s.status for s in h.store.list_slots(session.id)}
+    assert slots["web~minimal"] == "lost" and slots["web~polished"] == "merged"
+    assert any(c.slot == "web~minimal" and c.phase == "tournament" for c in h.store.list_checkpoints(session.id))
+    assert h.world.main["web/main.py"].startswith(b"# web by web~polished")
+
+
+async def test_checkpoints_every_interval_on_the_injected_clock(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.hold["db"] = asyncio.Event()
+    run = h.run_obj(BuildSettings(checkpoint_interval_s=60))
+    task = asyncio.create_task(run.run())
+    await h.clock.wait_for_sleepers(1)
+    before = len(h.store.list_checkpoints(h.session.id))
+    h.clock.advance(60)
+    await h.clock.wait_for_sleepers(1)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    interval = [d for d in h.kinds("checkpoint.taken") if d["reason"] == "interval"]
+    assert len(interval) == 1 and interval[0]["slots"] == 5  # every live slot
+    assert len(h.store.list_checkpoints(h.session.id)) == before + 5
+    h.clock.advance(59)  # not yet
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len([d for d in h.kinds("checkpoint.taken") if d["reason"] == "interval"]) == 1
+    h.world.hold["db"].set()
+    session = await asyncio.wait_for(task, 10)
+    assert session.status is SessionStatus.COMPLETED
+
+
+async def test_cancel_is_honoured_at_the_next_step_and_releases_everything(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.hold["db"] = asyncio.Event()
+    run = h.run_obj()
+    task = asyncio.create_task(run.run())
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if ("team", "db", 0, None) in h.world.log:
+            break
+    run.request_cancel()
+    h.world.hold["db"].set()
+    session = await asyncio.wait_for(task, 10)
+    assert session.status is SessionStatus.CANCELLED and session.finished_at
+    assert h.kinds()[-1] == "build.cancelled"
+    assert not h.world.sandboxes and not h.world.merged
+
+
+async def test_a_cancel_stored_while_the_coordinator_was_down_is_honoured(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.crash_at = ("build.phase", "build")
+    with pytest.raises(Crash):
+        await h.run()
+    assert h.world.sandboxes  # the fleet outlived the coordinator
+    h.store.update_session(h.session.id, error=CANCEL_REQUESTED)  # what Control writes
+    session = await h.run()
+    assert session.status is SessionStatus.CANCELLED
+    assert not h.world.sandboxes
+
+
+async def test_budget_exhausted_pauses_and_a_raise_resumes_from_checkpoints(tmp_path: Path) -> None:
+    h = Harness(tmp_path, budget_usd=1.0)
+    h.world.team_usd = 0.4  # three team runs exhaust $1
+    session = await h.run()
+    assert session.status is SessionStatus.PAUSED and session.error == PAUSED_BUDGET
+    assert not h.world.sandboxes  # terminated while paused
+    assert "budget.exhausted" in h.kinds() and h.kinds()[-1] == "build.paused"
+    assert h.notes.sent == ["paused"]
+    paused_slots = [s for s in h.store.list_slots(h.session.id) if s.status in ("ready", "building", "built")]
+    assert paused_slots and all(h.store.latest_checkpoint(h.session.id, s.slot) for s in paused_slots)
+
+    assert (await h.run()).status is SessionStatus.PAUSED  # no budget yet: stays paused
+
+    h.world.team_usd = 0.0
+    run = h.run_obj()
+    await run.ports.ledger.raise_budget(100.0)
+    session = await asyncio.wait_for(run.run(), 10)
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert "build.resumed" in h.kinds() and h.kinds("slot.restored")
+    assert set(h.world.main) == {"db/main.py", "util/main.py", "api/main.py", "web/main.py"}
+
+
+async def test_a_dead_sandbox_is_respawned_from_its_checkpoint(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.kill_during_team.add("util")
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    [respawn] = h.kinds("slot.respawned")
+    assert respawn["slot"] == "util"
+    assert ("restore", "util") in h.world.log
+    assert len([e for e in h.world.log if e[:2] == ("team", "util")]) == 2
+
+
+@pytest.fixture(scope="module")
+def undisturbed_hash(tmp_path_factory: pytest.TempPathFactory) -> str:
+    h = Harness(tmp_path_factory.mktemp("undisturbed"))
+    session = asyncio.run(h.run())
+    assert session.status is SessionStatus.COMPLETED
+    return h.main_hash()
+
+
+@pytest.mark.parametrize(
+    "phase", ["intent", "fleet", "build", "verify", "judge", "merge", "preview", "satisfy", "done"]
+)
+async def test_restart_from_each_persisted_phase_gives_the_same_end_state(
+    tmp_path: Path, phase: str, undisturbed_hash: str
+) -> None:
+    h = Harness(tmp_path)
+    h.world.crash_at = ("build.phase", phase)
+    with pytest.raises(Crash):
+        await h.run()
+    assert h.store.get_session(h.session.id).phase == phase
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert h.main_hash() == undisturbed_hash
+    phases = [d["phase"] for d in h.kinds("build.phase")]
+    assert phases == ["intent", "fleet", "build", "verify", "judge", "merge", "preview", "satisfy", "done"]
+    assert "coordinator.resumed" in h.kinds()  # the restart announced itself, without re-entering a phase
+    assert h.world.merged.count("api") == 1 and h.world.merged.count("web") == 1
+    assert not h.world.sandboxes
+    assert h.gate.starts >= 1
+
+
+async def test_a_merge_in_flight_when_the_coordinator_died_is_rechecked_not_repeated(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.crash_at = ("merge.accepted", None)  # the gate merged db; the coordinator died before recording it
+    original = FakeEvents.emit
+
+    async def crash_on_first_db_merge(self: FakeEvents, kind: str, data: dict[str, Any]) -> str | None:
+        if kind == "component.phase" and data.get("component") == "db" and data.get("phase") == "preview":
+            if not getattr(h, "crashed", False):
+                h.crashed = True  # type: ignore[attr-defined]
+                # roll the slot back to "merging" as if the crash came right after admit
+                run_slots = h.store.list_slots(h.session.id)
+                db = next(s for s in run_slots if s.slot == "db")
+                h.store.upsert_slot(db.model_copy(update={"status": "merging"}))
+                h.store.add_pending_merge(h.session.id, "db", {"slot": "db"})
+                raise Crash("killed after admit")
+        return await original(self, kind, data)
+
+    h.world.crash_at = None
+    FakeEvents.emit = crash_on_first_db_merge  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Crash):
+            await h.run()
+        session = await h.run()
+    finally:
+        FakeEvents.emit = original  # type: ignore[method-assign]
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert h.world.merged.count("db") == 1
+    assert any(d.get("recovered") for d in h.kinds("merge.accepted"))
