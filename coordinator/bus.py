@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coordinator import bus_scripts
-from coordinator.bus_codec import BODY_FIELD, BusCodec
+from coordinator.bus_codec import BODY_FIELD, BusCodec, mark_resent
 from coordinator.bus_models import (
     CHANNEL_OF,
     Channel,
@@ -103,6 +103,12 @@ class _Prepared:
     unified_key: str | None
     unified_field: str | None
     unified_value: bytes | None  # None with a field set means "delete the field"
+
+
+def _mark_resent(prepared: Sequence[_Prepared]) -> None:
+    """The batch may have reached Redis before the connection broke: flag its copies as re-sends."""
+    for item in prepared:
+        item.body = mark_resent(item.body)
 
 
 def make_client(url: str, config: BusConfig, *, extra_timeout_s: float = 0.0) -> Redis:
@@ -212,6 +218,7 @@ class ContextBus:
         except REDIS_DOWN as exc:
             logger.warning("redis unreachable (%s); buffering %d message(s)", exc, len(prepared))
             self._enqueue(prepared)
+            _mark_resent(prepared)
             return None
 
     def _prepare(self, keys: BusKeys, messages: Iterable[Message], sender: str) -> list[_Prepared]:
@@ -295,6 +302,7 @@ class ContextBus:
             try:
                 await self._send(batch)
             except REDIS_DOWN as exc:
+                _mark_resent(batch)
                 delay = next(delays)
                 logger.debug("flush of %d buffered message(s) failed (%s); retrying in %.2fs", len(batch), exc, delay)
                 await asyncio.sleep(delay)
@@ -393,7 +401,9 @@ class ContextBus:
                     reason=f[b"reason"].decode(),
                     error=f[b"error"].decode(errors="replace"),
                     attempts=int(f[b"attempts"]),
-                    raw={k.decode(errors="backslashreplace"): v for k, v in msgpack.unpackb(f[b"raw"], raw=True).items()},
+                    raw={
+                        k.decode(errors="backslashreplace"): v for k, v in msgpack.unpackb(f[b"raw"], raw=True).items()
+                    },
                 )
             )
         return out

@@ -5,7 +5,8 @@ is encoded, so a reader never guesses:
 
 * ``0x01`` — msgpack of the envelope map,
 * ``0x02`` — zstd frame of that msgpack (used when the msgpack is larger than the
-  threshold, 4 KiB by default: small entries stay cheap, big diffs and logs shrink).
+  threshold, 4 KiB by default: small entries stay cheap, big diffs and logs shrink);
+* bit ``0x80`` set — a copy re-sent after a publish whose outcome was unknown.
 
 The envelope map is ``{"s": sender, "t": ts, "i": mid, "m": message}``. One field and a
 one-byte header keep XADD small, which matters for the batched publish path.
@@ -31,6 +32,8 @@ BODY_FIELD = b"d"
 
 PLAIN = 0x01
 ZSTD = 0x02
+RESENT = 0x80
+"""Header bit: this body is a re-send after an ambiguous failure; subscribers check it for duplicates."""
 DEFAULT_COMPRESS_THRESHOLD = 4096
 MAX_DECOMPRESSED = 64 * 1024 * 1024
 """Refuse to inflate a body past this: a corrupt or hostile frame must not eat the host's memory."""
@@ -46,6 +49,12 @@ class Decoded:
     ts: float
     mid: str
     message: Message
+    resent: bool = False
+
+
+def mark_resent(body: bytes) -> bytes:
+    """The same body with the re-sent bit set."""
+    return bytes((body[0] | RESENT,)) + body[1:]
 
 
 class BusCodec:
@@ -85,7 +94,9 @@ class BusCodec:
         try:
             packed = self._packb({"s": sender, "t": ts, "i": mid, "m": message})
         except (TypeError, ValueError, OverflowError) as exc:
-            raise BusMalformedEntryError(f"message is not msgpack-serialisable: {exc}", reason="not_serialisable") from exc
+            raise BusMalformedEntryError(
+                f"message is not msgpack-serialisable: {exc}", reason="not_serialisable"
+            ) from exc
         if len(packed) > self.compress_threshold:
             return bytes((ZSTD,)) + self._zstd()[0].compress(packed)
         return bytes((PLAIN,)) + packed
@@ -98,7 +109,7 @@ class BusCodec:
         """
         if not body:
             raise BusMalformedEntryError("empty body", reason="missing_body")
-        header, payload = body[0], memoryview(body)[1:]
+        header, payload = body[0] & ~RESENT, memoryview(body)[1:]
         if header == ZSTD:
             try:
                 if zstandard.frame_content_size(payload) > MAX_DECOMPRESSED:
@@ -124,7 +135,7 @@ class BusCodec:
             message = MESSAGE_ADAPTER.validate_python(raw_msg)
         except ValidationError as exc:
             raise BusMalformedEntryError(f"invalid {kind} fields: {exc}", reason="invalid_fields") from exc
-        return Decoded(sender=sender, ts=float(ts), mid=mid, message=message)
+        return Decoded(sender=sender, ts=float(ts), mid=mid, message=message, resent=bool(body[0] & RESENT))
 
     def decode_fields(self, fields: dict[bytes, bytes]) -> Decoded:
         """Decode a raw stream entry (its field map) as read from Redis."""

@@ -40,35 +40,56 @@ class BusKeys:
         """Sorted set of entry ids (and message ids) the group has handled, scored by time."""
         return f"{self.base}:group:{check_name(group, 'group')}:done"
 
+    def hwm(self, group: str) -> str:
+        """Hash: stream key -> highest entry id the group has handled there."""
+        return f"{self.base}:group:{check_name(group, 'group')}:hwm"
+
     def attempts(self, group: str) -> str:
-        """Hash: entry member -> deliveries so far, for entries not yet acknowledged."""
+        """Hash: entry member -> redeliveries so far (the first delivery is not counted), until acknowledged."""
         return f"{self.base}:group:{check_name(group, 'group')}:attempts"
 
 
-# KEYS: done, attempts.  ARGV: entry members..., then mid members (same count; "" when unknown).
-# Returns, per entry, -1 if the group already handled it (by entry id or message id), else
-# its delivery count after this delivery.  Counting here, before the handler runs, is what
-# lets a poison entry that crashes its consumer process reach the dead letters.
+# KEYS: done, attempts.  ARGV: mode ("count" or "check"), entry members..., then mid members
+# (same count; "" when unknown).  Returns, per entry, -1 if the group already handled it (by entry
+# id or by message id), else in "count" mode its redelivery count after this one (HINCRBY) and in
+# "check" mode 0.  A first delivery (read with ">") is not counted here, to keep the hot path at one
+# round trip; every redelivery is, before the handler runs, so a poison entry that keeps killing its
+# consumer process still reaches the dead letters.
 BEGIN = """
-local n = #ARGV / 2
+local count = ARGV[1] == 'count'
+local n = (#ARGV - 1) / 2
 local out = {}
 for i = 1, n do
-  local member, mid = ARGV[i], ARGV[n + i]
+  local member, mid = ARGV[1 + i], ARGV[1 + n + i]
   if redis.call('ZSCORE', KEYS[1], member) or (mid ~= '' and redis.call('ZSCORE', KEYS[1], mid)) then
     out[i] = -1
-  else
+  elseif count then
     out[i] = redis.call('HINCRBY', KEYS[2], member, 1)
+  else
+    out[i] = 0
   end
 end
 return out
 """
 
-# KEYS: stream, done, attempts, dead.
+# KEYS: stream, done, attempts, dead, hwm.
 # ARGV: group, entry id, member, mid member ('' if none), now_ms, window, dead_maxlen,
 #       then (only for dead-lettering) field/value pairs of the dead-letter entry.
-# Acknowledges the entry, marks it handled and forgets its attempt count, all at once.
+# Acknowledges the entry, marks it handled, forgets its attempt count and raises the group's
+# high-water mark (highest handled id per stream; entries read with ">" above it cannot have been
+# handled before, so they skip the BEGIN check), all at once.
 # Returns 1 if this call marked it, 0 if it was already marked (the caller's work was a duplicate).
 SETTLE = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq), ms
+end
+local function lt(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  if am ~= bm then return am < bm end
+  return as < bs
+end
 local fresh = 1
 if redis.call('ZSCORE', KEYS[2], ARGV[3]) then fresh = 0 end
 if #ARGV > 7 and fresh == 1 then
@@ -80,6 +101,8 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4]) end
 redis.call('HDEL', KEYS[3], ARGV[3])
+local hwm = redis.call('HGET', KEYS[5], KEYS[1])
+if not hwm or lt(hwm, ARGV[2]) then redis.call('HSET', KEYS[5], KEYS[1], ARGV[2]) end
 local size = redis.call('ZCARD', KEYS[2])
 local window = tonumber(ARGV[6])
 if size > window then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - window - 1) end

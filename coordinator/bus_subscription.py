@@ -74,6 +74,10 @@ class Subscription:
         self.streams = {self.keys.stream(ch): ch for ch in channels}
         self._done_key = self.keys.done(self.group)
         self._attempts_key = self.keys.attempts(self.group)
+        self._hwm_key = self.keys.hwm(self.group)
+        self._hwm: dict[str, tuple[int, int]] = {}  # stream -> highest id this group handled (cached)
+        self._deferred: list[tuple] = []  # acknowledgements to send with the next read
+        self._settle_sha = ""
         self._client = make_client(bus.url, self.config, extra_timeout_s=self.config.block_ms / 1000)
         self._begin = self._client.register_script(bus_scripts.BEGIN)
         self._settle_script = self._client.register_script(bus_scripts.SETTLE)
@@ -119,6 +123,14 @@ class Subscription:
                 await self._client.connection_pool.disconnect(inuse_connections=True)
             else:
                 logger.error("subscription %s/%s did not stop", self.group, self.consumer)
+        deferred, self._deferred = self._deferred, []
+        for keys, args in deferred:  # handled entries whose acknowledgement was waiting for the next read
+            try:
+                await self._settle(keys[0], args[1], args[2], args[3])
+            except (*REDIS_DOWN, ResponseError) as exc:
+                logger.warning(
+                    "%s/%s: %s stays pending (%s); it will be replayed", self.group, self.consumer, args[2], exc
+                )
         await self._client.aclose()
 
     async def __aenter__(self) -> Subscription:
@@ -137,32 +149,31 @@ class Subscription:
                 self._ready.set()
                 for stream in self.streams:
                     await self._replay_own(stream)
+                self._unsettled.clear()  # whatever was not in the PEL had been acknowledged already
                 while not self._stopping:
-                    found = await self._client.xreadgroup(
-                        self.group,
-                        self.consumer,
-                        dict.fromkeys(self.streams, ">"),
-                        count=self.config.read_count,
-                        block=self.config.block_ms,
-                    )
+                    found = await self._read_new()
                     for stream, entries in found or ():
-                        await self._process(stream.decode(), entries)
+                        await self._process(stream.decode(), entries, fresh=True)
                     delays = backoff_delays(self.config)
             except ResponseError as exc:
-                if "UNBLOCKED" not in str(exc) and "NOGROUP" not in str(exc):
+                if not any(code in str(exc) for code in ("UNBLOCKED", "NOGROUP", "NOSCRIPT")):
                     raise
-                # the stream or group was deleted under us (delete_build, an operator): recreate and go on
+                # the stream or group was deleted under us (delete_build, an operator), or Redis lost
+                # its scripts in a restart: recreate and go on
                 logger.info("subscription %s/%s: %s; recreating groups", self.group, self.consumer, exc)
                 await asyncio.sleep(next(delays))
             except REDIS_DOWN as exc:
                 if self._stopping:
                     return
                 delay = next(delays)
-                logger.warning("subscription %s/%s lost redis (%s); retry in %.2fs", self.group, self.consumer, exc, delay)
+                logger.warning(
+                    "subscription %s/%s lost redis (%s); retry in %.2fs", self.group, self.consumer, exc, delay
+                )
                 await asyncio.sleep(delay)
             except Exception:  # never let one bad entry or bug end the subscription
                 logger.exception("subscription %s/%s failed; restarting its loop", self.group, self.consumer)
                 await asyncio.sleep(next(delays))
+            self._deferred.clear()  # their entries are still pending: the replay settles them
 
     async def _ensure_groups(self) -> None:
         for stream in self.streams:
@@ -171,6 +182,25 @@ class Subscription:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        self._settle_sha = await self._client.script_load(bus_scripts.SETTLE)
+        marks = await self._client.hmget(self._hwm_key, list(self.streams))
+        self._hwm = {stream: _id(m.decode()) for stream, m in zip(self.streams, marks, strict=True) if m}
+
+    async def _read_new(self) -> list:
+        """XREADGROUP ">" — with the previous batch's last acknowledgement in the same round trip."""
+        streams = dict.fromkeys(self.streams, ">")
+        count, block = self.config.read_count, self.config.block_ms
+        if not self._deferred:
+            return await self._client.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in self._deferred:
+            pipe.execute_command("EVALSHA", self._settle_sha, len(keys), *keys, *args)
+        pipe.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+        results = await pipe.execute()
+        for keys, args in self._deferred:
+            self._settled(keys[0], args[1], args[2])
+        self._deferred.clear()
+        return results[-1]
 
     async def _replay_own(self, stream: str) -> None:
         """Deliver this consumer's pending entries of one stream again, oldest first."""
@@ -183,44 +213,68 @@ class Subscription:
             if not entries:
                 return
             logger.info("%s/%s replays %d pending entries of %s", self.group, self.consumer, len(entries), stream)
-            await self._process(stream, entries)
+            await self._process(stream, entries, fresh=False)
             last = entries[-1][0]
 
-    async def _process(self, stream: str, entries: list) -> None:
+    async def _process(self, stream: str, entries: list, *, fresh: bool) -> None:
+        """Handle one batch of one stream in order.
+
+        ``fresh`` entries were read with ">" (never delivered to this group): only those that may
+        be duplicates — at or below the high-water mark, or flagged as re-sent — are checked in
+        Redis first. Replayed entries are all checked, and their redelivery is counted.
+        """
         channel = self.streams[stream]
+        hwm = self._hwm.get(stream, (-1, -1))
         batch = []
         for rid, fields in entries:
             rid = rid.decode()
             member = f"{channel}/{rid}"
-            envelope, error, mid = None, None, ""
+            envelope, error, mid, suspect = None, None, "", not fresh or _id(rid) <= hwm
             if not fields:  # the entry was deleted while pending
                 error = BusMalformedEntryError("entry no longer exists", reason="missing_body")
             else:
                 try:
                     d = self.bus.codec.decode_fields(fields)
-                    envelope = Envelope(id=rid, stream=stream, sender=d.sender, ts=d.ts, mid=d.mid, message=d.message)
-                    mid = "m:" + d.mid
+                    envelope = Envelope.model_construct(
+                        id=rid, stream=stream, sender=d.sender, ts=d.ts, mid=d.mid, message=d.message
+                    )
+                    mid, suspect = "m:" + d.mid, suspect or d.resent
                 except BusMalformedEntryError as exc:
                     error = exc
-            batch.append((rid, member, mid, envelope, error, fields or {}))
-        counts = await self._begin(
-            keys=[self._done_key, self._attempts_key], args=[b[1] for b in batch] + [b[2] for b in batch]
-        )
-        seen_mids: set[str] = set()  # copies inside one batch passed BEGIN together: catch them here
-        for (rid, member, mid, envelope, error, fields), count in zip(batch, counts, strict=True):
+            batch.append((rid, member, mid, envelope, error, fields or {}, suspect))
+        counts = [0] * len(batch)
+        checked = [i for i, b in enumerate(batch) if b[6]]
+        if checked:
+            args = ["check" if fresh else "count"] + [batch[i][1] for i in checked] + [batch[i][2] for i in checked]
+            found = await self._begin(keys=[self._done_key, self._attempts_key], args=args)
+            for i, count in zip(checked, found, strict=True):
+                counts[i] = int(count)
+        seen_mids: set[str] = set()  # copies inside one batch are not marked yet: catch them here
+        last = len(batch) - 1
+        for n, ((rid, member, mid, envelope, error, fields, _), count) in enumerate(zip(batch, counts, strict=True)):
             duplicate = count == -1 or (mid != "" and mid in seen_mids)
             seen_mids.add(mid)
             if duplicate or member in self._unsettled:
                 self.duplicates += duplicate
-                await self._settle(stream, rid, member, self._unsettled.pop(member, mid))
+                await self._settle(stream, rid, member, self._unsettled.get(member, mid))
             elif envelope is None:
                 assert error is not None
                 await self._dead_letter(stream, rid, member, mid, "decode", f"{error.reason}: {error}", 0, fields)
             else:
-                await self._deliver(stream, rid, member, mid, envelope, int(count), fields)
+                defer = fresh and n == last
+                await self._deliver(stream, rid, member, mid, envelope, 1 + count, fields, defer=defer)
 
     async def _deliver(
-        self, stream: str, rid: str, member: str, mid: str, envelope: Envelope, attempts: int, fields: dict
+        self,
+        stream: str,
+        rid: str,
+        member: str,
+        mid: str,
+        envelope: Envelope,
+        attempts: int,
+        fields: dict,
+        *,
+        defer: bool,
     ) -> None:
         last_error = "delivered without acknowledgement (consumer died or was stopped mid-handler)"
         while attempts <= self.config.max_deliveries:
@@ -229,17 +283,24 @@ class Subscription:
             except Exception as exc:
                 self.failures += 1
                 last_error = f"{type(exc).__name__}: {exc}"
-                logger.warning("%s/%s: handler failed on %s (attempt %d): %s", self.group, self.consumer, member,
-                               attempts, last_error)
+                logger.warning(
+                    "%s/%s: handler failed on %s (attempt %d): %s",
+                    self.group,
+                    self.consumer,
+                    member,
+                    attempts,
+                    last_error,
+                )
                 if attempts >= self.config.max_deliveries:
                     break
                 await asyncio.sleep(self.config.retry_delay_s * 2 ** (attempts - 1))
-                attempts = int(await self._client.hincrby(self._attempts_key, member, 1))
+                attempts = 1 + int(await self._client.hincrby(self._attempts_key, member, 1))
                 continue
-            self._unsettled[member] = mid  # if the acknowledgement fails, settle on replay, don't re-handle
-            await self._settle(stream, rid, member, mid)
-            del self._unsettled[member]
-            self.handled += 1
+            self._unsettled[member] = mid  # if the acknowledgement is lost, settle on replay, never re-handle
+            if defer:  # the last entry of a batch is acknowledged with the next read, in one round trip
+                self._deferred.append(self._settle_call(stream, rid, member, mid))
+            else:
+                await self._settle(stream, rid, member, mid)
             return
         await self._dead_letter(stream, rid, member, mid, "handler", last_error, attempts, fields)
 
@@ -249,12 +310,32 @@ class Subscription:
         logger.error("%s/%s: dead-lettering %s (%s): %s", self.group, self.consumer, member, reason, error)
         dead = ["src", stream, "id", rid, "group", self.group, "consumer", self.consumer, "reason", reason]
         dead += ["error", error[:4000], "attempts", attempts, "raw", msgpack.packb(fields, use_bin_type=True)]
+        self._unsettled.pop(member, None)
         await self._settle(stream, rid, member, mid, dead)
         self.dead += 1
 
-    async def _settle(self, stream: str, rid: str, member: str, mid: str, dead: list | None = None) -> bool:
-        """Acknowledge + mark handled (+ dead-letter) atomically; False if it was already marked."""
+    def _settle_call(self, stream: str, rid: str, member: str, mid: str, dead: list | None = None) -> tuple:
         args = [self.group, rid, member, mid, int(time.time() * 1000), self.config.dedupe_window]
         args += [self.config.dead_max_len, *(dead or ())]
-        keys = [stream, self._done_key, self._attempts_key, self.keys.dead]
-        return bool(await self._settle_script(keys=keys, args=args))
+        keys = [stream, self._done_key, self._attempts_key, self.keys.dead, self._hwm_key]
+        return keys, args
+
+    async def _settle(self, stream: str, rid: str, member: str, mid: str, dead: list | None = None) -> None:
+        """Acknowledge + mark handled (+ dead-letter) atomically."""
+        keys, args = self._settle_call(stream, rid, member, mid, dead)
+        await self._settle_script(keys=keys, args=args)
+        if dead is None:
+            self._settled(stream, rid, member)
+
+    def _settled(self, stream: str, rid: str, member: str) -> None:
+        if self._unsettled.pop(member, None) is not None:
+            self.handled += 1
+        mark = _id(rid)
+        if mark > self._hwm.get(stream, (-1, -1)):
+            self._hwm[stream] = mark
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    """A stream id as a comparable (ms, seq) pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

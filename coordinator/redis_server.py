@@ -22,8 +22,8 @@ import ctypes
 import fcntl
 import logging
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import threading
 import time

@@ -72,9 +72,11 @@ async def test_order_per_stream_and_every_group_sees_everything(bus: ContextBus,
     await until(lambda: len(a.seen) == 200 and len(b.seen) == 200, what="both groups to see 200 entries")
     assert a.texts() == expected and b.texts() == expected
     assert [env.id for env in a.seen] == ids
-    assert sub_a.handled == 200 and sub_a.duplicates == 0
-    await sub_a.stop()
+    await sub_a.stop()  # stop() sends the acknowledgement still riding on the next read
     await sub_b.stop()
+    assert sub_a.handled == 200 and sub_a.duplicates == 0
+    for group in ("sbx-a", "sbx-b"):
+        assert (await bus.redis.xpending(bus.keys(build_id).stream("progress"), group))["pending"] == 0
 
 
 async def test_compression_round_trip_through_redis(bus: ContextBus, build_id: str) -> None:
@@ -123,9 +125,7 @@ async def test_failing_handler_is_retried_then_dead_lettered_and_the_stream_goes
     await sub.stop()
 
 
-async def test_malformed_entries_are_dead_lettered_and_the_subscriber_continues(
-    bus: ContextBus, build_id: str
-) -> None:
+async def test_malformed_entries_are_dead_lettered_and_the_subscriber_continues(bus: ContextBus, build_id: str) -> None:
     rec = Recorder()
     sub = await bus.subscribe(build_id, ["context"], group="g", handler=rec).start()
     stream = bus.keys(build_id).stream("context")
@@ -160,8 +160,8 @@ async def test_a_group_never_handles_the_same_entry_or_message_twice(bus: Contex
     await bus.publish(build_id, progress(5))
     await until(lambda: len(rec.seen) == 6, what="the one new entry")
     assert rec.texts() == [str(i) for i in range(6)]
-    await until(lambda: sub.duplicates >= 6, timeout=2, what="six skipped duplicates")
-    print("DUPS", sub.duplicates, sub.handled)
+    # the five old entries and the copy (which may count twice: once replayed from the PEL)
+    await until(lambda: sub.duplicates >= 6, what="six skipped duplicates")
     await sub.stop()
 
 
@@ -213,7 +213,7 @@ async def test_trim_keeps_everything_a_group_still_needs(redis_server: ManagedRe
     stream = bus.keys(build_id).stream("merge")
     try:
         await bus.redis.xgroup_create(stream, "slow", id="0", mkstream=True)
-        ids = await bus.publish_many(build_id, [Progress(phase="x")] * 0 + [_merge(i) for i in range(50)])
+        ids = await bus.publish_many(build_id, [_merge(i) for i in range(50)])
         assert await bus.trim(build_id) == 0  # the group has read nothing yet
         got = await bus.redis.xreadgroup("slow", "c", {stream: ">"}, count=30)
         assert len(got[0][1]) == 30
@@ -279,7 +279,7 @@ async def test_replay_after_subscriber_process_is_sigkilled(bus: ContextBus, bui
     assert len(new_ids) == len(set(new_ids))  # no duplicates
     assert not acked & set(new_ids)  # nothing acked is handled again
     assert acked | set(new_ids) == set(all_ids)  # nothing lost
-    assert sorted(new_ids) == new_ids or new_ids == sorted(new_ids, key=all_ids.index)
+    assert new_ids == sorted(new_ids, key=all_ids.index)  # replayed in stream order
     await sub.stop()
 
 

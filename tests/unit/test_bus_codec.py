@@ -66,11 +66,15 @@ def test_body_at_threshold_is_not_compressed():
         (bytes([ZSTD]) + b"not a zstd frame", "zstd"),
         (bytes([PLAIN]) + b"\xc1", "msgpack"),  # 0xc1 is never valid msgpack
         (bytes([PLAIN]) + msgpack.packb([1, 2, 3]), "envelope"),
-        (bytes([PLAIN]) + msgpack.packb({"s": 1, "t": 1.0, "i": "m", "m": {"type": "progress", "phase": "p"}}), "envelope"),
+        (
+            bytes([PLAIN]) + msgpack.packb({"s": 1, "t": 1.0, "i": "m", "m": {"type": "progress", "phase": "p"}}),
+            "envelope",
+        ),
         (bytes([PLAIN]) + msgpack.packb({"s": "x", "t": 1.0, "i": "m", "m": {"type": "nope"}}), "unknown_type"),
         (bytes([PLAIN]) + msgpack.packb({"s": "x", "t": 1.0, "i": "m", "m": {"type": "progress"}}), "invalid_fields"),
         (
-            bytes([PLAIN]) + msgpack.packb({"s": "x", "t": 1.0, "i": "m", "m": {"type": "progress", "phase": "p", "x": 1}}),
+            bytes([PLAIN])
+            + msgpack.packb({"s": "x", "t": 1.0, "i": "m", "m": {"type": "progress", "phase": "p", "x": 1}}),
             "invalid_fields",
         ),
     ],
