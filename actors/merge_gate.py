@@ -4,7 +4,7 @@ Thin over :class:`coordinator.merge.MergeGateCore`: it creates the main-test san
 a SandboxProxy (``build:{id}:sbx:main-test``), hands the core its ports — the main repo as git
 in that sandbox, slots' files read through their proxies, the verification swarm and the
 criteria runner on the main-test sandbox, the bus — and translates calls. Detached and
-restartable: the contract and the proxy's name live in ``KRIPTIK_HOME/gates/``, and the repo
+restartable: the contract and the proxy's name live in ``KRIPTIK_HOME/gates/`` (``actor_state.py``), and the repo
 itself (commits with ``Kriptik-Component`` trailers) says what is merged, so a restarted gate
 picks up where it was; a merge cut short is rolled back and must be submitted again.
 """
@@ -14,15 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.sandbox_pool import get_proxy, release
-from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
+from actors.actor_state import SandboxOwnerState, StateFile
+from actors.sandbox_pool import get_proxy, proxy_handle, release, start_owned_sandbox
+from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ErrorReport
 from coordinator.contracts import IntentContract, parse_contract
@@ -38,7 +37,6 @@ from coordinator.merge import (
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.proxy_sandbox import ProxySandbox
-from sandbox_agents.settings import get_settings
 from sandbox_agents.verifiers import (
     Chromium,
     Finding,
@@ -79,21 +77,6 @@ class GateConfig(BaseModel):
     swarm_must_pass: bool = True
     """False: swarm errors are reported but only failing criteria reject."""
     heartbeat_s: float = Field(default=30.0, gt=0)
-
-
-class _GateState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    contract: dict[str, Any]
-    proxy: str
-    sandbox_id: str
-    spec: SandboxSpec
-
-
-def _state_path(build_id: str) -> Path:
-    path = get_settings().home() / "gates"
-    path.mkdir(parents=True, exist_ok=True)
-    return path / (build_id.replace("/", "_") + ".json")
 
 
 def default_spec(contract: IntentContract, build_id: str, role: str) -> SandboxSpec:
@@ -179,7 +162,7 @@ class MergeGateActor:
         except ValueError as exc:
             raise InvalidInputError(f"invalid gate config: {exc}", field="config") from exc
         cfg = self.config
-        self._state_file = _state_path(cfg.build_id)
+        self._state_file = StateFile("gates", cfg.build_id, SandboxOwnerState)
         self._bus = (
             ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=gate_name(cfg.build_id))
             if cfg.redis_url
@@ -187,15 +170,15 @@ class MergeGateActor:
         )
         self._chromium = Chromium()
         self._proxy: Any = None
-        self._state: _GateState | None = None
+        self._state: SandboxOwnerState | None = None
         self._core: MergeGateCore | None = None
 
     # --- wiring ---------------------------------------------------------------------------
 
-    async def _wire(self, state: _GateState) -> MergeGateCore:
+    async def _wire(self, state: SandboxOwnerState) -> MergeGateCore:
         cfg = self.config
         if self._proxy is None:
-            self._proxy = ray.get_actor(state.proxy, namespace=NAMESPACE)
+            self._proxy = proxy_handle(state.proxy)
         sandbox = ProxySandbox(self._proxy, state.sandbox_id, state.spec)
         swarm = VerificationSwarm(default_verifiers(self._chromium), timeout_s=cfg.swarm_timeout_s)
 
@@ -220,7 +203,7 @@ class MergeGateActor:
         if self._core is not None:
             return self._core
         try:
-            state = _GateState.model_validate_json(self._state_file.read_text())
+            state = self._state_file.load()
         except FileNotFoundError:
             raise InvalidInputError("the gate is not started: call start(contract_json) first", field="gate") from None
         return await self._wire(state)
@@ -236,14 +219,13 @@ class MergeGateActor:
         contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
         cfg = self.config
         spec = cfg.spec or default_spec(contract, cfg.build_id, MAIN_TEST_SID)
-        name = proxy_name(cfg.build_id, MAIN_TEST_SID)
-        self._proxy = start_proxy(name, cfg.backend, heartbeat_s=cfg.heartbeat_s)
-        sandbox_id = await self._proxy.create.remote(spec, cfg.build_id, MAIN_TEST_SID)
-        await self._proxy.set_active.remote(True)
-        state = _GateState(contract=contract.model_dump(mode="json"), proxy=name, sandbox_id=sandbox_id, spec=spec)
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(state.model_dump_json())
-        os.replace(tmp, self._state_file)
+        name, self._proxy, sandbox_id = await start_owned_sandbox(
+            cfg.build_id, MAIN_TEST_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s
+        )
+        state = SandboxOwnerState(
+            contract=contract.model_dump(mode="json"), proxy=name, sandbox_id=sandbox_id, spec=spec
+        )
+        self._state_file.save(state)
         await self._wire(state)
         logger.info("gate %s: main-test sandbox %s", cfg.build_id, sandbox_id)
         return sandbox_id
@@ -279,10 +261,10 @@ class MergeGateActor:
     async def close(self) -> None:
         """Terminate the main-test sandbox (and its proxy) and forget the gate's state."""
         with contextlib.suppress(FileNotFoundError, ValueError):
-            state = _GateState.model_validate_json(self._state_file.read_text())
+            state = self._state_file.load()
             with contextlib.suppress(Exception):
-                await release(self._proxy or ray.get_actor(state.proxy, namespace=NAMESPACE), state.proxy)
-        self._state_file.unlink(missing_ok=True)
+                await release(self._proxy or proxy_handle(state.proxy), state.proxy)
+        self._state_file.remove()
         self._core = self._state = self._proxy = None
         with contextlib.suppress(Exception):
             await self._chromium.close()

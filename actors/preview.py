@@ -8,7 +8,7 @@ from Chromium (periodically and on demand). :meth:`PreviewActor.take_control` sn
 preview into a NEW sandbox the user may change: nothing ever flows back from it.
 
 State (contract, proxy names, the hashes of the files it holds) lives in
-``KRIPTIK_HOME/previews/`` so a restarted actor reconnects to the same sandbox and URL.
+``KRIPTIK_HOME/previews/`` (``actor_state.py``) so a restarted actor reconnects to the same sandbox and URL.
 """
 
 from __future__ import annotations
@@ -17,22 +17,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
 from actors.merge_gate import default_spec, gate_name
-from actors.sandbox_pool import release
+from actors.sandbox_pool import proxy_handle, release, start_owned_sandbox
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from coordinator.contracts import Component, IntentContract, parse_contract
 from coordinator.merge import SandboxDevServers, is_junk, sha256_of
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.proxy_sandbox import ProxySandbox
-from sandbox_agents.settings import get_settings
 from sandbox_agents.verifiers import Chromium, Finding
 
 logger = logging.getLogger(__name__)
@@ -61,13 +60,7 @@ class PreviewConfig(BaseModel):
     heartbeat_s: float = Field(default=30.0, gt=0)
 
 
-class _PreviewState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    contract: dict[str, Any]
-    proxy: str
-    sandbox_id: str
-    spec: SandboxSpec
+class _PreviewState(SandboxOwnerState):
     files: dict[str, str] = Field(default_factory=dict)
     """Path → sha256 of what the preview holds from ``main``."""
     serving: list[str] = Field(default_factory=list)
@@ -90,9 +83,7 @@ class PreviewActor:
             self.config = config if isinstance(config, PreviewConfig) else PreviewConfig.model_validate(config)
         except ValueError as exc:
             raise InvalidInputError(f"invalid preview config: {exc}", field="config") from exc
-        home = get_settings().home() / "previews"
-        home.mkdir(parents=True, exist_ok=True)
-        self._state_file = home / (self.config.build_id.replace("/", "_") + ".json")
+        self._state_file = StateFile("previews", self.config.build_id, _PreviewState)
         self._state: _PreviewState | None = None
         self._proxy: Any = None
         self._chromium = Chromium()
@@ -104,20 +95,18 @@ class PreviewActor:
 
     def _save(self) -> None:
         assert self._state is not None
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(self._state.model_dump_json())
-        os.replace(tmp, self._state_file)
+        self._state_file.save(self._state)
 
     def _ready(self) -> tuple[_PreviewState, ProxySandbox]:
         if self._state is None:
             try:
-                self._state = _PreviewState.model_validate_json(self._state_file.read_text())
+                self._state = self._state_file.load()
             except FileNotFoundError:
                 raise InvalidInputError(
                     "the preview is not started: call start(contract_json)", field="preview"
                 ) from None
         if self._proxy is None:
-            self._proxy = ray.get_actor(self._state.proxy, namespace=NAMESPACE)
+            self._proxy = proxy_handle(self._state.proxy)
         return self._state, ProxySandbox(self._proxy, self._state.sandbox_id, self._state.spec)
 
     def _contract(self) -> IntentContract:
@@ -132,10 +121,9 @@ class PreviewActor:
         contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
         cfg = self.config
         spec = cfg.spec or default_spec(contract, cfg.build_id, PREVIEW_SID)
-        name = proxy_name(cfg.build_id, PREVIEW_SID)
-        self._proxy = start_proxy(name, cfg.backend, heartbeat_s=cfg.heartbeat_s)
-        sandbox_id = await self._proxy.create.remote(spec, cfg.build_id, PREVIEW_SID)
-        await self._proxy.set_active.remote(True)
+        name, self._proxy, sandbox_id = await start_owned_sandbox(
+            cfg.build_id, PREVIEW_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s
+        )
         self._state = _PreviewState(
             contract=contract.model_dump(mode="json"), proxy=name, sandbox_id=sandbox_id, spec=spec
         )
@@ -213,7 +201,7 @@ class PreviewActor:
         finally:
             await context.close()
         self._last_shot = shot
-        directory = get_settings().home() / "previews" / self.config.build_id.replace("/", "_")
+        directory = state_dir("previews") / file_stem(self.config.build_id)
         directory.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread((directory / "latest.png").write_bytes, shot)
         return shot
@@ -275,8 +263,8 @@ class PreviewActor:
             state, _ = self._ready()
             for name in [state.proxy, *state.takeovers]:
                 with contextlib.suppress(Exception):
-                    await release(ray.get_actor(name, namespace=NAMESPACE), name)
-        self._state_file.unlink(missing_ok=True)
+                    await release(proxy_handle(name), name)
+        self._state_file.remove()
         self._state = self._proxy = None
         with contextlib.suppress(Exception):
             await self._chromium.close()

@@ -19,7 +19,8 @@ from typing import Any
 
 import ray
 
-from actors.sandbox_proxy import NAMESPACE, bindings_dir, forget_binding, proxy_name, start_proxy
+from actors.actor_state import file_stem, state_dir
+from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 
@@ -27,9 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def _alias_path(name: str):  # type: ignore[no-untyped-def]
-    path = bindings_dir() / "aliases"
-    path.mkdir(exist_ok=True)
-    return path / (name.replace("/", "_") + ".json")
+    return state_dir("proxies/aliases") / (file_stem(name) + ".json")
 
 
 def get_proxy(build_id: str, sid: str) -> Any:
@@ -37,7 +36,29 @@ def get_proxy(build_id: str, sid: str) -> Any:
     name = proxy_name(build_id, sid)
     with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
         name = json.loads(_alias_path(name).read_text())["actor"]
+    return proxy_handle(name)
+
+
+def proxy_handle(name: str) -> Any:
+    """The handle of the proxy actor called ``name`` (how a restarted owner reconnects to its proxy)."""
     return ray.get_actor(name, namespace=NAMESPACE)
+
+
+async def start_owned_sandbox(
+    build_id: str, sid: str, backend: dict[str, Any], spec: SandboxSpec, *, heartbeat_s: float
+) -> tuple[str, Any, str]:
+    """Start the proxy ``build:{id}:sbx:{sid}``, create its sandbox and keep it alive while the build is.
+
+    For an actor that owns one sandbox of its own (the merge gate's main-test, the preview).
+
+    Returns:
+        The proxy's name, its handle and the sandbox's id.
+    """
+    name = proxy_name(build_id, sid)
+    handle = start_proxy(name, backend, heartbeat_s=heartbeat_s)
+    sandbox_id = await handle.create.remote(spec, build_id, sid)
+    await handle.set_active.remote(True)
+    return name, handle, sandbox_id
 
 
 class ProxyPool:

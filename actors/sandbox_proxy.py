@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -20,6 +19,8 @@ from typing import Any
 import ray
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from actors.actor_args import validated_arg
+from actors.actor_state import StateFile, state_dir
 from sandbox_agents.backends.base import (
     ExecChunk,
     ExecResult,
@@ -29,9 +30,8 @@ from sandbox_agents.backends.base import (
     SnapshotRef,
 )
 from sandbox_agents.backends.config import BackendConfig, make_backend
-from sandbox_agents.errors import InvalidInputError, SandboxError
+from sandbox_agents.errors import ConfigError, InvalidInputError, SandboxError
 from sandbox_agents.sandbox_session import Metering, SandboxEvent, SandboxSession
-from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,11 @@ class ProxyBinding(BaseModel):
 
 
 def bindings_dir() -> Path:
-    path = get_settings().home() / "proxies"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return state_dir("proxies")
 
 
-def _binding_path(name: str) -> Path:
-    return bindings_dir() / (name.replace("/", "_") + ".json")
+def _binding_file(name: str) -> StateFile[ProxyBinding]:
+    return StateFile("proxies", name, ProxyBinding)
 
 
 class SandboxProxyActor:
@@ -71,10 +69,10 @@ class SandboxProxyActor:
         self._event_count = 0
         self._sink: Any = None
         self._session = SandboxSession(make_backend(config), on_event=self._record)
-        self._binding_file = _binding_path(name)
+        self._binding_file = _binding_file(name)
         self._binding: ProxyBinding | None = None
         with contextlib.suppress(FileNotFoundError, ValueError):
-            self._binding = ProxyBinding.model_validate(json.loads(self._binding_file.read_text()))
+            self._binding = self._binding_file.load()
         self.restarted = self._binding is not None
 
     # --- plumbing ----------------------------------------------------------------------
@@ -87,11 +85,9 @@ class SandboxProxyActor:
 
     def _save_binding(self) -> None:
         if self._binding is None:
-            self._binding_file.unlink(missing_ok=True)
+            self._binding_file.remove()
             return
-        tmp = self._binding_file.with_suffix(".tmp")
-        tmp.write_text(self._binding.model_dump_json())
-        os.replace(tmp, self._binding_file)
+        self._binding_file.save(self._binding)
 
     async def _sandbox(self):  # type: ignore[no-untyped-def]
         session = self._session
@@ -105,6 +101,10 @@ class SandboxProxyActor:
 
     async def ping(self) -> str:
         return self._name
+
+    async def pid(self) -> int:
+        """The actor's process id (fault tests kill it; a restart changes it)."""
+        return os.getpid()
 
     async def warm(self) -> int:
         """Start the backend's standby sandboxes now (local backend); returns how many are ready."""
@@ -121,7 +121,7 @@ class SandboxProxyActor:
         self, spec: SandboxSpec | dict[str, Any], build_id: str | None = None, component: str | None = None
     ) -> str:
         """Create the proxy's sandbox; returns its id."""
-        spec = _validate(SandboxSpec, spec, "spec")
+        spec = validated_arg(SandboxSpec, spec, "spec")
         if self._binding is not None:
             raise SandboxError(f"proxy {self._name} already owns sandbox {self._binding.sandbox_id}")
         sandbox = await self._session.create(spec)
@@ -139,7 +139,7 @@ class SandboxProxyActor:
 
     async def restore(self, ref: SnapshotRef | dict[str, Any]) -> str:
         """Replace the sandbox with one restored from a checkpoint (respawn); returns the new id."""
-        ref = _validate(SnapshotRef, ref, "ref")
+        ref = validated_arg(SnapshotRef, ref, "ref")
         with contextlib.suppress(SandboxError):
             await self._sandbox()
         sandbox = await self._session.restore(ref)
@@ -250,15 +250,6 @@ class SandboxProxyActor:
         return await self._session.status()
 
 
-def _validate(model: type[BaseModel], value: Any, field: str) -> Any:
-    if isinstance(value, model):
-        return value
-    try:
-        return model.model_validate(value)
-    except ValueError as exc:
-        raise InvalidInputError(f"invalid {field}: {exc}", field=field) from exc
-
-
 SandboxProxy = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(SandboxProxyActor)
 
 
@@ -267,15 +258,49 @@ def proxy_name(build_id: str, sid: str) -> str:
     return f"build:{build_id}:sbx:{sid}"
 
 
+SANDBOX_RESOURCE_ENV = "KRIPTIK_SANDBOX_RESOURCE"
+"""Names the custom resource that places proxies (``sandbox_host`` or ``sandbox_host:0.01``); unset: anywhere."""
+
+
+def sandbox_resources() -> dict[str, float]:
+    """The Ray resources every proxy asks for, from ``KRIPTIK_SANDBOX_RESOURCE`` (read at each start).
+
+    A proxy is where its sandbox runs (a local sandbox is a child of the proxy's host), so on a
+    cluster whose sandbox hosts offer ``--resources='{"sandbox_host": 100}'`` this pins every
+    sandbox there. The default amount, 0.01, is a placement tag, not a quota: the sandbox's own
+    cgroup limits do the accounting. ``name:amount`` sets it, e.g. ``sandbox_host:1`` for at most
+    100 sandboxes per host offering 100.
+
+    Raises:
+        ConfigError: the amount is not a positive number.
+    """
+    value = os.environ.get(SANDBOX_RESOURCE_ENV, "").strip()
+    if not value:
+        return {}
+    name, _, amount = value.partition(":")
+    try:
+        quantity = float(amount) if amount else 0.01
+    except ValueError:
+        quantity = -1.0
+    if not name or quantity <= 0:
+        raise ConfigError(f"{SANDBOX_RESOURCE_ENV}={value!r}: expected NAME or NAME:AMOUNT with AMOUNT > 0")
+    return {name: quantity}
+
+
 def start_proxy(
     name: str, backend: dict[str, Any], *, heartbeat_s: float = 30.0, resources: dict[str, float] | None = None
 ):  # type: ignore[no-untyped-def]
-    """Start a detached, named, restartable proxy in namespace ``kriptik``."""
-    return SandboxProxy.options(name=name, namespace=NAMESPACE, lifetime="detached", resources=resources or {}).remote(
+    """Start a detached, named, restartable proxy in namespace ``kriptik``.
+
+    ``resources`` defaults to :func:`sandbox_resources` (``KRIPTIK_SANDBOX_RESOURCE``), so every
+    caller — pool, coordinator, merge gate, preview — places its sandboxes the same way.
+    """
+    resources = sandbox_resources() if resources is None else resources
+    return SandboxProxy.options(name=name, namespace=NAMESPACE, lifetime="detached", resources=resources).remote(
         name, backend, heartbeat_s
     )
 
 
 def forget_binding(name: str) -> None:
     """Drop a proxy's binding file (after the actor is killed for good)."""
-    _binding_path(name).unlink(missing_ok=True)
+    _binding_file(name).remove()

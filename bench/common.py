@@ -37,19 +37,13 @@ def private_ray(num_cpus: int = 4) -> Iterator[Any]:
     """A single-node Ray of our own, with its session files in a temp dir."""
     import ray
 
+    from actors.ray_local import start_local_ray
+
     tmp = tempfile.mkdtemp(prefix="kriptik-bench-ray-")
     own_home = "KRIPTIK_HOME" not in os.environ
     if own_home:
         os.environ["KRIPTIK_HOME"] = tempfile.mkdtemp(prefix="kriptik-bench-home-")
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        namespace="kriptik",
-        log_to_driver=False,
-        _temp_dir=tmp,
-        runtime_env={"env_vars": {"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]}},
-    )
+    start_local_ray(tmp, num_cpus=num_cpus, env={"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]})
     try:
         yield ray
     finally:

@@ -35,264 +35,69 @@ lvl   what happens                                agent (role)               tas
 Agents' roles are ``agent:{component}:{n}``. Events: ``team.started``, ``task.started``,
 ``task.done``, ``task.escalated``, ``task.recovered``, ``task.blocked``, ``team.check``,
 ``team.ready_to_merge``, ``team.finished``.
+
+The task models, ports and report live in ``coordinator/team_models.py``, the per-file lock
+service in ``coordinator/team_locks.py``, the LLM planner and :func:`prompt_context` in
+``coordinator/team_llm.py``; they are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-
-from coordinator.bus_models import UnifiedContext
-from sandbox_agents.agent_models import AgentOutcome, AgentTask
+from coordinator.team_llm import REPLACE_TOOL, LLMPlanner, prompt_context
+from coordinator.team_locks import FileLockService
+from coordinator.team_models import (
+    HANDOFF_SUFFIX,
+    REPLAN_SUFFIX,
+    RETRY_SUFFIX,
+    AttemptRecord,
+    CheckRunner,
+    ComponentWork,
+    ContextReader,
+    Planner,
+    TeamAgent,
+    TeamEvents,
+    TeamReport,
+    TeamTask,
+    agent_role,
+    assign,
+    topological,
+)
 from sandbox_agents.backends.base import ExecResult
 from sandbox_agents.errors import InvalidInputError
-from sandbox_agents.llm.base import LLMProvider, LLMRequest, Message, ToolSpec, TurnKey
+
+__all__ = [
+    "FAILURE_CAP",
+    "HANDOFF_SUFFIX",
+    "REPLACE_TOOL",
+    "REPLAN_SUFFIX",
+    "RETRY_SUFFIX",
+    "AttemptRecord",
+    "CheckRunner",
+    "ComponentWork",
+    "ContextReader",
+    "FileLockService",
+    "LLMPlanner",
+    "Planner",
+    "TeamAgent",
+    "TeamEvents",
+    "TeamReport",
+    "TeamRunner",
+    "TeamTask",
+    "agent_role",
+    "assign",
+    "prompt_context",
+    "topological",
+]
 
 logger = logging.getLogger(__name__)
 
 FAILURE_CAP = 4_000
 """Most characters of a failure carried into the next attempt's instructions."""
-RETRY_SUFFIX, HANDOFF_SUFFIX, REPLAN_SUFFIX = "#retry1", "#handoff", "#replan"
-
-
-class TeamTask(BaseModel):
-    """One task of a component's plan, with its dependencies and its check."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(min_length=1, max_length=200, pattern=r"^[^#\s]+$")
-    """Stable id; ``#`` is reserved for the attempt suffixes."""
-    title: str
-    """One line saying what the task is."""
-    instructions: str = ""
-    """What to do, in full."""
-    acceptance: str = ""
-    """What must hold for the task to count as done, in words."""
-    check_command: list[str] | str | None = None
-    """Run in the sandbox after the agent finished; exit code 0 means the task is done."""
-    check_timeout_s: float = Field(default=120.0, gt=0, le=3600)
-    """Bound on the task's check."""
-    files: tuple[str, ...] = ()
-    """Files the task is expected to touch (a hint to the agent)."""
-    depends_on: tuple[str, ...] = ()
-    """Tasks that must be done before this one starts."""
-    agent: int | None = Field(default=None, ge=0)
-    """Index of the agent that must run it; round-robin when unset."""
-
-    def agent_task(self, attempt_id: str, note: str = "") -> AgentTask:
-        """The :class:`AgentTask` of one attempt, with ``note`` appended to the instructions."""
-        instructions = self.instructions + (f"\n\n{note}" if note else "")
-        return AgentTask(
-            id=attempt_id,
-            title=self.title,
-            instructions=instructions.strip(),
-            acceptance=self.acceptance,
-            check_command=self.check_command,
-            files=self.files,
-        )
-
-
-class ComponentWork(BaseModel):
-    """What one team builds: a component's tasks, its check and the size of the team."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    component: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    """Component of the intent contract; it names the agents' roles ``agent:{component}:{n}``."""
-    tasks: tuple[TeamTask, ...] = Field(min_length=1)
-    """The tasks, in any order; dependencies decide when each may start."""
-    check_command: list[str] | str | None = None
-    """The component's build/test command; it must pass before the team signals ready-to-merge."""
-    check_timeout_s: float = Field(default=300.0, gt=0, le=3600)
-    """Bound on the component's check."""
-    agents: int = Field(default=3, ge=1, le=5)
-    """Agents in the team (the plan's 3–5; fewer for small components and tests)."""
-
-    @model_validator(mode="after")
-    def _plan_is_sound(self) -> ComponentWork:
-        ids = [t.id for t in self.tasks]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate task ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-        for task in self.tasks:
-            missing = [d for d in task.depends_on if d not in ids]
-            if missing:
-                raise ValueError(f"task {task.id!r} depends on unknown tasks {missing}")
-            if task.agent is not None and task.agent >= self.agents:
-                raise ValueError(f"task {task.id!r} names agent {task.agent} of a team of {self.agents}")
-        topological(self.tasks)  # refuses a cycle
-        return self
-
-    def roles(self) -> list[str]:
-        return [agent_role(self.component, n) for n in range(self.agents)]
-
-
-def agent_role(component: str, index: int) -> str:
-    """The role (TurnKey.role) of the ``index``-th agent of a component's team."""
-    return f"agent:{component}:{index}"
-
-
-def topological(tasks: Sequence[TeamTask]) -> list[TeamTask]:
-    """Tasks in dependency order, keeping the given order among independent ones.
-
-    Raises:
-        ValueError: The dependencies form a cycle (or name a task not in ``tasks``).
-    """
-    done: set[str] = set()
-    ordered: list[TeamTask] = []
-    pending = list(tasks)
-    while pending:
-        ready = [t for t in pending if all(d in done for d in t.depends_on)]
-        if not ready:
-            raise ValueError(f"dependency cycle among tasks {[t.id for t in pending]}")
-        ordered.append(ready[0])
-        done.add(ready[0].id)
-        pending.remove(ready[0])
-    return ordered
-
-
-def assign(work: ComponentWork) -> list[list[TeamTask]]:
-    """Each agent's queue: tasks in dependency order, round-robin unless a task names its agent."""
-    queues: list[list[TeamTask]] = [[] for _ in range(work.agents)]
-    turn = 0
-    for task in topological(work.tasks):
-        if task.agent is not None:
-            queues[task.agent].append(task)
-        else:
-            queues[turn % work.agents].append(task)
-            turn += 1
-    return queues
-
-
-# --- ports ---------------------------------------------------------------------------------
-
-
-class TeamAgent(Protocol):
-    """One agent of the team (the SandboxTeam actor wraps an Agent actor handle)."""
-
-    name: str
-
-    async def run_task(self, task: AgentTask) -> AgentOutcome: ...
-
-
-class CheckRunner(Protocol):
-    """Runs a check command in the team's sandbox."""
-
-    async def run_check(self, command: list[str] | str, timeout_s: float) -> ExecResult: ...
-
-
-class Planner(Protocol):
-    """Answers replacement tasks for a task that failed its first three attempts."""
-
-    async def replan(self, task: TeamTask, failure: str) -> list[TeamTask]: ...
-
-
-class TeamEvents(Protocol):
-    """Where the team's events and errors go (the build's event log and error channel)."""
-
-    async def emit(self, kind: str, data: dict[str, Any]) -> None: ...
-
-    async def report_error(self, key: str, message: str, *, resolved: bool = False) -> None: ...
-
-
-#: Reads the build's unified context (in the shape the agent prompt renders).
-ContextReader = Callable[[], Awaitable[Mapping[str, Any]]]
-
-
-# --- results -------------------------------------------------------------------------------
-
-
-class AttemptRecord(BaseModel):
-    """One attempt at one task."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: str
-    attempt: str
-    agent: str
-    level: int
-    ok: bool
-    failure: str = ""
-
-
-class TeamReport(BaseModel):
-    """What a team run did."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    component: str
-    ready: bool
-    """Every task done and the component's check passed: the team signalled ready-to-merge."""
-    done: list[str] = Field(default_factory=list)
-    blocked: dict[str, str] = Field(default_factory=dict)
-    """Task id → why it is blocked."""
-    recovered: dict[str, int] = Field(default_factory=dict)
-    """Task id → the escalation level that fixed it."""
-    check: ExecResult | None = None
-    attempts: list[AttemptRecord] = Field(default_factory=list)
-
-
-# --- the per-file lock service -------------------------------------------------------------
-
-
-class FileLockService:
-    """One holder per workspace path at a time, shared by every agent of a sandbox.
-
-    An agent's tools take the lock of a path around each write, edit and remove, so two
-    agents never interleave a read-modify-write of one file. A holder's locks are dropped
-    when its attempt ends (:meth:`release_all`), so a crashed agent cannot wedge a file.
-    """
-
-    def __init__(self) -> None:
-        self._held: dict[str, str] = {}
-        self._freed: dict[str, asyncio.Event] = {}
-
-    async def acquire(self, path: str, holder: str) -> None:
-        """Wait until ``path`` is free, then hold it for ``holder``.
-
-        Raises:
-            InvalidInputError: ``holder`` already holds ``path`` (the lock is not re-entrant).
-        """
-        if not path or not holder:
-            raise InvalidInputError("path and holder must be non-empty", field="path")
-        while path in self._held:
-            if self._held[path] == holder:
-                raise InvalidInputError(f"{holder} already holds the lock of {path}", field="path")
-            await self._freed.setdefault(path, asyncio.Event()).wait()
-        self._held[path] = holder
-
-    def release(self, path: str, holder: str) -> None:
-        """Free ``path``. Raises InvalidInputError when ``holder`` does not hold it."""
-        if self._held.get(path) != holder:
-            raise InvalidInputError(f"{holder} does not hold the lock of {path}", field="path")
-        del self._held[path]
-        event = self._freed.pop(path, None)
-        if event is not None:
-            event.set()
-
-    def release_all(self, holder: str) -> list[str]:
-        """Free every path ``holder`` holds; returns them."""
-        paths = [p for p, h in self._held.items() if h == holder]
-        for path in paths:
-            self.release(path, holder)
-        return paths
-
-    @contextlib.asynccontextmanager
-    async def lock(self, path: str, holder: str) -> AsyncIterator[None]:
-        await self.acquire(path, holder)
-        try:
-            yield
-        finally:
-            if self._held.get(path) == holder:
-                self.release(path, holder)
-
-    def held(self) -> dict[str, str]:
-        return dict(self._held)
 
 
 # --- the runner ----------------------------------------------------------------------------
@@ -511,85 +316,6 @@ class TeamRunner:
             await self.events.emit(kind, {"component": self.work.component, **data})
         except Exception:  # a lost event must not stop the build
             logger.warning("team %s: event %s not delivered", self.work.component, kind, exc_info=True)
-
-
-# --- the planner over an LLM provider (replay answers from role "planner") -----------------
-
-_TASKS: TypeAdapter[list[TeamTask]] = TypeAdapter(list[TeamTask])
-REPLACE_TOOL = ToolSpec(
-    name="replace_tasks",
-    description="Answer the tasks that replace the failed one, in order.",
-    parameters={
-        "type": "object",
-        "properties": {"tasks": {"type": "array", "items": TeamTask.model_json_schema()}},
-        "required": ["tasks"],
-    },
-)
-
-
-class LLMPlanner:
-    """Asks a provider for replacement tasks: key ``(planner, {task}#replan, 0)``.
-
-    The answer is a ``replace_tasks`` tool call with ``{"tasks": [...]}``, or text holding a
-    YAML/JSON list of tasks (or ``{tasks: [...]}``).
-    """
-
-    def __init__(self, provider: LLMProvider, *, role: str = "planner") -> None:
-        self.provider = provider
-        self.role = role
-
-    async def replan(self, task: TeamTask, failure: str) -> list[TeamTask]:
-        request = LLMRequest(
-            key=TurnKey(role=self.role, task=task.id + REPLAN_SUFFIX, turn=0),
-            system="You re-plan a failed task of a software build into smaller replacement tasks.",
-            messages=[
-                Message(role="user", content=f"Task:\n{task.model_dump_json()}\n\nIt failed three times:\n{failure}")
-            ],
-            tools=[REPLACE_TOOL],
-        )
-        reply = await self.provider.complete(request)
-        calls = [c for c in reply.tool_calls if c.name == REPLACE_TOOL.name]
-        raw: Any = calls[0].arguments.get("tasks") if calls else yaml.safe_load(reply.text or "[]")
-        if isinstance(raw, dict):
-            raw = raw.get("tasks")
-        try:
-            return _TASKS.validate_python(raw)
-        except ValidationError as exc:
-            raise InvalidInputError(f"the planner's replacement tasks are invalid: {exc}", field="tasks") from exc
-
-
-# --- the unified context as the agent prompt reads it --------------------------------------
-
-
-def prompt_context(unified: UnifiedContext) -> dict[str, Any]:
-    """The bus's unified context in the shapes ``agent_prompt.render_context`` renders: errors first."""
-    errors = {
-        key: {
-            "kind": "error",
-            "key": e.source,
-            "message": e.message,
-            "file": e.file,
-            "line": e.line or None,
-            "source": e.sender,
-            "ts": e.ts,
-        }
-        for key, e in unified.errors.items()
-    }
-    decisions: dict[str, Any] = {}
-    discoveries: dict[str, Any] = {}
-    for key, v in unified.context.items():
-        value = v.value if isinstance(v.value, Mapping) else {"message": str(v.value)}
-        item = {
-            "kind": "decision" if v.kind == "decision" else "discovery",
-            "key": key,
-            "source": v.sender,
-            "ts": v.ts,
-            **{k: value.get(k) for k in ("message", "file", "line") if value.get(k) is not None},
-        }
-        item.setdefault("message", str(v.value))
-        (decisions if v.kind == "decision" else discoveries)[key] = item
-    files = {path: state.sha256 for path, state in unified.files.items()}
-    return {"errors": errors, "decisions": decisions, "discoveries": discoveries, "files": files}
 
 
 def _cap(text: str, cap: int = FAILURE_CAP) -> str:

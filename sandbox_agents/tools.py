@@ -5,6 +5,8 @@ same tools work on the fake, local and Modal backends. A model's mistake is neve
 exception: :meth:`AgentTools.call` answers every bad input (unknown tool, invalid arguments,
 a path out of the workspace, a missing file, a command past its timeout) with an error
 result the model can read and act on. Only cancellation goes through.
+
+The ``search`` tool's walk over the workspace is in ``sandbox_agents/tool_search.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandbox_agents.agent_models import PublishedItem
-from sandbox_agents.backends.base import FileInfo, Sandbox
+from sandbox_agents.backends.base import Sandbox
 from sandbox_agents.backends.paths import workspace_relative
 from sandbox_agents.errors import (
     InvalidInputError,
@@ -44,21 +46,12 @@ from sandbox_agents.tool_models import (
     WriteFileArgs,
     tool_schema,
 )
+from sandbox_agents.tool_search import search_workspace
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RESULT_CAP = 16_000
 DEFAULT_EXEC_TIMEOUT_S = 120.0
-#: Bounds of one search, so a big workspace cannot stall an agent or flood its context.
-SEARCH_MAX_FILES = 2_000
-SEARCH_MAX_FILE_BYTES = 1_000_000
-SEARCH_MAX_TOTAL_BYTES = 16_000_000
-SEARCH_READ_CONCURRENCY = 16
-#: Directories a search skips unless its glob names them (dependencies, VCS, build output).
-SEARCH_SKIP_DIRS = frozenset({"node_modules", ".git", "__pycache__", ".venv", ".next", "dist"})
-#: Longest line shown in a search hit, and the longest part of a line matched (a bound on regex cost).
-LINE_SHOWN_CAP = 300
-LINE_MATCH_CAP = 4_000
 LIST_MAX_ENTRIES = 2_000
 
 #: Publishes an item to the whole build (the agent actor puts it on the context bus).
@@ -324,50 +317,12 @@ class AgentTools:
             regex = re.compile(re.escape(args.pattern) if args.literal else args.pattern)
         except re.error as exc:
             raise _Refused(f"invalid regular expression {args.pattern!r}: {exc}; pass literal=true") from None
-        glob = self._glob(args.path_glob or "**/*")
-        named = set(glob.split("/"))
-        candidates = [
-            e
-            for e in await self.sandbox.list_files(glob)
-            if not e.is_dir and not (SEARCH_SKIP_DIRS & (set(e.path.split("/")[:-1]) - named))
-        ]
-        hits: list[str] = []
-        notes: list[str] = []
-        scanned = total = 0
-        too_big = [e for e in candidates if e.size > SEARCH_MAX_FILE_BYTES]
-        queue = [e for e in candidates if e.size <= SEARCH_MAX_FILE_BYTES]
-        if too_big:
-            notes.append(f"skipped {len(too_big)} files over {SEARCH_MAX_FILE_BYTES} bytes")
-        if len(queue) > SEARCH_MAX_FILES:
-            notes.append(f"searched only the first {SEARCH_MAX_FILES} of {len(queue)} files; narrow path_glob")
-            queue = queue[:SEARCH_MAX_FILES]
-        for start in range(0, len(queue), SEARCH_READ_CONCURRENCY):
-            if total >= SEARCH_MAX_TOTAL_BYTES:
-                notes.append(f"stopped after reading {total} bytes; narrow path_glob")
-                break
-            batch = queue[start : start + SEARCH_READ_CONCURRENCY]
-            contents = await asyncio.gather(*(self._read_for_search(e) for e in batch))
-            for entry, data in zip(batch, contents, strict=True):
-                if data is None:
-                    continue
-                scanned += 1
-                total += len(data)
-                hits.extend(_matches(entry.path, data, regex, args.max_results - len(hits)))
-                if len(hits) >= args.max_results:
-                    break
-            if len(hits) >= args.max_results:
-                notes.append(f"stopped at max_results={args.max_results}")
-                break
-        summary = f"{len(hits)} matching lines in {scanned} files searched" + "".join(f"; {n}" for n in notes)
+        hits, summary = await search_workspace(
+            self.sandbox, regex, self._glob(args.path_glob or "**/*"), args.max_results
+        )
         if not hits:
             return f"no matches for {args.pattern!r} ({summary})"
         return "\n".join(hits) + f"\n[{summary}]"
-
-    async def _read_for_search(self, entry: FileInfo) -> bytes | None:
-        try:
-            return await self.sandbox.read_file(entry.path)
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            return None  # gone or unreadable since the listing: not a match, not an error
 
     async def _exec(self, args: ExecArgs) -> str:
         cwd = (
@@ -399,18 +354,6 @@ class AgentTools:
         )
         await self._publish(item)
         return f"published {item.kind} {item.key!r} to the build"
-
-
-def _matches(path: str, data: bytes, regex: re.Pattern[str], room: int) -> list[str]:
-    if room <= 0 or b"\0" in data[:8192]:
-        return []
-    out: list[str] = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        if regex.search(line[:LINE_MATCH_CAP]):
-            out.append(f"{path}:{number}: {line.strip()[:LINE_SHOWN_CAP]}")
-            if len(out) >= room:
-                break
-    return out
 
 
 def _exec_text(exit_code: int | None, stdout: str, stderr: str, budget: int) -> str:

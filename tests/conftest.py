@@ -41,17 +41,11 @@ def ray_cluster() -> Iterator[object]:
     """One real single-node Ray for the whole session (``local_mode`` no longer exists)."""
     import ray
 
+    from actors.ray_local import start_local_ray
+
     tmp = tempfile.mkdtemp(prefix="kriptik-ray-")
     os.environ["RAY_TMPDIR"] = tmp
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        namespace="kriptik",
-        log_to_driver=False,
-        _temp_dir=tmp,
-        runtime_env={"env_vars": {"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]}},
-    )
+    start_local_ray(tmp, num_cpus=4, env={"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]})
     try:
         yield ray
     finally:

@@ -68,7 +68,9 @@ async def test_errors_cross_the_actor_boundary_as_our_types(proxy) -> None:  # t
 async def test_killed_proxy_restarts_and_reconnects_to_the_same_sandbox(proxy, ray_cluster) -> None:  # type: ignore[no-untyped-def]
     sandbox_id = await proxy.create.remote(SandboxSpec())
     await proxy.write_file.remote("state.txt", "survives")
-    ray_cluster.kill(proxy, no_restart=False)
+    old_pid = await proxy.pid.remote()
+    ray_cluster.kill(proxy, no_restart=False)  # asynchronous: wait for the new incarnation, not just an answer
+    await eventually(lambda: proxy.pid.remote(), lambda pid: pid != old_pid, 60)
     content = await eventually(lambda: proxy.read_file.remote("state.txt"), lambda v: v == b"survives")
     assert content == b"survives"
     assert await proxy.sandbox_id.remote() == sandbox_id
