@@ -27,6 +27,7 @@ from typing import Any
 import ray
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from actors.actor_args import validated_arg
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ContextUpdate, ErrorReport, FileChange
 from coordinator.team import agent_role, prompt_context
@@ -78,6 +79,8 @@ class AgentConfig(BaseModel):
     """Most characters of rendered context in each system prompt."""
     model: str | None = None
     """Model override (tournament strategies)."""
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    """Sampling temperature override (tournament strategies); None keeps the provider's."""
     prompt_history: int = Field(default=64, ge=0, le=10_000)
     """Recent requests (key and system prompt) kept for ``recent_prompts``."""
 
@@ -99,7 +102,14 @@ class _Watched:
         self.seen: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
 
     async def complete(self, request: LLMRequest) -> AssistantTurn:
-        self.seen.append({**request.key.model_dump(), "system": request.system})
+        self.seen.append(
+            {
+                **request.key.model_dump(),
+                "system": request.system,
+                "model": request.model,
+                "temperature": request.temperature,
+            }
+        )
         return await self.inner.complete(request)
 
     async def aclose(self) -> None:
@@ -117,7 +127,7 @@ class AgentActor:
     """
 
     def __init__(self, config: dict[str, Any], proxy: Any, locks: Any = None) -> None:
-        self.config = _validate(AgentConfig, config, "config")
+        self.config = validated_arg(AgentConfig, config, "config")
         self._proxy = proxy
         self._locks = locks
         self._provider = _Watched(
@@ -138,7 +148,7 @@ class AgentActor:
         Raises:
             InvalidInputError: ``task`` is not a valid AgentTask.
         """
-        checked: AgentTask = _validate(AgentTask, task, "task")
+        checked: AgentTask = validated_arg(AgentTask, task, "task")
         loop = await self._agent_loop()
         async with self._one_task:  # one loop, one conversation at a time
             outcome = await loop.run(checked)
@@ -154,7 +164,7 @@ class AgentActor:
         return await self._tools.call(ToolCall(id="direct", name=name, arguments=dict(arguments or {})))
 
     async def recent_prompts(self) -> list[dict[str, Any]]:
-        """The last requests this agent sent: ``{role, task, turn, system}``, oldest first."""
+        """The last requests this agent sent: ``{role, task, turn, system, model, temperature}``, oldest first."""
         return list(self._provider.seen)
 
     async def close(self) -> None:
@@ -180,6 +190,7 @@ class AgentActor:
                 context_source=self._context,
                 context_cap=cfg.context_cap,
                 model=cfg.model,
+                temperature=cfg.temperature,
                 workdir=cfg.spec.workdir,
             )
         return self._loop
@@ -222,21 +233,12 @@ class AgentActor:
             logger.warning("agent %s: publishing the outcome of %s failed", self.config.name, task.id, exc_info=True)
 
 
-def _validate(model: type[BaseModel], value: Any, field: str) -> Any:
-    if isinstance(value, model):
-        return value
-    try:
-        return model.model_validate(value)
-    except ValueError as exc:
-        raise InvalidInputError(f"invalid {field}: {exc}", field=field) from exc
-
-
 Agent = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0, max_concurrency=32)(AgentActor)  # type: ignore[call-overload]
 
 
 def start_agent(config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None, *, detached: bool = False) -> Any:
     """Start a named Agent actor in namespace ``kriptik`` (detached when asked)."""
-    checked: AgentConfig = _validate(AgentConfig, config, "config")
+    checked: AgentConfig = validated_arg(AgentConfig, config, "config")
     options: dict[str, Any] = {"name": checked.name, "namespace": NAMESPACE}
     if detached:
         options["lifetime"] = "detached"

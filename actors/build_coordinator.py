@@ -221,8 +221,19 @@ class RayTeams:
             work = ComponentWork(
                 component=work.component, tasks=(fix,), check_command=work.check_command, agents=work.agents
             )
+        handle = start_team(self.team_config(slot, work), self.fleet.handle(slot.slot_id))
+        self.running[slot.slot_id] = handle
+        report = await handle.run.remote()
+        return TeamOutcome(report=report)
+
+    def team_config(self, slot: SlotPlan, work: ComponentWork) -> TeamConfig:
+        """The slot's team: a tournament candidate's agents get its strategy's model and temperature.
+
+        (The strategy's prompt suffix is already in ``work``: :meth:`SlotPlan.work` appends it.)
+        """
         cfg = self.config
-        team = TeamConfig(
+        strategy = slot.candidate
+        return TeamConfig(
             build_id=cfg.build_id,
             sid=slot.slot_id,
             work=work,
@@ -230,11 +241,9 @@ class RayTeams:
             redis_url=cfg.redis_url,
             bus_prefix=cfg.bus_prefix,
             spec=self.fleet.specs.get(slot.slot_id, slot.spec),
+            model=strategy.model if strategy else None,
+            temperature=strategy.temperature if strategy else None,
         )
-        handle = start_team(team, self.fleet.handle(slot.slot_id))
-        self.running[slot.slot_id] = handle
-        report = await handle.run.remote()
-        return TeamOutcome(report=report)
 
     async def stop(self, slot_id: str) -> None:
         """Stop the slot's team (and its swarm: the slot's agents and checkers go together)."""

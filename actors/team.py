@@ -58,6 +58,10 @@ class TeamConfig(BaseModel):
     limits: AgentLimits = Field(default_factory=AgentLimits)
     detached_agents: bool = False
     """Start the agents detached (production); tests leave them owned by the team."""
+    model: str | None = None
+    """Model of every agent's requests (a tournament candidate's strategy); None keeps the provider's."""
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    """Sampling temperature of every agent's requests (a candidate's strategy); None keeps the provider's."""
 
 
 class _AgentPort:
@@ -131,6 +135,8 @@ class SandboxTeamActor:
                     bus_prefix=cfg.bus_prefix,
                     spec=cfg.spec,
                     limits=cfg.limits,
+                    model=cfg.model,
+                    temperature=cfg.temperature,
                 )
                 self._agents.append((agent.name, start_agent(agent, self._proxy, me, detached=cfg.detached_agents)))
             for _, handle in self._agents:

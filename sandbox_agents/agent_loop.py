@@ -70,6 +70,7 @@ class AgentLoop:
         context_source: Reads the unified context; re-read every turn.
         context_cap: Most characters of rendered context in the system prompt.
         model: Override of the provider's model (tournament strategies).
+        temperature: Sampling temperature of every request (tournament strategies); None keeps the provider's.
         workdir: The sandbox's workspace root, for the prompt.
     """
 
@@ -83,6 +84,7 @@ class AgentLoop:
         context_source: ContextSource | None = None,
         context_cap: int = DEFAULT_CONTEXT_CAP,
         model: str | None = None,
+        temperature: float | None = None,
         workdir: str = "/workspace",
     ) -> None:
         self.provider = provider
@@ -92,6 +94,7 @@ class AgentLoop:
         self.context_source = context_source or _no_context
         self.context_cap = context_cap
         self.model = model
+        self.temperature = temperature
         self.workdir = workdir
         self._last_context: Mapping[str, Any] = {}
 
@@ -134,6 +137,7 @@ class AgentLoop:
                 tools=self.tools.specs(),
                 max_tokens=limits.max_tokens_per_turn,
                 model=self.model,
+                temperature=self.temperature,
             )
             try:
                 reply = await self.provider.complete(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -18,13 +19,26 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INF
 
 @app.command()
 def demo(
-    sandboxes: int = typer.Option(3, min=1, max=16, help="How many sandboxes to start."),
+    example: str = typer.Option("todo-fullstack", help="The example to build: hello-calc or todo-fullstack."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the preview running until Ctrl-C."),
+    serve_api: bool = typer.Option(False, "--serve", help="Also start the HTTP API and web UI to watch the build."),
+    port: int = typer.Option(8000, help="Port of the API and web UI with --serve."),
+    home: str = typer.Option("", help="State directory to use and keep (default: a temp dir, removed)."),
+    sandboxes_only: bool = typer.Option(False, "--sandboxes-only", help="Only exercise the sandbox fleet."),
+    sandboxes: int = typer.Option(3, min=1, max=16, help="How many sandboxes --sandboxes-only starts."),
 ) -> None:
-    """Run the main job offline: a warm proxy pool, real sandboxes, a program in each, snapshot, restore."""
-    from serve.demo import run_demo
+    """Run the main job offline: an example app built by the fleet, replayed from its cassette."""
+    from serve.demo import DemoOptions, run_demo, run_sandbox_demo
 
-    raise typer.Exit(run_demo(sandboxes=sandboxes, as_json=json_output))
+    if sandboxes_only:
+        raise typer.Exit(run_sandbox_demo(sandboxes=sandboxes, as_json=json_output))
+    if example not in ("hello-calc", "todo-fullstack"):
+        raise typer.BadParameter("one of hello-calc, todo-fullstack", param_hint="--example")
+    options = DemoOptions(
+        example=example, keep=keep, serve_api=serve_api, api_port=port, home=Path(home) if home else None
+    )
+    raise typer.Exit(run_demo(options, as_json=json_output))
 
 
 @app.command("sandbox-bench")

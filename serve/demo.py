@@ -1,8 +1,9 @@
-"""The main job until whole builds exist: a small real run of the sandbox fleet.
+"""``kriptik demo``: a whole example build by default, or (``--sandboxes-only``) just the sandbox fleet.
 
-Starts a private single-node Ray, a warm pool of SandboxProxy actors holding standby
-sandboxes, creates a few sandboxes through it, runs a real program in each, snapshots one,
-restores it, and prints every timing. Offline, a few seconds.
+The build demo lives in :mod:`serve.demo_build`. The sandbox demo starts a private
+single-node Ray, a warm pool of SandboxProxy actors holding standby sandboxes, creates a few
+sandboxes through it, runs a real program in each, snapshots one, restores it, and prints
+every timing. Both are offline; both print one JSON object as the last line with ``--json``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from serve.demo_build import DemoOptions, run_build_demo
 
 
 async def _run(sandboxes: int, console: Console) -> dict[str, Any]:
@@ -67,8 +70,22 @@ async def _run(sandboxes: int, console: Console) -> dict[str, Any]:
     return timings
 
 
-def run_demo(*, sandboxes: int = 3, as_json: bool = False) -> int:
-    """Run the sandbox demo; returns a process exit code."""
+def run_demo(options: DemoOptions, *, as_json: bool = False) -> int:
+    """Run one example build (:mod:`serve.demo_build`); exit code 0 only when it completed."""
+    console = Console(stderr=as_json)
+    try:
+        result = asyncio.run(run_build_demo(options, console))
+    except KeyboardInterrupt:
+        result = {"status": "cancelled", "example": options.example}
+    if as_json:
+        print(json.dumps(result), flush=True)
+    else:
+        console.print(f"{result['status']} in {result.get('wall_s', '?')} s")
+    return 0 if result["status"] == "completed" else 1
+
+
+def run_sandbox_demo(*, sandboxes: int = 3, as_json: bool = False) -> int:
+    """Run the sandbox-only demo; returns a process exit code."""
     from bench.common import private_ray
 
     console = Console(stderr=as_json)

@@ -1,0 +1,334 @@
+"""``kriptik demo``: one whole example build, offline, on the embedded defaults.
+
+Everything the build needs is started here and owned by this process: a private single-node
+Ray (session files in a temp dir), a managed ``redis-server`` and the SQLite store under a
+fresh ``KRIPTIK_HOME`` (a temp dir unless ``--home``), the Control actor, local bubblewrap
+sandboxes, and the replay LLM with the example's cassette (Control picks
+``examples/cassettes/{example}.yaml``). The build runs through Control exactly as an API
+client's would; progress is read from the build's event log on the bus. At the end
+everything is torn down (coordinator, gate, preview, sandboxes, Redis, Ray) unless
+``--keep`` holds the preview until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+logger = logging.getLogger(__name__)
+
+USER = "demo"
+EXAMPLES = ("hello-calc", "todo-fullstack")
+FINAL = ("completed", "failed", "cancelled", "paused")
+STEPS = ("build", "verify", "judge", "merge", "preview", "done")
+"""A component's pipeline (``component.phase`` events); a bar per component walks it."""
+BUILD_PHASES = ("intent", "fleet", "build", "verify", "judge", "merge", "preview", "satisfy", "done")
+
+
+@dataclass
+class DemoOptions:
+    """What the user asked for on the command line."""
+
+    example: str = "todo-fullstack"
+    keep: bool = False
+    serve_api: bool = False
+    api_port: int = 8000
+    home: Path | None = None
+    timeout_s: float = 600.0
+
+
+@dataclass
+class _Owned:
+    """What this process started, so that teardown ends exactly that."""
+
+    home: Path | None = None
+    own_home: bool = False
+    ray_tmp: str | None = None
+    redis: Any = None
+    control: Any = None
+    served: bool = False
+    build_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class EventProgress:
+    """Rich progress fed from the build's event log: the build's phase, one bar per component, a status line."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description:>18}"),
+            BarColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.console = console
+        self.overall: TaskID | None = None
+        self.components: dict[str, TaskID] = {}
+        self.kinds: Counter[str] = Counter()
+
+    def __enter__(self) -> EventProgress:
+        self.progress.__enter__()
+        self.overall = self.progress.add_task("build", total=len(BUILD_PHASES) - 1, note="submitted")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def feed(self, kind: str, data: dict[str, Any]) -> None:
+        """One event of the log."""
+        self.kinds[kind] += 1
+        assert self.overall is not None
+        if kind == "build.phase" and data.get("phase") in BUILD_PHASES:
+            self.progress.update(self.overall, completed=BUILD_PHASES.index(data["phase"]), note=data["phase"])
+        elif kind == "fleet.ready":
+            for name in data.get("order", []):
+                self.components.setdefault(name, self.progress.add_task(name, total=len(STEPS) - 1, note="waiting"))
+        elif kind == "component.phase" and data.get("component") in self.components:
+            step = data.get("phase", "")
+            done = STEPS.index(step) if step in STEPS else 0
+            self.progress.update(self.components[data["component"]], completed=done, note=step)
+        note = _note(kind, data)
+        if note:
+            self.progress.console.print(note)
+
+    def finish(self, status: str) -> None:
+        assert self.overall is not None
+        if status == "completed":
+            self.progress.update(self.overall, completed=len(BUILD_PHASES) - 1, note="completed")
+
+
+def _note(kind: str, data: dict[str, Any]) -> str | None:
+    """A status line for the events worth a line of their own."""
+    component = data.get("component", "")
+    if kind == "task.escalated":
+        return f"[yellow]  ↻ {component}: {data.get('task')} failed its check → {data.get('next')}[/]"
+    if kind == "task.recovered":
+        return f"[green]  ✓ {component}: {data.get('task')} recovered at level {data.get('level')}[/]"
+    if kind == "task.blocked":
+        return f"[red]  ✗ {component}: {data.get('task')} blocked: {str(data.get('reason'))[:100]}[/]"
+    if kind == "slot.verified":
+        return f"  swarm on {data.get('slot')}: score {data.get('score', 0):.2f} ({data.get('summary', '')})"
+    if kind == "tournament.decision":
+        return f"[bold]  ⚖ {component}: the judge picks {data.get('winner')}[/]"
+    if kind == "tournament.eliminated":
+        return f"  {data.get('slot')} snapshotted and terminated"
+    if kind == "merge.accepted" and "changed" in data:  # the gate's event (the coordinator's has no file list)
+        files, commit = len(data["changed"]), str(data.get("commit"))[:10]
+        return f"[green]  ⇢ {component} merged into main ({files} files, commit {commit})[/]"
+    if kind == "merge.rejected" and "changed" in data:
+        return f"[red]  ⇢ {component} rejected by the merge gate: {str(data.get('reason'))[:100]}[/]"
+    if kind == "intent.satisfaction":
+        results = data.get("results", [])
+        failed = [f"\n    ✗ {r['id']}: {str(r.get('evidence'))[-300:]}" for r in results if not r["passed"]]
+        return f"  success criteria: {data.get('passed')}/{data.get('total')} pass against main{''.join(failed)}"
+    if kind in ("build.error", "build.failed"):
+        return f"[red]  {kind}: {str(data.get('error', data))[:200]}[/]"
+    return None
+
+
+async def run_build_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
+    """Run one example build on the embedded defaults; returns the JSON summary.
+
+    Raises:
+        ValueError: An unknown example.
+    """
+    if options.example not in EXAMPLES:
+        raise ValueError(f"unknown example {options.example!r} (one of {', '.join(EXAMPLES)})")
+    started = time.perf_counter()
+    owned = _Owned()
+    result: dict[str, Any] = {"status": "failed", "example": options.example}
+    try:
+        await _start(options, owned, console)
+        result.update(await _build(options, owned, console))
+        if options.keep and result.get("status") == "completed":
+            await _hold(result, console)
+    finally:
+        result["wall_s"] = round(time.perf_counter() - started, 2)
+        await _teardown(owned, console, keep_home=options.home is not None)
+    return result
+
+
+async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
+    import ray
+
+    from actors.runtime import start_runtime
+    from coordinator.redis_server import ManagedRedis
+
+    if options.home is not None:
+        owned.home = options.home.expanduser().resolve()
+        owned.home.mkdir(parents=True, exist_ok=True)
+    else:
+        owned.home, owned.own_home = Path(tempfile.mkdtemp(prefix="kriptik-demo-home-")), True
+    os.environ["KRIPTIK_HOME"] = str(owned.home)  # before anything reads the settings
+    with console.status("starting a private Ray, Redis and Control…"):
+        owned.ray_tmp = tempfile.mkdtemp(prefix="kriptik-demo-ray-")
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            namespace="kriptik",
+            log_to_driver=False,
+            _temp_dir=owned.ray_tmp,
+            runtime_env={"env_vars": {"KRIPTIK_HOME": str(owned.home)}},
+        )
+        owned.redis = ManagedRedis(owned.home / "redis")
+        await owned.redis.astart()
+        runtime = await start_runtime(owned.home, redis_url=owned.redis.url, admit_poll_s=0.3, heartbeat_s=10.0)
+        owned.control = runtime.control
+    console.print(
+        f"home {owned.home}  ·  redis {owned.redis.url}  ·  replay cassette examples/cassettes/{options.example}.yaml"
+    )
+    if options.serve_api:
+        _serve_api(options, owned, console)
+
+
+def _serve_api(options: DemoOptions, owned: _Owned, console: Console) -> None:
+    from coordinator.store import Store
+    from serve.app import ApiSettings
+    from serve.auth import create_token
+    from serve.deployment import run_api
+
+    assert owned.home is not None and owned.redis is not None
+    store_path = owned.home / "store.db"
+    url = run_api(owned.redis.url, str(store_path), ApiSettings(port=options.api_port))
+    owned.served = True
+    with Store(str(store_path)) as store:
+        token = create_token(store, USER)
+    owned.notes.append(f"{url}/ui/")
+    console.print(f"web UI  {url}/ui/   (token for user {USER!r}: {token})")
+
+
+async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[str, Any]:
+    from coordinator.bus import BusConfig, ContextBus
+
+    assert owned.redis is not None
+    control = owned.control
+    build_id = await control.submit.remote(USER, {"example": options.example})
+    owned.build_id = build_id
+    console.print(f"build {build_id}: example {options.example!r} through Control")
+    bus = ContextBus(owned.redis.url, BusConfig(prefix="kriptik"), sender="demo")
+    last_id: str | None = None
+    status: dict[str, Any] = {}
+    deadline = time.monotonic() + options.timeout_s
+    try:
+        with EventProgress(console) as progress:
+            while True:
+                entries = await bus.read_events(build_id, after_id=last_id, count=500)
+                for entry_id, envelope in entries:
+                    last_id = entry_id
+                    progress.feed(envelope.message.kind, dict(envelope.message.data))
+                if not entries:
+                    status = await control.status.remote(USER, build_id)
+                    if status["status"] in FINAL:
+                        # the log may still hold the last events: drain it once more
+                        for entry_id, envelope in await bus.read_events(build_id, after_id=last_id, count=500):
+                            last_id = entry_id
+                            progress.feed(envelope.message.kind, dict(envelope.message.data))
+                        break
+                    if time.monotonic() > deadline:
+                        await control.cancel.remote(USER, build_id)
+                        raise TimeoutError(f"build {build_id} did not end within {options.timeout_s:.0f}s")
+                    await asyncio.sleep(0.3)
+            progress.finish(status["status"])
+        summary: dict[str, Any] = {
+            "status": status["status"],
+            "build_id": build_id,
+            "preview_url": None,
+            "main_commit": None,
+            "components": {c["slot"]: c["status"] for c in status.get("components", [])},
+            "events": sum(progress.kinds.values()),
+        }
+        if status.get("error"):
+            summary["error"] = status["error"]
+        if status["status"] == "completed":
+            summary["preview_url"] = (await control.preview.remote(USER, build_id)).get("url")
+            summary["main_commit"] = await _main_commit(build_id)
+        colour = "green" if status["status"] == "completed" else "red"
+        console.print(f"[{colour}]build {build_id} {status['status']}[/]")
+        if summary["preview_url"]:
+            console.print(f"preview {summary['preview_url']}")
+        for note in owned.notes:
+            console.print(f"web UI  {note}")
+        return summary
+    finally:
+        with contextlib.suppress(Exception):
+            await bus.aclose(flush_timeout=1.0)
+
+
+async def _main_commit(build_id: str) -> str | None:
+    import ray
+
+    from actors.merge_gate import gate_name
+    from actors.sandbox_proxy import NAMESPACE
+
+    with contextlib.suppress(Exception):
+        return await ray.get_actor(gate_name(build_id), namespace=NAMESPACE).head.remote()
+    return None
+
+
+async def _hold(result: dict[str, Any], console: Console) -> None:
+    """--keep: the preview stays up until Ctrl-C."""
+    console.print(f"[bold]preview running at {result.get('preview_url')} — Ctrl-C to stop and clean up[/]")
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        while True:
+            await asyncio.sleep(3600)
+
+
+async def _teardown(owned: _Owned, console: Console, *, keep_home: bool) -> None:
+    """End what this process started: the build's actors and sandboxes, the API, Control, Redis, Ray."""
+    import ray
+
+    with console.status("cleaning up…"):
+        if ray.is_initialized():
+            if owned.build_id is not None:
+                from actors.build_coordinator import get_coordinator, stop_coordinator
+
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(stop_coordinator(get_coordinator(owned.build_id)), 60)
+            if owned.served:
+                from ray import serve
+
+                with contextlib.suppress(Exception):
+                    serve.shutdown()
+            if owned.control is not None:
+                from actors.control import stop_control
+
+                with contextlib.suppress(Exception):
+                    await stop_control(owned.control)
+            ray.shutdown()
+        if owned.redis is not None:
+            with contextlib.suppress(Exception):
+                owned.redis.stop()
+        if owned.home is not None:
+            await _purge_sandboxes(owned.home)
+        if owned.ray_tmp:
+            shutil.rmtree(owned.ray_tmp, ignore_errors=True)
+        if owned.own_home and owned.home is not None and not keep_home:
+            shutil.rmtree(owned.home, ignore_errors=True)
+
+
+async def _purge_sandboxes(home: Path) -> None:
+    """End every local sandbox left under this home's sandbox root (the slots, gate, preview)."""
+    from sandbox_agents.backends.config import LocalBackendConfig
+    from sandbox_agents.backends.local import LocalBackend
+    from sandbox_agents.backends.local_sandbox_state import default_root
+
+    root = default_root(home)
+    if root.exists():
+        with contextlib.suppress(Exception):
+            await LocalBackend(LocalBackendConfig(root=root)).purge()
+        shutil.rmtree(root, ignore_errors=True)
