@@ -108,7 +108,7 @@ class LocalBackend:
             cgroups.create(memory_mb=spec.memory_mb, max_pids=spec.max_pids, cpu=spec.cpu)
             argv = bwrap_argv(fs_dir=fs_dir, ctl_dir=ctl_dir, etc_dir=etc_dir, workdir=spec.workdir)
             state.launcher_pid, state.child_pid = launch(
-                bwrap=argv, uid=self.uid, cgroup_files=cgroups.join_files(), ctl_dir=ctl_dir
+                bwrap=argv, uid=self.uid, cgroup_files=cgroups.join_files(), ctl_dir=ctl_dir, workdir=spec.workdir
             )
             state.child_start = process_start_time(state.child_pid)
             state.save(base / "state.json")

@@ -94,9 +94,14 @@ def bwrap_argv(*, fs_dir: Path, ctl_dir: Path, etc_dir: Path, workdir: str) -> l
 
 
 def launch(
-    *, bwrap: list[str], uid: int, cgroup_files: list[str], ctl_dir: Path, timeout_s: float = 10.0
+    *, bwrap: list[str], uid: int, cgroup_files: list[str], ctl_dir: Path, workdir: str, timeout_s: float = 10.0
 ) -> tuple[int, int]:
-    """Start the sandbox detached and wait until bwrap reports its child.
+    """Start the sandbox detached and wait until it is completely set up.
+
+    bwrap reports its child's pid before that child has pivoted into the new root: a
+    command entered into it then would see the host's file system. So a sandbox counts
+    as started only once its init has changed into ``workdir`` (the last step of bwrap's
+    set-up) and has started the deadline loop.
 
     Returns:
         (launcher pid, pid of the sandbox's init as seen from the host).
@@ -123,12 +128,25 @@ def launch(
         try:
             child = int(json.loads(info.read_text())["child-pid"])
             launcher = int((ctl_dir / "launcher.pid").read_text())
-            return launcher, child
+            if set_up(child, workdir):
+                return launcher, child
         except (FileNotFoundError, ValueError, KeyError):
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)
+            pass
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
     log = (ctl_dir / "bwrap.log").read_text(errors="replace") if (ctl_dir / "bwrap.log").exists() else ""
     raise SandboxError(f"sandbox did not start within {timeout_s}s: {log.strip() or 'no output from bwrap'}")
+
+
+def set_up(child: int, workdir: str) -> bool:
+    """True once bwrap's child is inside the new root, in ``workdir``, and runs the init loop."""
+    try:
+        if os.readlink(f"/proc/{child}/cwd") != workdir:
+            return False
+        children = Path(f"/proc/{child}/task/{child}/children").read_text().split()
+    except OSError:
+        return False
+    return bool(children)
 
 
 def process_start_time(pid: int) -> int | None:

@@ -70,7 +70,9 @@ class LocalSandbox:
 
     def alive(self) -> bool:
         st = self._state
-        return not st.terminated and st.child_pid > 0 and process_start_time(st.child_pid) == st.child_start
+        if st.terminated or st.child_pid <= 0 or st.child_start is None:
+            return False
+        return process_start_time(st.child_pid) == st.child_start
 
     def _check_alive(self) -> None:
         if not self.alive():

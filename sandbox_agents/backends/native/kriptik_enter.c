@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,6 +65,13 @@ int main(int argc, char **argv) {
     };
     int root = open_ns(pid, "root");
     int wd = open_ns(pid, "cwd");
+    /* Never enter a target whose root is still the host's (a sandbox not yet set up). */
+    struct stat host_root, target_root;
+    if (stat("/", &host_root) < 0 || fstat(root, &target_root) < 0) die("stat root");
+    if (host_root.st_dev == target_root.st_dev && host_root.st_ino == target_root.st_ino) {
+        fprintf(stderr, "kriptik-enter: process %s has the host's root: not a set-up sandbox\n", pid);
+        return 125;
+    }
     for (size_t i = 0; i < sizeof spaces / sizeof spaces[0]; i++) {
         int fd = open_ns(pid, spaces[i].name);
         if (setns(fd, spaces[i].type) < 0) die(spaces[i].name);
