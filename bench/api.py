@@ -1,8 +1,9 @@
 """API latency through Ray Serve: ``python -m bench.api --json``.
 
-A private Ray, a managed redis-server, the API deployed on Serve and an in-memory Control
-double in a real Ray actor (so a status read pays for the real path: proxy → replica →
-auth in SQLite → Control actor call → validation). Reports:
+A private Ray, a managed redis-server, the API deployed on Serve, and both the real Control
+actor over a real store (the headline figures) and an in-memory Control double in a real Ray
+actor (``memory_double``, the old baseline: every status read is a replica → actor call).
+``control_hop`` is the real Control with the store fast path off. Reports, per set-up:
 
 - ``serve_floor_p50_ms``: ``GET /api/health`` (same app, no auth, no actor call) — the Serve floor;
 - ``status_p50_ms``: ``GET /api/build/status/{id}`` with a bearer token;
@@ -85,9 +86,37 @@ async def _sse_latencies(url: str, token: str, build: str, redis_url: str, event
     return latencies
 
 
+def _wait_final(url: str, token: str, build: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Poll the status route until the build is final (a real build through the real Control)."""
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"}
+    while True:
+        body = httpx.get(f"{url}/api/build/status/{build}", headers=headers, timeout=30).json()
+        if body.get("status") in ("completed", "failed", "cancelled"):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"build {build} not final after {timeout}s: {body}")
+        time.sleep(0.2)
+
+
+def _ratio(floor: list[float], status: list[float]) -> dict[str, float]:
+    return {"status_p50_ms": p50(status), "serve_floor_p50_ms": p50(floor),
+            "api_overhead_ratio": round(p50(status) / p50(floor), 3), "status_p99_ms": pct(status, 0.99)}  # fmt: skip
+
+
 def run(rounds: int, events: int) -> dict[str, Any]:
+    """Three set-ups, one Ray: the API over
+
+    1. ``memory``: a ``MemoryControl`` double in a real actor (the baseline: every status read
+       is a replica → actor call; its build is ``queued``, never in the store);
+    2. ``control``: the real Control actor (``actors/control.py``) over a real store, with a
+       real build that ran to a final status — the production path, where the replica answers
+       the status of a final build from the store (``serve/store_status.py``);
+    3. ``control_hop``: the same, with ``status_from_store=False``: every read is a Control call.
+    """
     from ray import serve
 
+    from actors.control import ControlConfig, start_control, stop_control
     from bench.common import private_ray
     from coordinator.redis_server import ManagedRedis, free_port
     from coordinator.store import Store
@@ -97,29 +126,43 @@ def run(rounds: int, events: int) -> dict[str, Any]:
     from serve.deployment import run_api
 
     work = Path(tempfile.mkdtemp(prefix="kriptik-bench-api-"))
+    store_path = work / "store.db"
+    results: dict[str, dict[str, float]] = {}
     with private_ray(num_cpus=2) as ray, ManagedRedis(work / "redis") as redis:
-        with Store(work / "store.db") as store:
+        with Store(store_path) as store:
             token = create_token(store, "bench")
-        control = ray.remote(MemoryControl).options(name="bench-control", namespace="kriptik").remote()
-        settings = ApiSettings(port=free_port(), rate_per_s=1e6, burst=10**9, heartbeat_s=5)
-        url = run_api(redis.url, work / "store.db", settings, control=RayControlPort(name="bench-control"),
-                      bus_prefix="bench")  # fmt: skip
+        headers = {"Authorization": f"Bearer {token}"}
+        port = free_port()
+        settings = ApiSettings(port=port, rate_per_s=1e6, burst=10**9, heartbeat_s=5)
+        memory = ray.remote(MemoryControl).options(name="bench-control", namespace="kriptik").remote()
+        control = start_control(ControlConfig(redis_url=redis.url, bus_prefix="bench", store_path=str(store_path),
+                                              admit_poll_s=0.2))  # fmt: skip
         try:
-            build = httpx.post(f"{url}/api/builds", json={"prompt": "bench"}, timeout=30,
-                               headers={"Authorization": f"Bearer {token}"}).json()["id"]  # fmt: skip
-            floor, status = _http_latencies(url, token, build, rounds)
+            url = run_api(redis.url, store_path, settings, control=RayControlPort(name="bench-control"),
+                          bus_prefix="bench")  # fmt: skip
+            build = httpx.post(f"{url}/api/builds", json={"prompt": "bench"}, timeout=30, headers=headers).json()["id"]
+            results["memory"] = _ratio(*_http_latencies(url, token, build, rounds))
             sse = asyncio.run(_sse_latencies(url, token, build, redis.url, events))
+
+            url = run_api(redis.url, store_path, settings, bus_prefix="bench")  # the named `control` actor
+            real = httpx.post(f"{url}/api/builds", json={"prompt": "bench"}, timeout=30, headers=headers).json()["id"]
+            final = _wait_final(url, token, real)
+            results["control"] = _ratio(*_http_latencies(url, token, real, rounds))
+            results["control"]["build_status"] = final["status"]  # type: ignore[assignment]
+
+            hop = settings.model_copy(update={"status_from_store": False})
+            url = run_api(redis.url, store_path, hop, bus_prefix="bench")
+            results["control_hop"] = _ratio(*_http_latencies(url, token, real, rounds))
         finally:
             serve.shutdown()
-            ray.kill(control)
-    floor_p50, status_p50 = p50(floor), p50(status)
+            ray.kill(memory)
+            asyncio.run(stop_control(control))
     return {
         "bench": "api",
         "rounds": rounds,
-        "status_p50_ms": status_p50,
-        "serve_floor_p50_ms": floor_p50,
-        "api_overhead_ratio": round(status_p50 / floor_p50, 3),
-        "status_p99_ms": pct(status, 0.99),
+        **results["control"],  # the headline: the production path (real Control, real store)
+        "memory_double": results["memory"],
+        "control_hop": results["control_hop"],
         "sse_events": events,
         "sse_p50_ms": p50(sse),
         "sse_p99_ms": pct(sse, 0.99),

@@ -82,6 +82,9 @@ class ApiSettings(BaseSettings):
     """Longest blocking read of the event log before the stream re-checks the build's status."""
     control_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for one Control call before a 503."""
+    status_from_store: bool = True
+    """Answer the status of *final* builds from the store in the replica, without a Control call
+    (``serve/store_status.py``); the store must be the one Control writes."""
 
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

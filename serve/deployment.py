@@ -17,6 +17,7 @@ from coordinator.bus import ContextBus
 from coordinator.store import Store
 from serve.app import ApiSettings, create_app
 from serve.control_port import CONTROL_NAME, CONTROL_NAMESPACE, RayControlPort
+from serve.store_status import StoreFirstControl
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ class KriptikApi:
     ) -> None:
         self.settings = ApiSettings(**(settings or {}))
         self.store = Store(Path(store_path)).start()
-        self.control = control or RayControlPort(
+        port = control or RayControlPort(
             name=control_name, namespace=control_namespace, timeout_s=self.settings.control_timeout_s
         )
+        # final builds: the same view Control would compute, read from the same store, no actor hop
+        self.control = StoreFirstControl(port, self.store) if self.settings.status_from_store else port
         self.redis_url = redis_url
         self.bus_prefix = bus_prefix
         self.fastapi: Any = None

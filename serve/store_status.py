@@ -1,0 +1,92 @@
+"""Status reads of finished builds straight from the store, without a Control actor call.
+
+Why: through Serve every extra actor hop of a request costs ≈ 4 ms on this 2-core machine
+(the replica → Control call is 1.5 ms in a tight loop but 3.9 ms in situ, where each hop
+wakes an idle process), against a Serve floor of ≈ 6.5–8 ms. For a build in a final status
+(``completed``, ``failed``, ``cancelled``) Control's ``status()`` is a pure store read — it
+asks the coordinator nothing — so the replica can compute the very same view itself from
+the same SQLite store it already reads API tokens from (WAL: readers never block the
+writer and see every committed write).
+
+Everything else goes to Control, which stays the authority: unknown builds and other
+users' builds (so a 404 is decided there exactly as before and ids still cannot be probed),
+and builds that are not final (their live view — preview URL, budget status — lives in the
+coordinator). The answer of the fast path is byte-for-byte the one Control would give: it is
+produced by the same function (``actors.control._status_view``) over the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from coordinator.api_models import FINAL_STATUSES
+from coordinator.store import Store
+from sandbox_agents.errors import BuildNotFoundError, StoreError
+from serve.control_port import ControlPort
+
+logger = logging.getLogger(__name__)
+
+
+class StoreFirstControl:
+    """A :class:`ControlPort` that answers ``status`` of final builds from ``store``; the rest goes to ``control``.
+
+    Args:
+        control: the Control port (the real actor in production).
+        store: the store Control itself writes (``KRIPTIK_HOME/store.db``); read only here.
+    """
+
+    def __init__(self, control: ControlPort, store: Store) -> None:
+        from actors.control import _status_view  # the very function Control answers with
+
+        self.control = control
+        self.store = store
+        self._view = _status_view
+        self.local_hits = 0
+        """Status reads answered from the store (observability and tests)."""
+
+    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
+        view = self.final_status(user_id, build_id)
+        if view is not None:
+            return view
+        return await self.control.status(user_id, build_id)
+
+    def final_status(self, user_id: str, build_id: str) -> dict[str, Any] | None:
+        """The user's build's ``BuildStatus`` when it is final, else ``None`` (ask Control)."""
+        try:
+            session = self.store.get_session(build_id, user_id)  # scoped: another user's build is not found
+        except BuildNotFoundError:
+            return None  # unknown here (or not the caller's): Control decides, and 404s
+        except StoreError:
+            logger.warning("status of %s: store read failed; asking Control", build_id, exc_info=True)
+            return None
+        if session.status.value not in FINAL_STATUSES:
+            return None  # live view needed: only the coordinator has it
+        self.local_hits += 1
+        return self._view(self.store, session, {})
+
+    # --- everything else goes to Control unchanged ----------------------------------------
+
+    async def submit(self, user_id: str, request: dict[str, Any]) -> str:
+        return await self.control.submit(user_id, request)
+
+    async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
+        return await self.control.list_builds(user_id)
+
+    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self.control.cancel(user_id, build_id)
+
+    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self.control.resume(user_id, build_id)
+
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]:
+        return await self.control.raise_budget(user_id, build_id, usd)
+
+    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self.control.preview(user_id, build_id)
+
+    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
+        return await self.control.sandboxes(user_id, build_id)
+
+    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
+        return await self.control.take_control(user_id, build_id)
