@@ -111,6 +111,7 @@ class LocalBackend:
                 bwrap=argv, uid=self.uid, cgroup_files=cgroups.join_files(), ctl_dir=ctl_dir, workdir=spec.workdir
             )
             state.child_start = process_start_time(state.child_pid)
+            state.launcher_start = process_start_time(state.launcher_pid)
             state.save(base / "state.json")
             if spec.network == "full":
                 sandbox.start_network()

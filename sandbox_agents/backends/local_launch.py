@@ -155,7 +155,10 @@ def process_start_time(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie is dead: it only waits to be reaped
+        return None
+    return int(fields[19])
 
 
 def write_etc(etc_dir: Path, uid: int) -> None:

@@ -72,6 +72,8 @@ class LocalSandbox:
         st = self._state
         if st.terminated or st.child_pid <= 0 or st.child_start is None:
             return False
+        if st.launcher_start is not None and process_start_time(st.launcher_pid) != st.launcher_start:
+            return False  # the launcher is gone: bwrap and the whole tree die with it
         return process_start_time(st.child_pid) == st.child_start
 
     def _check_alive(self) -> None:

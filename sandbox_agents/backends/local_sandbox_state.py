@@ -34,6 +34,8 @@ class LocalState(BaseModel):
     spec: SandboxSpec
     created_at: float = Field(default_factory=time.time)
     launcher_pid: int = 0
+    launcher_start: int | None = None
+    """Kernel start time of the launcher: a sandbox whose launcher died is dead (its tree is going)."""
     child_pid: int = 0
     child_start: int | None = None
     uid: int
