@@ -13,6 +13,10 @@ to the build through the context bus:
 
 File writes go through the team's per-file lock service (``acquire/release`` on the team
 actor) when one is given. Every ``ray.*`` call about agents lives in this module.
+
+Warm agents (:func:`start_warm_agent`) are started unbound as ``kriptik:agent:{uuid}`` by a
+pool, configured by ``bind`` and aliased ``build:{id}:agent:{sid}:{n}`` (:func:`bind_agent`,
+:func:`get_agent` resolves either).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from actors.actor_args import validated_arg
+from actors.warm_pool import Warm, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ContextUpdate, ErrorReport, FileChange
 from coordinator.team import agent_role, prompt_context
@@ -117,16 +122,33 @@ class _Watched:
 
 
 class AgentActor:
-    """One agent. Construct through :func:`start_agent`.
+    """One agent. Construct through :func:`start_agent` (cold) or :func:`start_warm_agent` + ``bind``.
+
+    A warm agent is started with no arguments (nothing build-specific: the pool starts it before
+    any build exists) and configured by :meth:`bind`; a cold one is bound by its constructor.
+
+    Not restartable (``max_restarts=0``): an agent's conversation (the loop's messages, the
+    provider's state, the cassette turn it is at) lives only in this process, so a restarted agent
+    could not continue its turn anyway. When an agent dies, its attempt fails; the coordinator
+    stops the whole team and runs a fresh one with fresh agents (``RayTeams.run``), so the slot's
+    result is what an undisturbed team would have made.
 
     Args:
-        config: An :class:`AgentConfig` as a dict.
+        config: An :class:`AgentConfig` as a dict; None for a warm, unbound agent.
         proxy: The SandboxProxy handle of the agent's sandbox.
         locks: An actor with ``acquire(path, holder)``/``release(path, holder)`` shared by the
             sandbox's agents (the SandboxTeam actor); without it, locks are per agent.
     """
 
-    def __init__(self, config: dict[str, Any], proxy: Any, locks: Any = None) -> None:
+    def __init__(self, config: dict[str, Any] | None = None, proxy: Any = None, locks: Any = None) -> None:
+        self.config: AgentConfig | None = None
+        self._loop: AgentLoop | None = None
+        self._tools: AgentTools | None = None
+        self._one_task = asyncio.Lock()
+        if config is not None:
+            self._bind(config, proxy, locks)
+
+    def _bind(self, config: AgentConfig | dict[str, Any], proxy: Any, locks: Any) -> None:
         self.config = validated_arg(AgentConfig, config, "config")
         self._proxy = proxy
         self._locks = locks
@@ -135,12 +157,27 @@ class AgentActor:
         )
         bus_config = BusConfig(prefix=self.config.bus_prefix)
         self._bus = ContextBus(self.config.redis_url, bus_config, sender=self.config.name)
-        self._loop: AgentLoop | None = None
-        self._tools: AgentTools | None = None
-        self._one_task = asyncio.Lock()
+
+    async def bind(self, config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None) -> str:
+        """Configure a warm agent for one build's sandbox (once); returns its DESIGN name.
+
+        Raises:
+            InvalidInputError: ``config`` is not a valid AgentConfig, or the agent is already bound.
+        """
+        if self.config is not None:
+            raise InvalidInputError(f"agent {self.config.name} is already bound", field="config")
+        self._bind(config, proxy, locks)
+        assert self.config is not None
+        return self.config.name
+
+    def _bound(self) -> AgentConfig:
+        if self.config is None:
+            raise InvalidInputError("this agent is warm and unbound: call bind(config, proxy) first", field="config")
+        return self.config
 
     async def ping(self) -> str:
-        return self.config.name
+        """The agent's DESIGN name once bound; ``""`` while it waits warm in a pool."""
+        return self.config.name if self.config is not None else ""
 
     async def run_task(self, task: AgentTask | dict[str, Any]) -> AgentOutcome:
         """Run one task to its end; publishes the files it changed and, on failure, the error.
@@ -148,6 +185,7 @@ class AgentActor:
         Raises:
             InvalidInputError: ``task`` is not a valid AgentTask.
         """
+        self._bound()
         checked: AgentTask = validated_arg(AgentTask, task, "task")
         loop = await self._agent_loop()
         async with self._one_task:  # one loop, one conversation at a time
@@ -159,16 +197,19 @@ class AgentActor:
         """Run one tool call directly, without the model (benchmarks, operators)."""
         if not isinstance(name, str) or not name:
             raise InvalidInputError("tool name must be a non-empty string", field="name")
+        self._bound()
         await self._agent_loop()
         assert self._tools is not None
         return await self._tools.call(ToolCall(id="direct", name=name, arguments=dict(arguments or {})))
 
     async def recent_prompts(self) -> list[dict[str, Any]]:
         """The last requests this agent sent: ``{role, task, turn, system, model, temperature}``, oldest first."""
-        return list(self._provider.seen)
+        return list(self._provider.seen) if self.config is not None else []
 
     async def close(self) -> None:
         """Flush and close the bus connection and the provider (before the actor is killed)."""
+        if self.config is None:
+            return
         with contextlib.suppress(Exception):
             await self._bus.aclose(flush_timeout=2.0)
         with contextlib.suppress(Exception):
@@ -178,7 +219,7 @@ class AgentActor:
 
     async def _agent_loop(self) -> AgentLoop:
         if self._loop is None:
-            cfg = self.config
+            cfg = self._bound()
             sandbox = await ProxySandbox.connect(self._proxy, cfg.spec)
             lock = self._file_lock if self._locks is not None else None
             self._tools = AgentTools(sandbox, publish=self._publish_item, file_lock=lock)
@@ -196,11 +237,11 @@ class AgentActor:
         return self._loop
 
     async def _context(self) -> Mapping[str, Any]:
-        return prompt_context(await self._bus.unified_context(self.config.build_id))
+        return prompt_context(await self._bus.unified_context(self._bound().build_id))
 
     @contextlib.asynccontextmanager
     async def _file_lock(self, path: str) -> AsyncIterator[None]:
-        holder = self.config.name
+        holder = self._bound().name
         await self._locks.acquire.remote(path, holder)
         try:
             yield
@@ -214,39 +255,77 @@ class AgentActor:
         else:
             value = item.model_dump(include={"message", "file", "line", "sandbox_id"}, exclude_none=True)
             message = ContextUpdate(key=item.key, value=value, kind=item.kind)
-        await self._bus.publish(self.config.build_id, message)
+        await self._bus.publish(self._bound().build_id, message)
 
     async def _publish_outcome(self, task: AgentTask, outcome: AgentOutcome) -> None:
+        cfg = self._bound()
         sandbox_id = self._tools.sandbox.id if self._tools else ""
         messages: list[Any] = [
-            FileChange(path=path, sha256=digest, sandbox_id=sandbox_id, agent=self.config.role)
+            FileChange(path=path, sha256=digest, sandbox_id=sandbox_id, agent=cfg.role)
             for path, digest in outcome.changed_files.items()
         ]
         if not outcome.ok:
             text = f"task {task.id} ended {outcome.status}: {outcome.error or outcome.final_text}"
-            messages.append(ErrorReport(source=f"{self.config.role}:{task.id}", message=text[:4000]))
+            messages.append(ErrorReport(source=f"{cfg.role}:{task.id}", message=text[:4000]))
         if not messages:
             return
         try:
-            await self._bus.publish_many(self.config.build_id, messages)
+            await self._bus.publish_many(cfg.build_id, messages)
         except Exception:  # the outcome stands even if the bus refuses it; the team reports it too
-            logger.warning("agent %s: publishing the outcome of %s failed", self.config.name, task.id, exc_info=True)
+            logger.warning("agent %s: publishing the outcome of %s failed", cfg.name, task.id, exc_info=True)
 
 
 Agent = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0, max_concurrency=32)(AgentActor)  # type: ignore[call-overload]
 
 
 def start_agent(config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None, *, detached: bool = False) -> Any:
-    """Start a named Agent actor in namespace ``kriptik`` (detached when asked)."""
+    """Start a named Agent actor in namespace ``kriptik`` (detached when asked), bound at construction (cold)."""
     checked: AgentConfig = validated_arg(AgentConfig, config, "config")
+    forget_alias("agent", checked.name)  # this name is the actor's own now
     options: dict[str, Any] = {"name": checked.name, "namespace": NAMESPACE}
     if detached:
         options["lifetime"] = "detached"
     return Agent.options(**options).remote(checked.model_dump(mode="json"), proxy, locks)
 
 
-async def stop_agent(handle: Any) -> None:
-    """Close an agent's connections and kill it for good."""
+def start_warm_agent(name: str) -> Any:
+    """Start an unbound, detached Agent actor called ``name`` (``kriptik:agent:{uuid}``) for a warm pool."""
+    return Agent.options(name=name, namespace=NAMESPACE, lifetime="detached").remote()
+
+
+async def bind_agent(warm: Warm, config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None) -> Any:
+    """Bind the warm agent ``warm`` to ``config`` and alias it ``build:{id}:agent:{sid}:{n}``; returns its handle."""
+    checked: AgentConfig = validated_arg(AgentConfig, config, "config")
+    actor, handle = warm
+    await handle.bind.remote(checked.model_dump(mode="json"), proxy, locks)
+    set_alias("agent", checked.name, actor)
+    return handle
+
+
+def get_agent(build_id: str, sid: str, index: int) -> Any:
+    """The handle of agent ``n`` of a sandbox, pooled or cold; ValueError when there is none."""
+    return named_actor("agent", agent_name(build_id, sid, index))
+
+
+async def stop_agent(handle: Any, name: str | None = None) -> None:
+    """Close an agent's connections and kill it for good (``name``: its DESIGN name, whose alias goes too)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(handle.close.remote(), 10)
     ray.kill(handle, no_restart=True)
+    if name:
+        forget_alias("agent", name)
+
+
+async def stop_stray_agents(build_id: str, sid: str) -> list[str]:
+    """Kill the pooled agents of a sandbox that outlived their team (a crashed team cannot stop them).
+
+    Pooled agents are detached, so unlike cold ones they do not die with the team that bound them;
+    their aliases say which they are. Returns the DESIGN names that were stopped.
+    """
+    stopped = []
+    for name in aliased("agent", f"build:{build_id}:agent:{sid}:"):
+        with contextlib.suppress(Exception):
+            ray.kill(named_actor("agent", name), no_restart=True)
+        forget_alias("agent", name)
+        stopped.append(name)
+    return stopped

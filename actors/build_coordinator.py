@@ -22,14 +22,18 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
+from ray.exceptions import RayActorError
 
+from actors.agent import agent_name
+from actors.fleet_pools import ControlWarmSource
 from actors.judge import JudgeConfig, judge_name, start_judge
 from actors.merge_gate import GateConfig, gate_name, start_gate, ui_checker
 from actors.preview import PreviewConfig, preview_name, start_preview
-from actors.sandbox_pool import ProxyPool, get_proxy, release
+from actors.sandbox_pool import ProxyPool, acquire_proxy, get_proxy, release
 from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
-from actors.swarm import SwarmConfig, start_swarm, stop_swarm, swarm_name, target_json
-from actors.team import TeamConfig, start_team, stop_team, team_name
+from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name, target_json
+from actors.team import TeamConfig, get_team, launch_team, stop_build_teams, stop_team, team_name
+from actors.warm_pool import WarmSource, forget_alias
 from coordinator.budget import Budget, BudgetLedger
 from coordinator.build import BuildPorts, BuildRun
 from coordinator.build_adapters import (
@@ -51,6 +55,7 @@ from coordinator.store import Store
 from coordinator.store_schema import SessionStatus
 from coordinator.team import ComponentWork, TeamTask
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
+from sandbox_agents.errors import SandboxError
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.settings import get_settings
 
@@ -80,6 +85,8 @@ class CoordinatorConfig(BaseModel):
     """Give the judge the LLM signal (key ``(judge, judge:{component}, 0)`` must be in the cassette)."""
     pool_size: int = Field(default=0, ge=0, le=32)
     """Warm SandboxProxy actors kept by the coordinator (each with a standby sandbox)."""
+    warm_pools: bool = True
+    """Take proxies, teams, agents and swarms from the Control actor's warm pools (cold when it has none)."""
     checkpoint_interval_s: float = Field(default_factory=lambda: float(get_settings().build_checkpoint_interval))
     max_merge_attempts: int = Field(default=3, ge=1)
     swarm_timeout_s: float = Field(default=120.0, gt=0)
@@ -116,10 +123,14 @@ def load_config(build_id: str) -> CoordinatorConfig | None:
 class RayFleet:
     """One SandboxProxy per slot, named (or aliased) ``build:{id}:sbx:{slot}``."""
 
-    def __init__(self, build_id: str, backend: dict[str, Any], pool: ProxyPool | None) -> None:
+    def __init__(
+        self, build_id: str, backend: dict[str, Any], pool: ProxyPool | None, warm: WarmSource | None = None
+    ) -> None:
         self.build_id = build_id
         self.backend = backend
         self.pool = pool
+        self.warm = warm
+        """Where warm actors come from (the Control actor's pools); the teams and swarms take from it too."""
         self.handles: dict[str, Any] = {}
         self.specs: dict[str, SandboxSpec] = {}
 
@@ -138,14 +149,50 @@ class RayFleet:
 
     async def acquire(self, slot: SlotPlan) -> str:
         spec = self.spec_of(slot)
-        if self.pool is not None:
+        leftover = await self._leftover(slot.slot_id)
+        if leftover is not None:
+            await self._recreate(leftover, spec, slot.component)
+            handle = leftover
+        elif self.pool is not None:
             handle = await self.pool.acquire(self.build_id, slot.slot_id, spec, component=slot.component)
         else:
-            handle = start_proxy(proxy_name(self.build_id, slot.slot_id), self.backend)
-            await handle.create.remote(spec, self.build_id, slot.component)
+            slot_id, component = slot.slot_id, slot.component
+            handle = await acquire_proxy(self.warm, self.backend, self.build_id, slot_id, spec, component=component)
         self.handles[slot.slot_id] = handle
         await handle.set_active.remote(True)
         return await handle.sandbox_id.remote()
+
+    async def _leftover(self, slot_id: str) -> Any:
+        """A live proxy of the slot that a previous incarnation started but never recorded, or None.
+
+        A coordinator killed between starting the slot's proxy and storing its sandbox id leaves
+        the named proxy behind; starting it again would fail with ``ActorAlreadyExistsError``.
+        A proxy just released (killed for good) is waited out until its name is free.
+        """
+        self.handles.pop(slot_id, None)
+        for _ in range(100):
+            try:
+                handle = get_proxy(self.build_id, slot_id)
+            except ValueError:
+                return None
+            try:
+                await asyncio.wait_for(handle.ping.remote(), 10)
+                return handle
+            except Exception:  # noqa: BLE001 - dying: its name is freed once Ray has it dead
+                await asyncio.sleep(0.1)
+        return None
+
+    async def _recreate(self, handle: Any, spec: SandboxSpec, component: str) -> None:
+        """Give a leftover proxy a clean sandbox (its own may be half-made, or still being created)."""
+        for attempt in range(3):
+            with contextlib.suppress(Exception):
+                await handle.terminate.remote()
+            try:
+                await handle.create.remote(spec, self.build_id, component)
+                return
+            except SandboxError:  # the dead incarnation's create landed meanwhile: end it too
+                if attempt == 2:
+                    raise
 
     async def alive(self, slot_id: str) -> bool:
         try:
@@ -162,6 +209,7 @@ class RayFleet:
         except Exception:  # noqa: BLE001 - released (paused) or lost: a cold proxy under the build's name
             name = proxy_name(self.build_id, slot.slot_id)
             forget_binding(name)
+            forget_alias("proxy", name)
             handle = start_proxy(name, self.backend)
             self.handles[slot.slot_id] = handle
         sandbox_id = await handle.restore.remote(ref)
@@ -198,6 +246,22 @@ class RayFleet:
         return {p: sha256_of(b) for p, b in zip(paths, blobs, strict=True)}
 
 
+TEAM_RESTARTS = 2
+"""Fresh teams a slot run gets when its team or one of its agents dies (the agents themselves do not restart)."""
+MAX_AGENTS = 8
+"""Agent names a stopped team's slot is checked for (teams have 3-5 agents)."""
+
+
+async def _agents_alive(team: Any, timeout_s: float = 10.0) -> bool:
+    """True when every agent of ``team`` still answers (a dead one means its tasks were escalated)."""
+    try:
+        agents = await asyncio.wait_for(team.agents.remote(), timeout_s)
+        await asyncio.wait_for(asyncio.gather(*(h.ping.remote() for _, h in agents)), timeout_s)
+    except Exception:  # noqa: BLE001 - any agent (or the team) that does not answer is dead for this run
+        return False
+    return True
+
+
 class RayTeams:
     """A SandboxTeam actor per slot run (owned by the coordinator, so it dies with it)."""
 
@@ -221,10 +285,28 @@ class RayTeams:
             work = ComponentWork(
                 component=work.component, tasks=(fix,), check_command=work.check_command, agents=work.agents
             )
-        handle = start_team(self.team_config(slot, work), self.fleet.handle(slot.slot_id))
-        self.running[slot.slot_id] = handle
-        report = await handle.run.remote()
-        return TeamOutcome(report=report)
+        for tries in range(TEAM_RESTARTS + 1):
+            if tries:
+                await self.stop(slot.slot_id)
+            handle = None
+            try:
+                handle = await launch_team(
+                    self.team_config(slot, work), self.fleet.handle(slot.slot_id), self.fleet.warm
+                )
+                self.running[slot.slot_id] = handle
+                report = await handle.run.remote()
+            except RayActorError:  # the team actor or one of its agents died under it (also while starting)
+                if tries == TEAM_RESTARTS or (handle is not None and self.running.get(slot.slot_id) is not handle):
+                    raise  # out of restarts, or stopped on purpose (cancel, pause)
+                logger.warning("build %s: team of %s lost an actor; new team", self.config.build_id, slot.slot_id)
+                continue
+            if tries == TEAM_RESTARTS or self.running.get(slot.slot_id) is not handle or await _agents_alive(handle):
+                return TeamOutcome(report=report)
+            # An agent killed mid-task made its task escalate: the report is not what the team would have
+            # done. Agents are not restartable (their turns are keyed), so run the whole team again.
+            logger.warning("build %s: an agent of %s died during the run; running the team again",
+                           self.config.build_id, slot.slot_id)  # fmt: skip
+        raise AssertionError("unreachable")
 
     def team_config(self, slot: SlotPlan, work: ComponentWork) -> TeamConfig:
         """The slot's team: a tournament candidate's agents get its strategy's model and temperature.
@@ -252,15 +334,18 @@ class RayTeams:
         handle = self.running.pop(slot_id, None)
         if handle is None:
             with contextlib.suppress(Exception):
-                handle = ray.get_actor(team_name(self.config.build_id, slot_id), namespace=NAMESPACE)
+                handle = get_team(self.config.build_id, slot_id)  # pooled (by its alias) or cold
         if handle is not None:
-            await stop_team(handle)
-            for _ in range(50):  # the name is free only once the actor is gone
-                try:
-                    ray.get_actor(team_name(self.config.build_id, slot_id), namespace=NAMESPACE)
-                except ValueError:
-                    break
-                await asyncio.sleep(0.1)
+            await stop_team(handle, team_name(self.config.build_id, slot_id))
+            names = [team_name(self.config.build_id, slot_id)]
+            names += [agent_name(self.config.build_id, slot_id, n) for n in range(MAX_AGENTS)]
+            for name in names:  # a name is free only once its actor is gone (the next team reuses them)
+                for _ in range(50):
+                    try:
+                        ray.get_actor(name, namespace=NAMESPACE)
+                    except ValueError:
+                        break
+                    await asyncio.sleep(0.1)
 
 
 class RayGate:
@@ -364,7 +449,7 @@ class RaySwarms:
                 spec=self.fleet.specs.get(slot_id, SandboxSpec()),
                 timeout_s=cfg.swarm_timeout_s,
             )
-            known = self.swarms[slot_id] = (proxy, start_swarm(swarm_config, proxy))
+            known = self.swarms[slot_id] = (proxy, await launch_swarm(swarm_config, proxy, self.fleet.warm))
         return await known[1].verify.remote(target_json(target))
 
     async def stop(self, slot_id: str) -> None:
@@ -372,9 +457,9 @@ class RaySwarms:
         handle = known[1] if known else None
         if handle is None:
             with contextlib.suppress(Exception):
-                handle = ray.get_actor(swarm_name(self.config.build_id, slot_id), namespace=NAMESPACE)
+                handle = get_swarm(self.config.build_id, slot_id)  # pooled (by its alias) or cold
         if handle is not None:
-            await stop_swarm(handle)
+            await stop_swarm(handle, swarm_name(self.config.build_id, slot_id))
             for _ in range(50):
                 try:
                     ray.get_actor(swarm_name(self.config.build_id, slot_id), namespace=NAMESPACE)
@@ -431,7 +516,8 @@ class BuildCoordinatorActor:
         cfg = self.config
         if self._pool is None and cfg.pool_size:
             self._pool = ProxyPool(cfg.backend, size=cfg.pool_size)
-        fleet = RayFleet(self.build_id, cfg.backend, self._pool)
+        warm = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
+        fleet = RayFleet(self.build_id, cfg.backend, self._pool, warm)
         gate = RayGate(cfg, fleet)
         events = BusEvents(self.bus, self.build_id)
         session = self.store.get_session(self.build_id)
@@ -481,6 +567,8 @@ class BuildCoordinatorActor:
 
     async def _drive(self) -> None:
         self._run = self._ports()
+        with contextlib.suppress(Exception):  # pooled teams are detached: a previous incarnation's must go
+            await stop_build_teams(self.build_id)
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await self._pool.fill()

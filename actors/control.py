@@ -14,6 +14,9 @@ scoped to a user (another user's build is a :class:`BuildNotFoundError`, like a 
   started again when its actor is gone).
 * **Cancel while down.** A cancel is stored first (the session's ``error`` marker), so a
   coordinator that was down honours it when it comes back.
+* **Warm pools.** It owns the fleet's warm pools (:class:`~actors.fleet_pools.FleetPools`:
+  proxies with standby sandboxes, teams, agents, swarms), fills them in the background at start
+  and hands them to every build's coordinator (``take_warm``); they refill as they are taken.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from actors.build_coordinator import (
     save_config,
     start_coordinator,
 )
+from actors.fleet_pools import CONTROL_NAME, FleetPoolConfig, FleetPools
 from actors.sandbox_proxy import NAMESPACE
+from actors.warm_pool import Warm
 from coordinator.api_models import FINAL_STATUSES, BuildRequest, BuildStatus, BuildSummary
 from coordinator.build_ports import CANCEL_REQUESTED
 from coordinator.clock import SystemClock
@@ -51,7 +56,6 @@ from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-CONTROL_NAME = "control"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -77,6 +81,8 @@ class ControlConfig(BaseModel):
     coordinator: dict[str, Any] = Field(default_factory=dict)
     """Extra CoordinatorConfig fields for every build (pool_size, checkpoint_interval_s, gate, webhook…)."""
     store_path: str | None = None
+    pools: FleetPoolConfig = Field(default_factory=FleetPoolConfig)
+    """Warm actors kept for every build (proxies with standby sandboxes, teams, agents, swarms)."""
 
 
 class _Admission(BaseModel):
@@ -100,9 +106,14 @@ class ControlActor:
         self._admissions: dict[str, _Admission] = {}
         self._running: dict[str, _Admission] = {}
         self._restarts: dict[str, int] = {}
+        self._pools = FleetPools(self.config.backend, self.config.pools, persist=True)
         loop = asyncio.get_running_loop()
         self._revived = loop.create_task(self._revive())
-        self._loops = [loop.create_task(self._admit_loop()), loop.create_task(self._heartbeat_loop())]
+        self._loops = [
+            loop.create_task(self._admit_loop()),
+            loop.create_task(self._heartbeat_loop()),
+            loop.create_task(self._fill_pools()),
+        ]
 
     # --- the Control interface ------------------------------------------------------------------
 
@@ -211,6 +222,35 @@ class ControlActor:
     async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
         self.store.get_session(build_id, user_id)
         return {"url": await self._call(build_id, "take_control", start=True)}
+
+    # --- warm pools -------------------------------------------------------------------------------
+
+    async def take_warm(self, kind: str, count: int = 1, backend: dict[str, Any] | None = None) -> list[Warm]:
+        """Up to ``count`` warm, unbound ``kind`` actors (proxy, team, agent, swarm) for a build to bind.
+
+        The caller owns them from then on (binds them, and kills them when done); the pool refills
+        in the background. Fewer (or none) when the pool is short: the caller starts the rest cold.
+        """
+        return await self._pools.take(kind, count, backend)
+
+    async def warm_pools(self) -> dict[str, int]:
+        """Warm actors per kind right now."""
+        return self._pools.warm()
+
+    async def fill_pools(self) -> dict[str, int]:
+        """Fill every pool now and wait for it (tests, benchmarks); returns the warm counts."""
+        await self._pools.fill()
+        return self._pools.warm()
+
+    async def close_pools(self) -> None:
+        """Stop the warm actors never handed out (before Control is stopped for good)."""
+        await self._pools.close()
+
+    async def _fill_pools(self) -> None:
+        try:
+            await self._pools.fill()
+        except Exception:  # noqa: BLE001 - builds start cold actors meanwhile; takes refill again
+            logger.exception("control: filling the warm pools failed")
 
     # --- operations -----------------------------------------------------------------------------
 
@@ -401,4 +441,7 @@ def get_control() -> Any:
 
 
 async def stop_control(handle: Any) -> None:
+    """Stop the warm actors of Control's pools and kill Control for good."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(handle.close_pools.remote(), 30)
     ray.kill(handle, no_restart=True)

@@ -5,38 +5,29 @@ pool, a create through the whole stack is one actor call that adopts a standby s
 Warm proxies are named ``kriptik:proxy:{uuid}`` (a name cannot change once given); the
 pool records the build's name ``build:{id}:sbx:{sid}`` as an alias, and
 :func:`get_proxy` resolves either. The pool lives inside its owner (the driver or the
-BuildCoordinator actor) and never blocks an event loop on ``ray.get``.
+BuildCoordinator or Control actor) and never blocks an event loop on ``ray.get``; its warm-list,
+refill and close logic is :class:`~actors.warm_pool.WarmPool`, shared with the other warm pools.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
-import uuid
 from typing import Any
 
 import ray
 
-from actors.actor_state import file_stem, state_dir
 from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
+from actors.warm_pool import Warm, WarmPool, WarmSource, forget_alias, named_actor, set_alias
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
 
-def _alias_path(name: str):  # type: ignore[no-untyped-def]
-    return state_dir("proxies/aliases") / (file_stem(name) + ".json")
-
-
 def get_proxy(build_id: str, sid: str) -> Any:
     """The proxy handle of a build's sandbox, whether it came from the pool or was started cold."""
-    name = proxy_name(build_id, sid)
-    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-        name = json.loads(_alias_path(name).read_text())["actor"]
-    return proxy_handle(name)
+    return named_actor("proxy", proxy_name(build_id, sid))
 
 
 def proxy_handle(name: str) -> Any:
@@ -61,69 +52,101 @@ async def start_owned_sandbox(
     return name, handle, sandbox_id
 
 
+async def bind_proxy(warm: Warm, build_id: str, sid: str, spec: SandboxSpec, *, component: str | None = None) -> Any:
+    """Give the warm proxy ``warm`` a new sandbox for ``spec`` and the alias ``build:{id}:sbx:{sid}``."""
+    actor_name, handle = warm
+    await handle.create.remote(spec, build_id, component)
+    set_alias("proxy", proxy_name(build_id, sid), actor_name)
+    return handle
+
+
+async def acquire_proxy(
+    source: WarmSource | None,
+    backend: dict[str, Any],
+    build_id: str,
+    sid: str,
+    spec: SandboxSpec,
+    *,
+    component: str | None = None,
+    heartbeat_s: float = 30.0,
+) -> Any:
+    """A proxy owning a new sandbox for ``spec``: a warm one from ``source``, else one started cold.
+
+    The cold one is named ``build:{id}:sbx:{sid}`` (a stale alias of that name is dropped first).
+    """
+    for warm in await source.take("proxy", 1) if source is not None else []:
+        try:
+            return await bind_proxy(warm, build_id, sid, spec, component=component)
+        except ray.exceptions.RayActorError:  # died while warm: start one cold
+            logger.warning("warm proxy %s is dead; starting %s cold", warm[0], proxy_name(build_id, sid))
+    name = proxy_name(build_id, sid)
+    forget_alias("proxy", name)
+    handle = start_proxy(name, backend, heartbeat_s=heartbeat_s)
+    await handle.create.remote(spec, build_id, component)
+    return handle
+
+
 class ProxyPool:
-    """Started proxies ready to own a sandbox.
+    """Started proxies ready to own a sandbox (a :class:`~actors.warm_pool.WarmPool` of kind ``proxy``).
 
     Args:
         backend: the backend config (as a dict) every proxy uses.
         size: proxies kept warm.
         standby: started sandboxes each warm proxy keeps (local backend).
+        heartbeat_s: the proxies' TTL heartbeat while their build is active.
+        persist: keep the warm names on disk so a restarted owner adopts them (the Control actor).
     """
 
-    def __init__(self, backend: dict[str, Any], *, size: int = 2, standby: int = 1, heartbeat_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        backend: dict[str, Any],
+        *,
+        size: int = 2,
+        standby: int = 1,
+        heartbeat_s: float = 30.0,
+        persist: bool = False,
+    ) -> None:
         if size < 0 or standby < 0:
             raise InvalidInputError("pool size and standby must be >= 0", field="size")
         self._backend = dict(backend)
         if self._backend.get("type", "local") == "local":
             self._backend["standby"] = standby
-        self._size = size
         self._heartbeat_s = heartbeat_s
-        self._warm: list[tuple[str, Any]] = []
-        self._filling: asyncio.Task[None] | None = None
+        self.warm = WarmPool(
+            "proxy",
+            lambda name: start_proxy(name, self._backend, heartbeat_s=self._heartbeat_s),
+            size=size,
+            ready=lambda handle: handle.warm.remote(),
+            stop=lambda handle, name: release(handle, name),
+            persist=persist,
+        )
 
-    async def _start_one(self) -> tuple[str, Any]:
-        name = f"kriptik:proxy:{uuid.uuid4().hex[:12]}"
-        handle = start_proxy(name, self._backend, heartbeat_s=self._heartbeat_s)
-        await handle.warm.remote()
-        return name, handle
+    @property
+    def backend(self) -> dict[str, Any]:
+        """The backend config of the pool's proxies (standby included)."""
+        return dict(self._backend)
 
     async def fill(self) -> None:
         """Start proxies (and their standby sandboxes) until ``size`` are warm."""
-        missing = self._size - len(self._warm)
-        if missing > 0:
-            self._warm += await asyncio.gather(*(self._start_one() for _ in range(missing)))
-
-    def _refill_soon(self) -> None:
-        if self._filling is None or self._filling.done():
-            self._filling = asyncio.get_running_loop().create_task(self.fill())
+        await self.warm.fill()
 
     async def acquire(self, build_id: str, sid: str, spec: SandboxSpec, *, component: str | None = None) -> Any:
         """A proxy that owns a new sandbox for ``spec``, named (or aliased) ``build:{id}:sbx:{sid}``."""
-        alias = proxy_name(build_id, sid)
-        if self._warm:
-            actor_name, handle = self._warm.pop()
-        else:
-            actor_name, handle = alias, start_proxy(alias, self._backend, heartbeat_s=self._heartbeat_s)
-        self._refill_soon()
-        await handle.create.remote(spec, build_id, component)
-        if actor_name != alias:
-            _alias_path(alias).write_text(json.dumps({"actor": actor_name}))
-        return handle
+        taken = self.warm.take()
+        if taken is not None:
+            return await bind_proxy(taken, build_id, sid, spec, component=component)
+        return await acquire_proxy(
+            None, self._backend, build_id, sid, spec, component=component, heartbeat_s=self._heartbeat_s
+        )
 
     def take(self) -> Any:
         """A warm, unbound proxy handle (for callers that bind it themselves), or None."""
-        self._refill_soon()
-        return self._warm.pop()[1] if self._warm else None
+        taken = self.warm.take()
+        return taken[1] if taken is not None else None
 
     async def close(self) -> None:
         """Stop the warm proxies that were never handed out (with their standby sandboxes)."""
-        if self._filling is not None:
-            self._filling.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._filling
-        warm, self._warm = self._warm, []
-        for name, handle in warm:
-            await release(handle, name)
+        await self.warm.close()
 
 
 async def release(handle: Any, name: str | None = None) -> None:
@@ -135,3 +158,4 @@ async def release(handle: Any, name: str | None = None) -> None:
     ray.kill(handle, no_restart=True)
     if name:
         forget_binding(name)
+        forget_alias("proxy", name)

@@ -17,7 +17,10 @@ from typing import Any
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.actor_state import StateFile
+from actors.sandbox_pool import get_proxy
 from actors.sandbox_proxy import NAMESPACE
+from actors.warm_pool import Warm, WarmSource, forget_alias, named_actor, set_alias
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ErrorReport
 from sandbox_agents.backends.base import SandboxSpec
@@ -58,26 +61,79 @@ class SwarmConfig(BaseModel):
     max_concurrency: int = Field(default=6, ge=1)
 
 
+class SwarmBinding(BaseModel):
+    """What a bound warm swarm remembers across its own restarts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: SwarmConfig
+
+
+def _binding_file(actor: str) -> StateFile[SwarmBinding]:
+    return StateFile("swarms", actor, SwarmBinding)
+
+
 class SwarmActor:
-    """One slot's verification swarm. Construct through :func:`start_swarm`.
+    """One slot's verification swarm. Construct through :func:`start_swarm` (cold), or warm + :meth:`bind`.
 
     Args:
-        config: A :class:`SwarmConfig` as a dict.
+        config: A :class:`SwarmConfig` as a dict; None for a warm swarm (bound later, or rebound
+            from its saved binding after a restart).
         proxy: The SandboxProxy handle of the slot's sandbox.
+        name: The actor's own name (a warm swarm's binding file is keyed by it).
     """
 
-    def __init__(self, config: dict[str, Any], proxy: Any) -> None:
+    def __init__(self, config: dict[str, Any] | None = None, proxy: Any = None, name: str | None = None) -> None:
+        self._name = name
+        self._chromium = Chromium()
+        self._open: dict[str, ErrorReport] = {}
+        self._last: SwarmReport | None = None
+        self.config: SwarmConfig | None = None
+        self._bus: ContextBus | None = None
+        self._proxy: Any = None
+        if config is None and name is not None:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                config = _binding_file(name).load().config.model_dump(mode="json")  # restarted after a bind
+        if config is not None:
+            self._bind(config, proxy)
+
+    def _bind(self, config: SwarmConfig | dict[str, Any], proxy: Any) -> None:
         try:
             self.config = config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
         except ValueError as exc:
             raise InvalidInputError(f"invalid swarm config: {exc}", field="config") from exc
         cfg = self.config
-        self._proxy = proxy
-        self._chromium = Chromium()
+        self._proxy = proxy  # None after a restart: found again by the slot's name on first use
         name = swarm_name(cfg.build_id, cfg.sid)
         self._bus = ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=name) if cfg.redis_url else None
-        self._open: dict[str, ErrorReport] = {}
-        self._last: SwarmReport | None = None
+
+    def _bound(self) -> SwarmConfig:
+        if self.config is None:
+            raise InvalidInputError("this swarm is warm and unbound: call bind(config, proxy) first", field="config")
+        return self.config
+
+    async def ping(self) -> str:
+        """The swarm's DESIGN name once bound; ``""`` while it waits warm in a pool."""
+        return swarm_name(self.config.build_id, self.config.sid) if self.config is not None else ""
+
+    async def bind(self, config: SwarmConfig | dict[str, Any], proxy: Any) -> str:
+        """Configure a warm swarm for one slot (once) and save the binding for restarts; returns its DESIGN name.
+
+        Raises:
+            InvalidInputError: ``config`` is invalid, or the swarm is already bound.
+        """
+        if self.config is not None:
+            raise InvalidInputError(f"swarm {self.config.sid} is already bound", field="config")
+        self._bind(config, proxy)
+        if self._name is not None:
+            _binding_file(self._name).save(SwarmBinding(config=self._bound()))
+        return await self.ping()
+
+    def _proxy_handle(self) -> Any:
+        if self._proxy is None:
+            cfg = self._bound()
+            self._proxy = get_proxy(cfg.build_id, cfg.sid)
+        return self._proxy
 
     async def verify(self, target_json: VerifyTarget | dict[str, Any] | str) -> SwarmReport:
         """Run every verifier on the slot's sandbox and return the verdict (published as it comes)."""
@@ -90,25 +146,26 @@ class SwarmActor:
                 target = VerifyTarget.model_validate(target_json)
         except ValueError as exc:
             raise InvalidInputError(f"invalid verify target: {exc}", field="target") from exc
-        sandbox = await ProxySandbox.connect(self._proxy, self.config.spec)
+        cfg = self._bound()
+        sandbox = await ProxySandbox.connect(self._proxy_handle(), cfg.spec)
         swarm = VerificationSwarm(
             default_verifiers(self._chromium),
-            max_concurrency=self.config.max_concurrency,
-            timeout_s=self.config.timeout_s,
+            max_concurrency=cfg.max_concurrency,
+            timeout_s=cfg.timeout_s,
             publish=self._publish,
         )
         report = await swarm.run(sandbox, target)
         self._last = report
         if self._bus is not None:
             data = {
-                "sid": self.config.sid,
+                "sid": cfg.sid,
                 "sandbox_id": report.sandbox_id,
                 "passed": report.passed,
                 "score": report.score,
                 "verifiers": {r.verifier: r.passed for r in report.reports},
                 "duration_s": report.duration_s,
             }
-            await self._bus.publish_event(self.config.build_id, "swarm.report", data)
+            await self._bus.publish_event(cfg.build_id, "swarm.report", data)
         return report
 
     async def last_report(self) -> SwarmReport | None:
@@ -117,7 +174,7 @@ class SwarmActor:
     async def _publish(self, report: VerifierReport) -> None:
         if self._bus is None:
             return
-        cfg = self.config
+        cfg = self._bound()
         source = f"verifier:{report.verifier}:{cfg.sid}"
         now = {
             (f.file, f.line, f.rule): ErrorReport(
@@ -140,6 +197,9 @@ class SwarmActor:
             await self._bus.publish_many(cfg.build_id, messages)
 
     async def close(self) -> None:
+        """Close Chromium and the bus and forget the saved binding (before the actor is killed)."""
+        if self._name is not None:
+            _binding_file(self._name).remove()
         with contextlib.suppress(Exception):
             await self._chromium.close()
         if self._bus is not None:
@@ -150,18 +210,54 @@ class SwarmActor:
 Swarm = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=8)(SwarmActor)  # type: ignore[call-overload]
 
 
+def _swarm_config(config: SwarmConfig | dict[str, Any]) -> SwarmConfig:
+    return config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
+
+
 def start_swarm(config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:
-    """Start the named swarm actor ``build:{id}:swarm:{sid}`` for a slot's proxy."""
-    config = config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
-    return Swarm.options(name=swarm_name(config.build_id, config.sid), namespace=NAMESPACE).remote(
-        config.model_dump(mode="json"), proxy
-    )
+    """Start the named swarm actor ``build:{id}:swarm:{sid}`` for a slot's proxy (cold, bound at construction)."""
+    config = _swarm_config(config)
+    name = swarm_name(config.build_id, config.sid)
+    forget_alias("swarm", name)
+    return Swarm.options(name=name, namespace=NAMESPACE).remote(config.model_dump(mode="json"), proxy)
 
 
-async def stop_swarm(handle: Any) -> None:
+def start_warm_swarm(name: str) -> Any:
+    """Start an unbound, detached Swarm called ``name`` (``kriptik:swarm:{uuid}``) for a warm pool."""
+    return Swarm.options(name=name, namespace=NAMESPACE, lifetime="detached").remote(None, None, name)
+
+
+async def bind_swarm(warm: Warm, config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:
+    """Bind the warm swarm ``warm`` and alias it ``build:{id}:swarm:{sid}``; returns its handle."""
+    config = _swarm_config(config)
+    actor, handle = warm
+    await handle.bind.remote(config.model_dump(mode="json"), proxy)
+    set_alias("swarm", swarm_name(config.build_id, config.sid), actor)
+    return handle
+
+
+async def launch_swarm(config: SwarmConfig | dict[str, Any], proxy: Any, source: WarmSource | None = None) -> Any:
+    """A swarm for ``proxy``'s slot: a warm one from ``source`` bound, else one started cold."""
+    for warm in await source.take("swarm", 1) if source is not None else []:
+        try:
+            return await bind_swarm(warm, config, proxy)
+        except ray.exceptions.RayActorError:  # died while warm: start one cold
+            logger.warning("warm swarm %s is dead; starting one cold", warm[0])
+    return start_swarm(config, proxy)
+
+
+def get_swarm(build_id: str, sid: str) -> Any:
+    """The handle of a slot's swarm, pooled or cold; ValueError when there is none."""
+    return named_actor("swarm", swarm_name(build_id, sid))
+
+
+async def stop_swarm(handle: Any, name: str | None = None) -> None:
+    """Close a swarm and kill it for good (``name``: its DESIGN name, whose alias goes too)."""
     with contextlib.suppress(Exception):
         await handle.close.remote()
     ray.kill(handle, no_restart=True)
+    if name:
+        forget_alias("swarm", name)
 
 
 def target_json(target: VerifyTarget) -> str:

@@ -5,12 +5,23 @@ the runner its ports — the agents' handles, checks run through the SandboxProx
 :class:`~coordinator.team.LLMPlanner`, events and errors to the context bus, the unified
 context from the bus — and serves the sandbox's per-file lock service to its agents
 (``acquire(path, holder)``/``release(path, holder)``), so two agents in one sandbox never
-clobber one file. Named ``build:{id}:team:{sid}`` in namespace ``kriptik``.
+clobber one file. Named ``build:{id}:team:{sid}`` in namespace ``kriptik`` — or, when it came
+from a warm pool, ``kriptik:team:{uuid}`` with that name as its alias (:func:`get_team`).
+
+Warm teams and agents: :func:`launch_team` takes a team and its agents from a
+:class:`~actors.warm_pool.WarmSource` (the Control actor's pools) and binds them, starting cold
+only what the pool lacks. Neither is restartable (``max_restarts=0``): the team's runner state
+and the agents' conversations (keyed cassette turns, the loop's messages) live in their
+processes, so a restarted one could not go on where it stopped. A dead agent's attempt fails;
+the coordinator (``RayTeams.run``) then stops the whole team — :func:`stop_team` finds a pooled
+one by its alias and kills its pooled agents too — and runs a fresh team (fresh warm agents).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +29,15 @@ from typing import Any
 import ray
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from actors.agent import NAMESPACE, AgentConfig, start_agent, stop_agent
+from actors.agent import (
+    NAMESPACE,
+    AgentConfig,
+    bind_agent,
+    start_agent,
+    stop_agent,
+    stop_stray_agents,
+)
+from actors.warm_pool import Warm, WarmSource, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ErrorReport
 from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
@@ -99,54 +118,102 @@ class _BusEvents:
 
 
 class SandboxTeamActor:
-    """One sandbox's team. Construct through :func:`start_team`.
+    """One sandbox's team. Construct through :func:`start_team` (cold), or warm + :meth:`bind`.
 
     Args:
-        config: A :class:`TeamConfig` as a dict.
+        config: A :class:`TeamConfig` as a dict; None for a warm, unbound team.
         proxy: The SandboxProxy handle of the team's sandbox (it must own a sandbox).
     """
 
-    def __init__(self, config: dict[str, Any], proxy: Any) -> None:
-        try:
-            self.config = config if isinstance(config, TeamConfig) else TeamConfig.model_validate(config)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid team config: {exc}", field="config") from exc
-        self._proxy = proxy
+    def __init__(self, config: dict[str, Any] | None = None, proxy: Any = None) -> None:
+        self.config: TeamConfig | None = None
         self._locks = FileLockService()
-        name = team_name(self.config.build_id, self.config.sid)
-        self._bus = ContextBus(self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=name)
         self._agents: list[tuple[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._report: TeamReport | None = None
+        if config is not None:
+            self._bind(config, proxy)
 
-    async def start_agents(self) -> list[str]:
-        """Start the team's Agent actors (once) and wait until each answers; returns their names."""
+    def _bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> None:
+        self.config = _team_config(config)
+        self._proxy = proxy
+        name = team_name(self.config.build_id, self.config.sid)
+        self._bus = ContextBus(self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=name)
+
+    def _bound(self) -> TeamConfig:
+        if self.config is None:
+            raise InvalidInputError("this team is warm and unbound: call bind(config, proxy) first", field="config")
+        return self.config
+
+    async def ping(self) -> str:
+        """The team's DESIGN name once bound; ``""`` while it waits warm in a pool."""
+        return team_name(self.config.build_id, self.config.sid) if self.config is not None else ""
+
+    async def bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> str:
+        """Configure a warm team for one sandbox (once); returns its DESIGN name.
+
+        Raises:
+            InvalidInputError: ``config`` is invalid, or the team is already bound.
+        """
+        if self.config is not None:
+            raise InvalidInputError(f"team {self.config.sid} is already bound", field="config")
+        self._bind(config, proxy)
+        return await self.ping()
+
+    def _agent_config(self, n: int) -> AgentConfig:
+        cfg = self._bound()
+        return AgentConfig(
+            build_id=cfg.build_id,
+            sid=cfg.sid,
+            index=n,
+            component=cfg.work.component,
+            llm=cfg.llm,
+            redis_url=cfg.redis_url,
+            bus_prefix=cfg.bus_prefix,
+            spec=cfg.spec,
+            limits=cfg.limits,
+            model=cfg.model,
+            temperature=cfg.temperature,
+        )
+
+    async def start_agents(self, warm: list[Warm] | None = None) -> list[str]:
+        """Start the team's Agent actors (once) and wait until each answers; returns their names.
+
+        Args:
+            warm: Warm, unbound agents to bind first (from a pool); the rest are started cold.
+                Warm ones left over (more than the team needs, or a second call) are stopped; a warm
+                agent that fails to bind (it died while warm) is replaced by a cold one.
+        """
+        cfg = self._bound()
+        spare = list(warm or [])
         if not self._agents:
-            cfg = self.config
             me = ray.get_runtime_context().current_actor
-            for n in range(cfg.work.agents):
-                agent = AgentConfig(
-                    build_id=cfg.build_id,
-                    sid=cfg.sid,
-                    index=n,
-                    component=cfg.work.component,
-                    llm=cfg.llm,
-                    redis_url=cfg.redis_url,
-                    bus_prefix=cfg.bus_prefix,
-                    spec=cfg.spec,
-                    limits=cfg.limits,
-                    model=cfg.model,
-                    temperature=cfg.temperature,
-                )
-                self._agents.append((agent.name, start_agent(agent, self._proxy, me, detached=cfg.detached_agents)))
+            configs = [self._agent_config(n) for n in range(cfg.work.agents)]
+            warm_now, spare = spare[: len(configs)], spare[len(configs) :]
+            bound = await asyncio.gather(
+                *(bind_agent(w, c, self._proxy, me) for w, c in zip(warm_now, configs, strict=False)),
+                return_exceptions=True,
+            )
+            for (_, refused), result in zip(warm_now, bound, strict=False):
+                if isinstance(result, BaseException):
+                    with contextlib.suppress(Exception):
+                        ray.kill(refused, no_restart=True)
+            for agent, handle in itertools.zip_longest(configs, bound):
+                if isinstance(handle, BaseException) or handle is None:
+                    if handle is not None:  # died while warm (or refused the bind): a cold one instead
+                        logger.warning("team %s: a warm agent failed to bind: %s", cfg.sid, handle)
+                    handle = start_agent(agent, self._proxy, me, detached=cfg.detached_agents)
+                self._agents.append((agent.name, handle))
             for _, handle in self._agents:
                 await handle.ping.remote()
+        for _, handle in spare:
+            await stop_agent(handle)
         return [name for name, _ in self._agents]
 
     async def run(self) -> TeamReport:
         """Build the component: every task with escalation, then the component check (see coordinator.team)."""
         await self.start_agents()
-        cfg = self.config
+        cfg = self._bound()
         planner = LLMPlanner(make_provider(_LLM_CONFIG.validate_python(cfg.planner_llm or cfg.llm)))
         runner = TeamRunner(
             cfg.work,
@@ -183,34 +250,114 @@ class SandboxTeamActor:
 
     async def shutdown(self) -> None:
         """Stop the agents and close the bus (the sandbox stays; its owner releases it)."""
-        for _, handle in self._agents:
-            await stop_agent(handle)
+        for name, handle in self._agents:
+            await stop_agent(handle, name)
         self._agents = []
-        with contextlib.suppress(Exception):
-            await self._bus.aclose(flush_timeout=2.0)
+        if self.config is not None:
+            with contextlib.suppress(Exception):
+                await self._bus.aclose(flush_timeout=2.0)
 
     async def _context(self) -> Mapping[str, Any]:
-        return prompt_context(await self._bus.unified_context(self.config.build_id))
+        return prompt_context(await self._bus.unified_context(self._bound().build_id))
 
 
 SandboxTeam = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=256)(SandboxTeamActor)  # type: ignore[call-overload]
 
 
+def _team_config(config: TeamConfig | dict[str, Any]) -> TeamConfig:
+    if isinstance(config, TeamConfig):
+        return config
+    try:
+        return TeamConfig.model_validate(config)
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid team config: {exc}", field="config") from exc
+
+
 def start_team(config: TeamConfig | dict[str, Any], proxy: Any, *, detached: bool = False) -> Any:
-    """Start a named SandboxTeam actor in namespace ``kriptik``."""
-    if not isinstance(config, TeamConfig):
-        try:
-            config = TeamConfig.model_validate(config)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid team config: {exc}", field="config") from exc
-    options: dict[str, Any] = {"name": team_name(config.build_id, config.sid), "namespace": NAMESPACE}
+    """Start a named SandboxTeam actor in namespace ``kriptik``, bound at construction (cold)."""
+    config = _team_config(config)
+    name = team_name(config.build_id, config.sid)
+    forget_alias("team", name)  # this name is the actor's own now
+    options: dict[str, Any] = {"name": name, "namespace": NAMESPACE}
     if detached:
         options["lifetime"] = "detached"
     return SandboxTeam.options(**options).remote(config.model_dump(mode="json"), proxy)
 
 
-async def stop_team(handle: Any) -> None:
-    """Stop a team's agents and kill the team actor for good."""
+def start_warm_team(name: str) -> Any:
+    """Start an unbound, detached SandboxTeam called ``name`` (``kriptik:team:{uuid}``) for a warm pool."""
+    return SandboxTeam.options(name=name, namespace=NAMESPACE, lifetime="detached").remote()
+
+
+async def bind_team(warm: Warm, config: TeamConfig | dict[str, Any], proxy: Any) -> Any:
+    """Bind the warm team ``warm`` and alias it ``build:{id}:team:{sid}``; returns its handle."""
+    config = _team_config(config)
+    actor, handle = warm
+    await handle.bind.remote(config.model_dump(mode="json"), proxy)
+    set_alias("team", team_name(config.build_id, config.sid), actor)
+    return handle
+
+
+async def launch_team(config: TeamConfig | dict[str, Any], proxy: Any, source: WarmSource | None = None) -> Any:
+    """A team for ``proxy``'s sandbox with its agents started and answering; from ``source`` where it can.
+
+    Takes one warm team and ``work.agents`` warm agents from ``source``, binds them, and starts
+    cold whatever the pool lacked. Returns the team's handle.
+    """
+    config = _team_config(config)
+    teams = await source.take("team", 1) if source is not None else []
+    agents = await source.take("agent", config.work.agents) if source is not None else []
+    handle = None
+    if teams:
+        try:
+            handle = await bind_team(teams[0], config, proxy)
+        except ray.exceptions.RayActorError:  # died while warm: start one cold
+            logger.warning("warm team %s is dead; starting %s cold", teams[0][0], config.sid)
+    if handle is None:
+        handle = start_team(config, proxy)
+    try:
+        await handle.start_agents.remote(agents)
+    except BaseException:
+        for _, spare in agents:  # a bound agent is killed twice: harmless
+            with contextlib.suppress(Exception):
+                ray.kill(spare, no_restart=True)
+        raise
+    return handle
+
+
+def get_team(build_id: str, sid: str) -> Any:
+    """The handle of a sandbox's team, pooled or cold; ValueError when there is none."""
+    return named_actor("team", team_name(build_id, sid))
+
+
+async def stop_team(handle: Any, name: str | None = None) -> None:
+    """Stop a team's agents and kill the team actor for good.
+
+    Args:
+        handle: The team.
+        name: Its DESIGN name ``build:{id}:team:{sid}``: the alias goes too, and so do pooled agents
+            of that sandbox that outlived a crashed team.
+    """
     with contextlib.suppress(Exception):
         await handle.shutdown.remote()
     ray.kill(handle, no_restart=True)
+    if name:
+        forget_alias("team", name)
+        _, build_id, _, sid = name.split(":", 3)
+        await stop_stray_agents(build_id, sid)
+
+
+async def stop_build_teams(build_id: str) -> list[str]:
+    """Stop every pooled team of ``build_id`` still alive (with its agents); returns their DESIGN names.
+
+    A cold team is owned by its coordinator and dies with it; a pooled one is detached, so a
+    restarted coordinator calls this first: a team of its previous incarnation must not go on
+    writing into a sandbox the new run restores or re-runs.
+    """
+    stopped = []
+    for name in aliased("team", f"build:{build_id}:team:"):
+        with contextlib.suppress(Exception):
+            await stop_team(named_actor("team", name), name)
+        forget_alias("team", name)
+        stopped.append(name)
+    return stopped

@@ -2,9 +2,15 @@
 
 ``python -m bench.fleet --json``:
 
-* ``fleet_ready_s`` — 3 components x 4 agents from a warm ProxyPool (3 started proxies, each
-  with a standby sandbox): from the first ``acquire`` until every sandbox exists and every
-  SandboxTeam has started its 4 Agent actors and each answered (target <= 3 s warm).
+* ``fleet_ready_s`` — a build's fleet for 3 components x 4 agents from warm pools
+  (:class:`~actors.fleet_pools.FleetPools`: 3 proxies each with a standby sandbox, 3 teams,
+  12 agents, 3 swarms; filled beforehand and not timed, as for ``bench.sandbox``'s warm create):
+  from the first acquire until every sandbox exists, every SandboxTeam has bound its 4 agents
+  and each answered, and every slot's Swarm actor is bound — through the same helpers the
+  coordinator uses (``acquire_proxy``, ``launch_team``, ``launch_swarm``). Target <= 3 s.
+* ``fleet_ready_cold_s`` — the same fleet with no pools (21 actor starts); ``pool_fill_s`` — how
+  long filling the pools took (off the build's critical path: Control fills them at start and
+  refills them in the background).
 * ``recovery_s`` — a hello-calc build through Control; its coordinator is SIGKILLed while the
   team works; from the kill until the new incarnation records progress again (its first
   ``slot.*``/``merge.*``/``component.phase``/``checkpoint.taken`` event after
@@ -28,6 +34,7 @@ from typing import Any
 from bench.common import emit, private_ray
 
 PROGRESS = ("slot.", "merge.", "component.phase", "checkpoint.taken")
+LOCAL = {"type": "local"}
 
 
 def memory_mib(pid: int) -> tuple[float, str]:
@@ -48,58 +55,76 @@ async def actor_pid(handle: Any) -> int:
     return await handle.__ray_call__.remote(lambda self: os.getpid())
 
 
-async def _fleet_ready(redis_url: str) -> dict[str, Any]:
-    from actors.sandbox_pool import ProxyPool, release
-    from actors.sandbox_proxy import proxy_name
-    from actors.swarm import SwarmConfig, start_swarm, stop_swarm
-    from actors.team import TeamConfig, start_team, stop_team
+async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[Any], list[Any], list[Any]]:
+    """Acquire 3 slots' proxies, teams (4 agents each) and swarms from ``source`` (None: cold); timed."""
+    from actors.sandbox_pool import acquire_proxy
+    from actors.swarm import SwarmConfig, launch_swarm
+    from actors.team import TeamConfig, launch_team
     from coordinator.team import ComponentWork, TeamTask
     from sandbox_agents.backends.base import SandboxSpec
 
-    build = f"bench-fleet-{os.getpid()}"
-    pool = ProxyPool({"type": "local"}, size=3, standby=1)
-    await pool.fill()  # warm: 3 proxies, each with a started standby sandbox
-    await asyncio.sleep(1.0)
     spec = SandboxSpec(tags={"bench": "fleet"})
     cassette = Path(__file__).resolve().parents[1] / "examples" / "cassettes" / "hello-team.yaml"
     llm = {"type": "replay", "cassettes": [str(cassette)]}  # never asked: no task runs
-    work = [
-        ComponentWork(
-            component=f"c{n}", agents=4, tasks=tuple(TeamTask(id=f"t{i}", title="x", agent=i) for i in range(4))
-        )
-        for n in range(3)
-    ]
-    teams: list[Any] = []
-    proxies: list[Any] = []
+    tasks = tuple(TeamTask(id=f"t{i}", title="x", agent=i) for i in range(4))
+    proxies: list[Any] = [None] * 3
+    teams: list[Any] = [None] * 3
+    swarms: list[Any] = [None] * 3
     started = time.perf_counter()
 
     async def one(n: int) -> None:
-        proxy = await pool.acquire(build, f"c{n}", spec, component=f"c{n}")
-        proxies.append((n, proxy))
-        config = TeamConfig(build_id=build, sid=f"c{n}", work=work[n], llm=llm, redis_url=redis_url, spec=spec)
-        team = start_team(config, proxy)
-        teams.append(team)
-        await team.start_agents.remote()
+        sid = f"c{n}"
+        proxies[n] = proxy = await acquire_proxy(source, LOCAL, build, sid, spec, component=sid)
+        config = TeamConfig(build_id=build, sid=sid, work=ComponentWork(component=sid, agents=4, tasks=tasks),
+                            llm=llm, redis_url=redis_url, spec=spec)  # fmt: skip
+        swarm = launch_swarm(SwarmConfig(build_id=build, sid=sid, spec=spec), proxy, source)
+        teams[n], swarms[n] = await asyncio.gather(launch_team(config, proxy, source), swarm)
+        await swarms[n].ping.remote()
 
     await asyncio.gather(*(one(n) for n in range(3)))
-    ready = time.perf_counter() - started
-    # memory of one slot: proxy + 4 agents + a swarm actor (and the team actor apart)
-    n, proxy = proxies[0]
-    swarm = start_swarm(SwarmConfig(build_id=build, sid=f"c{n}", spec=spec), proxy)
-    await swarm.last_report.remote()
+    return time.perf_counter() - started, proxies, teams, swarms
+
+
+async def _release_fleet(build: str, proxies: list[Any], teams: list[Any], swarms: list[Any]) -> None:
+    from actors.sandbox_pool import release
+    from actors.sandbox_proxy import proxy_name
+    from actors.swarm import stop_swarm, swarm_name
+    from actors.team import stop_team, team_name
+
+    for n in range(3):
+        await stop_team(teams[n], team_name(build, f"c{n}"))
+        await stop_swarm(swarms[n], swarm_name(build, f"c{n}"))
+        await release(proxies[n], proxy_name(build, f"c{n}"))
+
+
+async def _fleet_ready(redis_url: str) -> dict[str, Any]:
+    from actors.fleet_pools import FleetPoolConfig, FleetPools
+
+    pools = FleetPools(LOCAL, FleetPoolConfig(proxies=3, standby=1, teams=3, agents=12, swarms=3))
+    filling = time.perf_counter()
+    await pools.fill()  # ahead of the build: not timed
+    fill_s = time.perf_counter() - filling
+    await asyncio.sleep(1.0)  # let the fresh workers settle, as a pool filled long before a build would be
+    build = f"bench-fleet-{os.getpid()}"
+    ready, proxies, teams, swarms = await _fleet(redis_url, build, pools)
+    taken_all = all(v == 0 for v in pools.warm().values())
+    # memory of one slot: proxy + 4 agents + the swarm (and the team actor apart)
     agents = [h for _, h in await teams[0].agents.remote()]
-    parts = {"proxy": await actor_pid(proxy), "swarm": await actor_pid(swarm)}
+    parts = {"proxy": await actor_pid(proxies[0]), "swarm": await actor_pid(swarms[0])}
     parts.update({f"agent{i}": await actor_pid(a) for i, a in enumerate(agents)})
     mem = {name: memory_mib(pid) for name, pid in parts.items()}
     team_mib, _ = memory_mib(await actor_pid(teams[0]))
-    for team in teams:
-        await stop_team(team)
-    await stop_swarm(swarm)
-    for n, proxy in proxies:
-        await release(proxy, proxy_name(build, f"c{n}"))
-    await pool.close()
+    await pools.close()  # no refill competes with the cold run
+    await _release_fleet(build, proxies, teams, swarms)
+    await asyncio.sleep(1.0)
+    cold_build = f"{build}-cold"
+    cold, proxies, teams, swarms = await _fleet(redis_url, cold_build, None)
+    await _release_fleet(cold_build, proxies, teams, swarms)
     return {
         "fleet_ready_s": round(ready, 3),
+        "fleet_ready_cold_s": round(cold, 3),
+        "fleet_all_warm": taken_all,
+        "pool_fill_s": round(fill_s, 3),
         "mib_per_sandbox_team": round(sum(m for m, _ in mem.values()), 1),
         "mib_team_actor": round(team_mib, 1),
         "memory_kind": next(iter(mem.values()))[1],

@@ -1,0 +1,145 @@
+"""The control plane's warm pools: proxies (with standby sandboxes), teams, agents and swarms.
+
+The Control actor owns one :class:`FleetPools`, fills it in the background when it starts and
+hands warm actors to every build's coordinator through ``Control.take_warm``; each pool refills
+itself as actors are taken. A coordinator reaches it through :class:`ControlWarmSource`, which
+answers "none" when there is no Control (or it does not answer quickly), so a build then starts
+its actors cold, as before. Warm actors are detached (they must outlive the Control incarnation
+that started them, and a bound one belongs to its build); the pools' warm lists are saved under
+``KRIPTIK_HOME/pools/`` so a restarted Control adopts them instead of leaking them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.agent import start_warm_agent
+from actors.sandbox_pool import ProxyPool
+from actors.sandbox_proxy import NAMESPACE
+from actors.swarm import start_warm_swarm, stop_swarm
+from actors.team import start_warm_team, stop_team
+from actors.warm_pool import KINDS, Warm, WarmPool
+from sandbox_agents.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+CONTROL_NAME = "control"
+
+
+class FleetPoolConfig(BaseModel):
+    """How many actors of each kind the control plane keeps warm (0 turns a pool off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    proxies: int = Field(default=1, ge=0, le=64)
+    """SandboxProxy actors, each holding ``standby`` started sandboxes."""
+    standby: int = Field(default=1, ge=0, le=8)
+    """Started standby sandboxes per warm proxy (local backend)."""
+    teams: int = Field(default=1, ge=0, le=64)
+    """SandboxTeam actors (one per slot)."""
+    agents: int = Field(default=4, ge=0, le=256)
+    """Agent actors (3–5 per slot)."""
+    swarms: int = Field(default=1, ge=0, le=64)
+    """Verification Swarm actors (one per slot)."""
+
+    def size(self, kind: str) -> int:
+        return {"proxy": self.proxies, "team": self.teams, "agent": self.agents, "swarm": self.swarms}[kind]
+
+
+async def _stop_team(handle: Any, name: str) -> None:
+    await stop_team(handle)
+
+
+async def _stop_swarm(handle: Any, name: str) -> None:
+    await stop_swarm(handle)
+
+
+class FleetPools:
+    """One warm pool per kind of fleet actor; a :class:`~actors.warm_pool.WarmSource`.
+
+    Args:
+        backend: The backend config of the warm proxies (builds on another backend get none).
+        config: Pool sizes.
+        persist: Save the warm lists so a restarted owner adopts them (the Control actor).
+    """
+
+    def __init__(self, backend: dict[str, Any], config: FleetPoolConfig | None = None, *, persist: bool = False):
+        self.config = config or FleetPoolConfig()
+        self.backend = dict(backend)
+        cfg = self.config
+        self.proxies = ProxyPool(backend, size=cfg.proxies, standby=cfg.standby, persist=persist)
+        self.pools: dict[str, WarmPool] = {
+            "proxy": self.proxies.warm,
+            "team": WarmPool("team", start_warm_team, size=cfg.teams, stop=_stop_team, persist=persist),
+            "agent": WarmPool("agent", start_warm_agent, size=cfg.agents, persist=persist),
+            "swarm": WarmPool("swarm", start_warm_swarm, size=cfg.swarms, stop=_stop_swarm, persist=persist),
+        }
+
+    async def fill(self) -> None:
+        """Bring every pool to its size (the smaller, fastest-needed kinds first: proxies, teams, agents, swarms)."""
+        for kind in KINDS:
+            await self.pools[kind].fill()
+
+    async def take(self, kind: str, count: int = 1, backend: dict[str, Any] | None = None) -> list[Warm]:
+        """Up to ``count`` warm actors of ``kind`` (none when ``backend`` is not the proxies' backend).
+
+        Raises:
+            InvalidInputError: ``kind`` is not one of proxy, team, agent, swarm.
+        """
+        if kind not in self.pools:
+            raise InvalidInputError(f"no warm pool of {kind!r}; kinds: {', '.join(KINDS)}", field="kind")
+        if kind == "proxy" and backend is not None and not _same_backend(backend, self.backend):
+            return []
+        return self.pools[kind].take_many(count)
+
+    def warm(self) -> dict[str, int]:
+        """Warm actors per kind, right now."""
+        return {kind: len(pool) for kind, pool in self.pools.items()}
+
+    async def close(self) -> None:
+        """Stop every warm actor never handed out (bound ones belong to their builds)."""
+        await asyncio.gather(*(pool.close() for pool in self.pools.values()))
+
+
+def _same_backend(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    strip = {"standby"}
+    return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
+
+
+class ControlWarmSource:
+    """A coordinator's way to the Control actor's pools; an empty answer means "start it cold".
+
+    Args:
+        backend: The build's backend (warm proxies of another backend are not handed out).
+        timeout_s: How long a take may wait for Control before the build goes cold.
+    """
+
+    def __init__(self, backend: dict[str, Any], *, timeout_s: float = 5.0) -> None:
+        self.backend = dict(backend)
+        self.timeout_s = timeout_s
+        self._control: Any = None
+
+    async def take(self, kind: str, count: int = 1) -> list[Warm]:
+        if count <= 0:
+            return []
+        try:
+            if self._control is None:
+                self._control = ray.get_actor(CONTROL_NAME, namespace=NAMESPACE)
+            taken = await asyncio.wait_for(self._control.take_warm.remote(kind, count, self.backend), self.timeout_s)
+            return [(str(name), handle) for name, handle in taken]
+        except Exception:  # noqa: BLE001 - no Control, or it is busy or restarting: cold actors do the job
+            self._control = None
+            logger.debug("no warm %s from control; starting cold", kind, exc_info=True)
+            return []
+
+
+async def close_quietly(pools: FleetPools | None) -> None:
+    if pools is not None:
+        with contextlib.suppress(Exception):
+            await pools.close()

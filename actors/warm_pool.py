@@ -1,0 +1,274 @@
+"""Warm pools of generic actors, and the aliases that give a bound one its DESIGN name.
+
+An actor is a process: 0.4–0.8 s to start on 2 cores, two at a time. A build's fleet (a proxy,
+a team, 3–5 agents and a swarm per slot) is ~20 of them, so it is started ahead of time:
+
+* a **warm** actor is started with nothing build-specific (its constructor takes no config)
+  under a generic name ``kriptik:{kind}:{uuid}`` (a Ray name cannot change once given);
+* at acquire time its owner **binds** it (``bind(config, …)`` on the actor) and records an
+  **alias** — the DESIGN name (``build:{id}:agent:{sid}:{n}`` …) → the actor's name — in a
+  file under ``KRIPTIK_HOME/{kind}s/aliases/``; :func:`resolve` and :func:`named_actor` look a
+  DESIGN name up whether its actor came from a pool or was started cold under that name;
+* a bound actor is never returned to the pool (no state of one build can reach another): its
+  owner kills it when done, and the pool starts a fresh one in the background.
+
+:class:`WarmPool` is the one warm-list/refill/close implementation; ``ProxyPool`` and the
+control plane's :class:`~actors.fleet_pools.FleetPools` are built on it. It lives inside its
+owner's event loop and never blocks it on ``ray.get``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.actor_state import StateFile, file_stem, state_dir
+from sandbox_agents.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "kriptik"
+KINDS = ("proxy", "team", "agent", "swarm")
+_DIRS = {"proxy": "proxies", "team": "teams", "agent": "agents", "swarm": "swarms"}
+
+Warm = tuple[str, Any]
+"""A warm actor: its (generic) name and its handle."""
+
+
+class WarmSource(Protocol):
+    """Where a build's ports take warm actors from (Control's pools, or a driver's own in the bench)."""
+
+    async def take(self, kind: str, count: int = 1) -> list[Warm]:
+        """Up to ``count`` warm, unbound actors of ``kind`` (fewer, or none, when the pool is short)."""
+        ...
+
+
+def warm_name(kind: str) -> str:
+    """A generic name for a warm actor of ``kind``: ``kriptik:{kind}:{uuid}``."""
+    return f"kriptik:{kind}:{uuid.uuid4().hex[:12]}"
+
+
+# --- aliases ------------------------------------------------------------------------------------
+
+
+def alias_path(kind: str, name: str) -> Path:
+    """The file that maps the DESIGN name ``name`` of a ``kind`` actor to its actor's name."""
+    return state_dir(f"{_DIRS.get(kind, kind)}/aliases") / (file_stem(name) + ".json")
+
+
+def set_alias(kind: str, name: str, actor: str) -> None:
+    """Record that the ``kind`` actor known as ``name`` is the actor called ``actor``."""
+    if actor != name:
+        alias_path(kind, name).write_text(json.dumps({"actor": actor}))
+    else:
+        forget_alias(kind, name)
+
+
+def forget_alias(kind: str, name: str) -> None:
+    alias_path(kind, name).unlink(missing_ok=True)
+
+
+def resolve(kind: str, name: str) -> str:
+    """The actor name behind the DESIGN name ``name`` (``name`` itself when it has no alias)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+        return str(json.loads(alias_path(kind, name).read_text())["actor"])
+    return name
+
+
+def named_actor(kind: str, name: str) -> Any:
+    """The handle of the ``kind`` actor known as ``name``, pooled or cold; ValueError when there is none."""
+    return ray.get_actor(resolve(kind, name), namespace=NAMESPACE)
+
+
+def aliased(kind: str, prefix: str) -> list[str]:
+    """The DESIGN names of ``kind`` starting with ``prefix`` that have an alias (e.g. a slot's agents)."""
+    stem = file_stem(prefix)
+    folder = state_dir(f"{_DIRS.get(kind, kind)}/aliases")
+    names = []
+    for path in folder.glob("*.json"):
+        if path.stem.startswith(stem):
+            names.append(path.stem)
+    return sorted(names)
+
+
+async def wait_gone(name: str, *, attempts: int = 50, every_s: float = 0.1) -> bool:
+    """Poll until no actor is called ``name`` (``ray.kill`` is asynchronous); False if it outlived the bound."""
+    for _ in range(attempts):
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return True
+        await asyncio.sleep(every_s)
+    return False
+
+
+# --- the pool -----------------------------------------------------------------------------------
+
+
+class _PoolState(BaseModel):
+    """The warm actors of a persistent pool (so a restarted owner adopts them instead of leaking them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warm: list[str] = Field(default_factory=list)
+    """Generic names of the started, never handed out actors."""
+
+
+async def _ping(handle: Any) -> Any:
+    return await handle.ping.remote()
+
+
+async def _kill(handle: Any, name: str) -> None:
+    ray.kill(handle, no_restart=True)
+
+
+class WarmPool:
+    """Started, unbound actors of one kind, refilled in the background as they are taken.
+
+    Args:
+        kind: ``proxy``, ``team``, ``agent`` or ``swarm`` (names and alias directories).
+        start: Starts a detached actor under the name it is given; returns its handle (no I/O wait).
+        size: Actors kept warm.
+        ready: Awaited on a new actor before it counts as warm (default: its ``ping``).
+        stop: Ends a warm actor that was never handed out (default: ``ray.kill``).
+        persist: Keep the warm names in ``KRIPTIK_HOME/pools/{kind}.json`` and adopt the live ones
+            on the first :meth:`fill` (a restarted owner, e.g. the Control actor).
+        refill_delay_s: How long a refill waits after a take. A build takes its whole fleet in a
+            burst; starting replacements at once (0.4–0.8 s of CPU each) would slow the very binds
+            the pool exists to make fast, so the refill starts after the burst.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        start: Callable[[str], Any],
+        *,
+        size: int,
+        ready: Callable[[Any], Awaitable[Any]] = _ping,
+        stop: Callable[[Any, str], Awaitable[None]] = _kill,
+        persist: bool = False,
+        refill_delay_s: float = 1.0,
+    ) -> None:
+        if size < 0:
+            raise InvalidInputError(f"{kind} pool size must be >= 0", field="size")
+        self.kind = kind
+        self.size = size
+        self._start = start
+        self._ready = ready
+        self._stop = stop
+        self._state = StateFile("pools", kind, _PoolState) if persist else None
+        self._adopted = not persist
+        self._warm: list[Warm] = []
+        self._filling: asyncio.Task[None] | None = None
+        self._closed = False
+        self._refill_delay_s = refill_delay_s
+
+    def __len__(self) -> int:
+        return len(self._warm)
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self._warm]
+
+    async def _start_one(self) -> Warm:
+        name = warm_name(self.kind)
+        handle = self._start(name)
+        try:
+            await self._ready(handle)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._stop(handle, name)
+            raise
+        return name, handle
+
+    async def _adopt(self) -> None:
+        """Take back the warm actors a previous incarnation of the owner left (those still answering)."""
+        self._adopted = True
+        assert self._state is not None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            for name in self._state.load().warm:
+                try:
+                    handle = ray.get_actor(name, namespace=NAMESPACE)
+                    await asyncio.wait_for(self._ready(handle), 10)
+                except Exception:  # noqa: BLE001 - gone or broken: a fresh one replaces it
+                    continue
+                if len(self._warm) < self.size:
+                    self._warm.append((name, handle))
+                else:
+                    with contextlib.suppress(Exception):
+                        await self._stop(handle, name)
+
+    def _save(self) -> None:
+        if self._state is not None:
+            self._state.save(_PoolState(warm=self.names()))
+
+    async def fill(self) -> None:
+        """Start actors until ``size`` are warm (concurrently); a start that fails is logged and skipped."""
+        if self._closed:
+            return
+        if not self._adopted:
+            await self._adopt()
+        missing = self.size - len(self._warm)
+        if missing <= 0:
+            self._save()
+            return
+        started = await asyncio.gather(*(self._start_one() for _ in range(missing)), return_exceptions=True)
+        for item in started:
+            if isinstance(item, BaseException):
+                logger.warning("warm %s pool: a start failed: %s", self.kind, item)
+            elif self._closed:
+                with contextlib.suppress(Exception):
+                    await self._stop(item[1], item[0])
+            else:
+                self._warm.append(item)
+        self._save()
+
+    def refill_soon(self) -> None:
+        """Top the pool up in the background (one fill at a time)."""
+        if self._closed:
+            return
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.get_running_loop().create_task(self._refill())
+
+    async def _refill(self) -> None:
+        await asyncio.sleep(self._refill_delay_s)
+        await self.fill()
+
+    def take(self) -> Warm | None:
+        """A warm, unbound actor (the caller binds it and owns it from then on), or None; refills."""
+        self.refill_soon()
+        if not self._warm:
+            return None
+        taken = self._warm.pop(0)
+        self._save()
+        return taken
+
+    def take_many(self, count: int) -> list[Warm]:
+        """Up to ``count`` warm actors (fewer when the pool is short); refills."""
+        taken = [self._warm.pop(0) for _ in range(min(count, len(self._warm)))]
+        self.refill_soon()
+        if taken:
+            self._save()
+        return taken
+
+    async def close(self) -> None:
+        """Stop the refill and every warm actor never handed out."""
+        self._closed = True
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._filling
+        warm, self._warm = self._warm, []
+        for name, handle in warm:
+            with contextlib.suppress(Exception):
+                await self._stop(handle, name)
+        if self._state is not None:
+            self._state.remove()
