@@ -45,6 +45,7 @@ from actors.fleet_pools import CONTROL_NAME, FleetPoolConfig, FleetPools
 from actors.sandbox_proxy import NAMESPACE
 from actors.warm_pool import Warm
 from coordinator.api_models import FINAL_STATUSES, BuildRequest, BuildStatus, BuildSummary
+from coordinator.budget import budget_status
 from coordinator.build_ports import CANCEL_REQUESTED
 from coordinator.clock import SystemClock
 from coordinator.contracts import load_contract, parse_contract
@@ -156,12 +157,8 @@ class ControlActor:
         return session.id
 
     async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
-        session = self.store.get_session(build_id, user_id)
-        live: dict[str, Any] = {}
-        if session.status.value not in FINAL_STATUSES:
-            with contextlib.suppress(Exception):
-                live = await self._call(build_id, "status")
-        return _status_view(self.store, session, live)
+        """From the store alone: the coordinator persists everything the view shows (no actor hop)."""
+        return _status_view(self.store, self.store.get_session(build_id, user_id))
 
     async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
         return [
@@ -386,11 +383,10 @@ def _replay_from_env() -> dict[str, Any]:
     return {"type": "replay", "cassettes": cassettes}
 
 
-def _status_view(store: Store, session: BuildSession, live: dict[str, Any]) -> dict[str, Any]:
-    """The session (and the coordinator's live view) as a :class:`BuildStatus`."""
+def _status_view(store: Store, session: BuildSession) -> dict[str, Any]:
+    """The stored session as a :class:`BuildStatus` (the coordinator persists every field shown)."""
     budget = session.budget or {}
     spent = store.cost_totals(session.id).estimated_cost
-    live_budget = live.get("budget") or {}
     merges = [
         {"component": m.component, "status": m.status, "slot": m.ref.get("slot"), "at": m.created_at}
         for m in store.pending_merges(session.id)
@@ -410,11 +406,11 @@ def _status_view(store: Store, session: BuildSession, live: dict[str, Any]) -> d
             }
             for s in store.list_slots(session.id)
         ],
-        preview_url=live.get("preview_url"),
+        preview_url=session.preview_url,
         budget={
             "limit_usd": budget.get("max_usd") or 0.0,
             "spent_usd": round(spent, 6),
-            "status": live_budget.get("status", "ok"),
+            "status": budget_status(budget, spent).value,
         },
         merges=merges,
         started_at=session.started_at,

@@ -308,3 +308,15 @@ class BudgetLedger:
             logger.exception("budget event %s of build %s not delivered", kind, self.session_id)
             return False
         return True
+
+
+def budget_status(budget: dict[str, Any] | None, spent_usd: float) -> BudgetStatus:
+    """The ledger's status from a stored budget and what was spent (for readers without a ledger)."""
+    settings = Budget.model_validate(budget or {})
+    if settings.max_usd is None:
+        return BudgetStatus.OK
+    if spent_usd >= settings.max_usd - _EPSILON:
+        return BudgetStatus.EXHAUSTED
+    if spent_usd >= settings.max_usd * settings.warn_fraction - _EPSILON:
+        return BudgetStatus.WARNING
+    return BudgetStatus.OK

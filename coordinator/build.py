@@ -126,6 +126,7 @@ class BuildRun:
         if session.status in TERMINAL:
             return session
         self.phase = session.phase
+        self.preview_url = self.preview_url or session.preview_url
         try:
             self.check_control()
             if session.status is SessionStatus.PAUSED:

@@ -287,6 +287,7 @@ class ComponentSteps:
             await run.emit("build.error", {"component": name, "error": f"preview: {exc!r}"[:2000], "fatal": False})
             return
         run.preview_url = url or run.preview_url
+        run.store.update_session(run.build_id, preview_url=run.preview_url)  # status reads it from the store
         await run.emit("preview.refreshed", {"component": name, "url": run.preview_url})
 
     # --- budget ----------------------------------------------------------------------------------

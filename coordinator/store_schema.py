@@ -110,6 +110,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX api_tokens_user ON api_tokens (user_id)",
         ),
     ),
+    (
+        2,
+        "the build's preview URL, so status is answered from the store alone",
+        ("ALTER TABLE build_sessions ADD COLUMN preview_url TEXT",),
+    ),
 )
 """(version, description, statements), in the order they are applied."""
 
@@ -160,6 +165,8 @@ class BuildSession(_Row):
     last_activity_at: float
     finished_at: float | None = None
     error: str | None = None
+    preview_url: str | None = None
+    """The build's stable preview URL once the preview serves merged code."""
 
 
 SESSION_UPDATABLE: frozenset[str] = frozenset(BuildSession.model_fields) - {"id", "user_id", "started_at"}
@@ -284,6 +291,7 @@ def session_columns(session: BuildSession) -> dict[str, Any]:
         "last_activity_at": data["last_activity_at"],
         "finished_at": data["finished_at"],
         "error": data["error"],
+        "preview_url": data["preview_url"],
     }
 
 

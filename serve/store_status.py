@@ -1,18 +1,17 @@
-"""Status reads of finished builds straight from the store, without a Control actor call.
+"""Status reads straight from the store, without a Control actor call.
 
 Why: through Serve every extra actor hop of a request costs ≈ 4 ms on this 2-core machine
 (the replica → Control call is 1.5 ms in a tight loop but 3.9 ms in situ, where each hop
-wakes an idle process), against a Serve floor of ≈ 6.5–8 ms. For a build in a final status
-(``completed``, ``failed``, ``cancelled``) Control's ``status()`` is a pure store read — it
-asks the coordinator nothing — so the replica can compute the very same view itself from
-the same SQLite store it already reads API tokens from (WAL: readers never block the
-writer and see every committed write).
+wakes an idle process), against a Serve floor of ≈ 6.5–8 ms. Control's ``status()`` is a
+pure store read — the coordinator persists everything the view shows (phase, slots,
+merges, costs, the preview URL) — so the replica computes the very same view itself from
+the same SQLite store it already reads API tokens from (WAL: readers never block the writer
+and see every committed write).
 
-Everything else goes to Control, which stays the authority: unknown builds and other
-users' builds (so a 404 is decided there exactly as before and ids still cannot be probed),
-and builds that are not final (their live view — preview URL, budget status — lives in the
-coordinator). The answer of the fast path is byte-for-byte the one Control would give: it is
-produced by the same function (``actors.control._status_view``) over the same rows.
+Control stays the authority for what the store does not know: unknown builds and other
+users' builds go to it (so a 404 is decided there exactly as before and ids cannot be
+probed). The answer of the fast path is the one Control would give: it is produced by the
+same function (``actors.control._status_view``) over the same rows.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from coordinator.api_models import FINAL_STATUSES
 from coordinator.store import Store
 from sandbox_agents.errors import BuildNotFoundError, StoreError
 from serve.control_port import ControlPort
@@ -29,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 class StoreFirstControl:
-    """A :class:`ControlPort` that answers ``status`` of final builds from ``store``; the rest goes to ``control``.
+    """A :class:`ControlPort` that answers ``status`` from ``store``; the rest goes to ``control``.
 
     Args:
         control: the Control port (the real actor in production).
@@ -46,13 +44,13 @@ class StoreFirstControl:
         """Status reads answered from the store (observability and tests)."""
 
     async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
-        view = self.final_status(user_id, build_id)
+        view = self.stored_status(user_id, build_id)
         if view is not None:
             return view
         return await self.control.status(user_id, build_id)
 
-    def final_status(self, user_id: str, build_id: str) -> dict[str, Any] | None:
-        """The user's build's ``BuildStatus`` when it is final, else ``None`` (ask Control)."""
+    def stored_status(self, user_id: str, build_id: str) -> dict[str, Any] | None:
+        """The user's build's ``BuildStatus`` from the store, or ``None`` (ask Control)."""
         try:
             session = self.store.get_session(build_id, user_id)  # scoped: another user's build is not found
         except BuildNotFoundError:
@@ -60,10 +58,8 @@ class StoreFirstControl:
         except StoreError:
             logger.warning("status of %s: store read failed; asking Control", build_id, exc_info=True)
             return None
-        if session.status.value not in FINAL_STATUSES:
-            return None  # live view needed: only the coordinator has it
         self.local_hits += 1
-        return self._view(self.store, session, {})
+        return self._view(self.store, session)
 
     # --- everything else goes to Control unchanged ----------------------------------------
 

@@ -167,3 +167,13 @@ async def test_no_limit_is_always_ok(store: Store, events: Events) -> None:
     ledger = _ledger(store, events, max_usd=None)
     await ledger.record_compute("s", 10_000, "local")
     assert ledger.status() is BudgetStatus.OK and ledger.remaining() is None and events.kinds() == []
+
+
+def test_budget_status_from_stored_figures_matches_the_ledger_thresholds() -> None:
+    from coordinator.budget import BudgetStatus, budget_status
+
+    assert budget_status(None, 5.0) == BudgetStatus.OK
+    assert budget_status({"max_usd": 1.0}, 0.79) == BudgetStatus.OK
+    assert budget_status({"max_usd": 1.0}, 0.8) == BudgetStatus.WARNING
+    assert budget_status({"max_usd": 1.0, "warn_fraction": 0.5}, 0.6) == BudgetStatus.WARNING
+    assert budget_status({"max_usd": 1.0}, 1.0) == BudgetStatus.EXHAUSTED

@@ -1,4 +1,4 @@
-"""The replica's store fast path for the status of final builds (serve/store_status.py).
+"""The replica's store fast path for build status (serve/store_status.py).
 
 Control runs here as the plain class (no Ray): with no active builds it makes no Ray call, so
 its ``status()`` can be compared with the fast path's answer over the same store.
@@ -69,18 +69,17 @@ def test_it_is_a_control_port(store: Store) -> None:
     assert isinstance(StoreFirstControl(MemoryControl(), store), ControlPort)
 
 
-async def test_final_build_is_answered_from_the_store_and_stays_current(
+async def test_running_and_final_builds_are_answered_from_the_store_and_stay_current(
     client: httpx.AsyncClient, inner: CountingControl, store: Store
 ) -> None:
     alice = auth(store, "alice")
     build = store.create_session("alice", "a todo app", budget={"max_usd": 2.0}).id
-    # not final: Control answers (it has the coordinator's live view)
+    store.update_session(build, status=SessionStatus.RUNNING, phase="preview", preview_url="http://preview")
     r = await client.get(f"/api/build/status/{build}", headers=alice)
-    assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["preview_url"] == "http://live"
-    assert inner.status_calls == 1
+    assert r.status_code == 200 and r.json()["status"] == "running" and r.json()["preview_url"] == "http://preview"
     store.update_session(build, status=SessionStatus.COMPLETED, phase="done", finished_at=123.0)
     r = await client.get(f"/api/build/status/{build}", headers=alice)
-    assert r.status_code == 200 and inner.status_calls == 1  # no Control call for a final build
+    assert r.status_code == 200 and inner.status_calls == 0  # never a Control call for the caller's own build
     body = r.json()
     assert body["status"] == "completed" and body["phase"] == "done" and body["user_id"] == "alice"
     assert body["budget"] == {"limit_usd": 2.0, "spent_usd": 0.0, "status": "ok"}
@@ -110,11 +109,11 @@ async def test_the_fast_path_answers_exactly_what_control_answers(store: Store) 
     try:
         build = store.create_session("alice", "a todo app", budget={"max_usd": 1.0}).id
         store.add_cost(build, source="compute:local:s1", estimated_cost=0.125)
-        for final in (SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED):
-            store.update_session(build, status=final, phase="done", error=None, finished_at=99.0)
-            fast = StoreFirstControl(MemoryControl(), store).final_status("alice", build)
+        for status in (SessionStatus.RUNNING, SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED):
+            store.update_session(build, status=status, phase="done", error=None, finished_at=99.0)
+            fast = StoreFirstControl(MemoryControl(), store).stored_status("alice", build)
             assert fast is not None and fast == await actor.status("alice", build)
-        assert StoreFirstControl(MemoryControl(), store).final_status("bob", build) is None
+        assert StoreFirstControl(MemoryControl(), store).stored_status("bob", build) is None
         with pytest.raises(BuildNotFoundError):
             await actor.status("bob", build)
     finally:
