@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import statistics
 import subprocess
 import sys
@@ -34,15 +35,27 @@ from coordinator.redis_server import ManagedRedis
 logger = logging.getLogger("bench.bus")
 
 
-async def _subscriber(url: str, build_id: str, group: str, expect: int, out: Path) -> None:
-    """Child process: one consumer group; records publish→handler latency of ``expect`` messages."""
+async def _subscriber(url: str, build_id: str, group: str, expect: int, warmup: int, out: Path) -> None:
+    """Child process: one consumer group; records publish→handler latency of ``expect`` messages.
+
+    The first ``warmup`` messages are handled but not counted (cold caches, first allocations).
+    """
     bus = ContextBus(url, BusConfig(prefix="bench"))
     latencies: list[float] = []
+    seen = 0
+    cpu: list[float] = []
     done = asyncio.Event()
 
     async def handler(env: Envelope) -> None:
+        nonlocal seen
+        seen += 1
+        if seen <= warmup:
+            if seen == warmup:
+                cpu.append(time.process_time())
+            return
         latencies.append((time.time() - env.ts) * 1000)
         if len(latencies) >= expect:
+            cpu.append(time.process_time())
             done.set()
 
     sub = await bus.subscribe(build_id, ["progress"], group=group, handler=handler, start_id="$").start()
@@ -50,23 +63,33 @@ async def _subscriber(url: str, build_id: str, group: str, expect: int, out: Pat
     await asyncio.wait_for(done.wait(), 120)
     await sub.stop()
     await bus.aclose()
-    out.write_text(json.dumps(latencies))
+    out.write_text(json.dumps({"lat": latencies, "cpu_ms": (cpu[-1] - cpu[0]) * 1000 / expect}))
 
 
-def _raw_subscriber(url: str, expect: int, out: Path) -> None:
-    """Child process: the floor — plain redis-py ``XREAD BLOCK``, no groups, no acks, no decoding."""
+def _raw_subscriber(url: str, expect: int, warmup: int, out: Path) -> None:
+    """Child process: the floor — plain redis-py ``XREAD BLOCK``, no groups, no acks.
+
+    It reads the same bodies as the bus subscribers and unpacks only the timestamp.
+    """
+    import msgpack
     import redis
 
     client = redis.Redis.from_url(url)
-    last, latencies = "$", []
+    last, latencies, seen, cpu = "$", [], 0, []
     out.with_suffix(".ready").touch()
     while len(latencies) < expect:
         for _, entries in client.xread({"bench:raw-fanout": last}, block=5000, count=100) or ():
             now = time.time()
             for rid, fields in entries:
-                latencies.append((now - float(fields[b"t"])) * 1000)
                 last = rid
-    out.write_text(json.dumps(latencies))
+                seen += 1
+                if seen <= warmup:
+                    if seen == warmup:
+                        cpu.append(time.process_time())
+                    continue
+                latencies.append((now - msgpack.unpackb(fields[b"d"][1:])["t"]) * 1000)
+    cpu.append(time.process_time())
+    out.write_text(json.dumps({"lat": latencies, "cpu_ms": (cpu[-1] - cpu[0]) * 1000 / expect}))
 
 
 def _wait_files(paths: list[Path], timeout: float, what: str) -> None:
@@ -77,21 +100,27 @@ def _wait_files(paths: list[Path], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-async def fanout(
-    url: str, work: Path, subscribers: int, messages: int, interval_s: float, *, raw: bool = False
-) -> dict[str, float]:
-    """Publish ``messages`` one by one to ``subscribers`` groups in other processes.
+async def _redis_cpu_s(bus: ContextBus) -> float:
+    info = await bus.redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
-    With ``raw``, the same through plain XADD / XREAD BLOCK: the floor this machine allows.
+
+async def fanout(
+    url: str, work: Path, subscribers: int, messages: int, interval_s: float, warmup: int, *, raw: bool = False
+) -> dict[str, float]:
+    """Publish ``warmup`` + ``messages`` one by one to ``subscribers`` groups in other processes.
+
+    With ``raw``, the same bodies through plain XADD / XREAD BLOCK: the floor this machine allows.
+    Both modes use the same process count, payload, warm-up and pacing (sleep after each publish).
     """
     build_id, tag = "fanout", "raw" if raw else "bus"
     outs = [work / f"{tag}{i}.json" for i in range(subscribers)]
-    mode = ["--raw-subscriber", url, str(messages)] if raw else ["--subscriber", url, build_id, "", str(messages)]
     procs = []
     for i, out in enumerate(outs):
-        args = list(mode)
-        if not raw:
-            args[3] = f"g{i}"
+        if raw:
+            args = ["--raw-subscriber", url, str(messages), str(warmup)]
+        else:
+            args = ["--subscriber", url, build_id, f"g{i}", str(messages), str(warmup)]
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "bench.bus", *args, str(out)], cwd=Path(__file__).resolve().parents[1]
@@ -100,32 +129,40 @@ async def fanout(
     try:
         await asyncio.to_thread(_wait_files, [o.with_suffix(".ready") for o in outs], 60, "subscribers to start")
         bus = ContextBus(url, BusConfig(prefix="bench"), sender="bench")
-        for i in range(20):  # warm the connection and the scripts' path
+        raw_key = bus.keys(build_id).stream("progress") if not raw else "bench:raw-fanout"
+        for i in range(20):  # warm the publisher's connection and code path
             await bus.publish("warmup", Progress(phase="warm", message=str(i)))
-        for i in range(messages):
-            if raw:
-                await bus.redis.xadd("bench:raw-fanout", {"t": repr(time.time())})
+        cpu_before = 0.0
+        for i in range(warmup + messages):
+            if i == warmup:
+                cpu_before = await _redis_cpu_s(bus)
+            message = Progress(phase="fanout", message=str(i))
+            if raw:  # the same body the bus would send, through a bare XADD
+                body = bus.codec.encode_dict(message.model_dump(), sender="bench", ts=time.time(), mid=f"raw-{i}")
+                await bus.redis.xadd(raw_key, {"d": body})
             else:
-                await bus.publish(build_id, Progress(phase="fanout", message=str(i)))
+                await bus.publish(build_id, message)
             await asyncio.sleep(interval_s)
-        await bus.aclose()
         await asyncio.to_thread(_wait_files, outs, 60, "subscribers to finish")
+        redis_cpu_ms = (await _redis_cpu_s(bus) - cpu_before) * 1000 / messages
+        await bus.aclose()
     finally:
         for proc in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    samples = sorted(x for out in outs for x in json.loads(out.read_text()))
+    results = [json.loads(out.read_text()) for out in outs]
+    samples = sorted(x for r in results for x in r["lat"])
     prefix = "fanout_floor" if raw else "fanout"
-    result = {
+    return {
         f"{prefix}_p50_ms": round(statistics.median(samples), 3),
-        f"{prefix}_p99_ms": round(samples[int(len(samples) * 0.99) - 1], 3),
+        f"{prefix}_p99_ms": round(samples[math.ceil(len(samples) * 0.99) - 1], 3),
         f"{prefix}_max_ms": round(samples[-1], 3),
+        f"{prefix}_samples": len(samples),
+        f"{prefix}_sub_cpu_ms": round(statistics.median(r["cpu_ms"] for r in results), 3),
+        f"{prefix}_redis_cpu_ms": round(redis_cpu_ms, 3),
     }
-    if not raw:
-        result["fanout_samples"] = len(samples)
-    return result
 
 
 async def throughput(url: str, total: int, batch: int, rounds: int) -> dict[str, float]:
@@ -171,10 +208,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp:
         async with ManagedRedis(Path(tmp) / "redis") as server:
             result: dict[str, float] = {"subscribers": args.subscribers}
-            result |= await fanout(server.url, Path(tmp), args.subscribers, args.messages, args.interval)
-            if not args.no_floor:
-                result |= await fanout(server.url, Path(tmp), args.subscribers, args.messages, args.interval, raw=True)
-            result |= await throughput(server.url, args.total, args.batch, args.rounds)
+            work, n, m, dt, w = Path(tmp), args.subscribers, args.messages, args.interval, args.warmup
+            if not args.no_floor:  # floor first, then ours: both right after a fresh server start
+                result |= await fanout(server.url, work, n, m, dt, w, raw=True)
+            if not args.no_bus:
+                result |= await fanout(server.url, work, n, m, dt, w)
+            if not args.no_throughput:
+                result |= await throughput(server.url, args.total, args.batch, args.rounds)
             return result
 
 
@@ -187,18 +227,23 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=50_000, help="messages per throughput round")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=20, help="fan-out messages sent first and not counted")
     parser.add_argument("--no-floor", action="store_true", help="skip the raw XREAD fan-out floor")
-    parser.add_argument("--raw-subscriber", nargs=3, metavar=("URL", "N", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--subscriber", nargs=5, metavar=("URL", "BUILD", "GROUP", "N", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-bus", action="store_true", help="skip the bus fan-out (floor only)")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput rounds")
+    parser.add_argument("--raw-subscriber", nargs=4, metavar=("URL", "N", "WARMUP", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--subscriber", nargs=6, metavar=("URL", "BUILD", "GROUP", "N", "WARMUP", "OUT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.raw_subscriber:
-        url, n, out = args.raw_subscriber
-        _raw_subscriber(url, int(n), Path(out))
+        url, n, warmup, out = args.raw_subscriber
+        _raw_subscriber(url, int(n), int(warmup), Path(out))
         return
     if args.subscriber:
-        url, build_id, group, n, out = args.subscriber
-        asyncio.run(_subscriber(url, build_id, group, int(n), Path(out)))
+        url, build_id, group, n, warmup, out = args.subscriber
+        asyncio.run(_subscriber(url, build_id, group, int(n), int(warmup), Path(out)))
         return
     result = asyncio.run(run(args))
     if args.json:

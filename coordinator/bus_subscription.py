@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgpack
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from coordinator import bus_scripts
@@ -81,6 +82,14 @@ class Subscription:
         self._client = make_client(bus.url, self.config, extra_timeout_s=self.config.block_ms / 1000)
         self._begin = self._client.register_script(bus_scripts.BEGIN)
         self._settle_script = self._client.register_script(bus_scripts.SETTLE)
+        self._conn = None  # the warm connection of the read loop
+        streams = list(self.streams)
+        self._read_packed = b"".join(
+            self._client.connection_pool.make_connection().pack_command(
+                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self.config.read_count,
+                "BLOCK", self.config.block_ms, "STREAMS", *streams, *([">"] * len(streams)),
+            )
+        )
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -131,6 +140,7 @@ class Subscription:
                 logger.warning(
                     "%s/%s: %s stays pending (%s); it will be replayed", self.group, self.consumer, args[2], exc
                 )
+        self._conn = None
         await self._client.aclose()
 
     async def __aenter__(self) -> Subscription:
@@ -187,20 +197,53 @@ class Subscription:
         self._hwm = {stream: _id(m.decode()) for stream, m in zip(self.streams, marks, strict=True) if m}
 
     async def _read_new(self) -> list:
-        """XREADGROUP ">" — with the previous batch's last acknowledgement in the same round trip."""
-        streams = dict.fromkeys(self.streams, ">")
-        count, block = self.config.read_count, self.config.block_ms
-        if not self._deferred:
-            return await self._client.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
-        pipe = self._client.pipeline(transaction=False)
-        for keys, args in self._deferred:
-            pipe.execute_command("EVALSHA", self._settle_sha, len(keys), *keys, *args)
-        pipe.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
-        results = await pipe.execute()
-        for keys, args in self._deferred:
+        """XREADGROUP ">" — with the previous batch's last acknowledgement in the same round trip.
+
+        The hot path of every subscriber, so it skips redis-py's pipeline and command layers: one
+        warm connection held for the loop, the read command packed once, one write per round trip
+        (no per-message task or ``wait_for``), replies read straight from hiredis.
+        """
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._client.connection_pool.get_connection()
+            await conn.connect()
+        deferred, self._deferred = self._deferred, []
+        chunks = conn.pack_commands(
+            [("EVALSHA", self._settle_sha, len(keys), *keys, *args) for keys, args in deferred]
+        ) if deferred else []
+        chunks.append(self._read_packed)
+        settle_error: ResponseError | None = None
+        try:
+            writer = conn._writer  # noqa: SLF001 - redis-py's send_packed_command wraps every write in wait_for
+            if writer is None:
+                raise RedisConnectionError("connection closed")
+            writer.writelines(chunks)
+            await writer.drain()
+            for _ in deferred:
+                try:
+                    await conn.read_response()
+                except ResponseError as exc:  # the reply was consumed: the connection is still in step
+                    settle_error = settle_error or exc
+            reply = await conn.read_response()
+        except BaseException:
+            self._deferred = deferred  # not known to be stored: stop() or the replay settles them
+            await self._drop_conn()
+            raise
+        if settle_error is not None:
+            self._deferred = deferred
+            raise settle_error  # what was just read stays pending; the replay handles it
+        for keys, args in deferred:
             self._settled(keys[0], args[1], args[2])
-        self._deferred.clear()
-        return results[-1]
+        if not reply:
+            return []
+        rows = reply.items() if isinstance(reply, dict) else reply
+        return [(stream, [(rid, _fields(f)) for rid, f in entries]) for stream, entries in rows]
+
+    async def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+            await self._client.connection_pool.release(conn)
 
     async def _replay_own(self, stream: str) -> None:
         """Deliver this consumer's pending entries of one stream again, oldest first."""
@@ -333,6 +376,16 @@ class Subscription:
         mark = _id(rid)
         if mark > self._hwm.get(stream, (-1, -1)):
             self._hwm[stream] = mark
+
+
+def _fields(flat: list | dict | None) -> dict:
+    """An entry's field map from a raw reply (a flat list in RESP2, a map in RESP3)."""
+    if not flat:
+        return {}
+    if isinstance(flat, dict):
+        return flat
+    it = iter(flat)
+    return dict(zip(it, it, strict=False))
 
 
 def _id(entry_id: str) -> tuple[int, int]:
