@@ -19,7 +19,7 @@ import msgpack
 import pytest
 
 from coordinator.bus import ContextBus
-from coordinator.bus_codec import BODY_FIELD, PLAIN, ZSTD
+from coordinator.bus_codec import BODY_FIELD, PLAIN, ZSTD, mark_resent
 from coordinator.bus_models import ContextUpdate, Envelope, ErrorReport, FileChange, Progress
 from coordinator.redis_server import ManagedRedis
 from sandbox_agents.errors import BusBufferFullError, BusUnavailableError
@@ -150,9 +150,10 @@ async def test_a_group_never_handles_the_same_entry_or_message_twice(bus: Contex
     await bus.publish_many(build_id, [progress(i) for i in range(5)])
     await until(lambda: len(rec.seen) == 5, what="five entries")
     stream = bus.keys(build_id).stream("progress")
-    # A publisher that re-sends after an ambiguous failure: same body, same message id, new entry id.
+    # A publisher that re-sends after an ambiguous failure: same message id, new entry id. Our publisher
+    # flags such copies as re-sent (mark_resent), which is what makes the subscriber check them.
     first = (await bus.redis.xrange(stream, count=1))[0]
-    await bus.redis.xadd(stream, {BODY_FIELD: first[1][BODY_FIELD]})
+    await bus.redis.xadd(stream, {BODY_FIELD: mark_resent(first[1][BODY_FIELD])})
     # The group is rewound (an operator's XGROUP SETID): every old id comes back.
     await sub.stop()
     await bus.redis.xgroup_setid(stream, "g", "0")
