@@ -52,7 +52,7 @@ from coordinator.contracts import load_contract, parse_contract
 from coordinator.plan import plan_fleet
 from coordinator.store import Store
 from coordinator.store_schema import BuildSession, SessionStatus
-from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
+from sandbox_agents.errors import BuildNotFoundError, InvalidInputError, LLMConfigError
 from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class ControlActor:
         """Register a build and queue it; returns its id."""
         await self._revived
         req = request if isinstance(request, BuildRequest) else BuildRequest.model_validate(request)
-        llm = self.config.llm or _replay_from_env()
+        llm = self.config.llm or _llm_from_settings()
         contract = None
         if req.contract is not None:
             contract = parse_contract(req.contract)
@@ -134,6 +134,12 @@ class ControlActor:
             cassette = Path(self.config.examples_dir) / "cassettes" / f"{req.example}.yaml"
             if cassette.is_file():
                 llm = {"type": "replay", "cassettes": [str(cassette)]}
+        if llm is None:  # refuse now, with the fix, rather than fail deep inside the build's agents
+            raise InvalidInputError(
+                "no LLM is configured for this build: KRIPTIK_LLM=replay needs KRIPTIK_CASSETTES (or submit one of "
+                "the examples, which bring their cassettes), or set KRIPTIK_LLM=anthropic|openai with its API key",
+                field="llm",
+            )
         prompt = req.prompt or (contract.summary if contract else "")
         budget = {"max_usd": req.budget_usd} if req.budget_usd else None
         session = self.store.create_session(user_id, prompt, budget=budget)
@@ -376,11 +382,14 @@ def _admission_path(build_id: str) -> Path:
     return config_path(build_id).with_suffix(".admission.json")
 
 
-def _replay_from_env() -> dict[str, Any]:
-    import os
+def _llm_from_settings() -> dict[str, Any] | None:
+    """The LLM that ``KRIPTIK_LLM`` (and its keys or ``KRIPTIK_CASSETTES``) names, or None if unusable."""
+    from sandbox_agents.llm.config import llm_config
 
-    cassettes = [c for c in (get_settings().kriptik_cassettes or "").split(os.pathsep) if c]
-    return {"type": "replay", "cassettes": cassettes}
+    try:
+        return llm_config(get_settings().kriptik_llm).model_dump(mode="json")
+    except LLMConfigError:
+        return None
 
 
 def _status_view(store: Store, session: BuildSession) -> dict[str, Any]:

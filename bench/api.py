@@ -145,7 +145,9 @@ def run(rounds: int, events: int) -> dict[str, Any]:
             sse = asyncio.run(_sse_latencies(url, token, build, redis.url, events))
 
             url = run_api(redis.url, store_path, settings, bus_prefix="bench")  # the named `control` actor
-            real = httpx.post(f"{url}/api/builds", json={"prompt": "bench"}, timeout=30, headers=headers).json()["id"]
+            real = httpx.post(f"{url}/api/builds", json={"example": "hello-calc"}, timeout=30, headers=headers).json()[
+                "id"
+            ]  # a real build through the real Control, to completion
             final = _wait_final(url, token, real)
             results["control"] = _ratio(*_http_latencies(url, token, real, rounds))
             results["control"]["build_status"] = final["status"]  # type: ignore[assignment]

@@ -7,6 +7,7 @@ or ``~/.kriptik/token``, at ``KRIPTIK_API_URL`` (default ``http://KRIPTIK_API_HO
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -128,15 +129,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def build(
-        what: str = typer.Argument(..., help="A prompt, or a contract file (YAML/JSON)."),
+        what: str = typer.Argument(None, help="A prompt, or a contract file (YAML/JSON)."),
+        example: str = typer.Option(None, help="Build one of examples/ (with its cassette), e.g. hello-calc."),
         budget: float = typer.Option(None, help="Budget in dollars."),
         mode: str = typer.Option("local", help="local, modal or hybrid."),
         detach: bool = typer.Option(False, "--detach", "-d", help="Print the id and return."),
     ) -> None:
         """Start a build and show its progress live."""
         body: dict[str, Any] = {"build_mode": mode, "budget_usd": budget}
-        path = Path(what)
-        if len(what) < 4096 and "\n" not in what and path.is_file():
+        if (what is None) == (example is None):
+            raise typer.BadParameter("give a prompt or a contract file, or --example NAME (one of them)")
+        if example is not None:
+            body["example"] = example
+        elif len(what) < 4096 and "\n" not in what and Path(what).is_file():
+            path = Path(what)
             from coordinator.contracts import load_contract
 
             body["contract"] = load_contract(path).model_dump(mode="json")
@@ -249,16 +255,12 @@ def _up(port: int | None) -> int:
         started = True
         ray.init(address="auto", namespace="kriptik", log_to_driver=False)
     redis_url = settings.redis_url or _start_redis_keeper(ray, home)
+    Store().start().close()  # create and migrate the store before Control and the replica open it
     if not _control_running(ray):
-        try:
-            from actors import control as control_module  # written alongside; optional until it lands
+        from actors.control import ControlConfig, start_control
 
-            starter = getattr(control_module, "start_control", None)
-            if starter is not None:
-                starter()
-        except ImportError:
-            console.print("[yellow]no Control actor yet (actors/control.py): the API answers 503 until one runs")
-    Store().start().close()  # create and migrate the store before the replica opens it
+        control = start_control(ControlConfig(redis_url=redis_url, store_path=str(home / "store.db")))
+        ray.get(control.queued.remote(), timeout=120)  # answers once revival of active builds is under way
     url = run_api(redis_url, str(home / "store.db"), api)
     (home / UP_MARKER).write_text(json.dumps({"started_ray": started, "api": url, "redis": redis_url}))
     console.print(f"API        {url}/api   (docs {url}/docs)")
@@ -322,6 +324,16 @@ def _down() -> int:
         marker.unlink(missing_ok=True)
         return 0
     serve.shutdown()
+    import asyncio
+
+    from actors.control import get_control, stop_control
+
+    with contextlib.suppress(Exception):  # its pools and the actor; builds stay in the store for the next `up`
+        asyncio.run(stop_control(get_control()))
+    from sandbox_agents.backends.local import LocalBackend
+
+    ended = asyncio.run(LocalBackend().end_all())  # previews and standbys too; checkpoints (snapshots) stay
+    console.print(f"ended {ended} local sandboxes")
     try:
         keeper = ray.get_actor(REDIS_KEEPER, namespace="kriptik")
         ray.get(keeper.stop.remote(), timeout=30)

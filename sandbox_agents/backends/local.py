@@ -25,7 +25,7 @@ from sandbox_agents.backends.config import LocalBackendConfig
 from sandbox_agents.backends.local_cgroup import CgroupLayout, SandboxCgroups
 from sandbox_agents.backends.local_launch import bwrap_argv, check_tools, launch, process_start_time, write_etc
 from sandbox_agents.backends.local_sandbox import LocalSandbox
-from sandbox_agents.backends.local_sandbox_state import LocalState, default_root, mount_tmpfs
+from sandbox_agents.backends.local_sandbox_state import LocalState, default_root, mount_tmpfs, unmount_under
 from sandbox_agents.errors import ConfigError, SandboxNotFoundError, SnapshotError
 from sandbox_agents.settings import get_settings
 
@@ -184,12 +184,25 @@ class LocalBackend:
         if self.config.standby and (self._refill is None or self._refill.done()):
             self._refill = asyncio.get_running_loop().create_task(self.warm())
 
+    async def end_all(self) -> int:
+        """End every running sandbox under this root, standby ones too (``kriptik down``); snapshots stay."""
+        await self.close()
+        ended = 0
+        for entry in self.root.glob("sbx-*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                state = LocalState.load(entry)
+                if not state.terminated:
+                    await asyncio.to_thread(self._sandbox(state).destroy_now)
+                    ended += 1
+        return ended
+
     async def purge(self) -> None:
         """End every sandbox under this root (standby ones too) and delete the root: for test and bench homes."""
         await self.close()
         for entry in self.root.glob("sbx-*/state.json"):
             with contextlib.suppress(OSError, ValueError):
                 self._sandbox(LocalState.load(entry)).destroy_now()
+        unmount_under(self.root)  # workspaces of sandboxes whose starter died before writing their state
         remove_tree(self.root)
 
     def sweep(self) -> int:

@@ -90,3 +90,16 @@ def unmount(path: Path) -> None:
 
 def is_mounted(path: Path) -> bool:
     return os.path.ismount(path)
+
+
+def unmount_under(root: Path) -> int:
+    """Detach every mount below ``root`` (leaked tmpfs workspaces); returns how many."""
+    prefix = str(root.resolve()) + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return 0
+    leaked = [m for m in mounts if m.startswith(prefix)]
+    for mount in sorted(leaked, key=len, reverse=True):
+        unmount(Path(mount))
+    return len(leaked)

@@ -128,3 +128,22 @@ async def test_other_routes_go_to_control(client: httpx.AsyncClient, inner: Coun
     r = await client.post("/api/builds", json={"prompt": "a todo app"}, headers=alice)
     assert r.status_code == 202
     assert [b["id"] for b in (await client.get("/api/builds", headers=alice)).json()] == [r.json()["id"]]
+
+
+async def test_a_build_with_no_usable_llm_is_refused_at_submit_with_the_fix(store: Store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """KRIPTIK_LLM=replay without cassettes: a 422-style error naming the remedy, not a failure deep in the build."""
+    from actors.control import ControlActor
+    from sandbox_agents.errors import InvalidInputError
+
+    monkeypatch.delenv("KRIPTIK_CASSETTES", raising=False)
+    actor = ControlActor({"redis_url": "redis://127.0.0.1:1", "store_path": str(store.path)})
+    try:
+        with pytest.raises(InvalidInputError) as info:
+            await actor.submit("alice", {"prompt": "a todo app"})
+        assert info.value.field == "llm" and "KRIPTIK_CASSETTES" in str(info.value)
+        assert store.list_sessions("alice") == []  # nothing half-registered
+    finally:
+        for task in [actor._revived, *actor._loops]:
+            task.cancel()
+        await asyncio.gather(actor._revived, *actor._loops, return_exceptions=True)
+        actor.store.close()
