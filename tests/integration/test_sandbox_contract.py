@@ -161,8 +161,12 @@ async def test_exec_past_its_timeout_is_killed_with_its_tree_and_reported(but: B
         await sandbox.exec("echo before; (sleep 30 &); sleep 30", timeout=1.0)
     assert time.monotonic() - started < 10
     assert info.value.timeout_s == 1.0 and "before" in info.value.stdout
-    left = await sandbox.exec("ps -eo args | grep -c '^sleep 30' || true")
-    assert left.stdout.strip() == "0"
+
+    async def tree_gone() -> bool:  # SIGKILLed processes disappear asynchronously: poll with a bound
+        left = await sandbox.exec("ps -eo args | grep -c '^sleep 30' || true")
+        return left.stdout.strip() == "0"
+
+    assert await poll(tree_gone, 10, 0.1)
     await sandbox.terminate()
 
 
