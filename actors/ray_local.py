@@ -7,7 +7,12 @@ of the caller's, and environment variables (``KRIPTIK_HOME``) handed to every wo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import ray
 
@@ -31,3 +36,38 @@ def start_local_ray(temp_dir: str, *, num_cpus: int = 4, env: Mapping[str, str] 
         _temp_dir=temp_dir,
         runtime_env={"env_vars": dict(env or {})},
     )
+
+
+@contextlib.contextmanager
+def private_ray(num_cpus: int = 4) -> Iterator[None]:
+    """A single-node Ray of our own for a benchmark or the demo, with a temporary state home.
+
+    Session files go to a temp dir; ``KRIPTIK_HOME`` is a temp dir too unless the caller set
+    one, and then it is purged at the end (its local sandboxes ended, the dir deleted).
+    """
+    from sandbox_agents.backends.local import purge_home
+
+    tmp = tempfile.mkdtemp(prefix="kriptik-ray-")
+    own_home = "KRIPTIK_HOME" not in os.environ
+    if own_home:
+        os.environ["KRIPTIK_HOME"] = tempfile.mkdtemp(prefix="kriptik-home-")
+    start_local_ray(tmp, num_cpus=num_cpus, env={"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if own_home:
+            from pathlib import Path
+
+            purge_home(Path(os.environ.pop("KRIPTIK_HOME")))
+
+
+def start_named_actor(cls: type, name: str, *args: Any) -> Any:
+    """Start ``cls`` as an actor named ``name`` in namespace ``kriptik`` (bench doubles)."""
+    return ray.remote(cls).options(name=name, namespace=NAMESPACE).remote(*args)
+
+
+def kill_actor(handle: Any) -> None:
+    """Kill an actor for good (no restart)."""
+    ray.kill(handle, no_restart=True)

@@ -114,27 +114,26 @@ def run(rounds: int, events: int) -> dict[str, Any]:
        the status of a final build from the store (``serve/store_status.py``);
     3. ``control_hop``: the same, with ``status_from_store=False``: every read is a Control call.
     """
-    from ray import serve
-
     from actors.control import ControlConfig, start_control, stop_control
+    from actors.ray_local import kill_actor, start_named_actor
     from bench.common import private_ray
     from coordinator.redis_server import ManagedRedis, free_port
     from coordinator.store import Store
     from serve.app import ApiSettings
     from serve.auth import create_token
     from serve.control_port import MemoryControl, RayControlPort
-    from serve.deployment import run_api
+    from serve.deployment import run_api, shutdown_serve
 
     work = Path(tempfile.mkdtemp(prefix="kriptik-bench-api-"))
     store_path = work / "store.db"
     results: dict[str, dict[str, float]] = {}
-    with private_ray(num_cpus=2) as ray, ManagedRedis(work / "redis") as redis:
+    with private_ray(num_cpus=2), ManagedRedis(work / "redis") as redis:
         with Store(store_path) as store:
             token = create_token(store, "bench")
         headers = {"Authorization": f"Bearer {token}"}
         port = free_port()
         settings = ApiSettings(port=port, rate_per_s=1e6, burst=10**9, heartbeat_s=5)
-        memory = ray.remote(MemoryControl).options(name="bench-control", namespace="kriptik").remote()
+        memory = start_named_actor(MemoryControl, "bench-control")
         control = start_control(ControlConfig(redis_url=redis.url, bus_prefix="bench", store_path=str(store_path),
                                               admit_poll_s=0.2))  # fmt: skip
         try:
@@ -156,8 +155,8 @@ def run(rounds: int, events: int) -> dict[str, Any]:
             url = run_api(redis.url, store_path, hop, bus_prefix="bench")
             results["control_hop"] = _ratio(*_http_latencies(url, token, real, rounds))
         finally:
-            serve.shutdown()
-            ray.kill(memory)
+            shutdown_serve()
+            kill_actor(memory)
             asyncio.run(stop_control(control))
     return {
         "bench": "api",

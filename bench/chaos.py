@@ -146,17 +146,15 @@ async def start_stack(home: Path) -> Stack:
 
 
 async def stop_stack(stack: Stack) -> None:
-    from ray import serve
-
     from actors.control import stop_control
-    from serve.deployment import stop_api
+    from serve.deployment import shutdown_serve, stop_api
 
     with contextlib.suppress(Exception):
         await stack.bus.aclose(flush_timeout=1.0)
     with contextlib.suppress(Exception):
         await asyncio.to_thread(stop_api)
     with contextlib.suppress(Exception):
-        await asyncio.to_thread(serve.shutdown)
+        await asyncio.to_thread(shutdown_serve)
     with contextlib.suppress(Exception):
         await stop_control(stack.runtime.control)
     stack.redis.stop()
@@ -201,25 +199,17 @@ async def _kill_sandbox(stack: Stack, build_id: str, rng: random.Random) -> dict
 
 
 async def _kill_agent(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
-    import ray
-
-    import actors.agent as agents
-    from actors.agent import agent_name
-    from actors.sandbox_proxy import NAMESPACE
-
-    def lookup(n: int) -> Any:  # pooled agents carry an alias; older code names them directly
-        if hasattr(agents, "get_agent"):
-            return agents.get_agent(build_id, "calc", n)
-        return ray.get_actor(agent_name(build_id, "calc", n), namespace=NAMESPACE)
+    from actors.agent import agent_name, get_agent
+    from actors.ray_local import kill_actor
 
     alive = []
     for n in range(5):
         with contextlib.suppress(ValueError):
-            alive.append((n, lookup(n)))
+            alive.append((n, get_agent(build_id, "calc", n)))
     if not alive:
         return None
     n, handle = rng.choice(alive)
-    ray.kill(handle, no_restart=True)
+    kill_actor(handle)
     return {"agent": agent_name(build_id, "calc", n)}
 
 
@@ -230,14 +220,10 @@ async def _restart_redis(stack: Stack, build_id: str, rng: random.Random) -> dic
 
 
 async def _kill_serve_proxy(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
-    import ray
-    from ray.serve._private.constants import SERVE_NAMESPACE, SERVE_PROXY_NAME
+    from serve.deployment import serve_proxy_pid
 
-    node = ray.get_runtime_context().get_node_id()
-    try:
-        handle = ray.get_actor(f"{SERVE_PROXY_NAME}-{node}", namespace=SERVE_NAMESPACE)
-        pid = await asyncio.wait_for(handle.__ray_call__.remote(lambda self: os.getpid()), 5)
-    except Exception:  # noqa: BLE001 - being re-created: try again
+    pid = await serve_proxy_pid()
+    if pid is None:  # being re-created: try again
         return None
     os.kill(pid, signal.SIGKILL)
     return {"pid": pid}

@@ -1,15 +1,10 @@
-"""Helpers shared by the benchmarks: percentiles, a private Ray, the JSON last line."""
+"""Helpers shared by the benchmarks: percentiles, the JSON last line, and a private Ray (from actors/)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 
@@ -32,37 +27,6 @@ def emit(result: dict[str, Any], as_json: bool) -> None:
     sys.stdout.flush()
 
 
-@contextmanager
-def private_ray(num_cpus: int = 4) -> Iterator[Any]:
-    """A single-node Ray of our own, with its session files in a temp dir."""
-    import ray
+from actors.ray_local import private_ray  # noqa: E402  (re-exported: every bench starts its Ray this way)
 
-    from actors.ray_local import start_local_ray
-
-    tmp = tempfile.mkdtemp(prefix="kriptik-bench-ray-")
-    own_home = "KRIPTIK_HOME" not in os.environ
-    if own_home:
-        os.environ["KRIPTIK_HOME"] = tempfile.mkdtemp(prefix="kriptik-bench-home-")
-    start_local_ray(tmp, num_cpus=num_cpus, env={"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]})
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if own_home:
-            _purge_home(os.environ.pop("KRIPTIK_HOME"))
-
-
-def _purge_home(home: str) -> None:
-    """End the local sandboxes a private home left behind and delete it."""
-    import asyncio
-    from pathlib import Path
-
-    from sandbox_agents.backends.config import LocalBackendConfig
-    from sandbox_agents.backends.local import LocalBackend
-    from sandbox_agents.backends.local_sandbox_state import default_root
-
-    root = default_root(Path(home))
-    if root.exists():
-        asyncio.run(LocalBackend(LocalBackendConfig(root=root)).purge())
-    shutil.rmtree(home, ignore_errors=True)
+__all__ = ["emit", "p50", "pct", "private_ray"]

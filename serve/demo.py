@@ -86,7 +86,7 @@ def run_demo(options: DemoOptions, *, as_json: bool = False) -> int:
 
 def run_sandbox_demo(*, sandboxes: int = 3, as_json: bool = False) -> int:
     """Run the sandbox-only demo; returns a process exit code."""
-    from bench.common import private_ray
+    from actors.ray_local import private_ray
 
     console = Console(stderr=as_json)
     with private_ray():

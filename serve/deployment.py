@@ -104,3 +104,24 @@ def run_api(
 def stop_api() -> None:
     """Remove the API application (Serve itself keeps running for other apps)."""
     serve.delete(APP_NAME)
+
+
+def shutdown_serve() -> None:
+    """Stop Serve entirely (its controller and proxies), as the benchmarks do at their end."""
+    serve.shutdown()
+
+
+async def serve_proxy_pid() -> int | None:
+    """The pid of this node's Serve HTTP proxy (the chaos bench kills it), or None while it is being re-created."""
+    import asyncio
+    import os
+
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE, SERVE_PROXY_NAME
+
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        handle = ray.get_actor(f"{SERVE_PROXY_NAME}-{node}", namespace=SERVE_NAMESPACE)
+        return int(await asyncio.wait_for(handle.__ray_call__.remote(lambda self: os.getpid()), 5))
+    except Exception:  # noqa: BLE001 - being re-created: the caller tries again
+        return None

@@ -19,16 +19,9 @@ os.environ.setdefault("KRIPTIK_HOME", str(_HOME))
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """End every local sandbox this session left (its own sandboxes root) and drop the home."""
-    import asyncio
+    from sandbox_agents.backends.local import purge_home
 
-    from sandbox_agents.backends.config import LocalBackendConfig
-    from sandbox_agents.backends.local import LocalBackend
-    from sandbox_agents.backends.local_sandbox_state import default_root
-
-    root = default_root(_HOME)
-    if root.exists():
-        asyncio.run(LocalBackend(LocalBackendConfig(root=root)).purge())
-    shutil.rmtree(_HOME, ignore_errors=True)
+    purge_home(_HOME)
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import shutil
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -49,7 +47,6 @@ class LocalBackend:
         self._checked = False
         self._standby: list[LocalSandbox] = []
         self._refill: asyncio.Task[None] | None = None
-        self._counter = itertools.count()
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -203,7 +200,7 @@ class LocalBackend:
             with contextlib.suppress(OSError, ValueError):
                 self._sandbox(LocalState.load(entry)).destroy_now()
         unmount_under(self.root)  # workspaces of sandboxes whose starter died before writing their state
-        remove_tree(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def sweep(self) -> int:
         """End standby sandboxes left behind by processes that died (their own loop ends them too)."""
@@ -226,11 +223,9 @@ def _standby_spec() -> SandboxSpec:
     return SandboxSpec(timeout_s=STANDBY_TTL_S, tags={"kriptik.standby": "1"}, memory_mb=4096, max_pids=1024)
 
 
-def kill_pid(pid: int | None) -> None:
-    if pid:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def purge_home(home: Path) -> None:
+    """End every local sandbox a (test, bench or demo) state home left behind, then delete the home."""
+    root = default_root(home)
+    if root.exists():
+        asyncio.run(LocalBackend(LocalBackendConfig(root=root)).purge())
+    shutil.rmtree(home, ignore_errors=True)

@@ -107,9 +107,8 @@ def run_process(
         for pipe in (proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 pipe.close()
-    remaining = None if out.timed_out else 5.0
-    try:
-        out.exit_code = proc.wait(timeout=remaining if remaining else 5.0)
+    try:  # the main process has exited (or was killed on timeout): reap it
+        out.exit_code = proc.wait(timeout=5.0)
     except subprocess.TimeoutExpired:
         on_timeout(proc)
         out.exit_code = proc.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -401,7 +402,7 @@ class LocalSandbox:
             (self._base / "ctl" / "deadline").unlink()
         unmount(self._base / "fs")
         for sub in ("fs", "fwd", "etc"):
-            _rmtree(self._base / sub)
+            shutil.rmtree(self._base / sub, ignore_errors=True)
 
     async def adopt(self, spec: SandboxSpec) -> bool:
         """Turn this standby sandbox into one for ``spec``; False if it cannot serve it."""
@@ -445,12 +446,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _free_port() -> int:
