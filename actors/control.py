@@ -11,7 +11,7 @@ scoped to a user (another user's build is a :class:`BuildNotFoundError`, like a 
   running or paused one; a coordinator resumes a running build by itself.
 * **Heartbeats.** Every ``heartbeat_s`` (60 s) it pings each running build's coordinator; one
   that does not answer in ``heartbeat_timeout_s`` is restarted (``ray.kill`` with restart, or
-  started again when its actor is gone).
+  started again when its actor is gone). One that died is left to Ray, which is re-creating it.
 * **Cancel while down.** A cancel is stored first (the session's ``error`` marker), so a
   coordinator that was down honours it when it comes back.
 * **Warm pools.** It owns the fleet's warm pools (:class:`~actors.fleet_pools.FleetPools`:
@@ -32,6 +32,7 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
+from ray.exceptions import RayActorError
 
 from actors.build_coordinator import (
     CoordinatorConfig,
@@ -278,9 +279,17 @@ class ControlActor:
                 continue
             except ValueError:  # the actor is gone: start it again
                 await self._coordinator(build_id).start.remote()
-            except Exception:  # noqa: BLE001 - no answer in time: restart it (Ray re-creates it)
+            except RayActorError:
+                # It died (or is being re-created) and Ray brings it back by itself (max_restarts=-1):
+                # killing it now would only throw away the incarnation that is starting.
+                logger.info("control: the coordinator of %s is restarting", build_id)
+                continue
+            except TimeoutError:  # alive but wedged: restart it (Ray re-creates it)
                 with contextlib.suppress(Exception):
                     ray.kill(ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE), no_restart=False)
+            except Exception:  # noqa: BLE001 - a failed heartbeat is retried at the next round
+                logger.exception("control: heartbeat of %s failed", build_id)
+                continue
             self._restarts[build_id] = self._restarts.get(build_id, 0) + 1
             restarted.append(build_id)
             logger.warning("control: restarted the coordinator of %s", build_id)

@@ -11,6 +11,7 @@ refill and close logic is :class:`~actors.warm_pool.WarmPool`, shared with the o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -105,6 +106,7 @@ class ProxyPool:
         standby: int = 1,
         heartbeat_s: float = 30.0,
         persist: bool = False,
+        pace: asyncio.Semaphore | None = None,
     ) -> None:
         if size < 0 or standby < 0:
             raise InvalidInputError("pool size and standby must be >= 0", field="size")
@@ -119,6 +121,7 @@ class ProxyPool:
             ready=lambda handle: handle.warm.remote(),
             stop=lambda handle, name: release(handle, name),
             persist=persist,
+            pace=pace,
         )
 
     @property

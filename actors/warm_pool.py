@@ -145,6 +145,10 @@ class WarmPool:
         refill_delay_s: How long a refill waits after a take. A build takes its whole fleet in a
             burst; starting replacements at once (0.4–0.8 s of CPU each) would slow the very binds
             the pool exists to make fast, so the refill starts after the burst.
+        pace: Held around each start of a background refill. Pools that share one
+            ``Semaphore(1)`` refill one actor at a time between them, so a refill never takes
+            every core from the builds running meanwhile (a coordinator coming back after a
+            crash starts its own worker then). The first :meth:`fill` is not paced.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class WarmPool:
         stop: Callable[[Any, str], Awaitable[None]] = _kill,
         persist: bool = False,
         refill_delay_s: float = 1.0,
+        pace: asyncio.Semaphore | None = None,
     ) -> None:
         if size < 0:
             raise InvalidInputError(f"{kind} pool size must be >= 0", field="size")
@@ -171,6 +176,7 @@ class WarmPool:
         self._filling: asyncio.Task[None] | None = None
         self._closed = False
         self._refill_delay_s = refill_delay_s
+        self._pace = pace
 
     def __len__(self) -> int:
         return len(self._warm)
@@ -188,6 +194,14 @@ class WarmPool:
                 await self._stop(handle, name)
             raise
         return name, handle
+
+    async def _start_paced(self) -> Warm:
+        if self._pace is None:
+            return await self._start_one()
+        async with self._pace:
+            if self._closed:
+                raise RuntimeError(f"warm {self.kind} pool closed")
+            return await self._start_one()
 
     async def _adopt(self) -> None:
         """Take back the warm actors a previous incarnation of the owner left (those still answering)."""
@@ -210,8 +224,13 @@ class WarmPool:
         if self._state is not None:
             self._state.save(_PoolState(warm=self.names()))
 
-    async def fill(self) -> None:
-        """Start actors until ``size`` are warm (concurrently); a start that fails is logged and skipped."""
+    async def fill(self, *, paced: bool = False) -> None:
+        """Start actors until ``size`` are warm; a start that fails is logged and skipped.
+
+        Args:
+            paced: Each start holds the pool's ``pace`` semaphore (background refills);
+                otherwise they all start at once.
+        """
         if self._closed:
             return
         if not self._adopted:
@@ -220,10 +239,12 @@ class WarmPool:
         if missing <= 0:
             self._save()
             return
-        started = await asyncio.gather(*(self._start_one() for _ in range(missing)), return_exceptions=True)
+        start = self._start_paced if paced else self._start_one
+        started = await asyncio.gather(*(start() for _ in range(missing)), return_exceptions=True)
         for item in started:
             if isinstance(item, BaseException):
-                logger.warning("warm %s pool: a start failed: %s", self.kind, item)
+                if not self._closed:
+                    logger.warning("warm %s pool: a start failed: %s", self.kind, item)
             elif self._closed:
                 with contextlib.suppress(Exception):
                     await self._stop(item[1], item[0])
@@ -240,7 +261,7 @@ class WarmPool:
 
     async def _refill(self) -> None:
         await asyncio.sleep(self._refill_delay_s)
-        await self.fill()
+        await self.fill(paced=True)
 
     def take(self) -> Warm | None:
         """A warm, unbound actor (the caller binds it and owns it from then on), or None; refills."""

@@ -201,3 +201,38 @@ async def _pid_or_none(handle: Any) -> int | None:
         return await asyncio.wait_for(handle.__ray_call__.remote(lambda self: __import__("os").getpid()), 5)
     except Exception:  # noqa: BLE001 - restarting
         return None
+
+
+async def test_pools_sharing_a_pace_refill_one_actor_at_a_time(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    in_flight, peaks = 0, []
+
+    async def ready(handle: Any) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        peaks.append(in_flight)
+        try:
+            await handle.ping.remote()
+        finally:
+            in_flight -= 1
+
+    pace = asyncio.Semaphore(1)
+    pools = [WarmPool("agent", start_warm_agent, size=2, ready=ready, pace=pace, refill_delay_s=0) for _ in range(2)]
+    taken = []
+    try:
+        for pool in pools:
+            await pool.fill()
+        assert max(peaks) == 2  # a first fill starts its actors at once
+        peaks.clear()
+        taken = [warm for pool in pools for warm in pool.take_many(2)]
+        assert len(taken) == 4
+
+        async def warm_counts() -> list[int]:
+            return [len(pool) for pool in pools]
+
+        await eventually(warm_counts, lambda counts: counts == [2, 2], 120)
+        assert len(peaks) == 4 and max(peaks) == 1  # the refills of both pools went one by one
+    finally:
+        for pool in pools:
+            await pool.close()
+        for _, handle in taken:
+            await stop_agent(handle)
