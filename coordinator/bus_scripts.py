@@ -73,40 +73,47 @@ return out
 """
 
 # KEYS: stream, done, attempts, dead, hwm.
-# ARGV: group, entry id, member, mid member ('' if none), now_ms, window, dead_maxlen,
+# ARGV: group, entry id, member, mid member ('' if none), now_ms, window, dead_maxlen, flags,
 #       then (only for dead-lettering) field/value pairs of the dead-letter entry.
+# flags: 'a' if the entry may have a counted attempt (forget it), 't' to trim the handled set to
+#        the window (the subscriber asks every so many settles: the set may overshoot a little).
 # Acknowledges the entry, marks it handled, forgets its attempt count and raises the group's
 # high-water mark (highest handled id per stream; entries read with ">" above it cannot have been
-# handled before, so they skip the BEGIN check), all at once.
-# Returns 1 if this call marked it, 0 if it was already marked (the caller's work was a duplicate).
+# handled before, so they skip the BEGIN check), all at once. The hot path of every subscriber
+# (it is sent without waiting for a reply), so it does only what the flags ask.
+# A dead letter is written only if the entry was not marked handled already.
 SETTLE = """
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq), ms
-end
-local function lt(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  if am ~= bm then return am < bm end
-  return as < bs
-end
-local fresh = 1
-if redis.call('ZSCORE', KEYS[2], ARGV[3]) then fresh = 0 end
-if #ARGV > 7 and fresh == 1 then
+local flags = ARGV[8]
+if #ARGV > 8 and not redis.call('ZSCORE', KEYS[2], ARGV[3]) then
   local fields = {}
-  for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', unpack(fields))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
-if ARGV[4] ~= '' then redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4]) end
-redis.call('HDEL', KEYS[3], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3], ARGV[5], ARGV[4])
+else
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+end
+if string.find(flags, 'a', 1, true) then redis.call('HDEL', KEYS[3], ARGV[3]) end
 local hwm = redis.call('HGET', KEYS[5], KEYS[1])
-if not hwm or lt(hwm, ARGV[2]) then redis.call('HSET', KEYS[5], KEYS[1], ARGV[2]) end
-local size = redis.call('ZCARD', KEYS[2])
-local window = tonumber(ARGV[6])
-if size > window then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - window - 1) end
-return fresh
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local newer = not hwm
+if hwm then
+  local am, as = parse(hwm)
+  local bm, bs = parse(ARGV[2])
+  newer = am < bm or (am == bm and as < bs)
+end
+if newer then redis.call('HSET', KEYS[5], KEYS[1], ARGV[2]) end
+if string.find(flags, 't', 1, true) then
+  local size = redis.call('ZCARD', KEYS[2])
+  local window = tonumber(ARGV[6])
+  if size > window then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - window - 1) end
+end
+return 1
 """
 
 # KEYS: stream.  ARGV: max_len.

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope], Awaitable[None]]
 
+TRIM_EVERY = 64
+"""One settle in this many trims the group's handled set back to ``dedupe_window``."""
+
 
 class Subscription:
     """Reads some channels of one build as ``consumer`` in ``group`` and calls ``handler`` per entry.
@@ -78,18 +81,30 @@ class Subscription:
         self._hwm_key = self.keys.hwm(self.group)
         self._hwm: dict[str, tuple[int, int]] = {}  # stream -> highest id this group handled (cached)
         self._deferred: list[tuple] = []  # acknowledgements to send with the next read
-        self._settle_sha = ""
         self._client = make_client(bus.url, self.config, extra_timeout_s=self.config.block_ms / 1000)
         self._begin = self._client.register_script(bus_scripts.BEGIN)
         self._settle_script = self._client.register_script(bus_scripts.SETTLE)
         self._conn = None  # the warm connection of the read loop
         streams = list(self.streams)
+        packer = self._client.connection_pool.make_connection()
         self._read_packed = b"".join(
-            self._client.connection_pool.make_connection().pack_command(
-                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self.config.read_count,
-                "BLOCK", self.config.block_ms, "STREAMS", *streams, *([">"] * len(streams)),
+            packer.pack_command(
+                "XREADGROUP",
+                "GROUP",
+                self.group,
+                self.consumer,
+                "COUNT",
+                self.config.read_count,
+                "BLOCK",
+                self.config.block_ms,
+                "STREAMS",
+                *streams,
+                *([">"] * len(streams)),
             )
         )
+        self._skip_packed = resp("CLIENT", "REPLY", "SKIP")
+        self._settles = TRIM_EVERY - 1  # the first settle trims the handled set
+        self._unverified = 0  # deferred acknowledgements sent without a reply since the last check
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -164,6 +179,8 @@ class Subscription:
                     found = await self._read_new()
                     for stream, entries in found or ():
                         await self._process(stream.decode(), entries, fresh=True)
+                    if not found and self._unverified:
+                        await self._verify_settled()
                     delays = backoff_delays(self.config)
             except ResponseError as exc:
                 if not any(code in str(exc) for code in ("UNBLOCKED", "NOGROUP", "NOSCRIPT")):
@@ -192,52 +209,69 @@ class Subscription:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        self._settle_sha = await self._client.script_load(bus_scripts.SETTLE)
         marks = await self._client.hmget(self._hwm_key, list(self.streams))
         self._hwm = {stream: _id(m.decode()) for stream, m in zip(self.streams, marks, strict=True) if m}
 
     async def _read_new(self) -> list:
-        """XREADGROUP ">" — with the previous batch's last acknowledgement in the same round trip.
+        """XREADGROUP ">" — with the previous batch's last acknowledgement in the same write.
 
         The hot path of every subscriber, so it skips redis-py's pipeline and command layers: one
         warm connection held for the loop, the read command packed once, one write per round trip
-        (no per-message task or ``wait_for``), replies read straight from hiredis.
+        (no per-message task or ``wait_for``), replies read straight from hiredis. The
+        acknowledgement goes as ``CLIENT REPLY SKIP`` + ``EVAL SETTLE`` (the script's text, so
+        a flushed script cache cannot refuse it): no reply, so the process wakes once per
+        message, not twice. Redis runs it before the read, so a read that answers found it
+        stored unless Redis refused it; :meth:`_verify_settled` catches that case when idle.
         """
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._client.connection_pool.get_connection()
             await conn.connect()
         deferred, self._deferred = self._deferred, []
-        chunks = conn.pack_commands(
-            [("EVALSHA", self._settle_sha, len(keys), *keys, *args) for keys, args in deferred]
-        ) if deferred else []
+        chunks: list[bytes] = []
+        script = bus_scripts.SETTLE
+        for keys, args in deferred:
+            chunks.append(self._skip_packed)
+            chunks.append(resp("EVAL", script, len(keys), *keys, *args))
         chunks.append(self._read_packed)
-        settle_error: ResponseError | None = None
         try:
             writer = conn._writer  # noqa: SLF001 - redis-py's send_packed_command wraps every write in wait_for
             if writer is None:
                 raise RedisConnectionError("connection closed")
             writer.writelines(chunks)
             await writer.drain()
-            for _ in deferred:
-                try:
-                    await conn.read_response()
-                except ResponseError as exc:  # the reply was consumed: the connection is still in step
-                    settle_error = settle_error or exc
             reply = await conn.read_response()
         except BaseException:
             self._deferred = deferred  # not known to be stored: stop() or the replay settles them
             await self._drop_conn()
             raise
-        if settle_error is not None:
-            self._deferred = deferred
-            raise settle_error  # what was just read stays pending; the replay handles it
         for keys, args in deferred:
             self._settled(keys[0], args[1], args[2])
+        self._unverified += len(deferred)
         if not reply:
             return []
         rows = reply.items() if isinstance(reply, dict) else reply
         return [(stream, [(rid, _fields(f)) for rid, f in entries]) for stream, entries in rows]
+
+    async def _verify_settled(self) -> None:
+        """After an idle read: acknowledgements sent without a reply must have emptied our PEL.
+
+        Redis does not answer a deferred SETTLE (``CLIENT REPLY SKIP``), so one it refused (out of
+        memory, scripts disabled…) would leave its entry pending, unmarked, until a reconnect.
+        Nothing of ours is in flight during an idle read, so anything still pending was such an
+        entry: it is replayed now (handled again if it was not marked: at-least-once).
+        """
+        self._unverified = 0
+        for stream in self.streams:
+            pending = await self._client.xpending_range(
+                stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+            )
+            if pending:
+                logger.warning(
+                    "%s/%s: an acknowledgement of %s was not stored; replaying its pending entries",
+                    self.group, self.consumer, stream,
+                )  # fmt: skip
+                await self._replay_own(stream)
 
     async def _drop_conn(self) -> None:
         conn, self._conn = self._conn, None
@@ -340,10 +374,11 @@ class Subscription:
                 attempts = 1 + int(await self._client.hincrby(self._attempts_key, member, 1))
                 continue
             self._unsettled[member] = mid  # if the acknowledgement is lost, settle on replay, never re-handle
+            counted = attempts > 1  # a first, fresh delivery has no attempt count in Redis
             if defer:  # the last entry of a batch is acknowledged with the next read, in one round trip
-                self._deferred.append(self._settle_call(stream, rid, member, mid))
+                self._deferred.append(self._settle_call(stream, rid, member, mid, counted=counted))
             else:
-                await self._settle(stream, rid, member, mid)
+                await self._settle(stream, rid, member, mid, counted=counted)
             return
         await self._dead_letter(stream, rid, member, mid, "handler", last_error, attempts, fields)
 
@@ -357,15 +392,22 @@ class Subscription:
         await self._settle(stream, rid, member, mid, dead)
         self.dead += 1
 
-    def _settle_call(self, stream: str, rid: str, member: str, mid: str, dead: list | None = None) -> tuple:
+    def _settle_call(
+        self, stream: str, rid: str, member: str, mid: str, dead: list | None = None, *, counted: bool = True
+    ) -> tuple:
+        """KEYS and ARGV of a SETTLE; ``counted``: the entry may have an attempt count to forget."""
+        self._settles += 1
+        flags = ("a" if counted else "") + ("t" if self._settles % TRIM_EVERY == 0 else "")
         args = [self.group, rid, member, mid, int(time.time() * 1000), self.config.dedupe_window]
-        args += [self.config.dead_max_len, *(dead or ())]
+        args += [self.config.dead_max_len, flags or "-", *(dead or ())]
         keys = [stream, self._done_key, self._attempts_key, self.keys.dead, self._hwm_key]
         return keys, args
 
-    async def _settle(self, stream: str, rid: str, member: str, mid: str, dead: list | None = None) -> None:
+    async def _settle(
+        self, stream: str, rid: str, member: str, mid: str, dead: list | None = None, *, counted: bool = True
+    ) -> None:
         """Acknowledge + mark handled (+ dead-letter) atomically."""
-        keys, args = self._settle_call(stream, rid, member, mid, dead)
+        keys, args = self._settle_call(stream, rid, member, mid, dead, counted=counted)
         await self._settle_script(keys=keys, args=args)
         if dead is None:
             self._settled(stream, rid, member)
@@ -376,6 +418,15 @@ class Subscription:
         mark = _id(rid)
         if mark > self._hwm.get(stream, (-1, -1)):
             self._hwm[stream] = mark
+
+
+def resp(*args: str | int | bytes) -> bytes:
+    """One command in the Redis protocol (RESP), for the hot path's hand-written writes."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _fields(flat: list | dict | None) -> dict:

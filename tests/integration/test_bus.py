@@ -166,6 +166,29 @@ async def test_a_group_never_handles_the_same_entry_or_message_twice(bus: Contex
     await sub.stop()
 
 
+async def test_an_acknowledgement_redis_refused_is_noticed_when_idle_and_the_entry_replayed(
+    bus: ContextBus, build_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coordinator import bus_scripts
+
+    rec = Recorder()
+    sub = await bus.subscribe(build_id, ["progress"], group="g", handler=rec).start()
+    stream = bus.keys(build_id).stream("progress")
+    # The acknowledgement sent with the next read gets no reply (CLIENT REPLY SKIP): make Redis refuse it.
+    monkeypatch.setattr(bus_scripts, "SETTLE", "return redis.error_reply('refused')")
+    await bus.publish(build_id, progress(0))
+    await until(lambda: len(rec.seen) == 2, what="the entry handled again after the idle check")
+    monkeypatch.undo()
+    # the replay acknowledged it with a round trip: nothing of the group stays pending
+    assert (await bus.redis.xpending(stream, "g"))["pending"] == 0
+    await bus.publish(build_id, progress(1))
+    await until(lambda: len(rec.seen) == 3, what="the next entry")
+    await asyncio.sleep(0.5)  # a few idle reads (block_ms 200): the stored acknowledgement is not replayed
+    assert rec.texts() == ["0", "0", "1"]
+    assert (await bus.redis.xpending(stream, "g"))["pending"] == 0
+    await sub.stop()
+
+
 async def test_unified_context_keeps_the_latest_value_per_key(bus: ContextBus, build_id: str) -> None:
     await bus.publish(build_id, ContextUpdate(key="db", value="sqlite", kind="discovery"))
     await bus.publish_many(
