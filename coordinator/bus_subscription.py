@@ -110,13 +110,16 @@ class Subscription:
         self._stopping = False
         self._unsettled: dict[str, str] = {}  # member -> mid: handled here, acknowledgement not yet stored
         self.handled = 0
-        """Entries whose handler succeeded and whose acknowledgement is stored."""
+        """Entries whose handler succeeded and whose acknowledgement was stored (or, for one sent
+        without a reply with the next read, sent; a refused one is replayed and counts again)."""
         self.failures = 0
         """Handler failures (each retry counts)."""
         self.dead = 0
         """Entries this subscription moved to the dead letters."""
         self.duplicates = 0
         """Entries skipped because the group had already handled them (or a copy of them)."""
+        self.idle_checks = 0
+        """Idle reads after which the pending list was checked for refused acknowledgements."""
 
     async def start(self, ready_timeout: float = 10.0) -> Subscription:
         """Start reading in a background task; returns once the groups exist.
@@ -272,6 +275,7 @@ class Subscription:
                     self.group, self.consumer, stream,
                 )  # fmt: skip
                 await self._replay_own(stream)
+        self.idle_checks += 1
 
     async def _drop_conn(self) -> None:
         conn, self._conn = self._conn, None
