@@ -301,7 +301,7 @@ class RayTeams:
                 logger.warning("build %s: team of %s lost an actor; new team", self.config.build_id, slot.slot_id)
                 continue
             if tries == TEAM_RESTARTS or self.running.get(slot.slot_id) is not handle or await _agents_alive(handle):
-                return TeamOutcome(report=report)
+                return TeamOutcome(report=report, usage=[(c.role, c.model, c.usage) for c in report.usage])
             # An agent killed mid-task made its task escalate: the report is not what the team would have
             # done. Agents are not restartable (their turns are keyed), so run the whole team again.
             logger.warning("build %s: an agent of %s died during the run; running the team again",

@@ -404,7 +404,8 @@ def _llm_from_settings() -> dict[str, Any] | None:
 def _status_view(store: Store, session: BuildSession) -> dict[str, Any]:
     """The stored session as a :class:`BuildStatus` (the coordinator persists every field shown)."""
     budget = session.budget or {}
-    spent = store.cost_totals(session.id).estimated_cost
+    totals = store.cost_totals(session.id)
+    spent = totals.estimated_cost
     merges = [
         {"component": m.component, "status": m.status, "slot": m.ref.get("slot"), "at": m.created_at}
         for m in store.pending_merges(session.id)
@@ -428,6 +429,8 @@ def _status_view(store: Store, session: BuildSession) -> dict[str, Any]:
         budget={
             "limit_usd": budget.get("max_usd") or 0.0,
             "spent_usd": round(spent, 6),
+            "llm_tokens": totals.llm_tokens,
+            "compute_seconds": round(totals.compute_seconds, 3),
             "status": budget_status(budget, spent).value,
         },
         merges=merges,

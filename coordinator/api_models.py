@@ -84,6 +84,10 @@ class BudgetView(_View):
 
     limit_usd: float
     spent_usd: float
+    llm_tokens: int = 0
+    """Tokens the build's agents have spent (what their provider reported)."""
+    compute_seconds: float = 0.0
+    """Sandbox seconds charged so far."""
     status: str = "ok"
     """``ok``, ``warning`` (past the warning threshold) or ``exhausted`` (the build pauses)."""
 

@@ -58,6 +58,7 @@ from coordinator.team_models import (
     CheckRunner,
     ComponentWork,
     ContextReader,
+    LLMCharge,
     Planner,
     TeamAgent,
     TeamEvents,
@@ -78,6 +79,7 @@ __all__ = [
     "RETRY_SUFFIX",
     "AttemptRecord",
     "CheckRunner",
+    "LLMCharge",
     "ComponentWork",
     "ContextReader",
     "FileLockService",
@@ -238,6 +240,9 @@ class TeamRunner:
             finally:
                 self.locks.release_all(agent.name)
         if outcome is not None:
+            if outcome.usage.total_tokens or outcome.usage.cost_usd:
+                model = outcome.model or "unknown"
+                self.report.usage.append(LLMCharge(role=outcome.role or agent.name, model=model, usage=outcome.usage))
             for path in outcome.changed_files:
                 self._changes[path] = agent.name
             if not outcome.ok:

@@ -112,6 +112,7 @@ class AgentLoop:
         limits = self.limits
         messages = [Message(role="user", content=task_message(task))]
         usage = Usage()
+        model = self.model or ""
         turn = 0
         tool_calls = 0
         final_text = ""
@@ -153,6 +154,7 @@ class AgentLoop:
                 break
             turn += 1
             usage = _add(usage, reply)
+            model = reply.model or model
             final_text = reply.text or final_text
             messages.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
 
@@ -184,6 +186,8 @@ class AgentLoop:
             turns=turn,
             changed_files=self.tools.changes,
             usage=usage,
+            role=self.role,
+            model=model,
             final_text=final_text,
             tool_calls=tool_calls,
             exec_count=self.tools.exec_count,

@@ -88,6 +88,10 @@ class AgentOutcome(BaseModel):
     """Path → sha256 of its new content; ``None`` when the file was removed."""
     usage: Usage = Field(default_factory=Usage)
     """Token and cost totals over every turn of the run."""
+    role: str = ""
+    """Who ran it (``agent:{component}:{n}``): with ``model``, what the budget ledger charges."""
+    model: str = ""
+    """The model that answered (as the provider names it; the last turn's)."""
     final_text: str = ""
     """The model's last non-empty text (its summary when it ends with ``done``)."""
     tool_calls: int = 0

@@ -163,7 +163,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]{s['id']}[/] {s['status']} phase={s['phase'] or '-'} preview={s.get('preview_url')}")
         if s.get("budget"):
             b = s["budget"]
-            console.print(f"budget ${b['spent_usd']:.2f} of ${b['limit_usd']:.2f} ({b['status']})")
+            tokens = f", {b.get('llm_tokens', 0):,} LLM tokens" if b.get("llm_tokens") else ""
+            console.print(f"budget ${b['spent_usd']:.2f} of ${b['limit_usd']:.2f} ({b['status']}){tokens}")
         table = Table("slot", "component", "sandbox", "status", "agents", "swarm")
         for c in s.get("components", []):
             score = "" if c.get("swarm_score") is None else f"{c['swarm_score']:.2f}"

@@ -110,6 +110,8 @@ async def test_hello_calc_builds_to_completed_through_control(
     build_id = next(b["id"] for b in builds if b["status"] == "completed")
     status = await runtime.control.status.remote(USER, build_id)
     assert status["phase"] == "done" and status["budget"]["limit_usd"] == 1.0
+    # the ledger charged every agent turn's tokens (the cassette's usage lines: 9 turns, 18 680 tokens)
+    assert status["budget"]["llm_tokens"] == 18_680 and status["budget"]["compute_seconds"] > 0
     assert [c["status"] for c in status["components"]] == ["merged"]
     evs = await events(bus, build_id)
     ids = [tuple(int(p) for p in eid.split("-")) for eid, _, _ in evs]

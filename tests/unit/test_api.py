@@ -186,7 +186,13 @@ async def test_build_lifecycle_routes(client: httpx.AsyncClient, alice: dict[str
 
     status = (await client.get(f"/api/build/status/{build}", headers=alice)).json()
     assert status["status"] == "queued" and status["user_id"] == "alice"
-    assert status["budget"] == {"limit_usd": 3.0, "spent_usd": 0.0, "status": "ok"}
+    assert status["budget"] == {
+        "limit_usd": 3.0,
+        "spent_usd": 0.0,
+        "llm_tokens": 0,
+        "compute_seconds": 0.0,
+        "status": "ok",
+    }
     [summary] = (await client.get("/api/builds", headers=alice)).json()
     assert summary["title"] == "a calculator" and summary["status"] == "queued"
 

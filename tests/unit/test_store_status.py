@@ -82,9 +82,16 @@ async def test_running_and_final_builds_are_answered_from_the_store_and_stay_cur
     assert r.status_code == 200 and inner.status_calls == 0  # never a Control call for the caller's own build
     body = r.json()
     assert body["status"] == "completed" and body["phase"] == "done" and body["user_id"] == "alice"
-    assert body["budget"] == {"limit_usd": 2.0, "spent_usd": 0.0, "status": "ok"}
-    store.add_cost(build, source="llm:late", estimated_cost=0.25)  # a later write is seen at once: no cache
-    assert (await client.get(f"/api/build/status/{build}", headers=alice)).json()["budget"]["spent_usd"] == 0.25
+    assert body["budget"] == {
+        "limit_usd": 2.0,
+        "spent_usd": 0.0,
+        "llm_tokens": 0,
+        "compute_seconds": 0.0,
+        "status": "ok",
+    }
+    store.add_cost(build, source="llm:late", estimated_cost=0.25, llm_tokens=900)  # seen at once: no cache
+    budget = (await client.get(f"/api/build/status/{build}", headers=alice)).json()["budget"]
+    assert budget["spent_usd"] == 0.25 and budget["llm_tokens"] == 900
     assert (await client.get(f"/api/build/budget/{build}", headers=alice)).json()["spent_usd"] == 0.25
 
 

@@ -24,7 +24,7 @@ from sandbox_agents.agent_prompt import build_system_prompt
 from sandbox_agents.backends.base import ExecResult, SandboxSpec
 from sandbox_agents.backends.fake import FakeBackend
 from sandbox_agents.errors import InvalidInputError
-from sandbox_agents.llm.base import ToolCall
+from sandbox_agents.llm.base import ToolCall, Usage
 from sandbox_agents.llm.cassette import Cassette
 from sandbox_agents.llm.replay import ReplayProvider
 from sandbox_agents.tools import AgentTools
@@ -62,7 +62,15 @@ class FakeAgent:
         else:
             world.fixed.add(base)
         world.log.append(("end", self.name, task.id))
-        return AgentOutcome(task_id=task.id, status="done", changed_files={f"{base}.py": "0" * 64})
+        usage = Usage(input_tokens=100, output_tokens=10)
+        return AgentOutcome(
+            task_id=task.id,
+            status="done",
+            changed_files={f"{base}.py": "0" * 64},
+            usage=usage,
+            role=self.name,
+            model="m1",
+        )
 
 
 class FakeChecks:
@@ -236,6 +244,23 @@ async def test_a_crashing_agent_is_escalated_like_a_failure() -> None:
     report = await runner.run()
     assert report.recovered == {"a": 2}
     assert "actor died" in report.attempts[0].failure
+
+
+async def test_every_agent_run_reports_its_tokens_for_the_budget_ledger() -> None:
+    world = World(broken={"a"})  # a's first run fails its check: a is run twice, b once
+    runner, agents, _, _ = team([task("a"), task("b", "a")], world, agents=2)
+
+    async def crash(t: AgentTask) -> AgentOutcome:
+        raise ConnectionError("actor died")
+
+    report = await runner.run()
+    runs = [(name, tid) for kind, name, tid in world.log if kind == "end"]
+    assert len(runs) == 3
+    assert [(c.role, c.model, c.usage.total_tokens) for c in report.usage] == [(name, "m1", 110) for name, _ in runs]
+    runner, agents, _, _ = team([task("a")], World(), agents=2)
+    agents[0].run_task = crash  # type: ignore[method-assign]
+    report = await runner.run()
+    assert [c.role for c in report.usage] == ["agent:calc:1"]  # the crashed run had nothing to report
 
 
 async def test_ready_to_merge_only_when_the_component_check_passes() -> None:
