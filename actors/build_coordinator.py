@@ -524,6 +524,7 @@ class BuildCoordinatorActor:
         budget = Budget.model_validate(session.budget) if session.budget else None
         ledger = BudgetLedger(self.store, self.build_id, budget, events=events)
         from sandbox_agents.llm.config import make_provider
+        from sandbox_agents.llm.metered import MeteredProvider
         from sandbox_agents.verifiers import Chromium
 
         no_cassettes = cfg.llm.get("type") == "replay" and not cfg.llm.get("cassettes")
@@ -554,7 +555,7 @@ class BuildCoordinatorActor:
             store=self.store,
             ledger=ledger,
             clock=SystemClock(),
-            planner=ProviderPlanner(provider) if provider is not None else None,
+            planner=ProviderPlanner(MeteredProvider(provider, ledger.record_llm)) if provider is not None else None,
             notifier=notifier,
         )
         settings = BuildSettings(

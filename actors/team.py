@@ -45,6 +45,7 @@ from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, SandboxSpec
 from sandbox_agents.errors import InvalidInputError, SandboxTimeoutError
 from sandbox_agents.llm.config import LLMConfig, make_provider
+from sandbox_agents.llm.metered import MeteredProvider, collector
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,9 @@ class SandboxTeamActor:
         """Build the component: every task with escalation, then the component check (see coordinator.team)."""
         await self.start_agents()
         cfg = self._bound()
-        planner = LLMPlanner(make_provider(_LLM_CONFIG.validate_python(cfg.planner_llm or cfg.llm)))
+        replans, charge = collector()
+        provider = make_provider(_LLM_CONFIG.validate_python(cfg.planner_llm or cfg.llm))
+        planner = LLMPlanner(MeteredProvider(provider, charge))
         runner = TeamRunner(
             cfg.work,
             [_AgentPort(name, handle) for name, handle in self._agents],
@@ -224,8 +227,10 @@ class SandboxTeamActor:
             context=self._context,
             locks=self._locks,
         )
-        self._report = await runner.run()
-        return self._report
+        report = await runner.run()
+        report.usage.extend(replans)
+        self._report = report
+        return report
 
     async def acquire(self, path: str, holder: str) -> None:
         """Hold ``path`` for ``holder`` (an agent's name), waiting while another agent holds it."""

@@ -213,6 +213,8 @@ class ComponentSteps:
                 )
             )
         decision = await self.ports.judge.decide(evidence, name)
+        for charge in decision.usage:
+            await run.ports.ledger.record_llm(charge.role, charge.model, charge.usage)
         event = decision.to_event()
         await run.emit("tournament.decision", {"component": name, **event.data})
         threshold = run.plan.halving_thresholds.get(name, 0.1)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from coordinator.bus_models import Event
 from sandbox_agents.errors import InvalidInputError, LLMError
 from sandbox_agents.llm.base import AssistantTurn, LLMProvider, LLMRequest, Message, TurnKey
+from sandbox_agents.llm.metered import LLMCharge, MeteredProvider, collector
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class Decision(BaseModel):
     """Best first."""
     reasons: list[str]
     llm_used: bool = False
+    usage: list[LLMCharge] = Field(default_factory=list)
+    """What the LLM signal cost (for the build's ledger; empty without one)."""
 
     def scores(self) -> dict[str, float]:
         return {r.candidate: r.score for r in self.ranking}
@@ -187,9 +190,10 @@ async def judge(
     """
     reasons: list[str] = []
     llm_reasons: dict[str, str] = {}
+    usage, charge = collector()
     if provider is not None and candidates:
         try:
-            reply = await provider.complete(_judge_request(candidates, component, context))
+            reply = await MeteredProvider(provider, charge).complete(_judge_request(candidates, component, context))
             signals, llm_reasons = _parse_llm(reply, [c.candidate for c in candidates])
             candidates = [c.model_copy(update={"llm_signal": signals[c.candidate]}) for c in candidates]
         except (LLMError, InvalidInputError) as exc:
@@ -210,7 +214,9 @@ async def judge(
             f"ahead of {runner_up.candidate} ({runner_up.score:.3f}) by {best.score - runner_up.score:.3f}, "
             f"most on {top}"
         )
-    decision = Decision(component=component, winner=best.candidate, ranking=ranking, reasons=reasons, llm_used=use_llm)
+    decision = Decision(
+        component=component, winner=best.candidate, ranking=ranking, reasons=reasons, llm_used=use_llm, usage=usage
+    )
     logger.info("judge %s: winner %s (%s)", component, decision.winner, "; ".join(reasons))
     return decision
 

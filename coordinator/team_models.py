@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sandbox_agents.agent_models import AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult
-from sandbox_agents.llm.base import Usage
+from sandbox_agents.llm.metered import LLMCharge
 
 #: Suffixes of the attempt ids of escalation levels 1, 2 and 3 (the table in ``coordinator/team.py``).
 RETRY_SUFFIX, HANDOFF_SUFFIX, REPLAN_SUFFIX = "#retry1", "#handoff", "#replan"
@@ -182,16 +182,6 @@ class AttemptRecord(BaseModel):
     failure: str = ""
 
 
-class LLMCharge(BaseModel):
-    """What one agent run spent on its model, for the build's budget ledger."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    role: str
-    model: str
-    usage: Usage
-
-
 class TeamReport(BaseModel):
     """What a team run did."""
 
@@ -208,4 +198,4 @@ class TeamReport(BaseModel):
     check: ExecResult | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
     usage: list[LLMCharge] = Field(default_factory=list)
-    """Every agent run's tokens and cost (a run that raised has none to report)."""
+    """Every agent run's and re-plan's tokens and cost (a run that raised has none to report)."""

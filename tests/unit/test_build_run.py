@@ -36,6 +36,7 @@ from coordinator.team import TeamReport
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.errors import SandboxDeadError
 from sandbox_agents.llm.base import Usage
+from sandbox_agents.llm.metered import LLMCharge
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -185,7 +186,9 @@ class FakeVerify:
 
 class FakeJudge:
     async def decide(self, evidence: list[Evidence], component: str) -> Decision:
-        return await judge(evidence, component=component)
+        decision = await judge(evidence, component=component)
+        charge = LLMCharge(role="judge", model="claude-sonnet-4", usage=Usage(input_tokens=500, output_tokens=50))
+        return decision.model_copy(update={"usage": [charge]})  # as if its LLM signal had answered
 
 
 class FakeGate:
@@ -329,7 +332,7 @@ async def test_phases_in_order_and_the_build_completes(tmp_path: Path) -> None:
     assert ids == list(range(1, len(ids) + 1))
     assert h.store.get_offsets(session.id)[("events", "coordinator")] == h.world.events[-1][0]
     costs = h.store.cost_totals(session.id)
-    assert costs.llm_tokens == 5 * 1100 and costs.compute_seconds > 0  # 5 team runs, compute metered
+    assert costs.llm_tokens == 5 * 1100 + 550 and costs.compute_seconds > 0  # 5 team runs, the judge, compute
 
 
 async def test_dependents_start_after_their_dependencies_merged_seeded_with_main(tmp_path: Path) -> None:

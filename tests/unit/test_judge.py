@@ -30,7 +30,8 @@ def ev(name: str, **kw: Any) -> Evidence:
 
 def llm(answer: dict[str, Any] | str, component: str = "web") -> ReplayProvider:
     text = answer if isinstance(answer, str) else json.dumps(answer)
-    turns = [{"role": "judge", "task": f"judge:{component}", "turn": 0, "text": text}]
+    usage = {"input_tokens": 700, "output_tokens": 40}
+    turns = [{"role": "judge", "task": f"judge:{component}", "turn": 0, "text": text, "usage": usage}]
     return ReplayProvider.from_cassette(Cassette.loads(yaml.safe_dump({"version": 1, "turns": turns})))
 
 
@@ -90,6 +91,8 @@ async def test_llm_signal_breaks_near_ties() -> None:
     decision = await judge([ev("a"), ev("b")], provider, component="web")
     assert decision.llm_used and decision.winner == "b"
     assert decision.ranking[0].llm_reasons == "clean"
+    # what the signal cost travels with the decision, for the build's ledger
+    assert [(c.role, c.model, c.usage.total_tokens) for c in decision.usage] == [("judge", "replay", 740)]
 
 
 async def test_llm_signal_not_decisive_against_a_clear_evidence_gap() -> None:
@@ -111,6 +114,7 @@ async def test_llm_list_answer_and_fenced_json() -> None:
 async def test_bad_llm_answer_falls_back_to_evidence(answer: str) -> None:
     decision = await judge([ev("a"), ev("b", criteria_passed=5)], llm(answer), component="web")
     assert not decision.llm_used and decision.winner == "b"
+    assert [c.usage.total_tokens for c in decision.usage] == [740]  # an unusable answer still cost its tokens
     assert any("LLM signal unavailable" in r for r in decision.reasons)
 
 
