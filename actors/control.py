@@ -34,14 +34,8 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
-from actors.build_coordinator import (
-    CoordinatorConfig,
-    config_path,
-    coordinator_name,
-    load_config,
-    save_config,
-    start_coordinator,
-)
+from actors.build_coordinator import start_coordinator
+from actors.coordinator_config import CoordinatorConfig, config_path, coordinator_name, load_config, save_config
 from actors.fleet_pools import CONTROL_NAME, FleetPoolConfig, FleetPools
 from actors.sandbox_proxy import NAMESPACE
 from actors.warm_pool import Warm

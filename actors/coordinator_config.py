@@ -1,0 +1,71 @@
+"""A build coordinator's configuration: its name, its config model and the copy saved for revival.
+
+Control starts (and revives) coordinators from the config saved under
+``KRIPTIK_HOME/builds/{id}.json``; the coordinator's ports read it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox_agents.settings import get_settings
+
+MAIN_TEST_SID = "main-test"
+DETERMINISTIC_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+"""Every slot's env: no byte-code files, so replays give byte-identical workspaces."""
+
+
+def coordinator_name(build_id: str) -> str:
+    return f"build:{build_id}"
+
+
+class CoordinatorConfig(BaseModel):
+    """What a BuildCoordinator needs; crosses the actor boundary as a dict (and is saved for revival)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str = Field(min_length=1)
+    redis_url: str
+    bus_prefix: str = "kriptik"
+    backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    llm: dict[str, Any] = Field(default_factory=lambda: {"type": "replay", "cassettes": []})
+    """Provider config of agents, planner and judge."""
+    judge_llm: bool = False
+    """Give the judge the LLM signal (key ``(judge, judge:{component}, 0)`` must be in the cassette)."""
+    pool_size: int = Field(default=0, ge=0, le=32)
+    """Warm SandboxProxy actors kept by the coordinator (each with a standby sandbox)."""
+    warm_pools: bool = True
+    """Take proxies, teams, agents and swarms from the Control actor's warm pools (cold when it has none)."""
+    checkpoint_interval_s: float = Field(default_factory=lambda: float(get_settings().build_checkpoint_interval))
+    max_merge_attempts: int = Field(default=3, ge=1)
+    swarm_timeout_s: float = Field(default=120.0, gt=0)
+    gate: dict[str, Any] = Field(default_factory=dict)
+    """Extra GateConfig fields (``swarm_must_pass``, ``ready_timeout_s``…)."""
+    webhook: dict[str, Any] | None = None
+    """A ``WebhookConfig`` for ghost-mode notifications."""
+    store_path: str | None = None
+    """The store (``KRIPTIK_HOME/store.db`` when unset)."""
+
+
+def config_path(build_id: str) -> Path:
+    path = get_settings().home() / "builds"
+    path.mkdir(parents=True, exist_ok=True)
+    return path / f"{build_id}.json"
+
+
+def save_config(config: CoordinatorConfig) -> None:
+    path = config_path(config.build_id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(config.model_dump_json())
+    os.replace(tmp, path)
+
+
+def load_config(build_id: str) -> CoordinatorConfig | None:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return CoordinatorConfig.model_validate_json(config_path(build_id).read_text())
+    return None

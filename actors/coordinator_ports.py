@@ -1,0 +1,406 @@
+"""The BuildCoordinator's ports over Ray actors: fleet (SandboxProxy), teams, gate, swarms, judge.
+
+Each is what :class:`coordinator.build.BuildRun` calls through :class:`~coordinator.build.BuildPorts`;
+each finds its actors again by their DESIGN names after a coordinator restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.agent import agent_name
+from actors.coordinator_config import DETERMINISTIC_ENV, MAIN_TEST_SID, CoordinatorConfig
+from actors.judge import JudgeConfig, judge_name, start_judge
+from actors.merge_gate import GateConfig, gate_name, start_gate
+from actors.preview import PreviewConfig, preview_name, start_preview
+from actors.sandbox_pool import ProxyPool, acquire_proxy, get_proxy, release
+from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
+from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name, target_json
+from actors.team import TeamConfig, get_team, launch_team, stop_team, team_name
+from actors.warm_pool import WarmSource, forget_alias
+from coordinator.build_adapters import served
+from coordinator.build_ports import MergeOutcome, TeamOutcome
+from coordinator.contracts import IntentContract
+from coordinator.judge import Decision, Evidence
+from coordinator.merge import is_junk, sha256_of
+from coordinator.plan import SlotPlan
+from coordinator.team import ComponentWork, TeamTask
+from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
+from sandbox_agents.errors import SandboxError
+from sandbox_agents.proxy_sandbox import ProxySandbox
+
+logger = logging.getLogger(__name__)
+
+
+class RayFleet:
+    """One SandboxProxy per slot, named (or aliased) ``build:{id}:sbx:{slot}``."""
+
+    def __init__(
+        self, build_id: str, backend: dict[str, Any], pool: ProxyPool | None, warm: WarmSource | None = None
+    ) -> None:
+        self.build_id = build_id
+        self.backend = backend
+        self.pool = pool
+        self.warm = warm
+        """Where warm actors come from (the Control actor's pools); the teams and swarms take from it too."""
+        self.handles: dict[str, Any] = {}
+        self.specs: dict[str, SandboxSpec] = {}
+
+    def spec_of(self, slot: SlotPlan) -> SandboxSpec:
+        spec = slot.spec.model_copy(update={"env": {**slot.spec.env, **DETERMINISTIC_ENV}})
+        self.specs[slot.slot_id] = spec
+        return spec
+
+    def handle(self, slot_id: str) -> Any:
+        if slot_id not in self.handles:
+            self.handles[slot_id] = get_proxy(self.build_id, slot_id)  # ValueError when there is none
+        return self.handles[slot_id]
+
+    async def sandbox(self, slot_id: str) -> ProxySandbox:
+        return await ProxySandbox.connect(self.handle(slot_id), self.specs.get(slot_id))
+
+    async def acquire(self, slot: SlotPlan) -> str:
+        spec = self.spec_of(slot)
+        leftover = await self._leftover(slot.slot_id)
+        if leftover is not None:
+            await self._recreate(leftover, spec, slot.component)
+            handle = leftover
+        elif self.pool is not None:
+            handle = await self.pool.acquire(self.build_id, slot.slot_id, spec, component=slot.component)
+        else:
+            slot_id, component = slot.slot_id, slot.component
+            handle = await acquire_proxy(self.warm, self.backend, self.build_id, slot_id, spec, component=component)
+        self.handles[slot.slot_id] = handle
+        await handle.set_active.remote(True)
+        return await handle.sandbox_id.remote()
+
+    async def _leftover(self, slot_id: str) -> Any:
+        """A live proxy of the slot that a previous incarnation started but never recorded, or None.
+
+        A coordinator killed between starting the slot's proxy and storing its sandbox id leaves
+        the named proxy behind; starting it again would fail with ``ActorAlreadyExistsError``.
+        A proxy just released (killed for good) is waited out until its name is free.
+        """
+        self.handles.pop(slot_id, None)
+        for _ in range(100):
+            try:
+                handle = get_proxy(self.build_id, slot_id)
+            except ValueError:
+                return None
+            try:
+                await asyncio.wait_for(handle.ping.remote(), 10)
+                return handle
+            except Exception:  # noqa: BLE001 - dying: its name is freed once Ray has it dead
+                await asyncio.sleep(0.1)
+        return None
+
+    async def _recreate(self, handle: Any, spec: SandboxSpec, component: str) -> None:
+        """Give a leftover proxy a clean sandbox (its own may be half-made, or still being created)."""
+        for attempt in range(3):
+            with contextlib.suppress(Exception):
+                await handle.terminate.remote()
+            try:
+                await handle.create.remote(spec, self.build_id, component)
+                return
+            except SandboxError:  # the dead incarnation's create landed meanwhile: end it too
+                if attempt == 2:
+                    raise
+
+    async def alive(self, slot_id: str) -> bool:
+        try:
+            return await self.handle(slot_id).status.remote() == SandboxStatus.RUNNING
+        except Exception:  # noqa: BLE001 - no proxy, or its sandbox is gone: not alive
+            self.handles.pop(slot_id, None)
+            return False
+
+    async def restore(self, slot: SlotPlan, ref: SnapshotRef) -> str:
+        self.spec_of(slot)
+        try:
+            handle = self.handle(slot.slot_id)
+            await handle.ping.remote()
+        except Exception:  # noqa: BLE001 - released (paused) or lost: a cold proxy under the build's name
+            name = proxy_name(self.build_id, slot.slot_id)
+            forget_binding(name)
+            forget_alias("proxy", name)
+            handle = start_proxy(name, self.backend)
+            self.handles[slot.slot_id] = handle
+        sandbox_id = await handle.restore.remote(ref)
+        await handle.set_active.remote(True)
+        return sandbox_id
+
+    async def snapshot(self, slot_id: str) -> SnapshotRef:
+        return await self.handle(slot_id).snapshot.remote()
+
+    async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
+        handle = self.handle(slot_id)
+        await asyncio.gather(*(handle.write_file.remote(p, data) for p, data in files.items()))
+
+    async def size_bytes(self, slot_id: str) -> int:
+        files = await self.handle(slot_id).list_files.remote("**/*")
+        return sum(f.size for f in files if not f.is_dir and not is_junk(f.path))
+
+    async def compute_seconds(self, slot_id: str) -> float:
+        return (await self.handle(slot_id).metering.remote()).compute_seconds
+
+    async def release(self, slot_id: str) -> None:
+        try:
+            handle = self.handle(slot_id)
+        except Exception:  # noqa: BLE001 - nothing to release
+            return
+        self.handles.pop(slot_id, None)
+        await release(handle, proxy_name(self.build_id, slot_id))
+
+    async def files(self, slot_id: str) -> dict[str, str]:
+        """Path → sha256 of the slot's workspace (junk left out): a MergeRequest's body."""
+        handle = self.handle(slot_id)
+        paths = [f.path for f in await handle.list_files.remote("**/*") if not f.is_dir and not is_junk(f.path)]
+        blobs = await asyncio.gather(*(handle.read_file.remote(p) for p in paths))
+        return {p: sha256_of(b) for p, b in zip(paths, blobs, strict=True)}
+
+
+TEAM_RESTARTS = 2
+"""Fresh teams a slot run gets when its team or one of its agents dies (the agents themselves do not restart)."""
+MAX_AGENTS = 8
+"""Agent names a stopped team's slot is checked for (teams have 3-5 agents)."""
+
+
+async def _agents_alive(team: Any, timeout_s: float = 10.0) -> bool:
+    """True when every agent of ``team`` still answers (a dead one means its tasks were escalated)."""
+    try:
+        agents = await asyncio.wait_for(team.agents.remote(), timeout_s)
+        await asyncio.wait_for(asyncio.gather(*(h.ping.remote() for _, h in agents)), timeout_s)
+    except Exception:  # noqa: BLE001 - any agent (or the team) that does not answer is dead for this run
+        return False
+    return True
+
+
+class RayTeams:
+    """A SandboxTeam actor per slot run (owned by the coordinator, so it dies with it)."""
+
+    def __init__(self, config: CoordinatorConfig, fleet: RayFleet, swarms: RaySwarms | None = None) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.swarms = swarms
+        self.running: dict[str, Any] = {}
+
+    async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
+        await self.stop(slot.slot_id)
+        work = slot.work()
+        if feedback is not None:
+            fix = TeamTask(
+                id=f"merge-fix-{attempt}",
+                title=f"Fix what the merge gate found in {slot.component}",
+                instructions=feedback,
+                check_command=slot.check_command,
+                agent=0,
+            )
+            work = ComponentWork(
+                component=work.component, tasks=(fix,), check_command=work.check_command, agents=work.agents
+            )
+        for tries in range(TEAM_RESTARTS + 1):
+            if tries:
+                await self.stop(slot.slot_id)
+            handle = None
+            try:
+                handle = await launch_team(
+                    self.team_config(slot, work), self.fleet.handle(slot.slot_id), self.fleet.warm
+                )
+                self.running[slot.slot_id] = handle
+                report = await handle.run.remote()
+            except RayActorError:  # the team actor or one of its agents died under it (also while starting)
+                if tries == TEAM_RESTARTS or (handle is not None and self.running.get(slot.slot_id) is not handle):
+                    raise  # out of restarts, or stopped on purpose (cancel, pause)
+                logger.warning("build %s: team of %s lost an actor; new team", self.config.build_id, slot.slot_id)
+                continue
+            if tries == TEAM_RESTARTS or self.running.get(slot.slot_id) is not handle or await _agents_alive(handle):
+                return TeamOutcome(report=report, usage=[(c.role, c.model, c.usage) for c in report.usage])
+            # An agent killed mid-task made its task escalate: the report is not what the team would have
+            # done. Agents are not restartable (their turns are keyed), so run the whole team again.
+            logger.warning("build %s: an agent of %s died during the run; running the team again",
+                           self.config.build_id, slot.slot_id)  # fmt: skip
+        raise AssertionError("unreachable")
+
+    def team_config(self, slot: SlotPlan, work: ComponentWork) -> TeamConfig:
+        """The slot's team: a tournament candidate's agents get its strategy's model and temperature.
+
+        (The strategy's prompt suffix is already in ``work``: :meth:`SlotPlan.work` appends it.)
+        """
+        cfg = self.config
+        strategy = slot.candidate
+        return TeamConfig(
+            build_id=cfg.build_id,
+            sid=slot.slot_id,
+            work=work,
+            llm=cfg.llm,
+            redis_url=cfg.redis_url,
+            bus_prefix=cfg.bus_prefix,
+            spec=self.fleet.specs.get(slot.slot_id, slot.spec),
+            model=strategy.model if strategy else None,
+            temperature=strategy.temperature if strategy else None,
+        )
+
+    async def stop(self, slot_id: str) -> None:
+        """Stop the slot's team (and its swarm: the slot's agents and checkers go together)."""
+        if self.swarms is not None:
+            await self.swarms.stop(slot_id)
+        handle = self.running.pop(slot_id, None)
+        if handle is None:
+            with contextlib.suppress(Exception):
+                handle = get_team(self.config.build_id, slot_id)  # pooled (by its alias) or cold
+        if handle is not None:
+            await stop_team(handle, team_name(self.config.build_id, slot_id))
+            names = [team_name(self.config.build_id, slot_id)]
+            names += [agent_name(self.config.build_id, slot_id, n) for n in range(MAX_AGENTS)]
+            for name in names:  # a name is free only once its actor is gone (the next team reuses them)
+                for _ in range(50):
+                    try:
+                        ray.get_actor(name, namespace=NAMESPACE)
+                    except ValueError:
+                        break
+                    await asyncio.sleep(0.1)
+
+
+class RayGate:
+    """The MergeGate ``build:{id}:gate`` (and the Preview, started with it)."""
+
+    def __init__(self, config: CoordinatorConfig, fleet: RayFleet) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.contract: IntentContract | None = None
+        self._gate: Any = None
+        self._preview: Any = None
+
+    def gate(self) -> Any:
+        if self._gate is None:
+            name = gate_name(self.config.build_id)
+            try:
+                self._gate = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                cfg = GateConfig(
+                    build_id=self.config.build_id,
+                    backend=self.config.backend,
+                    redis_url=self.config.redis_url,
+                    bus_prefix=self.config.bus_prefix,
+                    **self.config.gate,
+                )
+                self._gate = start_gate(cfg)
+        return self._gate
+
+    def preview_actor(self) -> Any:
+        if self._preview is None:
+            try:
+                self._preview = ray.get_actor(preview_name(self.config.build_id), namespace=NAMESPACE)
+            except ValueError:
+                self._preview = start_preview(PreviewConfig(build_id=self.config.build_id, backend=self.config.backend))
+        return self._preview
+
+    async def start(self, contract: IntentContract) -> str:
+        self.contract = contract
+        return await self.gate().start.remote(contract.model_dump_json())
+
+    async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
+        request = {
+            "build_id": self.config.build_id,
+            "component": slot.component,
+            "slot": slot.slot_id,
+            "files": await self.fleet.files(slot.slot_id),
+            "message": f"merge {slot.slot_id} (sandbox {sandbox_id})",
+        }
+        result = await self.gate().admit.remote(request)
+        findings = [f"{getattr(f, 'file', '') or ''}: {getattr(f, 'message', f)}".lstrip(": ") for f in result.findings]
+        return MergeOutcome(accepted=result.accepted, commit=result.commit, reason=result.reason, findings=findings)
+
+    async def merged(self) -> list[str]:
+        return await self.gate().merged.remote()
+
+    async def tree(self) -> dict[str, bytes]:
+        return await self.gate().tree.remote()
+
+    async def tree_hash(self) -> str:
+        return await self.gate().tree_hash.remote()
+
+    # --- the preview port ----------------------------------------------------------------------
+
+    async def refresh(self) -> str | None:
+        if self.contract is None or not served(self.contract):
+            return None  # nothing to serve (a library or CLI): no preview sandbox at all
+        preview = self.preview_actor()
+        await preview.start.remote(self.contract.model_dump_json())
+        return await preview.refresh.remote()
+
+    async def main_sandbox(self) -> ProxySandbox:
+        handle = ray.get_actor(proxy_name(self.config.build_id, MAIN_TEST_SID), namespace=NAMESPACE)
+        return await ProxySandbox.connect(handle)
+
+    async def main_urls(self) -> dict[str, str]:
+        if self.contract is None:
+            return {}
+        handle = ray.get_actor(proxy_name(self.config.build_id, MAIN_TEST_SID), namespace=NAMESPACE)
+        return {c.name: await handle.expose.remote(c.dev_server.port) for c in served(self.contract)}  # type: ignore[union-attr]
+
+
+class RaySwarms:
+    """A Swarm actor per slot (``build:{id}:swarm:{sid}``) over the slot's current proxy."""
+
+    def __init__(self, config: CoordinatorConfig, fleet: RayFleet) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.swarms: dict[str, tuple[Any, Any]] = {}  # slot -> (proxy handle, swarm handle)
+
+    async def run(self, slot_id: str, target: Any) -> Any:
+        proxy = self.fleet.handle(slot_id)
+        known = self.swarms.get(slot_id)
+        if known is None or known[0] is not proxy:
+            await self.stop(slot_id)
+            cfg = self.config
+            swarm_config = SwarmConfig(
+                build_id=cfg.build_id,
+                sid=slot_id,
+                redis_url=cfg.redis_url,
+                bus_prefix=cfg.bus_prefix,
+                spec=self.fleet.specs.get(slot_id, SandboxSpec()),
+                timeout_s=cfg.swarm_timeout_s,
+            )
+            known = self.swarms[slot_id] = (proxy, await launch_swarm(swarm_config, proxy, self.fleet.warm))
+        return await known[1].verify.remote(target_json(target))
+
+    async def stop(self, slot_id: str) -> None:
+        known = self.swarms.pop(slot_id, None)
+        handle = known[1] if known else None
+        if handle is None:
+            with contextlib.suppress(Exception):
+                handle = get_swarm(self.config.build_id, slot_id)  # pooled (by its alias) or cold
+        if handle is not None:
+            await stop_swarm(handle, swarm_name(self.config.build_id, slot_id))
+            for _ in range(50):
+                try:
+                    ray.get_actor(swarm_name(self.config.build_id, slot_id), namespace=NAMESPACE)
+                except ValueError:
+                    break
+                await asyncio.sleep(0.1)
+
+
+class RayJudge:
+    """The build's Judge actor ``build:{id}:judge`` (started on the first tournament)."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self._handle: Any = None
+
+    async def decide(self, evidence: list[Evidence], component: str) -> Decision:
+        if self._handle is None:
+            try:
+                self._handle = ray.get_actor(judge_name(self.config.build_id), namespace=NAMESPACE)
+            except ValueError:
+                cfg = self.config
+                llm = cfg.llm if cfg.judge_llm else None
+                self._handle = start_judge(
+                    JudgeConfig(build_id=cfg.build_id, llm=llm, redis_url=cfg.redis_url, bus_prefix=cfg.bus_prefix)
+                )
+        return await self._handle.decide.remote(evidence, component)
