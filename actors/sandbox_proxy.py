@@ -31,7 +31,9 @@ from sandbox_agents.backends.base import (
 )
 from sandbox_agents.backends.config import BackendConfig, make_backend
 from sandbox_agents.errors import ConfigError, InvalidInputError, SandboxError
+from sandbox_agents.exec_channel import ExecChannelServer, channel_path
 from sandbox_agents.sandbox_session import Metering, SandboxEvent, SandboxSession
+from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class SandboxProxyActor:
         with contextlib.suppress(FileNotFoundError, ValueError):
             self._binding = self._binding_file.load()
         self.restarted = self._binding is not None
+        self._channel: ExecChannelServer | None = None
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -114,8 +117,23 @@ class SandboxProxyActor:
         return len(getattr(self._session.backend, "_standby", []))
 
     async def close_backend(self) -> None:
-        """End the standby sandboxes this proxy's backend started (before the actor is killed)."""
+        """End the standby sandboxes this proxy's backend started, and its exec channel (before the actor is killed)."""
         await self._session.backend.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def exec_channel(self) -> dict[str, str] | None:
+        """Where this proxy serves ``exec`` to callers on its host (:mod:`sandbox_agents.exec_channel`).
+
+        Started on the first ask, once per incarnation (a restart gives a new socket and token);
+        None when ``KRIPTIK_EXEC_CHANNEL`` is off.
+        """
+        if not get_settings().kriptik_exec_channel:
+            return None
+        if self._channel is None:
+            self._channel = ExecChannelServer(channel_path(self._name), self.exec)
+        return (await self._channel.start()).model_dump()
 
     async def create(
         self, spec: SandboxSpec | dict[str, Any], build_id: str | None = None, component: str | None = None

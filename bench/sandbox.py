@@ -3,8 +3,10 @@
 ``python -m bench.sandbox --json`` — all figures measured in one run:
 create_p50_ms (create until a first ``exec(["true"])`` returned, through a warm proxy),
 create_cold_p50_ms (a new proxy actor and a fresh sandbox), exec_p50_ms (through the
-proxy), raw_exec_p50_ms (the same exec on the backend in this process), exec_overhead_ms,
-snapshot_ms and restore_ms (a workspace of 200 files, 20 MB).
+proxy as every caller does it: ``ProxySandbox.exec``, which uses the proxy's same-host exec
+channel), raw_exec_p50_ms (the same exec on the backend in this process), exec_overhead_ms,
+exec_ray_p50_ms / exec_ray_overhead_ms (the same exec as a plain Ray actor call, for
+comparison), snapshot_ms and restore_ms (a workspace of 200 files, 20 MB).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ async def _measure(rounds: int, exec_rounds: int) -> dict[str, float]:
     from actors.sandbox_proxy import start_proxy
     from sandbox_agents.backends.base import SandboxSpec
     from sandbox_agents.backends.local import LocalBackend
+    from sandbox_agents.proxy_sandbox import ProxySandbox
 
     spec = SandboxSpec(tags={"bench": "sandbox"})
     warm_backend = {"type": "local", "standby": 1}
@@ -45,17 +48,24 @@ async def _measure(rounds: int, exec_rounds: int) -> dict[str, float]:
     await proxy.create.remote(spec)
     backend = LocalBackend()
     raw_sandbox = await backend.from_id(await proxy.sandbox_id.remote())
-    for _ in range(10):  # warm both paths
+    through = await ProxySandbox.connect(proxy, spec)
+    for _ in range(10):  # warm every path
+        await through.exec(["true"])
         await proxy.exec.remote(["true"])
         await raw_sandbox.exec(["true"])
-    via_proxy, raw = [], []
-    for _ in range(exec_rounds):  # interleaved, so that load changes hit both alike
+    via_proxy, via_ray, raw = [], [], []
+    for _ in range(exec_rounds):  # interleaved, so that load changes hit all alike
         started = time.perf_counter()
         await raw_sandbox.exec(["true"])
         raw.append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
-        await proxy.exec.remote(["true"])
+        await through.exec(["true"])
         via_proxy.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        await proxy.exec.remote(["true"])
+        via_ray.append((time.perf_counter() - started) * 1000)
+    channel_used = through._channel is not None  # noqa: SLF001
+    await through.aclose()
 
     # Snapshot and restore of ~200 files / 20 MB.
     for i in range(200):
@@ -83,13 +93,16 @@ async def _measure(rounds: int, exec_rounds: int) -> dict[str, float]:
         await release(handle, f"bench:proxy:{i}:{os.getpid()}")
     await backend.close()
 
-    exec_p50, raw_p50 = p50(via_proxy), p50(raw)
+    exec_p50, ray_p50, raw_p50 = p50(via_proxy), p50(via_ray), p50(raw)
     return {
         "create_p50_ms": p50(creates),
         "create_cold_p50_ms": p50(colds),
         "exec_p50_ms": exec_p50,
         "raw_exec_p50_ms": raw_p50,
         "exec_overhead_ms": round(exec_p50 - raw_p50, 3),
+        "exec_channel": channel_used,
+        "exec_ray_p50_ms": ray_p50,
+        "exec_ray_overhead_ms": round(ray_p50 - raw_p50, 3),
         "snapshot_ms": p50(snaps),
         "restore_ms": p50(restores),
         "rounds": rounds,

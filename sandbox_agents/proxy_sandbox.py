@@ -9,15 +9,25 @@ is given (any object with the same shape works, which is how it is unit-tested).
 Errors raised inside the proxy reach the caller as Ray's task errors, which are also
 instances of the original class (a ``SandboxPathError`` stays catchable as one), so the
 tools' error handling applies as it does on a local sandbox.
+
+``exec``, the hot path, goes over the proxy's same-host channel when there is one
+(:mod:`sandbox_agents.exec_channel`: a unix socket the proxy process serves, ~0.3 ms instead of
+a 2–3 ms Ray round trip); when the channel is gone (the proxy restarted) the call goes through
+Ray and the next one asks the proxy for its new channel.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from sandbox_agents.backends.base import ExecChunk, ExecResult, FileInfo, SandboxSpec, SandboxStatus, SnapshotRef
 from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.exec_channel import ChannelInfo, ChannelUnavailableError, ExecChannelClient
+
+CHANNEL_RETRY_S = 30.0
+"""How long a ProxySandbox with no channel (another host, channels off) waits before asking again."""
 
 
 class ProxySandbox:
@@ -36,6 +46,8 @@ class ProxySandbox:
         self._handle = handle
         self._id = sandbox_id
         self._spec = spec or SandboxSpec()
+        self._channel: ExecChannelClient | None = None
+        self._channel_asked_at: float | None = None
 
     @classmethod
     async def connect(cls, handle: Any, spec: SandboxSpec | None = None) -> ProxySandbox:
@@ -70,7 +82,41 @@ class ProxySandbox:
         timeout: float | None = None,
         stdin: str | bytes | None = None,
     ) -> ExecResult:
+        channel = await self._exec_channel()
+        if channel is not None:
+            try:
+                return await channel.exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+            except ChannelUnavailableError:  # nothing was sent: Ray's path now, a new channel next time
+                await self._drop_channel()
         return await self._handle.exec.remote(command, cwd, env, timeout, stdin)
+
+    async def _exec_channel(self) -> ExecChannelClient | None:
+        """The proxy's same-host channel (asked at most once per ``CHANNEL_RETRY_S`` while there is none)."""
+        if self._channel is not None:
+            return self._channel
+        now = time.monotonic()
+        if self._channel_asked_at is not None and now - self._channel_asked_at < CHANNEL_RETRY_S:
+            return None
+        self._channel_asked_at = now
+        try:
+            answer = await self._handle.exec_channel.remote()
+        except Exception:  # noqa: BLE001 - an older proxy, or a handle without one: Ray calls do the job
+            return None
+        if answer:
+            info = ChannelInfo.model_validate(answer)
+            if ExecChannelClient.usable(info):
+                self._channel = ExecChannelClient(info)
+        return self._channel
+
+    async def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        self._channel_asked_at = None  # the proxy restarted: ask for its new channel on the next call
+        if channel is not None:
+            await channel.aclose()
+
+    async def aclose(self) -> None:
+        """Close the exec channel's connections (the proxy and its sandbox are untouched)."""
+        await self._drop_channel()
 
     async def exec_stream(
         self,

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     """Cassette files for the replay provider, separated by ``:`` (os.pathsep)."""
     kriptik_sandbox_uid: int = 61000
     """Host uid (and gid) that local sandboxes run as; never 0."""
+    kriptik_exec_channel: bool = True
+    """Callers on a proxy's host run ``exec`` over its unix-socket channel instead of a Ray call."""
 
     modal_token_id: str | None = None
     """Modal API token id; the Modal backend is unavailable without it."""

@@ -79,6 +79,29 @@ async def test_killed_proxy_restarts_and_reconnects_to_the_same_sandbox(proxy, r
     assert events[0].kind == "reconnected"
 
 
+async def test_exec_goes_over_the_same_host_channel_and_survives_a_proxy_restart(proxy, ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    from sandbox_agents.proxy_sandbox import ProxySandbox
+
+    await proxy.create.remote(SandboxSpec())
+    sandbox = await ProxySandbox.connect(proxy)
+    first = await sandbox.exec(["sh", "-c", "echo $((6 * 7)); echo err >&2; exit 3"])
+    assert (first.exit_code, first.stdout, first.stderr) == (3, "42\n", "err\n")
+    assert sandbox._channel is not None  # noqa: SLF001 - the call went over the proxy's socket, not Ray
+    with pytest.raises(SandboxPathError):  # the proxy's validation and our error types, as over Ray
+        await sandbox.exec(["true"], cwd="../../etc")
+    assert (await sandbox.exec("cat", stdin=b"in")).stdout == "in"
+    assert (await proxy.metering.remote()).execs == 3  # metered by the proxy like any exec
+    old_pid = await proxy.pid.remote()
+    ray_cluster.kill(proxy, no_restart=False)
+    await eventually(lambda: proxy.pid.remote(), lambda pid: pid != old_pid, 60)
+    # the old channel died with its process: this exec goes through Ray, the next gets the new channel
+    again = await eventually(lambda: sandbox.exec(["echo", "back"]), lambda r: r.stdout == "back\n")
+    assert again.exit_code == 0
+    assert (await sandbox.exec(["echo", "fast"])).stdout == "fast\n"
+    assert sandbox._channel is not None and sandbox._channel.info.path  # noqa: SLF001
+    await sandbox.aclose()
+
+
 async def test_heartbeat_keeps_an_active_build_sandbox_past_its_ttl(proxy) -> None:  # type: ignore[no-untyped-def]
     await proxy.create.remote(SandboxSpec(timeout_s=2))
     await proxy.set_active.remote(True)
