@@ -47,6 +47,7 @@ class LocalBackend:
         self._checked = False
         self._standby: list[LocalSandbox] = []
         self._refill: asyncio.Task[None] | None = None
+        self._filling = asyncio.Lock()
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -174,12 +175,19 @@ class LocalBackend:
     async def warm(self) -> None:
         """Fill the standby pool now (``config.standby`` sandboxes), waiting until it is full."""
         layout = self._ready()
-        while len(self._standby) < self.config.standby:
-            self._standby.append(await asyncio.to_thread(self._start, _standby_spec(), layout))
+        async with self._filling:  # one filler at a time: an explicit warm() and a refill never overfill
+            while len(self._standby) < self.config.standby:
+                self._standby.append(await asyncio.to_thread(self._start, _standby_spec(), layout))
 
     def _schedule_refill(self) -> None:
         if self.config.standby and (self._refill is None or self._refill.done()):
-            self._refill = asyncio.get_running_loop().create_task(self.warm())
+            self._refill = asyncio.get_running_loop().create_task(self._refill_later())
+
+    async def _refill_later(self) -> None:
+        # Starting a standby is ~10 ms of CPU (bwrap, namespaces, cgroups): on 2 cores it would slow
+        # the first commands of the sandbox just adopted, the very latency the standby exists for.
+        await asyncio.sleep(REFILL_DELAY_S)
+        await self.warm()
 
     async def end_all(self) -> int:
         """End every running sandbox under this root, standby ones too (``kriptik down``); snapshots stay."""
@@ -217,6 +225,8 @@ class LocalBackend:
 
 #: Standby sandboxes expire on their own if nobody adopts them (an owner that died).
 STANDBY_TTL_S = 120.0
+REFILL_DELAY_S = 0.25
+"""How long after an adoption the standby refill starts (an explicit ``warm()`` fills at once)."""
 
 
 def _standby_spec() -> SandboxSpec:

@@ -369,3 +369,23 @@ async def test_the_shell_entry_chain_behaves_like_the_native_helper(
         with pytest.raises(SandboxTimeoutError):
             await sandbox.exec("sleep 30", timeout=0.5)
         await sandbox.terminate()
+
+
+async def test_an_adopted_standby_is_replaced_in_the_background_and_never_overfilled() -> None:
+    from sandbox_agents.backends.local import LocalBackend, LocalBackendConfig
+
+    backend = LocalBackend(LocalBackendConfig(standby=1))
+    try:
+        await backend.warm()
+        adopted = await backend.create(SandboxSpec(tags={"t": "standby"}))
+        assert (await adopted.exec(["true"])).exit_code == 0
+        await backend.warm()  # an explicit fill while the refill is scheduled: one standby, not two
+
+        async def refilled() -> bool:
+            return backend._refill is not None and backend._refill.done()  # noqa: SLF001
+
+        assert await poll(refilled)
+        assert len(backend._standby) == 1  # noqa: SLF001
+        await adopted.terminate()
+    finally:
+        await backend.close()
