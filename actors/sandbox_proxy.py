@@ -110,10 +110,15 @@ class SandboxProxyActor:
         return os.getpid()
 
     async def warm(self) -> int:
-        """Start the backend's standby sandboxes now (local backend); returns how many are ready."""
+        """Start the backend's standby sandboxes (local backend) and the exec channel now.
+
+        Returns:
+            How many standby sandboxes are ready.
+        """
         warm = getattr(self._session.backend, "warm", None)
         if warm is not None:
             await warm()
+        await self.exec_channel()
         return len(getattr(self._session.backend, "_standby", []))
 
     async def close_backend(self) -> None:
@@ -146,6 +151,13 @@ class SandboxProxyActor:
         self._binding = ProxyBinding(sandbox_id=sandbox.id, build_id=build_id, component=component)
         self._save_binding()
         return sandbox.id
+
+    async def open(
+        self, spec: SandboxSpec | dict[str, Any], build_id: str | None = None, component: str | None = None
+    ) -> dict[str, Any]:
+        """:meth:`create`, and the exec channel in the same answer: ``{sandbox_id, channel}``."""
+        sandbox_id = await self.create(spec, build_id, component)
+        return {"sandbox_id": sandbox_id, "channel": await self.exec_channel()}
 
     async def attach(self, sandbox_id: str) -> str:
         if not isinstance(sandbox_id, str) or not sandbox_id:

@@ -1,7 +1,7 @@
 """Sandbox latency: create and exec through a warm SandboxProxy against the raw backend.
 
 ``python -m bench.sandbox --json`` — all figures measured in one run:
-create_p50_ms (create until a first ``exec(["true"])`` returned, through a warm proxy),
+create_p50_ms (``ProxySandbox.create`` on a warm proxy until a first ``exec(["true"])`` returned),
 create_cold_p50_ms (a new proxy actor and a fresh sandbox), exec_p50_ms (through the
 proxy as every caller does it: ``ProxySandbox.exec``, which uses the proxy's same-host exec
 channel), raw_exec_p50_ms (the same exec on the backend in this process), exec_overhead_ms,
@@ -38,9 +38,10 @@ async def _measure(rounds: int, exec_rounds: int) -> dict[str, float]:
         proxy = proxies[i % len(proxies)]
         await proxy.warm.remote()
         started = time.perf_counter()
-        await proxy.create.remote(spec)
-        await proxy.exec.remote(["true"])
+        created = await ProxySandbox.create(proxy, spec)  # as a caller creates: channel asked alongside
+        await created.exec(["true"])
         creates.append((time.perf_counter() - started) * 1000)
+        await created.aclose()
         await proxy.terminate.remote()
 
     # Exec through the proxy against the same exec on the backend directly.

@@ -61,6 +61,29 @@ class ProxySandbox:
             raise InvalidInputError("the proxy owns no sandbox: create or attach one first", field="handle")
         return cls(handle, sandbox_id, spec)
 
+    @classmethod
+    async def create(
+        cls, handle: Any, spec: SandboxSpec, *, build_id: str | None = None, component: str | None = None
+    ) -> ProxySandbox:
+        """Have the proxy create (or adopt) a sandbox for ``spec``; an adapter for it.
+
+        One round trip (``SandboxProxy.open``) also brings the proxy's exec channel, so the
+        first command already skips Ray.
+        """
+        opened = await handle.open.remote(spec, build_id, component)
+        sandbox = cls(handle, opened["sandbox_id"], spec)
+        sandbox._channel_asked_at = time.monotonic()
+        sandbox._channel = _client(opened["channel"])
+        return sandbox
+
+    @staticmethod
+    async def _ask_channel(handle: Any) -> ExecChannelClient | None:
+        try:
+            answer = await handle.exec_channel.remote()
+        except Exception:  # noqa: BLE001 - an older proxy, or a handle without one: Ray calls do the job
+            return None
+        return _client(answer)
+
     @property
     def id(self) -> str:
         return self._id
@@ -98,14 +121,7 @@ class ProxySandbox:
         if self._channel_asked_at is not None and now - self._channel_asked_at < CHANNEL_RETRY_S:
             return None
         self._channel_asked_at = now
-        try:
-            answer = await self._handle.exec_channel.remote()
-        except Exception:  # noqa: BLE001 - an older proxy, or a handle without one: Ray calls do the job
-            return None
-        if answer:
-            info = ChannelInfo.model_validate(answer)
-            if ExecChannelClient.usable(info):
-                self._channel = ExecChannelClient(info)
+        self._channel = await self._ask_channel(self._handle)
         return self._channel
 
     async def _drop_channel(self) -> None:
@@ -156,3 +172,11 @@ class ProxySandbox:
 
     async def terminate(self) -> None:
         await self._handle.terminate.remote()
+
+
+def _client(answer: dict[str, Any] | None) -> ExecChannelClient | None:
+    """A client for a proxy's channel answer, when it is usable from here."""
+    if not answer:
+        return None
+    info = ChannelInfo.model_validate(answer)
+    return ExecChannelClient(info) if ExecChannelClient.usable(info) else None

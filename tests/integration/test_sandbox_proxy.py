@@ -10,7 +10,7 @@ import pytest
 from actors.sandbox_pool import ProxyPool, get_proxy, release
 from actors.sandbox_proxy import proxy_name, start_proxy
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus
-from sandbox_agents.errors import InvalidInputError, SandboxPathError
+from sandbox_agents.errors import InvalidInputError, SandboxError, SandboxPathError
 
 LOCAL = {"type": "local"}
 
@@ -99,6 +99,18 @@ async def test_exec_goes_over_the_same_host_channel_and_survives_a_proxy_restart
     assert again.exit_code == 0
     assert (await sandbox.exec(["echo", "fast"])).stdout == "fast\n"
     assert sandbox._channel is not None and sandbox._channel.info.path  # noqa: SLF001
+    await sandbox.aclose()
+
+
+async def test_proxy_sandbox_create_brings_the_channel_in_the_same_round_trip(proxy) -> None:  # type: ignore[no-untyped-def]
+    from sandbox_agents.proxy_sandbox import ProxySandbox
+
+    sandbox = await ProxySandbox.create(proxy, SandboxSpec(tags={"t": "open"}), build_id="b1", component="api")
+    assert sandbox.id == await proxy.sandbox_id.remote()
+    assert sandbox._channel is not None  # noqa: SLF001 - the first exec needs no Ray call
+    assert (await sandbox.exec(["pwd"])).stdout == "/workspace\n"
+    with pytest.raises(SandboxError):  # one sandbox per proxy, as with create
+        await ProxySandbox.create(proxy, SandboxSpec())
     await sandbox.aclose()
 
 
