@@ -202,30 +202,41 @@ class ExecChannelClient:
         return info.host == host_id() and os.path.exists(info.path)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A new connection the proxy accepted (its token checked)."""
-        writer = None
+        """A new connection with the token sent; the proxy's greeting is read with the first answer.
+
+        The first request goes out right behind the token (one round trip, not two): a proxy
+        that refuses the token closes the connection before reading anything else, so "no
+        greeting" always means "nothing ran".
+        """
         try:
             reader, writer = await asyncio.open_unix_connection(self.info.path, limit=MAX_FRAME + 16)
-            writer.write(_frame({"token": self.info.token}))
-            await writer.drain()
-            if await _read_frame(reader) != {"ok": True}:
-                raise ConnectionRefusedError("unexpected greeting")
-        except (OSError, asyncio.IncompleteReadError) as exc:  # gone, or a token of a past incarnation
-            if writer is not None:
-                writer.close()
+        except OSError as exc:  # gone (the proxy restarted or was released)
             raise ChannelUnavailableError(f"exec channel {self.info.path}: {exc!r}") from exc
+        writer.write(_frame({"token": self.info.token}))
         return reader, writer
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """A connection to send on, and whether it is new (its greeting still to be read)."""
         if self._idle:  # let the loop see a close that already happened (two turns: select, then callbacks)
             await asyncio.sleep(0)
             await asyncio.sleep(0)
         while self._idle:
             reader, writer = self._idle.pop()
             if not reader.at_eof() and not writer.is_closing():
-                return reader, writer
+                return reader, writer, False
             writer.close()  # the proxy closed it (restarted, or stopped serving)
-        return await self._connect()
+        reader, writer = await self._connect()
+        return reader, writer, True
+
+    async def _greeted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            greeting = await _read_frame(reader)
+        except (OSError, asyncio.IncompleteReadError) as exc:  # refused (a past incarnation's token) or gone
+            writer.close()
+            raise ChannelUnavailableError(f"exec channel {self.info.path}: {exc!r}") from exc
+        if greeting != {"ok": True}:
+            writer.close()
+            raise ChannelUnavailableError(f"exec channel {self.info.path}: unexpected greeting")
 
     async def exec(
         self,
@@ -249,10 +260,16 @@ class ExecChannelClient:
             request = ExecArgs(command=command, cwd=cwd, env=env, timeout=timeout, stdin=stdin).model_dump()
         except ValidationError as exc:
             raise InvalidInputError(f"bad exec arguments: {exc}", field="command") from exc
-        reader, writer = await self._connection()
+        reader, writer, new = await self._connection()
         try:
             writer.write(_frame(request))
             await writer.drain()
+        except OSError as exc:  # the proxy closed the connection: it cannot have read the request
+            writer.close()
+            raise ChannelUnavailableError(f"exec channel {self.info.path}: {exc!r}") from exc
+        if new:
+            await self._greeted(reader, writer)
+        try:
             answer = await _read_frame(reader)
         except (asyncio.IncompleteReadError, OSError) as exc:
             writer.close()

@@ -89,6 +89,7 @@ async def test_bad_requests_are_answered_with_invalid_input_not_a_crash(served: 
 
     writer.write(_frame({"command": ["x"], "shell": True}))
     await writer.drain()
+    assert await _read_frame(reader) == {"ok": True}  # the greeting: the token was accepted
     answer = await _read_frame(reader)
     assert "error" in answer and fake.calls == []
     writer.close()
