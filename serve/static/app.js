@@ -79,7 +79,8 @@ function renderBudget(b) {
   $("#budget-meter").className = "meter " + (b.status || "");
   $("#budget-meter").dataset.pct = pct.toFixed(1);
   $("#budget-meter .fill").style.width = pct + "%";
-  $("#budget-text").textContent = `$${b.spent_usd.toFixed(2)} of $${b.limit_usd.toFixed(2)} (${b.status})`;
+  const tokens = b.llm_tokens ? ` · ${b.llm_tokens.toLocaleString("en-US")} LLM tokens` : "";
+  $("#budget-text").textContent = `$${b.spent_usd.toFixed(2)} of $${b.limit_usd.toFixed(2)} (${b.status})${tokens}`;
 }
 
 function logLine(ev) {

@@ -68,7 +68,7 @@ async def test_build_list_and_build_page_with_live_log_and_budget(site: dict[str
     async with httpx.AsyncClient(base_url=site["url"], headers=headers, timeout=30) as client:
         ids = [(await client.post("/api/builds", json={"prompt": f"app {n}"})).json()["id"] for n in range(2)]
     build = ids[0]
-    budget = {"limit_usd": 10.0, "spent_usd": 2.5, "status": "ok"}
+    budget = {"limit_usd": 10.0, "spent_usd": 2.5, "llm_tokens": 18680, "compute_seconds": 3.5, "status": "ok"}
     await asyncio.wrap_future(site["control"].set_status.remote(build, status="running", phase="build",
                                                                 budget=budget).future())  # fmt: skip
     bus = ContextBus(site["redis"], fast_config(), sender="test")
@@ -88,6 +88,7 @@ async def test_build_list_and_build_page_with_live_log_and_budget(site: dict[str
             await expect(page.locator("#build-status")).to_have_text("running", timeout=20_000)
             await expect(page.locator("#timeline li.current")).to_have_text("build")
             await expect(page.locator("#budget-text")).to_contain_text("$2.50 of $10.00", timeout=20_000)
+            await expect(page.locator("#budget-text")).to_contain_text("18,680 LLM tokens")
             assert await page.locator("#budget-meter").get_attribute("data-pct") == "25.0"
 
             log = page.locator("#log li.log-line")
