@@ -138,7 +138,11 @@ class SandboxProxyActor:
             return None
         if self._channel is None:
             self._channel = ExecChannelServer(channel_path(self._name), self.exec)
-        return (await self._channel.start()).model_dump()
+        try:
+            return (await self._channel.start()).model_dump()
+        except (OSError, SandboxError) as exc:  # callers use Ray calls: slower, never wrong
+            logger.warning("proxy %s serves no exec channel: %s", self._name, exc)
+            return None
 
     async def create(
         self, spec: SandboxSpec | dict[str, Any], build_id: str | None = None, component: str | None = None

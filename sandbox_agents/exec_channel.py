@@ -28,6 +28,7 @@ import os
 import pickle
 import secrets
 import socket
+import stat
 import struct
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -93,6 +94,22 @@ def channel_path(name: str) -> Path:
     return Path(tempfile.gettempdir()) / f"kriptik-exec-{os.geteuid()}" / f"{digest}.sock"
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` 0700, or accept it only if it is a real directory of ours that nobody else can enter.
+
+    It lives in a shared temp dir: one that another user made first (or a symlink to elsewhere)
+    would let them swap our socket for theirs and read the token.
+
+    Raises:
+        SandboxError: ``path`` exists but is not ours alone.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise SandboxError(f"exec channel directory {path} is not a private directory of uid {os.geteuid()}")
+
+
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
     (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
     if size > MAX_FRAME:
@@ -123,8 +140,7 @@ class ExecChannelServer:
     async def start(self) -> ChannelInfo:
         """Listen (idempotent); returns what a client needs."""
         if self._server is None:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.path.parent, 0o700)
+            _private_dir(self.path.parent)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # a previous incarnation's: its token is void anyway
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sandbox_agents.backends.base import ExecResult
-from sandbox_agents.errors import InvalidInputError, SandboxPathError, SandboxTimeoutError
+from sandbox_agents.errors import InvalidInputError, SandboxError, SandboxPathError, SandboxTimeoutError
 from sandbox_agents.exec_channel import (
     ChannelInfo,
     ChannelUnavailableError,
@@ -131,3 +131,16 @@ async def test_the_socket_is_private_to_its_owner(served: Any) -> None:
     assert ExecChannelClient.usable(info)
     assert not ExecChannelClient.usable(info.model_copy(update={"host": "elsewhere/0"}))
     assert len(str(channel_path("build:" + "x" * 200 + ":sbx:frontend"))) < 108  # a unix socket path limit
+
+
+async def test_a_socket_directory_someone_else_could_enter_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(SandboxError, match="not a private directory"):
+        await ExecChannelServer(shared / "p.sock", FakeExec()).start()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(elsewhere)
+    with pytest.raises(SandboxError, match="not a private directory"):
+        await ExecChannelServer(tmp_path / "link" / "p.sock", FakeExec()).start()
