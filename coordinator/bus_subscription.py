@@ -40,6 +40,8 @@ Handler = Callable[[Envelope], Awaitable[None]]
 
 TRIM_EVERY = 64
 """One settle in this many trims the group's handled set back to ``dedupe_window``."""
+UNCONFIRMED_MAX = 4096
+"""Acknowledgements sent without a reply that a busy subscriber (no idle read) checks at once."""
 
 
 class Subscription:
@@ -109,9 +111,10 @@ class Subscription:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._unsettled: dict[str, str] = {}  # member -> mid: handled here, acknowledgement not yet stored
+        self._unconfirmed: dict[str, str] = {}  # member -> mid: acknowledgement sent without a reply, unchecked
         self.handled = 0
         """Entries whose handler succeeded and whose acknowledgement was stored (or, for one sent
-        without a reply with the next read, sent; a refused one is replayed and counts again)."""
+        without a reply with the next read, sent)."""
         self.failures = 0
         """Handler failures (each retry counts)."""
         self.dead = 0
@@ -178,11 +181,12 @@ class Subscription:
                 for stream in self.streams:
                     await self._replay_own(stream)
                 self._unsettled.clear()  # whatever was not in the PEL had been acknowledged already
+                self._unconfirmed.clear()
                 while not self._stopping:
                     found = await self._read_new()
                     for stream, entries in found or ():
                         await self._process(stream.decode(), entries, fresh=True)
-                    if not found and self._unverified:
+                    if (not found and self._unverified) or len(self._unconfirmed) >= UNCONFIRMED_MAX:
                         await self._verify_settled()
                     delays = backoff_delays(self.config)
             except ResponseError as exc:
@@ -250,6 +254,7 @@ class Subscription:
             raise
         for keys, args in deferred:
             self._settled(keys[0], args[1], args[2])
+            self._unconfirmed[args[2]] = args[3]
         self._unverified += len(deferred)
         if not reply:
             return []
@@ -257,12 +262,13 @@ class Subscription:
         return [(stream, [(rid, _fields(f)) for rid, f in entries]) for stream, entries in rows]
 
     async def _verify_settled(self) -> None:
-        """After an idle read: acknowledgements sent without a reply must have emptied our PEL.
+        """After an idle read (or every ``UNCONFIRMED_MAX`` of them): acknowledgements sent without
+        a reply must have emptied our PEL.
 
         Redis does not answer a deferred SETTLE (``CLIENT REPLY SKIP``), so one it refused (out of
         memory, scripts disabled…) would leave its entry pending, unmarked, until a reconnect.
-        Nothing of ours is in flight during an idle read, so anything still pending was such an
-        entry: it is replayed now (handled again if it was not marked: at-least-once).
+        Anything still pending is replayed now; an entry whose acknowledgement is among the
+        unconfirmed ones is settled again, not handed to the handler a second time.
         """
         self._unverified = 0
         for stream in self.streams:
@@ -275,6 +281,7 @@ class Subscription:
                     self.group, self.consumer, stream,
                 )  # fmt: skip
                 await self._replay_own(stream)
+        self._unconfirmed.clear()
         self.idle_checks += 1
 
     async def _drop_conn(self) -> None:
@@ -335,9 +342,10 @@ class Subscription:
         for n, ((rid, member, mid, envelope, error, fields, _), count) in enumerate(zip(batch, counts, strict=True)):
             duplicate = count == -1 or (mid != "" and mid in seen_mids)
             seen_mids.add(mid)
-            if duplicate or member in self._unsettled:
+            if duplicate or member in self._unsettled or member in self._unconfirmed:
                 self.duplicates += duplicate
-                await self._settle(stream, rid, member, self._unsettled.get(member, mid))
+                known = self._unsettled.get(member) or self._unconfirmed.get(member)
+                await self._settle(stream, rid, member, known or mid)
             elif envelope is None:
                 assert error is not None
                 await self._dead_letter(stream, rid, member, mid, "decode", f"{error.reason}: {error}", 0, fields)
