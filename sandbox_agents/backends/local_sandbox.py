@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -28,6 +27,15 @@ from sandbox_agents.backends.base import (
 )
 from sandbox_agents.backends.local_cgroup import SandboxCgroups
 from sandbox_agents.backends.local_fs import WorkspaceFS
+from sandbox_agents.backends.local_host import (
+    enter_helper,
+    free_port,
+    kill_pid,
+    pid_alive,
+    port_open,
+    wait_for,
+    wait_pidfile,
+)
 from sandbox_agents.backends.local_launch import SANDBOX_HOME, process_start_time
 from sandbox_agents.backends.local_proc import ProcOutput, run_process
 from sandbox_agents.backends.local_sandbox_state import Forwarder, LocalState, _libc, unmount
@@ -176,7 +184,7 @@ class LocalSandbox:
             )
         finally:
             if slirp is not None:
-                _kill(slirp)
+                kill_pid(slirp)
             if not self.cgroups.exec_group_pids(group):
                 self.cgroups.remove_exec_group(group)
 
@@ -324,7 +332,7 @@ class LocalSandbox:
             f"{self._state.child_pid} tap0"
         )
         subprocess.run(["setsid", "-f", "/bin/sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        pid = _wait_pidfile(pidfile)
+        pid = wait_pidfile(pidfile)
         if record:
             self._state.slirp_pid = pid
             self._save()
@@ -335,7 +343,7 @@ class LocalSandbox:
             raise SandboxError(f"port {port!r} out of range 1..65535", sandbox_id=self.id)
         self._touch()
         known = self._state.forwarders.get(port)
-        if known and all(_pid_alive(p) for p in known.pids):
+        if known and all(pid_alive(p) for p in known.pids):
             return f"http://127.0.0.1:{known.host_port}"
         return await asyncio.to_thread(self._start_forwarder, port)
 
@@ -344,7 +352,7 @@ class LocalSandbox:
         fwd.mkdir(exist_ok=True, mode=0o700)
         sock = fwd / f"{port}.sock"
         sock.unlink(missing_ok=True)
-        host_port = _free_port()
+        host_port = free_port()
         inner = (
             f'echo $$ > "{fwd}/{port}.in.pid"; exec nsenter -t {self._state.child_pid} -n '
             f"socat UNIX-LISTEN:{sock},fork,mode=600 TCP:127.0.0.1:{port}"
@@ -357,8 +365,8 @@ class LocalSandbox:
             subprocess.run(
                 ["setsid", "-f", "/bin/sh", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-        pids = [_wait_pidfile(fwd / f"{port}.in.pid"), _wait_pidfile(fwd / f"{port}.out.pid")]
-        _wait_for(lambda: sock.exists() and _port_open(host_port), 5.0)
+        pids = [wait_pidfile(fwd / f"{port}.in.pid"), wait_pidfile(fwd / f"{port}.out.pid")]
+        wait_for(lambda: sock.exists() and port_open(host_port), 5.0)
         self._state.forwarders[port] = Forwarder(host_port=host_port, pids=[p for p in pids if p])
         self._save()
         return f"http://127.0.0.1:{host_port}"
@@ -391,12 +399,12 @@ class LocalSandbox:
         st.terminated = True
         with contextlib.suppress(OSError):
             self._save()
-        _kill(st.launcher_pid)
-        _kill(st.child_pid if process_start_time(st.child_pid) == st.child_start else None)
+        kill_pid(st.launcher_pid)
+        kill_pid(st.child_pid if process_start_time(st.child_pid) == st.child_start else None)
         for fwd in st.forwarders.values():
             for pid in fwd.pids:
-                _kill(pid)
-        _kill(st.slirp_pid)
+                kill_pid(pid)
+        kill_pid(st.slirp_pid)
         self.cgroups.destroy()
         with contextlib.suppress(OSError):
             (self._base / "ctl" / "deadline").unlink()
@@ -420,65 +428,3 @@ class LocalSandbox:
         if spec.network == NetworkPolicy.FULL:
             self.start_network()
         return True
-
-
-_HELPER = Path(__file__).with_name("native") / "kriptik-enter"
-
-
-def enter_helper() -> str | None:
-    """The compiled ``kriptik-enter`` (built by scripts/setup.sh), unless KRIPTIK_ENTER=shell asks for the chain."""
-    if os.environ.get("KRIPTIK_ENTER") == "shell" or not os.access(_HELPER, os.X_OK):
-        return None
-    return str(_HELPER)
-
-
-def _kill(pid: int | None) -> None:
-    if pid:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _wait_for(check, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout_s
-    delay = 0.001
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    return False
-
-
-def _wait_pidfile(path: Path, timeout_s: float = 5.0) -> int | None:
-    found: list[int] = []
-
-    def check() -> bool:
-        with contextlib.suppress(OSError, ValueError):
-            found.append(int(path.read_text()))
-            return True
-        return False
-
-    _wait_for(check, timeout_s)
-    return found[0] if found else None
