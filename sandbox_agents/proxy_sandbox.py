@@ -121,7 +121,11 @@ class ProxySandbox:
         if self._channel_asked_at is not None and now - self._channel_asked_at < CHANNEL_RETRY_S:
             return None
         self._channel_asked_at = now
-        self._channel = await self._ask_channel(self._handle)
+        channel = await self._ask_channel(self._handle)
+        if self._channel is None:
+            self._channel = channel
+        elif channel is not None:  # a concurrent call got one first
+            await channel.aclose()
         return self._channel
 
     async def _drop_channel(self) -> None:
