@@ -50,6 +50,9 @@ _LEN = struct.Struct(">I")
 #: The proxy's ``exec``: ``(command, cwd, env, timeout, stdin) -> ExecResult``.
 ExecFn = Callable[..., Awaitable[ExecResult]]
 
+_SHARED: dict[tuple[str, str], tuple[asyncio.AbstractEventLoop, ExecChannelClient]] = {}
+"""(socket path, token) → the loop and the client of :meth:`ExecChannelClient.shared`."""
+
 
 class ChannelInfo(BaseModel):
     """Where and how to reach one proxy's channel (what ``SandboxProxy.exec_channel`` answers)."""
@@ -201,10 +204,28 @@ class ExecChannelServer:
 class ExecChannelClient:
     """A caller's side of one proxy's channel: a few connections, one request on each at a time.
 
+    Use :meth:`shared`: one client per proxy incarnation and event loop, so a process that makes
+    many ``ProxySandbox`` objects for one proxy (a swarm run, a preview call) keeps at most
+    ``max_idle`` connections to it, not a few per object.
+
     Args:
         info: What the proxy answered.
         max_idle: Connections kept open between calls.
     """
+
+    @classmethod
+    def shared(cls, info: ChannelInfo) -> ExecChannelClient:
+        """This loop's client for ``info`` (a new one when there is none, or it was closed)."""
+        loop = asyncio.get_running_loop()
+        key = (info.path, info.token)
+        held = _SHARED.get(key)
+        if held is not None and held[0] is loop and not held[1]._closed:
+            return held[1]
+        for stale in [k for k, (lp, c) in _SHARED.items() if c._closed or lp.is_closed()]:
+            del _SHARED[stale]
+        client = cls(info)
+        _SHARED[key] = (loop, client)
+        return client
 
     def __init__(self, info: ChannelInfo, *, max_idle: int = 4) -> None:
         self.info = info

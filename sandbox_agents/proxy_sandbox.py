@@ -121,22 +121,18 @@ class ProxySandbox:
         if self._channel_asked_at is not None and now - self._channel_asked_at < CHANNEL_RETRY_S:
             return None
         self._channel_asked_at = now
-        channel = await self._ask_channel(self._handle)
-        if self._channel is None:
-            self._channel = channel
-        elif channel is not None:  # a concurrent call got one first
-            await channel.aclose()
+        self._channel = await self._ask_channel(self._handle)
         return self._channel
 
     async def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
         self._channel_asked_at = None  # the proxy restarted: ask for its new channel on the next call
         if channel is not None:
-            await channel.aclose()
+            await channel.aclose()  # shared: the other users of this dead channel ask again too
 
     async def aclose(self) -> None:
-        """Close the exec channel's connections (the proxy and its sandbox are untouched)."""
-        await self._drop_channel()
+        """Stop using the exec channel (its connections are shared per proxy and process: they stay)."""
+        self._channel = None
 
     async def exec_stream(
         self,
@@ -183,4 +179,4 @@ def _client(answer: dict[str, Any] | None) -> ExecChannelClient | None:
     if not answer:
         return None
     info = ChannelInfo.model_validate(answer)
-    return ExecChannelClient(info) if ExecChannelClient.usable(info) else None
+    return ExecChannelClient.shared(info) if ExecChannelClient.usable(info) else None

@@ -144,3 +144,15 @@ async def test_a_socket_directory_someone_else_could_enter_is_refused(tmp_path: 
     (tmp_path / "link").symlink_to(elsewhere)
     with pytest.raises(SandboxError, match="not a private directory"):
         await ExecChannelServer(tmp_path / "link" / "p.sock", FakeExec()).start()
+
+
+async def test_one_shared_client_per_proxy_incarnation_and_loop(served: Any) -> None:
+    _, _, info = served
+    first = ExecChannelClient.shared(info)
+    assert ExecChannelClient.shared(info) is first  # many ProxySandbox objects, one set of connections
+    assert ExecChannelClient.shared(info.model_copy(update={"token": "f" * 32})) is not first  # a new incarnation
+    await first.exec(["a"])
+    await first.aclose()  # found dead by one user: the next ask gets a fresh client
+    again = ExecChannelClient.shared(info)
+    assert again is not first and (await again.exec(["b"])).stdout == "b"
+    await again.aclose()
