@@ -31,6 +31,7 @@ import socket
 import stat
 import struct
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from sandbox_agents.errors import InvalidInputError, SandboxError
 
 logger = logging.getLogger(__name__)
 
+STALE_AFTER_S = 60.0
+"""A socket at least this old that refuses connections belongs to a dead proxy (see :func:`sweep_stale`)."""
 MAX_FRAME = 64 * 1024 * 1024
 """Largest frame either side accepts (an answer holds at most two 8 MiB output streams)."""
 _LEN = struct.Struct(">I")
@@ -113,6 +116,30 @@ def _private_dir(path: Path) -> None:
         raise SandboxError(f"exec channel directory {path} is not a private directory of uid {os.geteuid()}")
 
 
+def sweep_stale(directory: Path, *, older_than_s: float = STALE_AFTER_S) -> int:
+    """Remove the sockets of proxies that died without closing them (killed actors); returns how many.
+
+    Only sockets older than ``older_than_s`` that refuse a connection go: a live server listens
+    from the moment its socket exists, so a young one may just be starting.
+    """
+    removed = 0
+    now = time.time()
+    for path in directory.glob("*.sock"):
+        try:
+            if now - path.lstat().st_mtime < older_than_s:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.2)
+                probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
     (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
     if size > MAX_FRAME:
@@ -144,6 +171,7 @@ class ExecChannelServer:
         """Listen (idempotent); returns what a client needs."""
         if self._server is None:
             _private_dir(self.path.parent)
+            sweep_stale(self.path.parent)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # a previous incarnation's: its token is void anyway
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))

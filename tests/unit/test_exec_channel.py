@@ -17,6 +17,7 @@ from sandbox_agents.exec_channel import (
     ExecChannelClient,
     ExecChannelServer,
     channel_path,
+    sweep_stale,
 )
 
 
@@ -156,3 +157,24 @@ async def test_one_shared_client_per_proxy_incarnation_and_loop(served: Any) -> 
     again = ExecChannelClient.shared(info)
     assert again is not first and (await again.exec(["b"])).stdout == "b"
     await again.aclose()
+
+
+async def test_sockets_of_dead_proxies_are_swept_live_and_young_ones_kept(tmp_path: Path) -> None:
+    import os
+    import socket as socket_module
+
+    directory = tmp_path / "ch"
+    live = ExecChannelServer(directory / "live.sock", FakeExec())
+    await live.start()
+    dead = directory / "dead.sock"
+    with socket_module.socket(socket_module.AF_UNIX) as sock:  # bound, never listening, then gone
+        sock.bind(str(dead))
+    young = directory / "young.sock"
+    with socket_module.socket(socket_module.AF_UNIX) as sock:
+        sock.bind(str(young))
+    old = 1_000_000_000
+    os.utime(dead, (old, old), follow_symlinks=False)
+    os.utime(live.path, (old, old), follow_symlinks=False)
+    assert sweep_stale(directory) == 1
+    assert sorted(p.name for p in directory.iterdir()) == ["live.sock", "young.sock"]
+    await live.close()
