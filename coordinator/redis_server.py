@@ -127,15 +127,7 @@ class ManagedRedis:
 
     async def astart(self) -> None:
         """:meth:`start` without blocking the event loop while Redis loads."""
-        if self.running:
-            return
-        self._spawn()
-        deadline = time.monotonic() + self.start_timeout
-        while not self._ready():
-            if time.monotonic() > deadline:
-                self._kill()
-                raise RedisStartError(f"redis-server on port {self.port} not ready in {self.start_timeout}s")
-            await asyncio.sleep(0.005)
+        await asyncio.to_thread(self.start)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server cleanly (SIGTERM: AOF fsynced), SIGKILL after ``timeout``; idempotent."""
