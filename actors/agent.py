@@ -32,7 +32,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from actors.actor_args import validated_arg
-from actors.warm_pool import Warm, aliased, forget_alias, named_actor, set_alias
+from actors.warm_pool import Warm, WarmBound, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ContextUpdate, ErrorReport, FileChange
 from coordinator.team import agent_role, prompt_context
@@ -121,7 +121,7 @@ class _Watched:
         await self.inner.aclose()
 
 
-class AgentActor:
+class AgentActor(WarmBound[AgentConfig]):
     """One agent. Construct through :func:`start_agent` (cold) or :func:`start_warm_agent` + ``bind``.
 
     A warm agent is started with no arguments (nothing build-specific: the pool starts it before
@@ -170,14 +170,10 @@ class AgentActor:
         assert self.config is not None
         return self.config.name
 
-    def _bound(self) -> AgentConfig:
-        if self.config is None:
-            raise InvalidInputError("this agent is warm and unbound: call bind(config, proxy) first", field="config")
-        return self.config
+    KIND = "agent"
 
-    async def ping(self) -> str:
-        """The agent's DESIGN name once bound; ``""`` while it waits warm in a pool."""
-        return self.config.name if self.config is not None else ""
+    def design_name(self) -> str:
+        return self._bound().name
 
     async def run_task(self, task: AgentTask | dict[str, Any]) -> AgentOutcome:
         """Run one task to its end; publishes the files it changed and, on failure, the error.

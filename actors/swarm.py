@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.actor_state import StateFile
 from actors.sandbox_pool import get_proxy
 from actors.sandbox_proxy import NAMESPACE
-from actors.warm_pool import Warm, WarmSource, forget_alias, named_actor, set_alias
+from actors.warm_pool import Warm, WarmBound, WarmSource, forget_alias, named_actor, set_alias
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ErrorReport
 from sandbox_agents.backends.base import SandboxSpec
@@ -73,7 +73,7 @@ def _binding_file(actor: str) -> StateFile[SwarmBinding]:
     return StateFile("swarms", actor, SwarmBinding)
 
 
-class SwarmActor:
+class SwarmActor(WarmBound[SwarmConfig]):
     """One slot's verification swarm. Construct through :func:`start_swarm` (cold), or warm + :meth:`bind`.
 
     Args:
@@ -107,14 +107,11 @@ class SwarmActor:
         name = swarm_name(cfg.build_id, cfg.sid)
         self._bus = ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=name) if cfg.redis_url else None
 
-    def _bound(self) -> SwarmConfig:
-        if self.config is None:
-            raise InvalidInputError("this swarm is warm and unbound: call bind(config, proxy) first", field="config")
-        return self.config
+    KIND = "swarm"
 
-    async def ping(self) -> str:
-        """The swarm's DESIGN name once bound; ``""`` while it waits warm in a pool."""
-        return swarm_name(self.config.build_id, self.config.sid) if self.config is not None else ""
+    def design_name(self) -> str:
+        cfg = self._bound()
+        return swarm_name(cfg.build_id, cfg.sid)
 
     async def bind(self, config: SwarmConfig | dict[str, Any], proxy: Any) -> str:
         """Configure a warm swarm for one slot (once) and save the binding for restarts; returns its DESIGN name.

@@ -37,7 +37,7 @@ from actors.agent import (
     stop_agent,
     stop_stray_agents,
 )
-from actors.warm_pool import Warm, WarmSource, aliased, forget_alias, named_actor, set_alias
+from actors.warm_pool import Warm, WarmBound, WarmSource, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus import BusConfig, ContextBus
 from coordinator.bus_models import ErrorReport
 from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
@@ -118,7 +118,7 @@ class _BusEvents:
         await self.bus.publish(self.build_id, ErrorReport(source=key, message=message, resolved=resolved))
 
 
-class SandboxTeamActor:
+class SandboxTeamActor(WarmBound[TeamConfig]):
     """One sandbox's team. Construct through :func:`start_team` (cold), or warm + :meth:`bind`.
 
     Args:
@@ -141,14 +141,11 @@ class SandboxTeamActor:
         name = team_name(self.config.build_id, self.config.sid)
         self._bus = ContextBus(self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=name)
 
-    def _bound(self) -> TeamConfig:
-        if self.config is None:
-            raise InvalidInputError("this team is warm and unbound: call bind(config, proxy) first", field="config")
-        return self.config
+    KIND = "team"
 
-    async def ping(self) -> str:
-        """The team's DESIGN name once bound; ``""`` while it waits warm in a pool."""
-        return team_name(self.config.build_id, self.config.sid) if self.config is not None else ""
+    def design_name(self) -> str:
+        cfg = self._bound()
+        return team_name(cfg.build_id, cfg.sid)
 
     async def bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> str:
         """Configure a warm team for one sandbox (once); returns its DESIGN name.

@@ -26,7 +26,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,12 +36,38 @@ from sandbox_agents.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
+C = TypeVar("C")
+
 NAMESPACE = "kriptik"
 KINDS = ("proxy", "team", "agent", "swarm")
 _DIRS = {"proxy": "proxies", "team": "teams", "agent": "agents", "swarm": "swarms"}
 
 Warm = tuple[str, Any]
 """A warm actor: its (generic) name and its handle."""
+
+
+class WarmBound(Generic[C]):
+    """The bind-once state of a pooled actor: ``config`` is None while it waits warm, then one slot's.
+
+    Subclasses set ``KIND`` (``team``, ``swarm``, ``agent``) and :meth:`design_name`.
+    """
+
+    KIND: ClassVar[str] = "actor"
+    config: C | None = None
+
+    def design_name(self) -> str:
+        raise NotImplementedError
+
+    def _bound(self) -> C:
+        if self.config is None:
+            raise InvalidInputError(
+                f"this {self.KIND} is warm and unbound: call bind(config, proxy) first", field="config"
+            )
+        return self.config
+
+    async def ping(self) -> str:
+        """The actor's DESIGN name once bound; ``""`` while it waits warm in a pool."""
+        return self.design_name() if self.config is not None else ""
 
 
 class WarmSource(Protocol):
