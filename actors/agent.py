@@ -33,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from actors.actor_args import validated_arg
 from actors.warm_pool import Warm, WarmBound, aliased, forget_alias, named_actor, set_alias
-from coordinator.bus import BusConfig, ContextBus
-from coordinator.bus_models import ContextUpdate, ErrorReport, FileChange
-from coordinator.team import agent_role, prompt_context
+from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.models import ContextUpdate, ErrorReport, FileChange
+from coordinator.team.runner import agent_role, prompt_context
 from sandbox_agents.agent_loop import AgentLoop
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask, PublishedItem
 from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP

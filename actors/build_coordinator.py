@@ -1,6 +1,6 @@
 """BuildCoordinator: the Ray actor ``build:{id}`` that runs one build, thin over BuildRun.
 
-It builds :class:`coordinator.build.BuildRun`'s ports from the real actors (the Ray-side
+It builds :class:`coordinator.build.run.BuildRun`'s ports from the real actors (the Ray-side
 ports in :mod:`actors.coordinator_ports`: SandboxProxy, SandboxTeam, Swarm, Judge, the
 MergeGate and the Preview; the context bus on the build's Redis) and runs the build in a
 background task. Detached, ``max_restarts=-1``, ``max_task_retries=0``: after a
@@ -35,20 +35,20 @@ from actors.sandbox_pool import ProxyPool
 from actors.sandbox_proxy import NAMESPACE
 from actors.team import stop_build_teams
 from coordinator.budget import Budget, BudgetLedger
-from coordinator.build import BuildPorts, BuildRun
-from coordinator.build_adapters import (
+from coordinator.build.run import BuildPorts, BuildRun
+from coordinator.build.adapters import (
     BusEvents,
     ProviderPlanner,
     SandboxSatisfaction,
     SessionNotifier,
     SwarmVerify,
 )
-from coordinator.build_ports import BuildSettings
-from coordinator.bus import BusConfig, ContextBus
+from coordinator.build.ports import BuildSettings
+from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.clock import SystemClock
 from coordinator.contracts import IntentContract
-from coordinator.store import Store
-from coordinator.store_schema import SessionStatus
+from coordinator.store.store import Store
+from coordinator.store.schema import SessionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class BuildCoordinatorActor:
 
         notifier = None
         if cfg.webhook:
-            from coordinator.notify import WebhookConfig, WebhookNotifier
+            from coordinator.build.notify import WebhookConfig, WebhookNotifier
 
             webhook = WebhookNotifier(WebhookConfig.model_validate(cfg.webhook))
             notifier = SessionNotifier(webhook, self.store, self.build_id)

@@ -41,12 +41,12 @@ from actors.sandbox_proxy import NAMESPACE
 from actors.warm_pool import Warm
 from coordinator.api_models import FINAL_STATUSES, BuildRequest, BuildStatus, BuildSummary
 from coordinator.budget import budget_status
-from coordinator.build_ports import CANCEL_REQUESTED
+from coordinator.build.ports import CANCEL_REQUESTED
 from coordinator.clock import SystemClock
 from coordinator.contracts import load_contract, parse_contract
 from coordinator.plan import plan_fleet
-from coordinator.store import Store
-from coordinator.store_schema import BuildSession, SessionStatus
+from coordinator.store.store import Store
+from coordinator.store.schema import BuildSession, SessionStatus
 from sandbox_agents.errors import BuildNotFoundError, InvalidInputError, LLMConfigError
 from sandbox_agents.settings import get_settings
 

@@ -1,6 +1,6 @@
 """The BuildCoordinator's ports over Ray actors: fleet (SandboxProxy), teams, gate, swarms, judge.
 
-Each is what :class:`coordinator.build.BuildRun` calls through :class:`~coordinator.build.BuildPorts`;
+Each is what :class:`coordinator.build.run.BuildRun` calls through :class:`~coordinator.build.run.BuildPorts`;
 each finds its actors again by their DESIGN names after a coordinator restart.
 """
 
@@ -24,13 +24,13 @@ from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_pr
 from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name, target_json
 from actors.team import TeamConfig, get_team, launch_team, stop_team, team_name
 from actors.warm_pool import WarmSource, forget_alias
-from coordinator.build_adapters import served
-from coordinator.build_ports import MergeOutcome, TeamOutcome
+from coordinator.build.adapters import served
+from coordinator.build.ports import MergeOutcome, TeamOutcome
 from coordinator.contracts import IntentContract
 from coordinator.judge import Decision, Evidence
-from coordinator.merge import is_junk, sha256_of
+from coordinator.merge.gate import is_junk, sha256_of
 from coordinator.plan import SlotPlan
-from coordinator.team import ComponentWork, TeamTask
+from coordinator.team.runner import ComponentWork, TeamTask
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
 from sandbox_agents.errors import SandboxError
 from sandbox_agents.proxy_sandbox import ProxySandbox

@@ -15,7 +15,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from actors.sandbox_proxy import NAMESPACE
-from coordinator.bus import BusConfig, ContextBus
+from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.judge import Decision, Evidence, judge
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.llm.config import LLMConfig, make_provider

@@ -1,6 +1,6 @@
 """MergeGate: the Ray actor ``build:{id}:gate`` that owns the main-test sandbox and merges into ``main``.
 
-Thin over :class:`coordinator.merge.MergeGateCore`: it creates the main-test sandbox through
+Thin over :class:`coordinator.merge.gate.MergeGateCore`: it creates the main-test sandbox through
 a SandboxProxy (``build:{id}:sbx:main-test``), hands the core its ports — the main repo as git
 in that sandbox, slots' files read through their proxies, the verification swarm and the
 criteria runner on the main-test sandbox, the bus — and translates calls. Detached and
@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.actor_state import SandboxOwnerState, StateFile
 from actors.sandbox_pool import get_proxy, proxy_handle, release, start_owned_sandbox
 from actors.sandbox_proxy import NAMESPACE
-from coordinator.bus import BusConfig, ContextBus
-from coordinator.bus_models import ErrorReport
+from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.models import ErrorReport
 from coordinator.contracts import IntentContract, parse_contract
-from coordinator.merge import (
+from coordinator.merge.gate import (
     MAX_TREE_BYTES,
     GitMainRepo,
     MergeGateCore,

@@ -28,7 +28,7 @@ from actors.merge_gate import default_spec, gate_name
 from actors.sandbox_pool import proxy_handle, release, start_owned_sandbox
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from coordinator.contracts import Component, IntentContract, parse_contract
-from coordinator.merge import SandboxDevServers, is_junk, sha256_of
+from coordinator.merge.gate import SandboxDevServers, is_junk, sha256_of
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.proxy_sandbox import ProxySandbox

@@ -45,7 +45,7 @@ def private_ray(num_cpus: int = 4) -> Iterator[None]:
     Session files go to a temp dir; ``KRIPTIK_HOME`` is a temp dir too unless the caller set
     one, and then it is purged at the end (its local sandboxes ended, the dir deleted).
     """
-    from sandbox_agents.backends.local import purge_home
+    from sandbox_agents.backends.local.backend import purge_home
 
     tmp = tempfile.mkdtemp(prefix="kriptik-ray-")
     own_home = "KRIPTIK_HOME" not in os.environ

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.control import ControlConfig, start_control
-from coordinator.redis_server import ManagedRedis
+from coordinator.bus.redis_server import ManagedRedis
 from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)

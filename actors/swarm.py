@@ -21,8 +21,8 @@ from actors.actor_state import StateFile
 from actors.sandbox_pool import get_proxy
 from actors.sandbox_proxy import NAMESPACE
 from actors.warm_pool import Warm, WarmBound, WarmSource, forget_alias, named_actor, set_alias
-from coordinator.bus import BusConfig, ContextBus
-from coordinator.bus_models import ErrorReport
+from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.models import ErrorReport
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.proxy_sandbox import ProxySandbox

@@ -1,8 +1,8 @@
 """SandboxTeam: the Ray actor that runs one component's team in one sandbox.
 
-Thin over :class:`coordinator.team.TeamRunner`: it starts the team's Agent actors, hands
+Thin over :class:`coordinator.team.runner.TeamRunner`: it starts the team's Agent actors, hands
 the runner its ports — the agents' handles, checks run through the SandboxProxy, an
-:class:`~coordinator.team.LLMPlanner`, events and errors to the context bus, the unified
+:class:`~coordinator.team.runner.LLMPlanner`, events and errors to the context bus, the unified
 context from the bus — and serves the sandbox's per-file lock service to its agents
 (``acquire(path, holder)``/``release(path, holder)``), so two agents in one sandbox never
 clobber one file. Named ``build:{id}:team:{sid}`` in namespace ``kriptik`` — or, when it came
@@ -38,9 +38,9 @@ from actors.agent import (
     stop_stray_agents,
 )
 from actors.warm_pool import Warm, WarmBound, WarmSource, aliased, forget_alias, named_actor, set_alias
-from coordinator.bus import BusConfig, ContextBus
-from coordinator.bus_models import ErrorReport
-from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
+from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.models import ErrorReport
+from coordinator.team.runner import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, SandboxSpec
 from sandbox_agents.errors import InvalidInputError, SandboxTimeoutError
@@ -209,7 +209,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
         return [name for name, _ in self._agents]
 
     async def run(self) -> TeamReport:
-        """Build the component: every task with escalation, then the component check (see coordinator.team)."""
+        """Build the component: every task with escalation, then the component check (see coordinator.team.runner)."""
         await self.start_agents()
         cfg = self._bound()
         replans, charge = collector()

@@ -26,7 +26,7 @@ async def _measure(rounds: int) -> dict[str, float]:
     from actors.sandbox_pool import release
     from actors.sandbox_proxy import proxy_name, start_proxy
     from sandbox_agents.backends.base import SandboxSpec
-    from sandbox_agents.backends.local import LocalBackend
+    from sandbox_agents.backends.local.backend import LocalBackend
 
     build, sid = f"bench-agents-{os.getpid()}", "sbx"
     name = proxy_name(build, sid)

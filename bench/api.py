@@ -45,7 +45,7 @@ def _http_latencies(url: str, token: str, build: str, rounds: int) -> tuple[list
 
 
 async def _sse_latencies(url: str, token: str, build: str, redis_url: str, events: int) -> list[float]:
-    from coordinator.bus import BusConfig, ContextBus
+    from coordinator.bus.context_bus import BusConfig, ContextBus
 
     bus = ContextBus(redis_url, BusConfig(prefix="bench"), sender="bench")
     arrived: dict[int, float] = {}
@@ -117,8 +117,8 @@ def run(rounds: int, events: int) -> dict[str, Any]:
     from actors.control import ControlConfig, start_control, stop_control
     from actors.ray_local import kill_actor, start_named_actor
     from bench.common import private_ray
-    from coordinator.redis_server import ManagedRedis, free_port
-    from coordinator.store import Store
+    from coordinator.bus.redis_server import ManagedRedis, free_port
+    from coordinator.store.store import Store
     from serve.app import ApiSettings
     from serve.auth import create_token
     from serve.control_port import MemoryControl, RayControlPort

@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from coordinator.bus import BusConfig, ContextBus
-from coordinator.bus_models import Envelope, Progress
-from coordinator.redis_server import ManagedRedis
+from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.models import Envelope, Progress
+from coordinator.bus.redis_server import ManagedRedis
 
 logger = logging.getLogger("bench.bus")
 

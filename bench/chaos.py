@@ -120,9 +120,9 @@ class Stack:
 
 async def start_stack(home: Path) -> Stack:
     from actors.runtime import start_runtime
-    from coordinator.bus import BusConfig, ContextBus
-    from coordinator.redis_server import ManagedRedis, free_port
-    from coordinator.store import Store
+    from coordinator.bus.context_bus import BusConfig, ContextBus
+    from coordinator.bus.redis_server import ManagedRedis, free_port
+    from coordinator.store.store import Store
     from serve.app import ApiSettings
     from serve.auth import create_token
     from serve.deployment import run_api
@@ -185,7 +185,7 @@ async def _kill_coordinator(stack: Stack, build_id: str, rng: random.Random) -> 
 
 
 async def _kill_sandbox(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
-    from sandbox_agents.backends.local_sandbox_state import LocalState, default_root
+    from sandbox_agents.backends.local.state import LocalState, default_root
 
     sid = await _slot_sandbox(stack, build_id)
     if sid is None:

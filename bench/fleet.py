@@ -60,7 +60,7 @@ async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[A
     from actors.sandbox_pool import acquire_proxy
     from actors.swarm import SwarmConfig, launch_swarm
     from actors.team import TeamConfig, launch_team
-    from coordinator.team import ComponentWork, TeamTask
+    from coordinator.team.runner import ComponentWork, TeamTask
     from sandbox_agents.backends.base import SandboxSpec
 
     spec = SandboxSpec(tags={"bench": "fleet"})
@@ -136,7 +136,7 @@ async def _recovery(home: Path) -> dict[str, Any]:
     from actors.build_coordinator import get_coordinator, stop_coordinator
     from actors.control import stop_control
     from actors.runtime import start_runtime
-    from coordinator.bus import BusConfig, ContextBus
+    from coordinator.bus.context_bus import BusConfig, ContextBus
 
     rt = await start_runtime(home, heartbeat_s=1.0, admit_poll_s=0.3, coordinator={"gate": {"swarm_must_pass": False}})
     bus = ContextBus(rt.redis_url, BusConfig(prefix="kriptik"), sender="bench")
@@ -182,7 +182,7 @@ async def _recovery(home: Path) -> dict[str, Any]:
 
 
 async def _measure() -> dict[str, Any]:
-    from coordinator.redis_server import ManagedRedis
+    from coordinator.bus.redis_server import ManagedRedis
 
     home = Path(os.environ["KRIPTIK_HOME"])
     redis = ManagedRedis(Path(tempfile.mkdtemp(prefix="kriptik-bench-redis-")))

@@ -24,7 +24,7 @@ async def _measure(rounds: int, exec_rounds: int) -> dict[str, float]:
     from actors.sandbox_pool import release
     from actors.sandbox_proxy import start_proxy
     from sandbox_agents.backends.base import SandboxSpec
-    from sandbox_agents.backends.local import LocalBackend
+    from sandbox_agents.backends.local.backend import LocalBackend
     from sandbox_agents.proxy_sandbox import ProxySandbox
 
     spec = SandboxSpec(tags={"bench": "sandbox"})

@@ -22,7 +22,7 @@ APP = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "apps"
 
 async def _measure(rounds: int) -> dict[str, float]:
     from sandbox_agents.backends.base import SandboxSpec
-    from sandbox_agents.backends.local import LocalBackend
+    from sandbox_agents.backends.local.backend import LocalBackend
     from sandbox_agents.verifiers import Chromium, DesignTokens, VerificationSwarm, VerifyTarget, default_verifiers
 
     backend = LocalBackend()

@@ -17,7 +17,7 @@ BuildMode = Literal["local", "modal", "hybrid"]
 """Where sandboxes run: bubblewrap on the head node, Modal, or Modal with a local coordinator."""
 
 BuildStatusName = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
-"""Life of a build, as ``coordinator.store_schema.SessionStatus``."""
+"""Life of a build, as ``coordinator.store.schema.SessionStatus``."""
 
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 """Statuses a build never leaves (``paused`` is not final: ``resume`` continues it)."""

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from coordinator.store import CostEntry, Store
+from coordinator.store.store import CostEntry, Store
 from sandbox_agents.errors import BudgetExceededError, InvalidInputError
 from sandbox_agents.llm.base import Usage
 

@@ -26,7 +26,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.bus_models import Event
+from coordinator.bus.models import Event
 from coordinator.contracts import (
     Command,
     ContractInvalidError,

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from coordinator.bus_models import Event
+from coordinator.bus.models import Event
 from sandbox_agents.errors import InvalidInputError, LLMError
 from sandbox_agents.llm.base import AssistantTurn, LLMProvider, LLMRequest, Message, TurnKey
 from sandbox_agents.llm.metered import LLMCharge, MeteredProvider, collector

@@ -19,7 +19,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # The one-exec sandbox entry helper (the backend falls back to nsenter + setpriv without it).
-native=sandbox_agents/backends/native
+native=sandbox_agents/backends/local/native
 if [ ! -x "$native/kriptik-enter" ] || [ "$native/kriptik_enter.c" -nt "$native/kriptik-enter" ]; then
   gcc -O2 -Wall -o "$native/kriptik-enter" "$native/kriptik_enter.c"
 fi

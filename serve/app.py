@@ -38,8 +38,8 @@ from coordinator.api_models import (
     SandboxView,
     TakeControlView,
 )
-from coordinator.bus import ContextBus
-from coordinator.store import Store
+from coordinator.bus.context_bus import ContextBus
+from coordinator.store.store import Store
 from sandbox_agents.errors import (
     BudgetExceededError,
     BuildNotFoundError,

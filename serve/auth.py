@@ -22,7 +22,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from coordinator.store import Store
+from coordinator.store.store import Store
 from sandbox_agents.errors import InvalidInputError, KriptikError
 
 logger = logging.getLogger(__name__)

@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
     @token_app.command("create")
     def token_create(user: str = typer.Argument(..., help="User the token acts for.")) -> None:
         """Create a bearer token for USER (shown once; only its hash is stored)."""
-        from coordinator.store import Store
+        from coordinator.store.store import Store
         from serve.auth import create_token
 
         with Store() as store:
@@ -238,7 +238,7 @@ def _follow_progress(build_id: str) -> None:
 def _up(port: int | None) -> int:
     import ray
 
-    from coordinator.store import Store
+    from coordinator.store.store import Store
     from sandbox_agents.settings import get_settings
     from serve.app import ApiSettings
     from serve.deployment import run_api
@@ -286,7 +286,7 @@ class _RedisKeeper:
     """A detached actor that owns the managed redis-server, so it outlives ``kriptik up``."""
 
     def __init__(self, data_dir: str) -> None:
-        from coordinator.redis_server import ManagedRedis
+        from coordinator.bus.redis_server import ManagedRedis
 
         self.server = ManagedRedis(data_dir)
         self.server.start()
@@ -331,7 +331,7 @@ def _down() -> int:
 
     with contextlib.suppress(Exception):  # its pools and the actor; builds stay in the store for the next `up`
         asyncio.run(stop_control(get_control()))
-    from sandbox_agents.backends.local import LocalBackend
+    from sandbox_agents.backends.local.backend import LocalBackend
 
     ended = asyncio.run(LocalBackend().end_all())  # previews and standbys too; checkpoints (snapshots) stay
     console.print(f"ended {ended} local sandboxes")

@@ -166,7 +166,7 @@ async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
     import ray
 
     from actors.runtime import start_runtime
-    from coordinator.redis_server import ManagedRedis
+    from coordinator.bus.redis_server import ManagedRedis
 
     if options.home is not None:
         owned.home = options.home.expanduser().resolve()
@@ -197,7 +197,7 @@ async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
 
 
 def _serve_api(options: DemoOptions, owned: _Owned, console: Console) -> None:
-    from coordinator.store import Store
+    from coordinator.store.store import Store
     from serve.app import ApiSettings
     from serve.auth import create_token
     from serve.deployment import run_api
@@ -213,7 +213,7 @@ def _serve_api(options: DemoOptions, owned: _Owned, console: Console) -> None:
 
 
 async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[str, Any]:
-    from coordinator.bus import BusConfig, ContextBus
+    from coordinator.bus.context_bus import BusConfig, ContextBus
 
     assert owned.redis is not None
     control = owned.control
@@ -324,8 +324,8 @@ async def _teardown(owned: _Owned, console: Console, *, keep_home: bool) -> None
 async def _purge_sandboxes(home: Path) -> None:
     """End every local sandbox left under this home's sandbox root (the slots, gate, preview)."""
     from sandbox_agents.backends.config import LocalBackendConfig
-    from sandbox_agents.backends.local import LocalBackend
-    from sandbox_agents.backends.local_sandbox_state import default_root
+    from sandbox_agents.backends.local.backend import LocalBackend
+    from sandbox_agents.backends.local.state import default_root
 
     root = default_root(home)
     if root.exists():

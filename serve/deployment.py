@@ -13,8 +13,8 @@ from typing import Any
 
 from ray import serve
 
-from coordinator.bus import ContextBus
-from coordinator.store import Store
+from coordinator.bus.context_bus import ContextBus
+from coordinator.store.store import Store
 from serve.app import ApiSettings, create_app
 from serve.control_port import CONTROL_NAME, CONTROL_NAMESPACE, RayControlPort
 from serve.store_status import StoreFirstControl
@@ -62,7 +62,7 @@ class KriptikApi:
         self.fastapi: Any = None
 
     def _bus(self) -> ContextBus:
-        from coordinator.bus import BusConfig
+        from coordinator.bus.context_bus import BusConfig
 
         return ContextBus(self.redis_url, BusConfig(prefix=self.bus_prefix), sender="api")
 

@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from coordinator.api_models import FINAL_STATUSES
-from coordinator.bus import ContextBus
-from coordinator.bus_models import Envelope
+from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.models import Envelope
 from sandbox_agents.errors import BusUnavailableError, InvalidInputError, KriptikError
 from serve.control_port import ControlPort
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from coordinator.store import Store
+from coordinator.store.store import Store
 from sandbox_agents.errors import BuildNotFoundError, StoreError
 from serve.control_port import ControlPort
 

@@ -19,7 +19,7 @@ os.environ.setdefault("KRIPTIK_HOME", str(_HOME))
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """End every local sandbox this session left (its own sandboxes root) and drop the home."""
-    from sandbox_agents.backends.local import purge_home
+    from sandbox_agents.backends.local.backend import purge_home
 
     purge_home(_HOME)
 

@@ -45,7 +45,7 @@ class ModalBackendConfig(BaseModel):
     app_name: str = "kriptik-fleet"
     """Modal App the sandboxes belong to (looked up, created if missing)."""
     image: str = "default"
-    """Name of the image definition in ``modal_image.py``."""
+    """Name of the image definition in ``backends/modal/image.py``."""
     environment: str | None = None
     """Modal environment (``MODAL_WORKSPACE``)."""
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -58,14 +58,14 @@ BackendConfig = Annotated[LocalBackendConfig | FakeBackendConfig | ModalBackendC
 def make_backend(config: LocalBackendConfig | FakeBackendConfig | ModalBackendConfig) -> SandboxBackend:
     """Build the backend a config names (lazily importing its implementation)."""
     if config.type == "local":
-        from sandbox_agents.backends.local import LocalBackend
+        from sandbox_agents.backends.local.backend import LocalBackend
 
         return LocalBackend(config)
     if config.type == "fake":
         from sandbox_agents.backends.fake import FakeBackend
 
         return FakeBackend(config)
-    from sandbox_agents.backends.modal import ModalBackend
+    from sandbox_agents.backends.modal.backend import ModalBackend
 
     return ModalBackend(config)
 

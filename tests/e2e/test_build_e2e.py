@@ -21,9 +21,9 @@ import pytest_asyncio
 from actors.build_coordinator import get_coordinator, stop_coordinator
 from actors.control import stop_control
 from actors.runtime import Runtime, start_runtime
-from coordinator.bus import BusConfig, ContextBus
-from coordinator.redis_server import ManagedRedis
-from sandbox_agents.backends.local_sandbox_state import LocalState, default_root
+from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.redis_server import ManagedRedis
+from sandbox_agents.backends.local.state import LocalState, default_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
 

@@ -22,11 +22,11 @@ from actors.control import stop_control
 from actors.merge_gate import gate_name
 from actors.runtime import Runtime, start_runtime
 from actors.sandbox_proxy import NAMESPACE
-from coordinator.bus import BusConfig, ContextBus
+from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.contracts import load_contract
-from coordinator.redis_server import ManagedRedis
-from coordinator.store import Store
-from sandbox_agents.backends.local_sandbox_state import LocalState, default_root
+from coordinator.bus.redis_server import ManagedRedis
+from coordinator.store.store import Store
+from sandbox_agents.backends.local.state import LocalState, default_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 

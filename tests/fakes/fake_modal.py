@@ -764,7 +764,7 @@ class _ClientApi:
 def make_fake_modal_backend(tmp_path: Path, **fake_options: Any) -> Any:
     """A ModalBackend over a FakeModal rooted at ``tmp_path`` (used by the shared contract suite)."""
     from sandbox_agents.backends.config import ModalBackendConfig
-    from sandbox_agents.backends.modal import ModalBackend
+    from sandbox_agents.backends.modal.backend import ModalBackend
     from sandbox_agents.settings import Settings
 
     settings = Settings(modal_token_id="fake-token-id", modal_token_secret="fake-token-secret", modal_workspace=None)

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from coordinator.bus import BusConfig, ContextBus
-from coordinator.redis_server import ManagedRedis
+from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.redis_server import ManagedRedis
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 from sandbox_agents.backends.base import SandboxBackend
 from sandbox_agents.backends.config import LocalBackendConfig
 from sandbox_agents.backends.fake import FakeBackend
-from sandbox_agents.backends.local import LocalBackend
+from sandbox_agents.backends.local.backend import LocalBackend
 
 
 @dataclass

@@ -19,8 +19,8 @@ from actors.agent import agent_name
 from actors.sandbox_pool import release
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from actors.team import TeamConfig, start_team, stop_team
-from coordinator.bus import ContextBus
-from coordinator.team import ComponentWork, TeamReport
+from coordinator.bus.context_bus import ContextBus
+from coordinator.team.runner import ComponentWork, TeamReport
 from sandbox_agents.agent_models import AgentTask
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError

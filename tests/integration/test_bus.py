@@ -18,10 +18,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from coordinator.bus import ContextBus
-from coordinator.bus_codec import BODY_FIELD, PLAIN, ZSTD, mark_resent
-from coordinator.bus_models import ContextUpdate, Envelope, ErrorReport, FileChange, Progress
-from coordinator.redis_server import ManagedRedis
+from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.codec import BODY_FIELD, PLAIN, ZSTD, mark_resent
+from coordinator.bus.models import ContextUpdate, Envelope, ErrorReport, FileChange, Progress
+from coordinator.bus.redis_server import ManagedRedis
 from sandbox_agents.errors import BusBufferFullError, BusUnavailableError
 from tests.integration.conftest_bus import fast_config
 
@@ -169,7 +169,7 @@ async def test_a_group_never_handles_the_same_entry_or_message_twice(bus: Contex
 async def test_an_acknowledgement_redis_refused_is_noticed_when_idle_and_settled_without_handling_twice(
     bus: ContextBus, build_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from coordinator import bus_scripts
+    from coordinator.bus import scripts as bus_scripts
 
     rec = Recorder()
     sub = await bus.subscribe(build_id, ["progress"], group="g", handler=rec).start()
@@ -257,14 +257,14 @@ async def test_trim_keeps_everything_a_group_still_needs(redis_server: ManagedRe
 
 
 def _merge(i: int):
-    from coordinator.bus_models import MergeRequest
+    from coordinator.bus.models import MergeRequest
 
     return MergeRequest(component=f"c{i}", sandbox_id="s", ref=str(i))
 
 
 CHILD = """
 import asyncio, sys
-from coordinator.bus import BusConfig, ContextBus
+from coordinator.bus.context_bus import BusConfig, ContextBus
 
 url, build_id, out_path = sys.argv[1:4]
 

@@ -20,8 +20,8 @@ from actors.merge_gate import GateConfig, start_gate, stop_gate
 from actors.preview import PreviewConfig, start_preview, stop_preview
 from actors.sandbox_pool import release
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
-from coordinator.bus import ContextBus
-from coordinator.merge import MergeResult, request_from_sandbox
+from coordinator.bus.context_bus import ContextBus
+from coordinator.merge.gate import MergeResult, request_from_sandbox
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.verifiers import Chromium

@@ -19,7 +19,7 @@ pytestmark = [
 @pytest.mark.timeout(1200)
 async def test_lifecycle_on_real_modal() -> None:
     pytest.importorskip("modal")
-    from sandbox_agents.backends.modal import ModalBackend
+    from sandbox_agents.backends.modal.backend import ModalBackend
 
     backend = ModalBackend(ModalBackendConfig(connect_timeout_s=60))
     spec = SandboxSpec(timeout_s=600, network=NetworkPolicy.NONE, tags={"kriptik_test": "live"})

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.redis_server import free_port
+from coordinator.bus.redis_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -202,8 +202,8 @@ def _purge_sandboxes(home: str) -> None:
     import asyncio
 
     from sandbox_agents.backends.config import LocalBackendConfig
-    from sandbox_agents.backends.local import LocalBackend
-    from sandbox_agents.backends.local_sandbox_state import default_root
+    from sandbox_agents.backends.local.backend import LocalBackend
+    from sandbox_agents.backends.local.state import default_root
 
     root = default_root(Path(home))
     if root.exists():

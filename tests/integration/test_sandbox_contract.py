@@ -372,7 +372,7 @@ async def test_the_shell_entry_chain_behaves_like_the_native_helper(
 
 
 async def test_an_adopted_standby_is_replaced_in_the_background_and_never_overfilled() -> None:
-    from sandbox_agents.backends.local import LocalBackend, LocalBackendConfig
+    from sandbox_agents.backends.local.backend import LocalBackend, LocalBackendConfig
 
     backend = LocalBackend(LocalBackendConfig(standby=1))
     try:

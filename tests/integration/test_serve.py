@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from coordinator.bus import ContextBus
-from coordinator.redis_server import ManagedRedis, free_port
-from coordinator.store import Store
+from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.redis_server import ManagedRedis, free_port
+from coordinator.store.store import Store
 from serve.auth import create_token
 from serve.control_port import ControlPort, MemoryControl, RayControlPort
 from tests.integration.conftest_bus import fast_config

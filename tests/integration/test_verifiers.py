@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from sandbox_agents.backends.base import Sandbox, SandboxSpec
-from sandbox_agents.backends.local import LocalBackend
+from sandbox_agents.backends.local.backend import LocalBackend
 from sandbox_agents.verifiers import (
     Chromium,
     CodeQuality,

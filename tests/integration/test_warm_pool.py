@@ -23,8 +23,8 @@ from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name
 from actors.team import TeamConfig, get_team, launch_team, stop_team, team_name
 from actors.warm_pool import WarmPool, resolve, wait_gone
-from coordinator.bus import ContextBus
-from coordinator.team import ComponentWork
+from coordinator.bus.context_bus import ContextBus
+from coordinator.team.runner import ComponentWork
 from sandbox_agents.agent_models import AgentTask
 from sandbox_agents.backends.base import SandboxSpec
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coordinator.store import Store
+from coordinator.store.store import Store
 from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError
 from serve.app import ApiSettings, create_app
 from serve.auth import authenticate, create_token, hash_token

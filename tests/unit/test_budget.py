@@ -10,7 +10,7 @@ import pytest
 
 from coordinator.budget import Budget, BudgetLedger, BudgetStatus, ModelPrice, Rates
 from coordinator.clock import FakeClock
-from coordinator.store import Store
+from coordinator.store.store import Store
 from sandbox_agents.errors import BudgetExceededError, InvalidInputError
 from sandbox_agents.llm.base import Usage
 

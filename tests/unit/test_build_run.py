@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from coordinator.budget import Budget, BudgetLedger
-from coordinator.build import BuildPorts, BuildRun
-from coordinator.build_ports import (
+from coordinator.build.run import BuildPorts, BuildRun
+from coordinator.build.ports import (
     CANCEL_REQUESTED,
     PAUSED_BUDGET,
     BuildSettings,
@@ -30,9 +30,9 @@ from coordinator.contracts import IntentContract, parse_contract
 from coordinator.intent import CriterionResult, LockedContract, SatisfactionReport
 from coordinator.judge import Decision, Evidence, judge
 from coordinator.plan import SlotPlan
-from coordinator.store import Store
-from coordinator.store_schema import SessionStatus
-from coordinator.team import TeamReport
+from coordinator.store.store import Store
+from coordinator.store.schema import SessionStatus
+from coordinator.team.runner import TeamReport
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.errors import SandboxDeadError
 from sandbox_agents.llm.base import Usage

@@ -6,8 +6,8 @@ import msgpack
 import pytest
 import zstandard
 
-from coordinator.bus_codec import BODY_FIELD, PLAIN, ZSTD, BusCodec
-from coordinator.bus_models import (
+from coordinator.bus.codec import BODY_FIELD, PLAIN, ZSTD, BusCodec
+from coordinator.bus.models import (
     CHANNEL_OF,
     ContextUpdate,
     ErrorReport,

@@ -1,4 +1,4 @@
-"""coordinator.merge with fakes: order, rejection, held dependents, junk, stale requests."""
+"""coordinator.merge.gate with fakes: order, rejection, held dependents, junk, stale requests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from coordinator.contracts import Component, IntentContract, parse_contract
 from coordinator.intent import CriterionResult, SatisfactionReport
-from coordinator.merge import (
+from coordinator.merge.gate import (
     MergeGateCore,
     MergeQueue,
     MergeRequest,

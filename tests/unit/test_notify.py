@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from coordinator.clock import FakeClock
-from coordinator.notify import (
+from coordinator.build.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     Notification,
@@ -23,7 +23,7 @@ from coordinator.notify import (
     WebhookNotifier,
     sign,
 )
-from coordinator.store_schema import BuildSession, SessionStatus
+from coordinator.store.schema import BuildSession, SessionStatus
 
 URL = "https://hooks.example.test/kriptik"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.clock import FakeClock
-from coordinator.store import SessionStatus, Slot, Store, StoreConfig, StoreError
-from coordinator.store_schema import MIGRATIONS
+from coordinator.store.store import SessionStatus, Slot, Store, StoreConfig, StoreError
+from coordinator.store.schema import MIGRATIONS
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
 
@@ -256,7 +256,7 @@ _WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from coordinator.store import Store
+    from coordinator.store.store import Store
 
     store = Store(sys.argv[1]).start()
     with store.transaction():

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from coordinator.store import Store
-from coordinator.store_schema import SessionStatus
+from coordinator.store.store import Store
+from coordinator.store.schema import SessionStatus
 from sandbox_agents.errors import BuildNotFoundError
 from serve.app import ApiSettings, create_app
 from serve.auth import create_token

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from coordinator.bus_models import ContextValue, FileState, KnownError, UnifiedContext
-from coordinator.team import (
+from coordinator.bus.models import ContextValue, FileState, KnownError, UnifiedContext
+from coordinator.team.runner import (
     ComponentWork,
     FileLockService,
     LLMPlanner,

@@ -1,0 +1,196 @@
+"""The ports of a build run: what :class:`coordinator.build.run.BuildRun` needs from the world.
+
+BuildRun is floor 2 (no Ray). The BuildCoordinator actor (``actors/build_coordinator.py``)
+hands it one object per port, built over the real actors (SandboxProxy pool, SandboxTeam,
+Swarm, Judge, MergeGate, Preview, the context bus); unit tests hand it fakes. Every port is
+keyed by the plan's slot ids (``calc``, ``frontend~minimal``) so a restarted run finds the
+same sandboxes again.
+
+The small result models here are what crosses those ports; they are ours, so the build logic
+never depends on the shape of another actor's reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from coordinator.contracts import IntentContract
+from coordinator.intent import LockedContract, SatisfactionReport
+from coordinator.judge import Decision, Evidence
+from coordinator.plan import SlotPlan
+from coordinator.team.runner import TeamReport
+from sandbox_agents.backends.base import SnapshotRef
+from sandbox_agents.errors import BuildError
+from sandbox_agents.llm.base import Usage
+
+PHASES: tuple[str, ...] = ("intent", "fleet", "build", "verify", "judge", "merge", "preview", "satisfy", "done")
+"""Phases of a build (DESIGN.md's 0–6; ``judge`` and ``satisfy`` named apart), in order."""
+
+CANCEL_REQUESTED = "cancel requested"
+"""Marker in a session's ``error`` while it is still active: cancel at the next step boundary
+(written by whoever received the cancel, even while the coordinator was down)."""
+PAUSED_BUDGET = "paused: budget exhausted"
+"""The session's ``error`` (the pause reason) while it is paused for budget."""
+
+
+class BuildSettings(BaseModel):
+    """Knobs of a build run that are not part of the intent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_interval_s: float = Field(default=300.0, gt=0)
+    """Snapshot every live slot this often (``BUILD_CHECKPOINT_INTERVAL``), besides phase boundaries."""
+    max_merge_attempts: int = Field(default=3, ge=1, le=10)
+    """Admissions tried per component; a rejection sends the findings back to the team in between."""
+    max_respawns: int = Field(default=3, ge=0, le=20)
+    """Times one slot's dead sandbox is respawned before the build fails."""
+    backend: str = "local"
+    """Sandbox backend name, for pricing compute (``Rates.compute_cost``)."""
+
+
+class BuildCancelledError(BuildError):
+    """The user cancelled the build; raised at the next step boundary."""
+
+
+class BuildPausedError(BuildError):
+    """The build paused (budget exhausted); ``reason`` says why."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --- results crossing the ports --------------------------------------------------------------
+
+
+class TeamOutcome(BaseModel):
+    """A team run and what it cost in LLM tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report: TeamReport
+    usage: list[tuple[str, str, Usage]] = Field(default_factory=list)
+    """``(role, model, usage)`` per agent run, for the ledger (empty when the team does not say)."""
+
+
+class SlotVerification(BaseModel):
+    """The verification swarm's verdict on one slot's sandbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: float = Field(ge=0, le=1)
+    passed: bool
+    tests_passed: int = Field(default=0, ge=0)
+    tests_total: int = Field(default=0, ge=0)
+    summary: str = ""
+
+
+class MergeOutcome(BaseModel):
+    """The merge gate's answer to one admission."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accepted: bool
+    commit: str | None = None
+    reason: str = ""
+    findings: list[str] = Field(default_factory=list)
+
+
+# --- ports -----------------------------------------------------------------------------------
+
+
+class FleetPort(Protocol):
+    """One sandbox (through its SandboxProxy) per slot."""
+
+    async def acquire(self, slot: SlotPlan) -> str:
+        """A new sandbox for the slot (``slot.spec``); returns its id."""
+        ...
+
+    async def alive(self, slot_id: str) -> bool:
+        """Whether the slot has a running sandbox (reconnecting to its proxy if needed)."""
+        ...
+
+    async def restore(self, slot: SlotPlan, ref: SnapshotRef) -> str:
+        """Respawn the slot's sandbox from a checkpoint; returns the new sandbox id."""
+        ...
+
+    async def snapshot(self, slot_id: str) -> SnapshotRef: ...
+
+    async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
+        """Write main's tree into the slot's workspace (dependents start from merged code)."""
+        ...
+
+    async def size_bytes(self, slot_id: str) -> int: ...
+
+    async def compute_seconds(self, slot_id: str) -> float:
+        """CPU-seconds the slot's current sandbox used so far (cumulative, per sandbox)."""
+        ...
+
+    async def release(self, slot_id: str) -> None:
+        """Terminate the slot's sandbox and drop its proxy (idempotent)."""
+        ...
+
+
+class TeamsPort(Protocol):
+    async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
+        """Run the slot's team to the end. With ``feedback`` (a rejected merge), the team gets one
+        fix task ``merge-fix-{attempt}`` carrying it instead of the plan's tasks."""
+        ...
+
+    async def stop(self, slot_id: str) -> None: ...
+
+
+class VerifyPort(Protocol):
+    async def verify(self, slot: SlotPlan) -> SlotVerification: ...
+
+
+class JudgePort(Protocol):
+    async def decide(self, evidence: list[Evidence], component: str) -> Decision: ...
+
+
+class GatePort(Protocol):
+    """The MergeGate: main-test sandbox, one admission at a time; a rejection leaves main unchanged."""
+
+    async def start(self, contract: IntentContract) -> str: ...
+
+    async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome: ...
+
+    async def merged(self) -> list[str]:
+        """Components merged into main so far."""
+        ...
+
+    async def tree(self) -> dict[str, bytes]: ...
+
+    async def tree_hash(self) -> str: ...
+
+
+class PreviewPort(Protocol):
+    async def refresh(self) -> str | None:
+        """Serve main's code again after a merge; returns the preview URL (None if nothing serves)."""
+        ...
+
+
+class SatisfactionPort(Protocol):
+    async def check_main(self, locked: LockedContract) -> SatisfactionReport:
+        """Every success criterion against main (through the gate's sandbox and the preview)."""
+        ...
+
+    async def check_slot(self, locked: LockedContract, slot: SlotPlan) -> tuple[int, int]:
+        """``(passed, total)`` of the component's criteria in a candidate's own sandbox."""
+        ...
+
+
+class PlannerPort(Protocol):
+    async def plan(self, prompt: str) -> IntentContract: ...
+
+
+class EventsPort(Protocol):
+    async def emit(self, kind: str, data: dict[str, Any]) -> str | None:
+        """Append to the build's event log; returns the entry id (None if buffered)."""
+        ...
+
+
+class NotifierPort(Protocol):
+    async def notify(self, status: str, summary: str, data: dict[str, Any]) -> None: ...

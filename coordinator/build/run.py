@@ -1,0 +1,441 @@
+"""BuildRun: one build's phase machine, as plain Python over ports.
+
+The BuildCoordinator actor owns one :class:`BuildRun` and hands it its ports
+(``coordinator/build/ports.py``). A run goes:
+
+0. **intent** — the contract given with the build, or one planner turn from the prompt;
+   locked, stored with its hash (a resumed run re-locks the stored contract and refuses drift);
+1. **fleet** — ``plan_fleet``; the MergeGate's main sandbox; one sandbox per slot;
+2. **build** — every component runs its own pipeline: it waits until its dependencies are
+   merged, seeds its sandbox with main's tree (dependents only), then its team builds it;
+   independent components build concurrently;
+3. **verify** — the verification swarm on each built slot;
+4. **judge** — tournaments only: evidence per candidate, the judge's decision; losers are
+   snapshotted, then terminated;
+5. **merge**/**preview** — the winner goes through the gate (a rejection goes back to the team
+   with the findings, then is admitted again); the preview is refreshed after each merge;
+6. **satisfy**/**done** — every success criterion is checked against main.
+
+The build's phase (persisted in the session) is the least advanced phase of any component not
+yet merged, so it only moves forward. Everything needed to resume is persisted after every
+step: the phase, each slot's status and sandbox (``slots``), merges in flight
+(``pending_merges``), the last event id (``bus_offsets``) and checkpoints. A restarted run
+reads them and carries on: merged components stay merged, a pending merge is re-checked
+against the gate, a dead sandbox is restored from its newest checkpoint and its team re-run.
+
+Step boundaries (after each team run, verification, decision, merge and phase change) honour a
+cancel (also one stored while the coordinator was down) and the budget: at 100 % the run
+checkpoints, terminates its sandboxes and pauses; ``run()`` again after a raise resumes it.
+Per-component pipeline steps live in ``coordinator/build/steps.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.budget import Budget, BudgetLedger, BudgetStatus
+from coordinator.build.ports import (
+    CANCEL_REQUESTED,
+    PAUSED_BUDGET,
+    PHASES,
+    BuildCancelledError,
+    BuildPausedError,
+    BuildSettings,
+    EventsPort,
+    FleetPort,
+    GatePort,
+    JudgePort,
+    NotifierPort,
+    PlannerPort,
+    PreviewPort,
+    SatisfactionPort,
+    TeamsPort,
+    VerifyPort,
+)
+from coordinator.build.steps import LIVE, ComponentSteps
+from coordinator.clock import Clock, SystemClock
+from coordinator.contracts import parse_contract
+from coordinator.intent import ContractDriftError, LockedContract, lock
+from coordinator.plan import FleetPlan, PlanSettings, plan_fleet
+from coordinator.store.store import Store
+from coordinator.store.schema import BuildSession, SessionStatus, Slot
+from sandbox_agents.errors import BuildError
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED})
+
+
+@dataclass
+class BuildPorts:
+    """Everything a run reaches the world through."""
+
+    fleet: FleetPort
+    teams: TeamsPort
+    verify: VerifyPort
+    judge: JudgePort
+    gate: GatePort
+    preview: PreviewPort
+    satisfaction: SatisfactionPort
+    events: EventsPort
+    store: Store
+    ledger: BudgetLedger
+    clock: Clock
+    planner: PlannerPort | None = None
+    notifier: NotifierPort | None = None
+
+
+class BuildRun:
+    """The phase machine of one build; ``run()`` is restartable from whatever the store holds.
+
+    Args:
+        build_id: The session id in the store.
+        ports: The world (fakes in unit tests).
+        settings: Checkpoint interval, merge attempts, respawns.
+    """
+
+    def __init__(self, build_id: str, ports: BuildPorts, settings: BuildSettings | None = None) -> None:
+        self.build_id = build_id
+        self.ports = ports
+        self.store = ports.store
+        self.clock = ports.clock or SystemClock()
+        self.settings = settings or BuildSettings()
+        self.locked: LockedContract | None = None
+        self.plan: FleetPlan | None = None
+        self.slots: dict[str, Slot] = {}
+        self.phase = ""
+        self.component_phase: dict[str, str] = {}
+        self.merged: dict[str, asyncio.Event] = {}
+        self.preview_url: str | None = None
+        self.steps = ComponentSteps(self)
+        self._cancel = asyncio.Event()
+
+    # --- the run -------------------------------------------------------------------------
+
+    async def run(self) -> BuildSession:
+        """Drive the build from wherever it stands to completed, failed, cancelled or paused.
+
+        Returns:
+            The session as it is at the end of this run.
+        """
+        session = self.store.get_session(self.build_id)
+        if session.status in TERMINAL:
+            return session
+        self.phase = session.phase
+        self.preview_url = self.preview_url or session.preview_url
+        try:
+            self.check_control()
+            if session.status is SessionStatus.PAUSED:
+                if self.ports.ledger.status() is BudgetStatus.EXHAUSTED:
+                    return session  # still no budget: stay paused until raise_budget
+                await self.emit("build.resumed", {"phase": session.phase})
+            elif session.status is SessionStatus.RUNNING and session.phase:
+                await self.emit("coordinator.resumed", {"phase": session.phase})
+            self.store.update_session(self.build_id, status=SessionStatus.RUNNING, error=None)
+            await self._intent(session)
+            await self._fleet()
+            await self._components()
+            await self._satisfy()
+        except BuildCancelledError:
+            await self._finish_cancelled()
+        except BuildPausedError as exc:
+            await self._pause(exc.reason)
+        except Exception as exc:  # noqa: BLE001 - any failure ends the build as failed, with the reason
+            logger.exception("build %s failed", self.build_id)
+            await self._fail(exc)
+        return self.store.get_session(self.build_id)
+
+    def request_cancel(self) -> None:
+        """Record a cancel (durably, so a restart honours it too); the run stops at its next step."""
+        session = self.store.get_session(self.build_id)
+        if session.status not in TERMINAL:
+            self.store.update_session(self.build_id, error=CANCEL_REQUESTED)
+        self._cancel.set()
+
+    # --- phase 0: intent -----------------------------------------------------------------
+
+    async def _intent(self, session: BuildSession) -> None:
+        await self.enter_phase("intent")
+        if session.contract is not None and session.contract_hash:
+            locked = lock(parse_contract(session.contract), clock=self.clock.now)
+            if locked.sha256 != session.contract_hash:
+                raise ContractDriftError(
+                    f"stored contract of build {self.build_id} no longer matches its hash", fields=["<stored>"]
+                )
+            self.locked = locked
+        else:
+            if session.contract is not None:
+                contract = parse_contract(session.contract)
+            elif self.ports.planner is not None:
+                contract = await self.ports.planner.plan(session.prompt)
+            else:
+                raise BuildError(f"build {self.build_id} has neither a contract nor a planner")
+            self.locked = lock(contract, clock=self.clock.now)
+            self.store.update_session(
+                self.build_id, contract=contract.model_dump(mode="json"), contract_hash=self.locked.sha256
+            )
+            await self.emit("intent.locked", {"name": contract.name, "sha256": self.locked.sha256})
+        if session.budget is None:  # the contract's budget, unless the user gave one
+            budget = Budget(max_usd=self.locked.contract.budget.usd)
+            self.ports.ledger.budget = budget
+            self.store.update_session(self.build_id, budget=budget.model_dump())
+        await self.step()
+
+    # --- phase 1: fleet ------------------------------------------------------------------
+
+    async def _fleet(self) -> None:
+        assert self.locked is not None
+        await self.enter_phase("fleet")
+        contract = self.locked.contract
+        self.plan = plan_fleet(contract, PlanSettings(build_id=self.build_id))
+        stored = {s.slot: s for s in self.store.list_slots(self.build_id)}
+        for slot in self.plan.slots:
+            if slot.slot_id not in stored:
+                candidates = [s.slot_id for s in self.plan.slots_of(slot.component)]
+                stored[slot.slot_id] = self.store.upsert_slot(
+                    Slot(
+                        session_id=self.build_id,
+                        slot=slot.slot_id,
+                        component=slot.component,
+                        candidate=candidates.index(slot.slot_id),
+                    )
+                )
+        self.slots = stored
+        for name in self.plan.order:
+            event = self.merged.setdefault(name, asyncio.Event())
+            if all(self.slots[s.slot_id].status in ("merged", "lost") for s in self.plan.slots_of(name)):
+                event.set()
+        await self.ports.gate.start(contract)
+        todo = [s for s in self.plan.slots if self.slots[s.slot_id].status in LIVE]
+        await self._gather(*(self.steps.ensure_sandbox(s) for s in todo))
+        await self.emit("fleet.ready", {"slots": [s.slot_id for s in self.plan.slots], "order": list(self.plan.order)})
+        await self.step()
+
+    # --- phases 2-5: one pipeline per component --------------------------------------------
+
+    async def _components(self) -> None:
+        assert self.plan is not None
+        for name in self.plan.order:
+            if self.merged[name].is_set():
+                self.component_phase[name] = "done"
+            else:
+                self.component_phase.setdefault(name, "build")
+        await self._advance_phase()
+        ticker = asyncio.get_running_loop().create_task(self._checkpoint_ticker())
+        try:
+            await self._gather(*(self.steps.component(name) for name in self.plan.order))
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ticker
+
+    async def set_component_phase(self, component: str, phase: str) -> None:
+        """Move one component's pipeline; the build's phase follows its least advanced component."""
+        if self.component_phase.get(component) == phase:
+            return
+        self.component_phase[component] = phase
+        await self.emit("component.phase", {"component": component, "phase": phase})
+        await self._advance_phase()
+
+    async def _advance_phase(self) -> None:
+        open_phases = [p for p in self.component_phase.values() if p != "done"]
+        target = min(open_phases, key=PHASES.index) if open_phases else "preview"
+        if self.phase not in PHASES or PHASES.index(target) > PHASES.index(self.phase):
+            await self.enter_phase(target)
+
+    # --- phase 6: satisfaction -------------------------------------------------------------
+
+    async def _satisfy(self) -> None:
+        assert self.locked is not None
+        await self.enter_phase("satisfy")
+        report = await self.ports.satisfaction.check_main(self.locked)
+        event = report.to_event()
+        await self.emit(event.kind, event.data)
+        if not report.done:
+            failed = ", ".join(r.id for r in report.failed)
+            raise BuildError(f"success criteria not met in main: {failed}")
+        tree_hash = await self.ports.gate.tree_hash()
+        await self.release_all()
+        await self.enter_phase("done", checkpoint=False)
+        now = self.clock.now()
+        self.store.update_session(self.build_id, status=SessionStatus.COMPLETED, finished_at=now, error=None)
+        await self.emit("build.done", {"tree_hash": tree_hash, "preview_url": self.preview_url})
+        await self._notify("completed", f"build {self.build_id} completed", {"tree_hash": tree_hash})
+
+    # --- phases, steps, checkpoints ---------------------------------------------------------
+
+    async def enter_phase(self, phase: str, *, checkpoint: bool = True) -> None:
+        """Persist and announce a phase change (a step boundary: checkpoints, cancel, budget)."""
+        if phase == self.phase or (
+            phase in PHASES and self.phase in PHASES and PHASES.index(phase) < PHASES.index(self.phase)
+        ):
+            await self.step()  # a resumed run passes the phases it already left without going back
+            return
+        previous, self.phase = self.phase, phase
+        self.store.update_session(self.build_id, phase=phase)
+        await self.emit("build.phase", {"phase": phase, "previous": previous})
+        if checkpoint:
+            await self.checkpoint_all(f"phase:{phase}")
+        await self.step()
+
+    async def step(self) -> None:
+        """A step boundary: honour a cancel, then the budget."""
+        self.check_control()
+        if self.ports.ledger.status() is BudgetStatus.EXHAUSTED:
+            raise BuildPausedError(f"build {self.build_id} exhausted its budget", reason=PAUSED_BUDGET)
+
+    def check_control(self) -> None:
+        """Raise BuildCancelledError when a cancel was requested (here, or stored while we were down)."""
+        if self._cancel.is_set():
+            raise BuildCancelledError(f"build {self.build_id} was cancelled")
+        session = self.store.get_session(self.build_id)
+        if session.error == CANCEL_REQUESTED or session.status is SessionStatus.CANCELLED:
+            self._cancel.set()
+            raise BuildCancelledError(f"build {self.build_id} was cancelled")
+
+    async def _checkpoint_ticker(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.checkpoint_interval_s)
+            await self.checkpoint_all("interval")
+
+    async def checkpoint_all(self, reason: str) -> int:
+        """Snapshot every slot with a live sandbox and record the checkpoints; returns how many."""
+        taken = 0
+        for slot in list(self.slots.values()):
+            if slot.status not in LIVE or not slot.sandbox_id:
+                continue
+            try:
+                ref = await self.ports.fleet.snapshot(slot.slot)
+            except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not stop the build
+                logger.warning("build %s: checkpoint of %s failed: %r", self.build_id, slot.slot, exc)
+                continue
+            self.store.add_checkpoint(self.build_id, slot.sandbox_id, slot.slot, ref, phase=self.phase)
+            taken += 1
+        if taken:
+            await self.emit("checkpoint.taken", {"reason": reason, "slots": taken, "phase": self.phase})
+        return taken
+
+    # --- slot records ------------------------------------------------------------------------
+
+    def save_slot(self, slot_id: str, **fields: Any) -> Slot:
+        """Persist a slot's new status/sandbox and keep the session's ``sandbox_ids`` in step."""
+        slot = self.store.upsert_slot(self.slots[slot_id].model_copy(update=fields))
+        self.slots[slot_id] = slot
+        if "sandbox_id" in fields:
+            ids = sorted({s.sandbox_id for s in self.slots.values() if s.sandbox_id})
+            self.store.update_session(self.build_id, sandbox_ids=ids)
+        return slot
+
+    async def release_all(self) -> None:
+        """Stop every team and terminate every sandbox the build still holds (per the store after a restart)."""
+        if not self.slots:
+            self.slots = {s.slot: s for s in self.store.list_slots(self.build_id)}
+        for slot in list(self.slots.values()):
+            with contextlib.suppress(Exception):
+                await self.ports.teams.stop(slot.slot)
+            if slot.sandbox_id:
+                with contextlib.suppress(Exception):
+                    await self.ports.fleet.release(slot.slot)
+                self.save_slot(slot.slot, sandbox_id=None)
+
+    # --- endings -----------------------------------------------------------------------------
+
+    async def _pause(self, reason: str) -> None:
+        await self.checkpoint_all("pause")
+        await self.release_all()
+        self.store.update_session(self.build_id, status=SessionStatus.PAUSED, error=reason)
+        data = {"reason": reason, "phase": self.phase, "spent_usd": round(self.ports.ledger.spent(), 6)}
+        await self.emit("build.paused", data)
+        await self._notify("paused", f"build {self.build_id} paused: {reason}", data)
+
+    async def _finish_cancelled(self) -> None:
+        await self.release_all()
+        now = self.clock.now()
+        self.store.update_session(
+            self.build_id, status=SessionStatus.CANCELLED, finished_at=now, error="cancelled by the user"
+        )
+        await self.emit("build.cancelled", {"phase": self.phase})
+
+    async def _fail(self, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        await self.emit("build.error", {"error": message[:2000], "phase": self.phase})
+        with contextlib.suppress(Exception):
+            await self.release_all()
+        now = self.clock.now()
+        self.store.update_session(self.build_id, status=SessionStatus.FAILED, finished_at=now, error=message[:4000])
+        await self._notify("failed", f"build {self.build_id} failed: {message[:200]}", {"error": message[:2000]})
+
+    async def _notify(self, status: str, summary: str, data: dict[str, Any]) -> None:
+        if self.ports.notifier is None:
+            return
+        try:
+            await self.ports.notifier.notify(status, summary, data)
+        except Exception:  # noqa: BLE001 - a notification never changes the build's outcome
+            logger.warning("build %s: notification %s failed", self.build_id, status, exc_info=True)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Append an event to the build's log and persist its id as the last one sent."""
+        try:
+            entry = await self.ports.events.emit(kind, {"build_id": self.build_id, **data})
+        except Exception:  # noqa: BLE001 - a lost event must not stop the build
+            logger.warning("build %s: event %s not delivered", self.build_id, kind, exc_info=True)
+            return
+        if entry:
+            self.store.set_offset(self.build_id, "events", "coordinator", entry)
+
+    @staticmethod
+    async def _gather(*aws: Any) -> list[Any]:
+        """Run concurrently; on the first failure cancel the rest and raise that failure (not a group)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(a) for a in aws]
+        except BaseExceptionGroup as group_error:
+            raise _first(group_error) from None
+        return [t.result() for t in tasks]
+
+    def describe(self) -> dict[str, Any]:
+        """The run's state for ``status()``: session, slots, merges, budget, preview."""
+        session = self.store.get_session(self.build_id)
+        ledger = self.ports.ledger
+        return {
+            "build_id": self.build_id,
+            "status": session.status.value,
+            "phase": session.phase,
+            "error": session.error,
+            "contract_hash": session.contract_hash,
+            "components": dict(self.component_phase),
+            "merged": [c for c, e in self.merged.items() if e.is_set()],
+            "slots": [s.model_dump(mode="json") for s in self.store.list_slots(self.build_id)],
+            "checkpoints": len(session.checkpoint_ids),
+            "budget": {
+                "spent_usd": round(ledger.spent(), 6),
+                "max_usd": ledger.budget.max_usd,
+                "status": ledger.status().value,
+            },
+            "preview_url": self.preview_url,
+        }
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The exception to act on from a group: a cancel beats a pause beats anything else."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    for kind in (BuildCancelledError, BuildPausedError):
+        for e in leaves:
+            if isinstance(e, kind):
+                return e
+    return leaves[0]

@@ -1,0 +1,343 @@
+"""The merge gate's logic (Phase 4): verified merges into ``main``, one at a time, in dependency order.
+
+A component's winning slot asks to merge with a :class:`MergeRequest`: the sha256 of every
+file of its workspace. :meth:`MergeGateCore.admit` waits for the component's turn
+(:class:`MergeQueue`: every component it ``depends_on`` merged first, one merge at a time),
+writes only what differs from ``main`` onto the branch ``merge/{component}`` of the main
+repo (which lives in the main-test sandbox), commits, restarts the dev servers of the merged
+components, runs the full verification swarm and every success criterion of the components
+merged so far, and fast-forwards ``main`` only if all of that passes. A rejection leaves
+``main`` untouched and returns the findings to the component's team.
+
+Everything reaches the world through ports passed in by the actor (``actors/merge_gate.py``):
+the main repo, the slot's files, the swarm, the criteria and the dev servers, so this module
+is tested with fakes and never imports Ray. :class:`GitMainRepo` and :class:`SandboxDevServers`
+are the concrete repo and dev-server ports over any :class:`~sandbox_agents.backends.base.Sandbox`.
+
+The request/result models, :func:`is_junk` and the port protocols are in
+``coordinator/merge/models.py``; the concrete ports over a sandbox (:class:`GitMainRepo`,
+:class:`SandboxDevServers`, :func:`sandbox_satisfy`, :func:`request_from_sandbox`) in
+``coordinator/merge/sandbox.py``. Both are re-exported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from coordinator.contracts import IntentContract
+from coordinator.intent import CriterionResult
+from coordinator.merge.models import (
+    JUNK_DIRS,
+    JUNK_SUFFIXES,
+    MAX_TREE_BYTES,
+    SHA256,
+    DevServerPort,
+    EventPort,
+    FetchFile,
+    MainRepo,
+    MergeRequest,
+    MergeResult,
+    Satisfy,
+    StaleRequestError,
+    Verify,
+    is_junk,
+    sha256_of,
+)
+from coordinator.merge.sandbox import (
+    GitMainRepo,
+    MergeGitError,
+    SandboxDevServers,
+    request_from_sandbox,
+    sandbox_satisfy,
+)
+from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.verifiers.base import DesignTokens as VerifierTokens
+from sandbox_agents.verifiers.base import VerifyTarget
+from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport
+
+__all__ = [
+    "JUNK_DIRS",
+    "JUNK_SUFFIXES",
+    "MAX_TREE_BYTES",
+    "SHA256",
+    "DevServerPort",
+    "EventPort",
+    "FetchFile",
+    "GitMainRepo",
+    "MainRepo",
+    "MergeGateCore",
+    "MergeGitError",
+    "MergeQueue",
+    "MergeRequest",
+    "MergeResult",
+    "SandboxDevServers",
+    "Satisfy",
+    "StaleRequestError",
+    "Verify",
+    "changed_files",
+    "criteria_for",
+    "is_junk",
+    "request_from_sandbox",
+    "sandbox_satisfy",
+    "sha256_of",
+    "verify_target",
+]
+
+logger = logging.getLogger(__name__)
+
+# --- the queue -------------------------------------------------------------------------------
+
+
+class MergeQueue:
+    """Admits one merge at a time, each only after every component it depends on is merged.
+
+    A request whose dependency is missing or was rejected is held (never dropped) until that
+    dependency merges; among ready requests the oldest goes first.
+    """
+
+    def __init__(self, depends_on: Mapping[str, tuple[str, ...] | list[str]], merged: list[str] | None = None) -> None:
+        self.depends_on = {k: tuple(v) for k, v in depends_on.items()}
+        self.merged: list[str] = list(merged or [])
+        self._waiting: list[tuple[int, str]] = []
+        self._busy = False
+        self._seq = 0
+        self._changed = asyncio.Condition()
+
+    def missing(self, component: str) -> list[str]:
+        """Dependencies of ``component`` not merged yet."""
+        if component not in self.depends_on:
+            raise InvalidInputError(f"no component {component!r} in the contract", field="component")
+        return [d for d in self.depends_on[component] if d not in self.merged]
+
+    def held(self) -> dict[str, list[str]]:
+        """Waiting components and the dependencies each still waits for."""
+        return {c: self.missing(c) for _, c in self._waiting}
+
+    def _next(self) -> int | None:
+        ready = [seq for seq, c in self._waiting if not self.missing(c)]
+        return ready[0] if ready and not self._busy else None
+
+    async def acquire(self, component: str) -> None:
+        """Wait for ``component``'s turn; the caller must :meth:`release` afterwards."""
+        self.missing(component)
+        self._seq += 1
+        ticket = (self._seq, component)
+        async with self._changed:
+            self._waiting.append(ticket)
+            try:
+                await self._changed.wait_for(lambda: self._next() == ticket[0])
+            finally:
+                self._waiting.remove(ticket)
+            self._busy = True
+
+    async def release(self, component: str, *, merged: bool) -> None:
+        async with self._changed:
+            self._busy = False
+            if merged and component not in self.merged:
+                self.merged.append(component)
+            self._changed.notify_all()
+
+
+# --- the gate --------------------------------------------------------------------------------
+
+_KINDS = {"frontend": "web"}
+
+
+def verify_target(contract: IntentContract, component: str, urls: Mapping[str, str], merged: list[str]) -> VerifyTarget:
+    """What the swarm checks for one merge: the whole repo, looked at through the app's page if there is one."""
+    comp = contract.component(component)
+    page = comp if comp.kind == "frontend" and comp.name in urls else None
+    if page is None:  # a backend merge must not break the page already merged
+        page = next(
+            (c for c in contract.components if c.kind == "frontend" and c.name in urls and c.name in merged), None
+        )
+    tokens = None
+    if comp.design is not None and (comp.design.colors or comp.design.fonts):
+        tokens = VerifierTokens(colors=list(comp.design.colors.values()), fonts=list(comp.design.fonts.values()))
+    return VerifyTarget(
+        kind="web" if page is not None else "library",
+        root=".",
+        dev_url=urls[page.name] if page is not None else None,
+        tokens=tokens,
+        name=f"merge-{component}",
+    )
+
+
+def criteria_for(contract: IntentContract, merged: list[str]) -> IntentContract | None:
+    """The contract cut down to the criteria of merged components (global ones once all are merged)."""
+    everything = {c.name for c in contract.components} <= set(merged)
+    chosen = [
+        c for c in contract.success_criteria if (c.component in merged if c.component is not None else everything)
+    ]
+    return contract.model_copy(update={"success_criteria": tuple(chosen)}) if chosen else None
+
+
+def changed_files(wanted: Mapping[str, str], main: Mapping[str, str]) -> dict[str, str]:
+    """Files of a request that are not junk and differ from (or are missing in) ``main``."""
+    return {p: h for p, h in sorted(wanted.items()) if not is_junk(p) and main.get(p) != h}
+
+
+class MergeGateCore:
+    """Verified, ordered merges into the main repo. See the module docstring.
+
+    Args:
+        contract: The locked build's contract.
+        repo: The main repo port.
+        fetch: Reads a file of the requesting slot.
+        verify: The verification swarm on the main-test sandbox.
+        satisfy: Runs criteria against the main-test sandbox's servers.
+        servers: The main-test sandbox's dev servers.
+        events: Where merge events and findings go (optional).
+        swarm_must_pass: When False, swarm errors are reported but do not reject (criteria still do).
+        clock: Monotonic clock for durations.
+    """
+
+    def __init__(
+        self,
+        contract: IntentContract,
+        repo: MainRepo,
+        fetch: FetchFile,
+        verify: Verify,
+        satisfy: Satisfy,
+        servers: DevServerPort,
+        events: EventPort | None = None,
+        *,
+        swarm_must_pass: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.contract = contract
+        self.repo = repo
+        self.fetch = fetch
+        self.verify = verify
+        self.satisfy = satisfy
+        self.servers = servers
+        self.events = events
+        self.swarm_must_pass = swarm_must_pass
+        self.clock = clock
+        self.queue = MergeQueue({c.name: c.depends_on for c in contract.components})
+        self._started = False
+
+    async def start(self) -> None:
+        """Initialise (or recover) the main repo and learn what is merged already."""
+        await self.repo.init()
+        self.queue.merged = await self.repo.merged()
+        self._started = True
+
+    async def admit(self, request: MergeRequest) -> MergeResult:
+        """Merge ``request`` when its turn comes, only if everything passes.
+
+        Returns:
+            The verdict; on rejection ``main`` is unchanged and ``findings`` say why.
+
+        Raises:
+            InvalidInputError: The component is not in the contract.
+        """
+        if not self._started:
+            await self.start()
+        self.queue.missing(request.component)
+        await self._emit("merge.queued", request, waiting_for=self.queue.missing(request.component))
+        await self.queue.acquire(request.component)
+        accepted = False
+        try:
+            result = await self._attempt(request)
+            accepted = result.accepted
+        finally:
+            await self.queue.release(request.component, merged=accepted)
+        kind = "merge.accepted" if result.accepted else "merge.rejected"
+        await self._emit(kind, request, **result.model_dump(mode="json", include={"commit", "changed", "reason"}))
+        if self.events is not None:  # an accepted merge resolves what an earlier rejection reported
+            await self.events.report_findings(request.component, [] if result.accepted else result.findings)
+        return result
+
+    async def _attempt(self, request: MergeRequest) -> MergeResult:
+        started = self.clock()
+        component = request.component
+        branch = f"merge/{component}"
+        changed = changed_files(request.files, await self.repo.files())
+        deletes = sorted(p for p in request.deleted if not is_junk(p) and p not in request.files)
+
+        async def verdict(accepted: bool, reason: str, **kw: Any) -> MergeResult:
+            return MergeResult(
+                tree_hash=await self.repo.tree_hash(),
+                component=component,
+                slot=request.slot,
+                accepted=accepted,
+                changed=sorted([*changed, *deletes]),
+                reason=reason,
+                duration_s=round(self.clock() - started, 3),
+                **kw,
+            )
+
+        try:
+            writes = await self._fetch(request, changed)
+        except StaleRequestError as exc:
+            return await verdict(False, str(exc))
+        message = request.message or f"merge {component} from {request.slot}"
+        merged = [*self.queue.merged, *([component] if component not in self.queue.merged else [])]
+        try:
+            await self.repo.stage(branch, writes, deletes, f"{message}\n\nKriptik-Component: {component}")
+            findings, criteria, swarm = await self._check(component, merged)
+        except BaseException:  # main must stay as it was, whatever broke (or cancelled) the attempt
+            with contextlib.suppress(Exception):
+                await self.repo.discard(branch)
+            raise
+        if findings:
+            await self.repo.discard(branch)
+            reason = f"{len(findings)} finding(s): " + "; ".join(f.message.splitlines()[0][:160] for f in findings[:3])
+            return await verdict(False, reason, findings=findings, criteria=criteria, swarm=swarm)
+        commit = await self.repo.accept(branch)
+        return await verdict(True, "all checks passed", commit=commit, criteria=criteria, swarm=swarm)
+
+    async def _fetch(self, request: MergeRequest, changed: Mapping[str, str]) -> dict[str, bytes]:
+        blobs = await asyncio.gather(*(self.fetch(request, p) for p in changed))
+        writes = dict(zip(changed, blobs, strict=True))
+        for path, data in writes.items():
+            if sha256_of(data) != changed[path]:
+                raise StaleRequestError(f"{path} changed in slot {request.slot} since the request", field="files")
+        return writes
+
+    async def _check(
+        self, component: str, merged: list[str]
+    ) -> tuple[list[Finding], list[CriterionResult], SwarmReport | None]:
+        serving = [c for c in self.contract.components if c.name in merged and c.dev_server is not None]
+        urls, findings = await self.servers.restart(serving)
+        swarm = await self.verify(verify_target(self.contract, component, urls, merged))
+        if self.swarm_must_pass and not swarm.passed:
+            findings += [f for r in swarm.reports for f in r.findings if f.severity == Severity.ERROR]
+        criteria: list[CriterionResult] = []
+        sub = criteria_for(self.contract, merged)
+        if sub is not None:
+            criteria = (await self.satisfy(sub, urls)).results
+            findings += [
+                Finding(message=f"criterion {r.id} failed: {r.evidence}"[:2000], rule=f"criterion.{r.type}")
+                for r in criteria
+                if not r.passed
+            ]
+        return findings, criteria, swarm
+
+    async def _emit(self, kind: str, request: MergeRequest, **data: Any) -> None:
+        if self.events is not None:
+            await self.events.emit(kind, {"component": request.component, "slot": request.slot, **data})
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def head(self) -> str:
+        return await self.repo.head()
+
+    async def tree_hash(self) -> str:
+        return await self.repo.tree_hash()
+
+    async def tree(self, max_bytes: int = MAX_TREE_BYTES) -> dict[str, bytes]:
+        """Every file of ``main`` (to seed dependents and the preview)."""
+        return await self.repo.tree(max_bytes)
+
+    def merged(self) -> list[str]:
+        return list(self.queue.merged)
+
+    def held(self) -> dict[str, list[str]]:
+        return self.queue.held()

@@ -1,0 +1,338 @@
+"""The per-sandbox team: 3–5 agents build one component's tasks in one sandbox, and never give up silently.
+
+This is the plan's *sandbox build runner* as plain Python. The SandboxTeam actor
+(``actors/team.py``) owns one :class:`TeamRunner` and hands it its ports: the agents, a
+check runner on the sandbox, a planner, an event sink and a context reader. Unit tests
+pass fakes.
+
+What a run does:
+
+1. loads the build's unified context (``team.started`` carries its size);
+2. splits the tasks among the agents: in dependency order, round-robin, unless a task
+   names its agent; an agent runs its tasks one at a time, each once its dependencies are
+   done;
+3. runs each task's ``check_command`` in the sandbox after the agent finished it;
+4. escalates a failed task, level by level, until it passes or is reported blocked;
+5. runs the component's check; ``team.ready_to_merge`` only when every task is done and
+   that check passes.
+
+Escalation levels and the task ids (the ``task`` of every TurnKey, so a cassette can script
+each attempt — e.g. a failing first attempt and a passing retry):
+
+====  ==========================================  =========================  ==========================
+lvl   what happens                                agent (role)               task id of the attempt
+====  ==========================================  =========================  ==========================
+0     first attempt                               assigned agent ``i``       ``{task}``
+1     retry, the failure appended to the task     the same agent ``i``       ``{task}#retry1``
+2     hand-off with more context (the failure,    the next agent ``i+1``     ``{task}#handoff``
+      the files other agents changed)
+3     re-plan: the planner answers replacement    role ``planner``           planner key ``{task}#replan``
+      tasks; each runs with levels 0–2            agent ``i+k`` for the k-th their own ids
+4     blocked: ``task.blocked``; dependents are   —                          —
+      blocked too; the other tasks go on
+====  ==========================================  =========================  ==========================
+
+Agents' roles are ``agent:{component}:{n}``. Events: ``team.started``, ``task.started``,
+``task.done``, ``task.escalated``, ``task.recovered``, ``task.blocked``, ``team.check``,
+``team.ready_to_merge``, ``team.finished``.
+
+The task models, ports and report live in ``coordinator/team/models.py``, the per-file lock
+service in ``coordinator/team/locks.py``, the LLM planner and :func:`prompt_context` in
+``coordinator/team/llm.py``; they are re-exported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from coordinator.team.llm import REPLACE_TOOL, LLMPlanner, prompt_context
+from coordinator.team.locks import FileLockService
+from coordinator.team.models import (
+    HANDOFF_SUFFIX,
+    REPLAN_SUFFIX,
+    RETRY_SUFFIX,
+    AttemptRecord,
+    CheckRunner,
+    ComponentWork,
+    ContextReader,
+    LLMCharge,
+    Planner,
+    TeamAgent,
+    TeamEvents,
+    TeamReport,
+    TeamTask,
+    agent_role,
+    assign,
+    topological,
+)
+from sandbox_agents.backends.base import ExecResult
+from sandbox_agents.errors import InvalidInputError
+
+__all__ = [
+    "FAILURE_CAP",
+    "HANDOFF_SUFFIX",
+    "REPLACE_TOOL",
+    "REPLAN_SUFFIX",
+    "RETRY_SUFFIX",
+    "AttemptRecord",
+    "CheckRunner",
+    "LLMCharge",
+    "ComponentWork",
+    "ContextReader",
+    "FileLockService",
+    "LLMPlanner",
+    "Planner",
+    "TeamAgent",
+    "TeamEvents",
+    "TeamReport",
+    "TeamRunner",
+    "TeamTask",
+    "agent_role",
+    "assign",
+    "prompt_context",
+    "topological",
+]
+
+logger = logging.getLogger(__name__)
+
+FAILURE_CAP = 4_000
+"""Most characters of a failure carried into the next attempt's instructions."""
+
+
+# --- the runner ----------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """An attempt (or a whole escalation) did not get the task done; the text says why."""
+
+
+class TeamRunner:
+    """Runs one component's tasks with a team of agents in one sandbox.
+
+    Args:
+        work: The component's tasks, check and team size.
+        agents: One port per agent, ``work.agents`` of them; agent ``n`` plays role ``agent:{component}:{n}``.
+        checks: Runs check commands in the sandbox.
+        planner: Answers replacement tasks at escalation level 3.
+        events: Receives the team's events and error reports.
+        context: Reads the build's unified context (at start, and for hand-offs).
+        locks: The sandbox's per-file lock service; released for an agent after each of its attempts.
+    """
+
+    def __init__(
+        self,
+        work: ComponentWork,
+        agents: Sequence[TeamAgent],
+        *,
+        checks: CheckRunner,
+        planner: Planner,
+        events: TeamEvents,
+        context: ContextReader | None = None,
+        locks: FileLockService | None = None,
+    ) -> None:
+        if len(agents) != work.agents:
+            raise InvalidInputError(
+                f"{work.component}: {work.agents} agents planned, {len(agents)} given", field="agents"
+            )
+        self.work = work
+        self.agents = list(agents)
+        self.checks = checks
+        self.planner = planner
+        self.events = events
+        self.context = context
+        self.locks = locks or FileLockService()
+        self._busy = [asyncio.Lock() for _ in agents]
+        self._settled: dict[str, asyncio.Event] = {t.id: asyncio.Event() for t in work.tasks}
+        self._changes: dict[str, str] = {}
+        self._replaced: set[str] = set()
+        self.report = TeamReport(component=work.component, ready=False)
+
+    async def run(self) -> TeamReport:
+        """Run every task (escalating failures), then the component check.
+
+        Returns:
+            The report; ``ready`` says whether ``team.ready_to_merge`` was emitted.
+        """
+        context = await self._read_context()
+        await self._emit(
+            "team.started", {"tasks": len(self.work.tasks), "agents": self.work.agents, "context": len(context)}
+        )
+        queues = assign(self.work)
+        await asyncio.gather(*(self._work_queue(n, queue) for n, queue in enumerate(queues)))
+        report = self.report
+        if not report.blocked:
+            report.check = await self._component_check()
+            report.ready = report.check is None or report.check.ok
+            await self._emit("team.check", {"ok": report.ready, "output": _result_text(report.check)[-1000:]})
+            if report.ready:
+                await self._emit("team.ready_to_merge", {"done": report.done})
+        await self._emit("team.finished", {"ready": report.ready, "blocked": sorted(report.blocked)})
+        return report
+
+    async def _work_queue(self, index: int, queue: list[TeamTask]) -> None:
+        for task in queue:
+            await self._settle_one(task, index)
+
+    async def _settle_one(self, task: TeamTask, index: int) -> None:
+        try:
+            for dep in task.depends_on:
+                await self._settled[dep].wait()
+            blocked_deps = [d for d in task.depends_on if d in self.report.blocked]
+            if blocked_deps:
+                await self._block(task, f"depends on blocked task(s) {blocked_deps}")
+                return
+            level = await self._escalate(task, index, allow_replan=True)
+            self.report.done.append(task.id)
+            if level:
+                self.report.recovered[task.id] = level
+                await self._emit("task.recovered", {"task": task.id, "level": level})
+                await self.events.report_error(self._error_key(task), "recovered", resolved=True)
+        except _Failed as exc:
+            await self._block(task, str(exc))
+        finally:
+            self._settled[task.id].set()
+
+    async def _escalate(self, task: TeamTask, index: int, *, allow_replan: bool) -> int:
+        """Levels 0–3 for one task; returns the level that got it done. Raises _Failed for level 4."""
+        failure = await self._attempt(task, index, task.id, level=0)
+        if not failure:
+            return 0
+        await self._escalated(task, 1, failure, task.id + RETRY_SUFFIX)
+        note = f"Your previous attempt at this task failed. Fix this:\n{_cap(failure)}"
+        failure = await self._attempt(task, index, task.id + RETRY_SUFFIX, level=1, note=note)
+        if not failure:
+            return 1
+        other = (index + 1) % len(self.agents)
+        await self._escalated(task, 2, failure, task.id + HANDOFF_SUFFIX)
+        failure = await self._attempt(task, other, task.id + HANDOFF_SUFFIX, level=2, note=self._handoff_note(failure))
+        if not failure:
+            return 2
+        if not allow_replan:
+            raise _Failed(failure)
+        await self._escalated(task, 3, failure, task.id + REPLAN_SUFFIX)
+        try:
+            replacements = self._checked_replacements(await self.planner.replan(task, _cap(failure)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a planner miss or a bad plan leaves level 4
+            raise _Failed(f"re-plan failed: {type(exc).__name__}: {exc}; last failure: {_cap(failure, 1000)}") from exc
+        for k, sub in enumerate(replacements):
+            await self._escalate(sub, (index + k) % len(self.agents), allow_replan=False)
+        return 3
+
+    async def _attempt(self, task: TeamTask, index: int, attempt_id: str, *, level: int, note: str = "") -> str:
+        """One attempt: the agent's run, then the task's check. Returns the failure text, empty on success."""
+        agent = self.agents[index]
+        data = {"task": task.id, "attempt": attempt_id, "agent": agent.name, "level": level}
+        async with self._busy[index]:
+            await self._emit("task.started", data)
+            failure = ""
+            try:
+                outcome = await agent.run_task(task.agent_task(attempt_id, note))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a dead agent is one more failure to escalate
+                failure = f"agent {agent.name} failed: {type(exc).__name__}: {exc}"
+                outcome = None
+            finally:
+                self.locks.release_all(agent.name)
+        if outcome is not None:
+            if outcome.usage.total_tokens or outcome.usage.cost_usd:
+                model = outcome.model or "unknown"
+                self.report.usage.append(LLMCharge(role=outcome.role or agent.name, model=model, usage=outcome.usage))
+            for path in outcome.changed_files:
+                self._changes[path] = agent.name
+            if not outcome.ok:
+                failure = f"the agent stopped with status {outcome.status}: {outcome.error or outcome.final_text}"
+            elif task.check_command:
+                result = await self.checks.run_check(task.check_command, task.check_timeout_s)
+                if not result.ok:
+                    failure = f"the task's check `{_command_text(task.check_command)}` failed:\n{_result_text(result)}"
+        self.report.attempts.append(
+            AttemptRecord(
+                task=task.id, attempt=attempt_id, agent=agent.name, level=level, ok=not failure, failure=failure
+            )
+        )
+        if failure:
+            await self.events.report_error(self._error_key(task), f"{attempt_id}: {_cap(failure, 1500)}")
+        else:
+            await self._emit("task.done", data)
+        return failure
+
+    def _handoff_note(self, failure: str) -> str:
+        changes = "\n".join(f"- {path} (by {who})" for path, who in sorted(self._changes.items())) or "- (none yet)"
+        return (
+            "Another agent tried this task twice and failed. Its last failure:\n"
+            f"{_cap(failure)}\n\nFiles changed in this sandbox so far:\n{changes}\n"
+            "Read the relevant files first, then fix the problem."
+        )
+
+    def _checked_replacements(self, tasks: list[TeamTask]) -> list[TeamTask]:
+        if not tasks:
+            raise InvalidInputError("the planner answered no replacement tasks", field="tasks")
+        taken = set(self._settled) | self._replaced
+        ids = [t.id for t in tasks]
+        clash = [i for i in ids if i in taken] or [i for i in ids if ids.count(i) > 1]
+        if clash:
+            raise InvalidInputError(
+                f"replacement task ids clash with existing ones: {sorted(set(clash))}", field="tasks"
+            )
+        for t in tasks:  # replacements may depend on each other and on tasks already done, nothing else
+            unknown = [d for d in t.depends_on if d not in ids and d not in self.report.done]
+            if unknown:
+                raise InvalidInputError(f"replacement {t.id!r} depends on unfinished tasks {unknown}", field="tasks")
+        done = set(self.report.done)
+        ordered = topological(
+            [t.model_copy(update={"depends_on": tuple(d for d in t.depends_on if d not in done)}) for t in tasks]
+        )
+        self._replaced.update(ids)
+        return ordered
+
+    async def _block(self, task: TeamTask, reason: str) -> None:
+        self.report.blocked[task.id] = reason
+        await self._emit("task.blocked", {"task": task.id, "reason": _cap(reason, 1500)})
+
+    async def _escalated(self, task: TeamTask, level: int, failure: str, next_attempt: str) -> None:
+        data = {"task": task.id, "level": level, "next": next_attempt, "reason": _cap(failure, 1500)}
+        await self._emit("task.escalated", data)
+
+    async def _component_check(self) -> ExecResult | None:
+        if not self.work.check_command:
+            return None
+        return await self.checks.run_check(self.work.check_command, self.work.check_timeout_s)
+
+    async def _read_context(self) -> Mapping[str, Any]:
+        if self.context is None:
+            return {}
+        try:
+            return await self.context()
+        except Exception:  # the agents read it again every turn; a failed first read is not fatal
+            logger.warning("team %s: reading the unified context failed", self.work.component, exc_info=True)
+            return {}
+
+    def _error_key(self, task: TeamTask) -> str:
+        return f"team:{self.work.component}:{task.id}"
+
+    async def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            await self.events.emit(kind, {"component": self.work.component, **data})
+        except Exception:  # a lost event must not stop the build
+            logger.warning("team %s: event %s not delivered", self.work.component, kind, exc_info=True)
+
+
+def _cap(text: str, cap: int = FAILURE_CAP) -> str:
+    return text if len(text) <= cap else text[: cap // 2] + "\n…[cut]…\n" + text[-cap // 2 :]
+
+
+def _command_text(command: list[str] | str) -> str:
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def _result_text(result: ExecResult | None) -> str:
+    if result is None:
+        return "(no check)"
+    out, err = result.stdout[-1500:], result.stderr[-2000:]
+    return f"exit code {result.exit_code}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"

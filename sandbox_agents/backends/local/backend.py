@@ -1,0 +1,241 @@
+"""The local backend: bubblewrap namespaces, cgroup limits, a tmpfs workspace per sandbox.
+
+Measured on these hosts: a bwrap spawn costs 4–5 ms, an ``nsenter`` exec a few ms. The
+sandbox runs as a dedicated non-root uid with every capability dropped, sees only /usr
+(read-only), stub /etc files, its workspace and its home; its network is unshared unless
+the spec allows it, and then goes through slirp4netns with the host's loopback cut off.
+State lives on disk (``state.json``), so ``from_id`` works from any process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
+from sandbox_agents.backends.config import LocalBackendConfig
+from sandbox_agents.backends.local.cgroup import CgroupLayout, SandboxCgroups
+from sandbox_agents.backends.local.launch import bwrap_argv, check_tools, launch, process_start_time, write_etc
+from sandbox_agents.backends.local.sandbox import LocalSandbox
+from sandbox_agents.backends.local.state import LocalState, default_root, mount_tmpfs, unmount_under
+from sandbox_agents.errors import ConfigError, SandboxNotFoundError, SnapshotError
+from sandbox_agents.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class LocalBackend:
+    """Sandboxes on this host. Cheap to construct; checks its tools on first use."""
+
+    name = "local"
+    capabilities: frozenset[str] = frozenset({"exec", "isolation", "expose"})
+
+    def __init__(self, config: LocalBackendConfig | None = None) -> None:
+        self.config = config or LocalBackendConfig()
+        settings = get_settings()
+        self.root = self.config.root or default_root(settings.home())
+        self.uid = self.config.sandbox_uid or settings.kriptik_sandbox_uid
+        if self.uid == 0:
+            raise ConfigError("the sandbox uid must not be 0 (sandbox root would be host root)")
+        self._layout: CgroupLayout | None = None
+        self._checked = False
+        self._standby: list[LocalSandbox] = []
+        self._refill: asyncio.Task[None] | None = None
+        self._filling = asyncio.Lock()
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _ready(self) -> CgroupLayout:
+        if not self._checked:
+            check_tools()
+            for path in (self.root, self.root / "snapshots"):
+                path.mkdir(parents=True, exist_ok=True)
+            for parent in [self.root, *self.root.parents]:
+                if parent == Path("/"):
+                    break
+                if parent.stat().st_uid == os.geteuid():
+                    os.chmod(parent, parent.stat().st_mode | 0o711)  # the sandbox uid must traverse
+            self._layout = CgroupLayout.detect()
+            self._checked = True
+        assert self._layout is not None
+        return self._layout
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    def _sandbox(self, state: LocalState) -> LocalSandbox:
+        return LocalSandbox(self, state, SandboxCgroups(self._ready(), state.id))
+
+    # --- the contract ------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> LocalSandbox:
+        """Start a sandbox (adopting a standby one when the pool has it)."""
+        layout = self._ready()
+        while self._standby:
+            sandbox = self._standby.pop()
+            if await sandbox.adopt(spec):
+                self._schedule_refill()
+                return sandbox
+        self._schedule_refill()
+        return await asyncio.to_thread(self._start, spec, layout)
+
+    def _start(self, spec: SandboxSpec, layout: CgroupLayout) -> LocalSandbox:
+        sandbox_id = f"sbx-{uuid.uuid4().hex[:12]}"
+        base = self.root / sandbox_id
+        fs_dir, ctl_dir, etc_dir = base / "fs", base / "ctl", base / "etc"
+        for path in (base, fs_dir, ctl_dir, etc_dir):
+            path.mkdir(mode=0o711, parents=True)
+        quota = mount_tmpfs(fs_dir, size_mb=spec.disk_mb, uid=self.uid)
+        for name in ("workspace", "home"):
+            (fs_dir / name).mkdir(mode=0o755)
+            os.chown(fs_dir / name, self.uid, self.uid)
+        write_etc(etc_dir, self.uid)
+        now = time.time()
+        state = LocalState(id=sandbox_id, spec=spec, uid=self.uid, quota=quota, ttl_deadline=now + spec.timeout_s)
+        sandbox = LocalSandbox(self, state, SandboxCgroups(layout, sandbox_id))
+        sandbox.write_deadline(force=True)
+        cgroups = sandbox.cgroups
+        try:
+            cgroups.create(memory_mb=spec.memory_mb, max_pids=spec.max_pids, cpu=spec.cpu)
+            argv = bwrap_argv(fs_dir=fs_dir, ctl_dir=ctl_dir, etc_dir=etc_dir, workdir=spec.workdir)
+            state.launcher_pid, state.child_pid = launch(
+                bwrap=argv, uid=self.uid, cgroup_files=cgroups.join_files(), ctl_dir=ctl_dir, workdir=spec.workdir
+            )
+            state.child_start = process_start_time(state.child_pid)
+            state.launcher_start = process_start_time(state.launcher_pid)
+            state.save(base / "state.json")
+            if spec.network == "full":
+                sandbox.start_network()
+        except BaseException:
+            sandbox.destroy_now()
+            raise
+        logger.debug("sandbox %s started (pid %s)", sandbox_id, state.child_pid)
+        return sandbox
+
+    async def from_id(self, sandbox_id: str) -> LocalSandbox:
+        self._ready()
+        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
+            raise SandboxNotFoundError(f"invalid sandbox id {sandbox_id!r}", sandbox_id=sandbox_id)
+        path = self.root / sandbox_id / "state.json"
+        try:
+            state = LocalState.load(path)
+        except FileNotFoundError:
+            raise SandboxNotFoundError(f"no local sandbox {sandbox_id}", sandbox_id=sandbox_id) from None
+        return self._sandbox(state)
+
+    async def list(self, tags: dict[str, str] | None = None) -> list[LocalSandbox]:
+        """Running sandboxes whose tags include ``tags`` (standby ones are never listed)."""
+        self._ready()
+        wanted = tags or {}
+        found = []
+        for entry in sorted(self.root.glob("sbx-*/state.json")):
+            try:
+                state = LocalState.load(entry)
+            except (OSError, ValueError):
+                continue
+            if state.terminated or state.spec.tags.get("kriptik.standby") == "1":
+                continue
+            if all(state.spec.tags.get(k) == v for k, v in wanted.items()):
+                sandbox = self._sandbox(state)
+                if sandbox.alive():
+                    found.append(sandbox)
+        return found
+
+    async def restore(self, ref: SnapshotRef) -> LocalSandbox:
+        archive = self.snapshots_dir / f"{ref.id}.tar.zst"
+        if ref.backend != self.name or "/" in ref.id or not archive.exists():
+            raise SandboxNotFoundError(f"no local snapshot {ref.id}")
+        sandbox = await self.create(ref.spec.model_copy(update={"tags": {**ref.spec.tags}}))
+        try:
+            await asyncio.to_thread(sandbox.extract, archive)
+        except BaseException as exc:
+            await sandbox.terminate()
+            raise SnapshotError(f"restore of {ref.id} failed: {exc}", sandbox_id=sandbox.id) from exc
+        return sandbox
+
+    async def close(self) -> None:
+        """End the standby sandboxes this object started (assigned ones live on)."""
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refill
+        standby, self._standby = self._standby, []
+        for sandbox in standby:
+            await sandbox.terminate()
+
+    # --- standby pool ------------------------------------------------------------------
+
+    async def warm(self) -> None:
+        """Fill the standby pool now (``config.standby`` sandboxes), waiting until it is full."""
+        layout = self._ready()
+        async with self._filling:  # one filler at a time: an explicit warm() and a refill never overfill
+            while len(self._standby) < self.config.standby:
+                self._standby.append(await asyncio.to_thread(self._start, _standby_spec(), layout))
+
+    def _schedule_refill(self) -> None:
+        if self.config.standby and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.get_running_loop().create_task(self._refill_later())
+
+    async def _refill_later(self) -> None:
+        # Starting a standby is ~10 ms of CPU (bwrap, namespaces, cgroups): on 2 cores it would slow
+        # the first commands of the sandbox just adopted, the very latency the standby exists for.
+        await asyncio.sleep(REFILL_DELAY_S)
+        await self.warm()
+
+    async def end_all(self) -> int:
+        """End every running sandbox under this root, standby ones too (``kriptik down``); snapshots stay."""
+        await self.close()
+        ended = 0
+        for entry in self.root.glob("sbx-*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                state = LocalState.load(entry)
+                if not state.terminated:
+                    await asyncio.to_thread(self._sandbox(state).destroy_now)
+                    ended += 1
+        return ended
+
+    async def purge(self) -> None:
+        """End every sandbox under this root (standby ones too) and delete the root: for test and bench homes."""
+        await self.close()
+        for entry in self.root.glob("sbx-*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                self._sandbox(LocalState.load(entry)).destroy_now()
+        unmount_under(self.root)  # workspaces of sandboxes whose starter died before writing their state
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def sweep(self) -> int:
+        """End standby sandboxes left behind by processes that died (their own loop ends them too)."""
+        ended = 0
+        for entry in self.root.glob("sbx-*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                state = LocalState.load(entry)
+                sandbox = self._sandbox(state)
+                if state.terminated or not sandbox.alive():
+                    sandbox.destroy_now()
+                    ended += 1
+        return ended
+
+
+#: Standby sandboxes expire on their own if nobody adopts them (an owner that died).
+STANDBY_TTL_S = 120.0
+REFILL_DELAY_S = 0.25
+"""How long after an adoption the standby refill starts (an explicit ``warm()`` fills at once)."""
+
+
+def _standby_spec() -> SandboxSpec:
+    return SandboxSpec(timeout_s=STANDBY_TTL_S, tags={"kriptik.standby": "1"}, memory_mb=4096, max_pids=1024)
+
+
+def purge_home(home: Path) -> None:
+    """End every local sandbox a (test, bench or demo) state home left behind, then delete the home."""
+    root = default_root(home)
+    if root.exists():
+        asyncio.run(LocalBackend(LocalBackendConfig(root=root)).purge())
+    shutil.rmtree(home, ignore_errors=True)

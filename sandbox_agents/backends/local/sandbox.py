@@ -1,0 +1,430 @@
+"""One local sandbox: commands through ``nsenter``, files from the host, snapshots, ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sandbox_agents.backends.base import (
+    ExecChunk,
+    ExecRequest,
+    ExecResult,
+    FileInfo,
+    NetworkPolicy,
+    SandboxSpec,
+    SandboxStatus,
+    SnapshotRef,
+    exec_request,
+)
+from sandbox_agents.backends.local.cgroup import SandboxCgroups
+from sandbox_agents.backends.local.fs import WorkspaceFS
+from sandbox_agents.backends.local.host import (
+    enter_helper,
+    free_port,
+    kill_pid,
+    pid_alive,
+    port_open,
+    wait_for,
+    wait_pidfile,
+)
+from sandbox_agents.backends.local.launch import SANDBOX_HOME, process_start_time
+from sandbox_agents.backends.local.proc import ProcOutput, run_process
+from sandbox_agents.backends.local.state import Forwarder, LocalState, _libc, unmount
+from sandbox_agents.backends.paths import workspace_relative
+from sandbox_agents.errors import SandboxDeadError, SandboxError, SandboxPathError, SandboxTimeoutError, SnapshotError
+
+if TYPE_CHECKING:
+    from sandbox_agents.backends.local.backend import LocalBackend
+
+# Joins the cgroups named by the first $1 arguments, then execs the rest.
+_JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
+_MS_REMOUNT = 32
+
+
+class LocalSandbox:
+    """A handle on one local sandbox; many handles (in many processes) may share one sandbox."""
+
+    def __init__(self, backend: LocalBackend, state: LocalState, cgroups: SandboxCgroups) -> None:
+        self._backend = backend
+        self._state = state
+        self.cgroups = cgroups
+        self._base = backend.root / state.id
+        self._fs = WorkspaceFS(self._base / "fs" / "workspace", uid=state.uid, gid=state.uid, sandbox_id=state.id)
+        self._deadline_written = 0.0
+        self._execs = 0
+
+    @property
+    def id(self) -> str:
+        return self._state.id
+
+    @property
+    def spec(self) -> SandboxSpec:
+        return self._state.spec
+
+    @property
+    def workspace(self) -> Path:
+        """The workspace directory on the host (tests and snapshots read it)."""
+        return self._base / "fs" / "workspace"
+
+    # --- liveness and deadlines --------------------------------------------------------
+
+    def alive(self) -> bool:
+        st = self._state
+        if st.terminated or st.child_pid <= 0 or st.child_start is None:
+            return False
+        if st.launcher_start is not None and process_start_time(st.launcher_pid) != st.launcher_start:
+            return False  # the launcher is gone: bwrap and the whole tree die with it
+        return process_start_time(st.child_pid) == st.child_start
+
+    def _check_alive(self) -> None:
+        if not self.alive():
+            why = "terminated" if self._state.terminated else "dead (its processes are gone or it expired)"
+            raise SandboxDeadError(f"sandbox {self.id} is {why}", sandbox_id=self.id)
+
+    def write_deadline(self, *, force: bool = False) -> None:
+        """Write min(TTL, now + idle timeout) to the file the sandbox's own loop watches."""
+        st = self._state
+        deadline = st.ttl_deadline
+        if st.spec.idle_timeout_s is not None:
+            deadline = min(deadline, time.time() + st.spec.idle_timeout_s)
+        if force or abs(deadline - self._deadline_written) >= 1.0:
+            path = self._base / "ctl" / "deadline"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(f"{int(deadline)}\n")
+            os.replace(tmp, path)
+            self._deadline_written = deadline
+
+    def _touch(self) -> None:
+        self._check_alive()
+        if self._state.spec.idle_timeout_s is not None:
+            self.write_deadline()
+
+    def _save(self) -> None:
+        self._state.save(self._base / "state.json")
+
+    # --- commands ----------------------------------------------------------------------
+
+    def _env(self, request: ExecRequest) -> dict[str, str]:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": SANDBOX_HOME,
+            "USER": "sandbox",
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+        }
+        env.update(self.spec.env)
+        env.update(self.spec.secrets)  # declared secrets only; nothing else of the host's env
+        env.update(request.env)
+        return env
+
+    def _argv(self, request: ExecRequest, group: str) -> list[str]:
+        chdir: list[str] = []
+        cwd = "-"
+        if request.cwd:
+            rel = workspace_relative(request.cwd, workdir=self.spec.workdir, sandbox_id=self.id)
+            if rel != ".":
+                cwd = f"{self.spec.workdir}/{rel}"
+                chdir = ["env", f"--chdir={cwd}", "--"]
+        joins = self.cgroups.join_files(group)
+        uid = self._state.uid
+        helper = enter_helper()
+        if helper is not None:  # one exec instead of sh + nsenter + setpriv
+            return [helper, str(self._state.child_pid), str(uid), cwd, str(len(joins)), *joins, "--", *request.argv()]
+        enter = ["nsenter", "-t", str(self._state.child_pid), "-m", "-p", "-n", "-i", "-u", "--root", "--wd"]
+        drop = [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ]
+        return ["/bin/sh", "-c", _JOIN, "sh", str(len(joins)), *joins, *enter, *drop, *chdir, *request.argv()]
+
+    def _networked(self, request: ExecRequest) -> bool:
+        spec = self.spec
+        if spec.network != NetworkPolicy.INSTALL or not spec.install_commands:
+            return False
+        argv = request.argv()
+        text = request.command if isinstance(request.command, str) else " ".join(request.command)
+        return text in spec.install_commands or os.path.basename(argv[0]) in spec.install_commands
+
+    def _run(self, request: ExecRequest, on_chunk=None) -> ProcOutput:  # type: ignore[no-untyped-def]
+        self._execs += 1
+        group = f"x{os.getpid()}-{self._execs}-{uuid.uuid4().hex[:6]}"
+        self.cgroups.new_exec_group(group)
+
+        def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+            self.cgroups.kill_group(group)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        slirp = self.start_network(record=False) if self._networked(request) else None
+        stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
+        try:
+            return run_process(
+                self._argv(request, group),
+                env=self._env(request),
+                stdin=stdin,
+                timeout_s=request.timeout_s,
+                output_cap=request.output_cap,
+                on_timeout=kill_tree,
+                on_chunk=on_chunk,
+            )
+        finally:
+            if slirp is not None:
+                kill_pid(slirp)
+            if not self.cgroups.exec_group_pids(group):
+                self.cgroups.remove_exec_group(group)
+
+    def _result(self, request: ExecRequest, out: ProcOutput) -> ExecResult:
+        stdout = out.stdout.decode(errors="replace")
+        stderr = out.stderr.decode(errors="replace")
+        if out.timed_out:
+            raise SandboxTimeoutError(
+                f"command {request.argv()!r} timed out after {request.timeout_s}s; its process tree was killed",
+                timeout_s=request.timeout_s or 0.0,
+                stdout=stdout,
+                stderr=stderr,
+                sandbox_id=self.id,
+            )
+        code = out.exit_code if out.exit_code is not None else -1
+        if code < 0:
+            code = 128 - code  # killed by a signal: the shell's convention (137 = SIGKILL, the OOM killer)
+        if code == 137 and not self.alive():
+            raise SandboxDeadError(f"sandbox {self.id} died during the command", sandbox_id=self.id)
+        return ExecResult(
+            exit_code=code, stdout=stdout, stderr=stderr, duration_s=out.duration_s, truncated=out.truncated
+        )
+
+    async def exec(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult:
+        request = exec_request(command, cwd, env, timeout, stdin)
+        self._touch()
+        out = await asyncio.to_thread(self._run, request)
+        return self._result(request, out)
+
+    async def exec_stream(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ExecChunk]:
+        request = exec_request(command, cwd, env, timeout)
+        self._touch()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ExecChunk] = asyncio.Queue()
+
+        def on_chunk(stream: str, data: bytes) -> None:
+            chunk = ExecChunk(stream=stream, data=data.decode(errors="replace"))  # type: ignore[arg-type]
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+
+        task = loop.create_task(asyncio.to_thread(self._run, request, on_chunk))
+        while not (task.done() and queue.empty()):
+            getter = loop.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+            else:
+                getter.cancel()
+        result = self._result(request, task.result())
+        yield ExecChunk(stream="exit", exit_code=result.exit_code)
+
+    # --- files -------------------------------------------------------------------------
+
+    def _rel(self, path: str) -> str:
+        rel = workspace_relative(path, workdir=self.spec.workdir, sandbox_id=self.id)
+        if rel == ".":
+            raise SandboxPathError("the workspace root is not a file", path=path, sandbox_id=self.id)
+        return rel
+
+    async def write_file(self, path: str, data: bytes | str, *, mode: int | None = None) -> None:
+        rel = self._rel(path)
+        self._touch()
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        try:
+            self._fs.write(rel, payload, mode)
+        except OSError as exc:
+            if isinstance(exc, SandboxPathError | IsADirectoryError):
+                raise
+            raise SandboxError(f"write {rel}: {exc.strerror or exc}", sandbox_id=self.id) from exc
+
+    async def read_file(self, path: str) -> bytes:
+        rel = self._rel(path)
+        self._touch()
+        return self._fs.read(rel)
+
+    async def list_files(self, pattern: str = "**/*") -> list[FileInfo]:
+        self._touch()
+        return await asyncio.to_thread(self._fs.list, pattern)
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        rel = self._rel(path)
+        self._touch()
+        await asyncio.to_thread(self._fs.remove, rel, recursive=recursive)
+
+    # --- snapshots ---------------------------------------------------------------------
+
+    async def snapshot(self) -> SnapshotRef:
+        """Save the workspace as tar+zstd (modes and owners kept); restore gives identical files."""
+        self._touch()
+        snap_id = f"snap-{uuid.uuid4().hex[:12]}"
+        archive = self._backend.snapshots_dir / f"{snap_id}.tar.zst"
+        tmp = archive.with_suffix(".part")
+        cmd = [
+            "sh",
+            "-c",
+            'tar -C "$1" --numeric-owner -cf - . | zstd -1 -q -f -o "$2"',
+            "sh",
+            str(self.workspace),
+            str(tmp),
+        ]
+        proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise SnapshotError(f"snapshot of {self.id} failed: {proc.stderr.strip()}", sandbox_id=self.id)
+        os.replace(tmp, archive)
+        return SnapshotRef(
+            backend="local", id=snap_id, sandbox_id=self.id, spec=self.spec, size_bytes=archive.stat().st_size
+        )
+
+    def extract(self, archive: Path) -> None:
+        """Unpack a snapshot into this (fresh) sandbox's workspace."""
+        cmd = [
+            "sh",
+            "-c",
+            'zstd -dcq "$1" | tar -C "$2" --numeric-owner --same-owner -xpf -',
+            "sh",
+            str(archive),
+            str(self.workspace),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SnapshotError(f"extract failed: {proc.stderr.strip()}", sandbox_id=self.id)
+
+    # --- network and ports -------------------------------------------------------------
+
+    def start_network(self, *, record: bool = True) -> int | None:
+        """Give the sandbox outbound network through slirp4netns (host loopback disabled)."""
+        pidfile = self._base / f"slirp-{uuid.uuid4().hex[:6]}.pid"
+        cmd = (
+            f'echo $$ > "{pidfile}"; exec slirp4netns --configure --mtu=65520 --disable-host-loopback '
+            f"{self._state.child_pid} tap0"
+        )
+        subprocess.run(["setsid", "-f", "/bin/sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid = wait_pidfile(pidfile)
+        if record:
+            self._state.slirp_pid = pid
+            self._save()
+        return pid
+
+    async def expose(self, port: int) -> str:
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise SandboxError(f"port {port!r} out of range 1..65535", sandbox_id=self.id)
+        self._touch()
+        known = self._state.forwarders.get(port)
+        if known and all(pid_alive(p) for p in known.pids):
+            return f"http://127.0.0.1:{known.host_port}"
+        return await asyncio.to_thread(self._start_forwarder, port)
+
+    def _start_forwarder(self, port: int) -> str:
+        fwd = self._base / "fwd"
+        fwd.mkdir(exist_ok=True, mode=0o700)
+        sock = fwd / f"{port}.sock"
+        sock.unlink(missing_ok=True)
+        host_port = free_port()
+        inner = (
+            f'echo $$ > "{fwd}/{port}.in.pid"; exec nsenter -t {self._state.child_pid} -n '
+            f"socat UNIX-LISTEN:{sock},fork,mode=600 TCP:127.0.0.1:{port}"
+        )
+        outer = (
+            f'echo $$ > "{fwd}/{port}.out.pid"; exec socat TCP-LISTEN:{host_port},bind=127.0.0.1,fork,reuseaddr '
+            f"UNIX-CONNECT:{sock}"
+        )
+        for script in (inner, outer):
+            subprocess.run(
+                ["setsid", "-f", "/bin/sh", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        pids = [wait_pidfile(fwd / f"{port}.in.pid"), wait_pidfile(fwd / f"{port}.out.pid")]
+        wait_for(lambda: sock.exists() and port_open(host_port), 5.0)
+        self._state.forwarders[port] = Forwarder(host_port=host_port, pids=[p for p in pids if p])
+        self._save()
+        return f"http://127.0.0.1:{host_port}"
+
+    # --- lifetime ----------------------------------------------------------------------
+
+    async def keepalive(self) -> None:
+        """The owner is alive: push the TTL and the idle deadline back by the spec's amounts."""
+        self._check_alive()
+        self._state.ttl_deadline = max(self._state.ttl_deadline, time.time() + self.spec.timeout_s)
+        self._save()
+        self.write_deadline(force=True)
+
+    async def status(self) -> SandboxStatus:
+        with contextlib.suppress(OSError, ValueError):  # another handle may have ended it
+            self._state.terminated = self._state.terminated or LocalState.load(self._base / "state.json").terminated
+        if self._state.terminated:
+            return SandboxStatus.TERMINATED
+        return SandboxStatus.RUNNING if self.alive() else SandboxStatus.DEAD
+
+    def cpu_seconds(self) -> float:
+        return self.cgroups.cpu_seconds()
+
+    async def terminate(self) -> None:
+        await asyncio.to_thread(self.destroy_now)
+
+    def destroy_now(self) -> None:
+        """Kill every process of the sandbox and free its workspace; keep a tombstone."""
+        st = self._state
+        st.terminated = True
+        with contextlib.suppress(OSError):
+            self._save()
+        kill_pid(st.launcher_pid)
+        kill_pid(st.child_pid if process_start_time(st.child_pid) == st.child_start else None)
+        for fwd in st.forwarders.values():
+            for pid in fwd.pids:
+                kill_pid(pid)
+        kill_pid(st.slirp_pid)
+        self.cgroups.destroy()
+        with contextlib.suppress(OSError):
+            (self._base / "ctl" / "deadline").unlink()
+        unmount(self._base / "fs")
+        for sub in ("fs", "fwd", "etc"):
+            shutil.rmtree(self._base / sub, ignore_errors=True)
+
+    async def adopt(self, spec: SandboxSpec) -> bool:
+        """Turn this standby sandbox into one for ``spec``; False if it cannot serve it."""
+        if not self.alive() or spec.workdir != self.spec.workdir or spec.profile != self.spec.profile:
+            return False
+        st = self._state
+        self.cgroups.set_limits(memory_mb=spec.memory_mb, max_pids=spec.max_pids, cpu=spec.cpu)
+        if st.quota:
+            opts = f"size={spec.disk_mb}m".encode()
+            _libc.mount(b"tmpfs", str(self._base / "fs").encode(), b"tmpfs", _MS_REMOUNT, opts)
+        st.spec = spec
+        st.ttl_deadline = time.time() + spec.timeout_s
+        self._save()
+        self.write_deadline(force=True)
+        if spec.network == NetworkPolicy.FULL:
+            self.start_network()
+        return True
