@@ -19,22 +19,16 @@ import asyncio
 import collections
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coordinator.bus import scripts as bus_scripts
 from coordinator.bus.codec import BODY_FIELD, BusCodec, mark_resent
+from coordinator.bus.connection import REDIS_DOWN, BusConfig, backoff_delays, make_client
 from coordinator.bus.models import (
     CHANNEL_OF,
     Channel,
@@ -48,50 +42,11 @@ from coordinator.bus.models import (
     UnifiedContext,
 )
 from coordinator.bus.scripts import BusKeys
+from coordinator.bus.subscription import Subscription
 from sandbox_agents.errors import BusBufferFullError, BusMalformedEntryError, BusUnavailableError
 from sandbox_agents.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What "Redis is unreachable" looks like from redis-py (BusyLoadingError is a ConnectionError)."""
-
-
-class BusConfig(BaseModel):
-    """Tuning of the bus; defaults suit a build of tens of sandboxes on one head node."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prefix: str = "kriptik"
-    """Prefix of every key (``REDIS_SANDBOX_PREFIX``)."""
-    max_deliveries: int = Field(default=3, ge=1)
-    """Deliveries of one entry to one group before it goes to the dead letters."""
-    buffer_limit: int = Field(default=10_000, ge=1)
-    """Messages a publisher holds in memory while Redis is down; past it, publish raises."""
-    compress_threshold: int = Field(default=4096, ge=0)
-    """Bodies whose msgpack exceeds this many bytes are zstd-compressed."""
-    retention_max_len: int = Field(default=100_000, ge=1)
-    """Entries kept per stream; older ones are trimmed once no group needs them."""
-    trim_every: int = Field(default=1_000, ge=1)
-    """Publishes to a stream (per publisher) between two trims of it."""
-    dedupe_window: int = Field(default=100_000, ge=1)
-    """Handled entry ids (and message ids) remembered per group to refuse duplicates."""
-    dead_max_len: int = Field(default=10_000, ge=1)
-    """Approximate cap of the dead-letter stream."""
-    read_count: int = Field(default=100, ge=1)
-    """Entries fetched per XREADGROUP."""
-    block_ms: int = Field(default=1_000, ge=1)
-    """How long one XREADGROUP waits for new entries."""
-    retry_delay_s: float = Field(default=0.05, ge=0)
-    """First pause between two deliveries of a failing entry (doubles each time)."""
-    backoff_base_s: float = Field(default=0.05, gt=0)
-    """First pause after Redis was found unreachable (doubles up to ``backoff_max_s``)."""
-    backoff_max_s: float = Field(default=2.0, gt=0)
-    """Longest pause between two reconnection attempts."""
-    socket_timeout_s: float = Field(default=5.0, gt=0)
-    """Timeout of one Redis command (blocking reads add ``block_ms``)."""
-    flush_batch: int = Field(default=1_000, ge=1)
-    """Buffered messages sent per pipeline when flushing after an outage."""
 
 
 @dataclass(slots=True)
@@ -109,25 +64,6 @@ def _mark_resent(prepared: Sequence[_Prepared]) -> None:
     """The batch may have reached Redis before the connection broke: flag its copies as re-sends."""
     for item in prepared:
         item.body = mark_resent(item.body)
-
-
-def make_client(url: str, config: BusConfig, *, extra_timeout_s: float = 0.0) -> Redis:
-    """A redis.asyncio client that fails fast: one immediate retry, then the bus's own backoff."""
-    return Redis.from_url(
-        url,
-        retry=Retry(NoBackoff(), 1),
-        socket_timeout=config.socket_timeout_s + extra_timeout_s,
-        socket_connect_timeout=min(config.socket_timeout_s, 2.0),
-        health_check_interval=0,
-    )
-
-
-def backoff_delays(config: BusConfig) -> Iterable[float]:
-    """Exponential backoff with jitter, capped; an endless iterator."""
-    delay = config.backoff_base_s
-    while True:
-        yield delay * random.uniform(0.75, 1.25)
-        delay = min(delay * 2, config.backoff_max_s)
 
 
 class ContextBus:
@@ -157,7 +93,7 @@ class ContextBus:
         self._since_trim: collections.Counter[str] = collections.Counter()
         self._buffer: collections.deque[_Prepared] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
-        self._subscriptions: list[Any] = []
+        self._subscriptions: list[Subscription] = []
 
     @classmethod
     def from_settings(cls, url: str, settings: Settings | None = None, **kwargs: Any) -> ContextBus:
@@ -428,10 +364,8 @@ class ContextBus:
 
     # --- subscribing and lifecycle ----------------------------------------------------
 
-    def subscribe(self, build_id: str, channels: Sequence[Channel], **kwargs: Any) -> Any:
+    def subscribe(self, build_id: str, channels: Sequence[Channel], **kwargs: Any) -> Subscription:
         """A :class:`~coordinator.bus.subscription.Subscription`; see its docstring for arguments."""
-        from coordinator.bus.subscription import Subscription
-
         sub = Subscription(self, build_id, channels, **kwargs)
         self._subscriptions.append(sub)
         return sub

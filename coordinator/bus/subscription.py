@@ -24,15 +24,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import msgpack
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from coordinator.bus import scripts as bus_scripts
-from coordinator.bus.context_bus import REDIS_DOWN, ContextBus, backoff_delays, make_client
+from coordinator.bus.connection import REDIS_DOWN, backoff_delays, make_client
 from coordinator.bus.models import Channel, Envelope
 from sandbox_agents.errors import BusMalformedEntryError, BusUnavailableError, InvalidInputError
+
+if TYPE_CHECKING:  # the bus builds subscriptions, so it imports this module, not the other way round
+    from coordinator.bus.context_bus import ContextBus
 
 logger = logging.getLogger(__name__)
 
