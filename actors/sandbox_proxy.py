@@ -29,7 +29,8 @@ from sandbox_agents.backends.base import (
     SandboxStatus,
     SnapshotRef,
 )
-from sandbox_agents.backends.config import BackendConfig, make_backend
+from sandbox_agents.backends.config import BackendConfig
+from sandbox_agents.backends.factory import make_backend
 from sandbox_agents.errors import ConfigError, InvalidInputError, SandboxError
 from sandbox_agents.exec_channel import ExecChannelServer, channel_path
 from sandbox_agents.sandbox_session import Metering, SandboxEvent, SandboxSession

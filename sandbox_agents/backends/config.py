@@ -1,7 +1,7 @@
-"""Backend configs as tagged models, and the factory that builds a backend from one.
+"""Backend configs as tagged models (``type`` is the tag), one per backend.
 
-The factory imports each implementation lazily so that optional extras (``modal``) stay
-optional. Constructors do no I/O; the first ``create``/``from_id`` does.
+Every backend imports its config from here, so this module imports no backend: the factory
+that builds one from a config is :func:`sandbox_agents.backends.factory.make_backend`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox_agents.backends.base import SandboxBackend
+from sandbox_agents.errors import ConfigError
 
 
 class LocalBackendConfig(BaseModel):
@@ -55,26 +55,9 @@ class ModalBackendConfig(BaseModel):
 BackendConfig = Annotated[LocalBackendConfig | FakeBackendConfig | ModalBackendConfig, Field(discriminator="type")]
 
 
-def make_backend(config: LocalBackendConfig | FakeBackendConfig | ModalBackendConfig) -> SandboxBackend:
-    """Build the backend a config names (lazily importing its implementation)."""
-    if config.type == "local":
-        from sandbox_agents.backends.local.backend import LocalBackend
-
-        return LocalBackend(config)
-    if config.type == "fake":
-        from sandbox_agents.backends.fake import FakeBackend
-
-        return FakeBackend(config)
-    from sandbox_agents.backends.modal.backend import ModalBackend
-
-    return ModalBackend(config)
-
-
 def backend_config(name: str) -> LocalBackendConfig | FakeBackendConfig | ModalBackendConfig:
     """The default config of a backend by name (``local``, ``fake``, ``modal``)."""
     configs = {"local": LocalBackendConfig, "fake": FakeBackendConfig, "modal": ModalBackendConfig}
     if name not in configs:
-        from sandbox_agents.errors import ConfigError
-
         raise ConfigError(f"unknown sandbox backend {name!r}; choose one of {sorted(configs)}")
     return configs[name]()

@@ -20,7 +20,16 @@ import logging
 import uuid
 from typing import Any
 
+from sandbox_agents.backends.base import (
+    NetworkPolicy,
+    Sandbox,
+    SandboxSpec,
+    SandboxStatus,
+    SnapshotRef,
+)
+from sandbox_agents.backends.config import ModalBackendConfig
 from sandbox_agents.backends.modal.exec import ModalExec
+from sandbox_agents.backends.modal.image import build_image
 from sandbox_agents.backends.modal.support import (
     INSTALL_DOMAINS,
     MAX_TTL_S,
@@ -31,15 +40,6 @@ from sandbox_agents.backends.modal.support import (
     spec_from_tags,
     spec_tags,
 )
-from sandbox_agents.backends.base import (
-    NetworkPolicy,
-    Sandbox,
-    SandboxSpec,
-    SandboxStatus,
-    SnapshotRef,
-)
-from sandbox_agents.backends.config import ModalBackendConfig
-from sandbox_agents.backends.modal.image import build_image
 from sandbox_agents.errors import (
     BackendUnavailableError,
     InvalidInputError,

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sandbox_agents.backends.modal.support import find_credentials, missing_credentials_message
 from sandbox_agents.backends.base import NetworkPolicy, SandboxSpec
 from sandbox_agents.backends.config import ModalBackendConfig
 from sandbox_agents.backends.modal.image import build_image, image_definition, image_digest
+from sandbox_agents.backends.modal.support import find_credentials, missing_credentials_message
 from sandbox_agents.errors import KriptikError
 
 #: The command a fresh sandbox must run, and what its output must contain.
