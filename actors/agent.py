@@ -42,7 +42,8 @@ from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.llm.base import AssistantTurn, LLMProvider, LLMRequest, ToolCall, ToolResult
-from sandbox_agents.llm.config import LLMConfig, make_provider
+from sandbox_agents.llm.config import LLMConfig
+from sandbox_agents.llm.factory import make_provider
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.tools import AgentTools
 

@@ -87,7 +87,7 @@ class BuildCoordinatorActor:
         session = self.store.get_session(self.build_id)
         budget = Budget.model_validate(session.budget) if session.budget else None
         ledger = BudgetLedger(self.store, self.build_id, budget, events=events)
-        from sandbox_agents.llm.config import make_provider
+        from sandbox_agents.llm.factory import make_provider
         from sandbox_agents.llm.metered import MeteredProvider
         from sandbox_agents.verifiers import Chromium
 

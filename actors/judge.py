@@ -18,7 +18,8 @@ from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.judge import Decision, Evidence, judge
 from sandbox_agents.errors import InvalidInputError
-from sandbox_agents.llm.config import LLMConfig, make_provider
+from sandbox_agents.llm.config import LLMConfig
+from sandbox_agents.llm.factory import make_provider
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,8 @@ from coordinator.team.runner import ComponentWork, FileLockService, LLMPlanner, 
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, SandboxSpec
 from sandbox_agents.errors import InvalidInputError, SandboxTimeoutError
-from sandbox_agents.llm.config import LLMConfig, make_provider
+from sandbox_agents.llm.config import LLMConfig
+from sandbox_agents.llm.factory import make_provider
 from sandbox_agents.llm.metered import MeteredProvider, collector
 
 logger = logging.getLogger(__name__)

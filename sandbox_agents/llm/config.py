@@ -1,7 +1,7 @@
-"""LLM provider configs as tagged models, and the factories that build a provider from one.
+"""LLM provider configs as tagged models (``type`` is the tag), one per provider.
 
-The factories import each implementation lazily, so the ``anthropic`` and ``openai`` SDKs (the
-``llm`` extra) are needed only by whoever uses them; replay needs neither. Constructors do no
+Every provider imports its config from here, so this module imports no provider: the factories
+that build one from a config are in :mod:`sandbox_agents.llm.factory`. Constructors do no
 network I/O; the first ``complete`` does.
 
 Keys come from the config or, when it leaves them unset, from the environment
@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from sandbox_agents.errors import LLMConfigError
-from sandbox_agents.llm.base import LLMProvider, Usage
+from sandbox_agents.llm.base import Usage
 from sandbox_agents.llm.retry import RetryPolicy
 
 CASSETTES_ENV = "KRIPTIK_CASSETTES"
@@ -150,30 +150,6 @@ class ReplayConfig(BaseModel):
 LLMConfig = Annotated[AnthropicConfig | OpenAIConfig | ReplayConfig, Field(discriminator="type")]
 
 
-def make_provider(config: AnthropicConfig | OpenAIConfig | ReplayConfig) -> LLMProvider:
-    """Build the provider a config names, importing its implementation (and SDK) only now.
-
-    Raises:
-        LLMConfigError: No API key is configured, or the SDK is not installed.
-    """
-    try:
-        if config.type == "anthropic":
-            from sandbox_agents.llm.anthropic_provider import AnthropicProvider
-
-            return AnthropicProvider(config)
-        if config.type == "openai":
-            from sandbox_agents.llm.openai_provider import OpenAIProvider
-
-            return OpenAIProvider(config)
-    except ImportError as exc:  # the optional ``llm`` extra is missing
-        raise LLMConfigError(
-            f"the {config.type} provider needs its SDK: pip install 'kriptik-fleet[llm]' ({exc})", provider=config.type
-        ) from exc
-    from sandbox_agents.llm.replay import ReplayProvider
-
-    return ReplayProvider(config)
-
-
 def llm_config(name: str, *, model: str | None = None) -> AnthropicConfig | OpenAIConfig | ReplayConfig:
     """The default config of a provider by name (``anthropic``, ``openai``, ``replay``).
 
@@ -194,10 +170,3 @@ def llm_config(name: str, *, model: str | None = None) -> AnthropicConfig | Open
             )
         return ReplayConfig(cassettes=paths, model=model) if model else ReplayConfig(cassettes=paths)
     raise LLMConfigError(f"unknown LLM provider {name!r}; choose one of anthropic, openai, replay")
-
-
-def provider_from_settings(*, model: str | None = None) -> LLMProvider:
-    """The provider ``KRIPTIK_LLM`` chooses, with its default config and keys from the environment."""
-    from sandbox_agents.settings import get_settings
-
-    return make_provider(llm_config(get_settings().kriptik_llm, model=model))

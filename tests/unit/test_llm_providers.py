@@ -19,7 +19,8 @@ from pydantic import SecretStr
 
 from sandbox_agents.errors import LLMConfigError, LLMError, LLMRateLimitError, LLMServerError, LLMTimeoutError
 from sandbox_agents.llm.base import LLMProvider, LLMRequest, Message, ToolCall, ToolResult, ToolSpec, TurnKey
-from sandbox_agents.llm.config import AnthropicConfig, OpenAIConfig, make_provider
+from sandbox_agents.llm.config import AnthropicConfig, OpenAIConfig
+from sandbox_agents.llm.factory import make_provider
 from sandbox_agents.llm.replay_server import serve_in_thread
 from sandbox_agents.llm.retry import RetryPolicy, parse_retry_after
 

@@ -14,7 +14,8 @@ from pydantic import SecretStr
 from sandbox_agents.errors import CassetteMissError, LLMConfigError, LLMError
 from sandbox_agents.llm.base import AssistantTurn, LLMRequest, Message, ToolCall, TurnKey, Usage
 from sandbox_agents.llm.cassette import Cassette
-from sandbox_agents.llm.config import OpenAIConfig, ReplayConfig, make_provider, provider_from_settings
+from sandbox_agents.llm.config import OpenAIConfig, ReplayConfig
+from sandbox_agents.llm.factory import make_provider, provider_from_settings
 from sandbox_agents.llm.recorder import RecordingProvider
 from sandbox_agents.llm.replay import ReplayProvider
 from sandbox_agents.llm.replay_server import create_app, serve_in_thread
