@@ -32,7 +32,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from actors.actor_args import validated_arg
-from actors.warm_pool import Warm, WarmBound, aliased, forget_alias, named_actor, set_alias
+from actors.pools.warm import Warm, WarmBound, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ContextUpdate, ErrorReport, FileChange
 from coordinator.team.runner import agent_role, prompt_context

@@ -14,7 +14,7 @@ scoped to a user (another user's build is a :class:`BuildNotFoundError`, like a 
   started again when its actor is gone). One that died is left to Ray, which is re-creating it.
 * **Cancel while down.** A cancel is stored first (the session's ``error`` marker), so a
   coordinator that was down honours it when it comes back.
-* **Warm pools.** It owns the fleet's warm pools (:class:`~actors.fleet_pools.FleetPools`:
+* **Warm pools.** It owns the fleet's warm pools (:class:`~actors.pools.fleet.FleetPools`:
   proxies with standby sandboxes, teams, agents, swarms), fills them in the background at start
   and hands them to every build's coordinator (``take_warm``); they refill as they are taken.
 """
@@ -34,19 +34,19 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
-from actors.build_coordinator import start_coordinator
-from actors.coordinator_config import CoordinatorConfig, config_path, coordinator_name, load_config, save_config
-from actors.fleet_pools import CONTROL_NAME, FleetPoolConfig, FleetPools
+from actors.build.actor import start_coordinator
+from actors.build.config import CoordinatorConfig, config_path, coordinator_name, load_config, save_config
+from actors.pools.fleet import CONTROL_NAME, FleetPoolConfig, FleetPools
+from actors.pools.warm import Warm
 from actors.sandbox_proxy import NAMESPACE
-from actors.warm_pool import Warm
 from coordinator.api_models import FINAL_STATUSES, BuildRequest, BuildStatus, BuildSummary
 from coordinator.budget import budget_status
 from coordinator.build.ports import CANCEL_REQUESTED
 from coordinator.clock import SystemClock
 from coordinator.contracts import load_contract, parse_contract
 from coordinator.plan import plan_fleet
-from coordinator.store.store import Store
 from coordinator.store.schema import BuildSession, SessionStatus
+from coordinator.store.store import Store
 from sandbox_agents.errors import BuildNotFoundError, InvalidInputError, LLMConfigError
 from sandbox_agents.settings import get_settings
 

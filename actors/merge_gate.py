@@ -20,7 +20,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.actor_state import SandboxOwnerState, StateFile
-from actors.sandbox_pool import get_proxy, proxy_handle, release, start_owned_sandbox
+from actors.pools.proxies import get_proxy, proxy_handle, release, start_owned_sandbox
 from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ErrorReport

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
 from actors.merge_gate import default_spec, gate_name
-from actors.sandbox_pool import proxy_handle, release, start_owned_sandbox
+from actors.pools.proxies import proxy_handle, release, start_owned_sandbox
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from coordinator.contracts import Component, IntentContract, parse_contract
 from coordinator.merge.gate import SandboxDevServers, is_junk, sha256_of

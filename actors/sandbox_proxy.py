@@ -3,7 +3,7 @@
 Detached and restartable (``max_restarts=-1``): its binding (which sandbox, is the build
 active) is a small file under KRIPTIK_HOME, so after a restart it reconnects with
 ``from_id`` on its first call. Every ``ray.*`` call about proxies lives here and in
-``sandbox_pool.py``.
+``pools/proxies.py``.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.actor_state import StateFile
-from actors.sandbox_pool import get_proxy
+from actors.pools.proxies import get_proxy
+from actors.pools.warm import Warm, WarmBound, WarmSource, forget_alias, named_actor, set_alias
 from actors.sandbox_proxy import NAMESPACE
-from actors.warm_pool import Warm, WarmBound, WarmSource, forget_alias, named_actor, set_alias
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ErrorReport
 from sandbox_agents.backends.base import SandboxSpec

@@ -9,7 +9,7 @@ clobber one file. Named ``build:{id}:team:{sid}`` in namespace ``kriptik`` — o
 from a warm pool, ``kriptik:team:{uuid}`` with that name as its alias (:func:`get_team`).
 
 Warm teams and agents: :func:`launch_team` takes a team and its agents from a
-:class:`~actors.warm_pool.WarmSource` (the Control actor's pools) and binds them, starting cold
+:class:`~actors.pools.warm.WarmSource` (the Control actor's pools) and binds them, starting cold
 only what the pool lacks. Neither is restartable (``max_restarts=0``): the team's runner state
 and the agents' conversations (keyed cassette turns, the loop's messages) live in their
 processes, so a restarted one could not go on where it stopped. A dead agent's attempt fails;
@@ -37,7 +37,7 @@ from actors.agent import (
     stop_agent,
     stop_stray_agents,
 )
-from actors.warm_pool import Warm, WarmBound, WarmSource, aliased, forget_alias, named_actor, set_alias
+from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ErrorReport
 from coordinator.team.runner import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context

@@ -23,7 +23,7 @@ CASSETTE = Path(__file__).resolve().parents[1] / "examples" / "cassettes" / "hel
 
 async def _measure(rounds: int) -> dict[str, float]:
     from actors.agent import AgentConfig, start_agent, stop_agent
-    from actors.sandbox_pool import release
+    from actors.pools.proxies import release
     from actors.sandbox_proxy import proxy_name, start_proxy
     from sandbox_agents.backends.base import SandboxSpec
     from sandbox_agents.backends.local.backend import LocalBackend

@@ -165,7 +165,7 @@ async def stop_stack(stack: Stack) -> None:
 
 async def _slot_sandbox(stack: Stack, build_id: str) -> str | None:
     """The id of the sandbox the slot's proxy owns right now (None before the fleet or after release)."""
-    from actors.sandbox_pool import get_proxy
+    from actors.pools.proxies import get_proxy
 
     try:
         return await asyncio.wait_for(get_proxy(build_id, "calc").sandbox_id.remote(), 5)
@@ -174,7 +174,7 @@ async def _slot_sandbox(stack: Stack, build_id: str) -> str | None:
 
 
 async def _kill_coordinator(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
-    from actors.build_coordinator import get_coordinator
+    from actors.build.actor import get_coordinator
 
     try:
         pid = await asyncio.wait_for(get_coordinator(build_id).pid.remote(), 5)
@@ -270,7 +270,7 @@ async def run_build(
 
     The fault strikes ``at_s`` seconds after submit, or after the first ``anchor`` event when given.
     """
-    from actors.build_coordinator import get_coordinator, stop_coordinator
+    from actors.build.actor import get_coordinator, stop_coordinator
 
     rng = rng or random.Random(0)
     started = time.monotonic()

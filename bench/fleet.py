@@ -3,7 +3,7 @@
 ``python -m bench.fleet --json``:
 
 * ``fleet_ready_s`` — a build's fleet for 3 components x 4 agents from warm pools
-  (:class:`~actors.fleet_pools.FleetPools`: 3 proxies each with a standby sandbox, 3 teams,
+  (:class:`~actors.pools.fleet.FleetPools`: 3 proxies each with a standby sandbox, 3 teams,
   12 agents, 3 swarms; filled beforehand and not timed, as for ``bench.sandbox``'s warm create):
   from the first acquire until every sandbox exists, every SandboxTeam has bound its 4 agents
   and each answered, and every slot's Swarm actor is bound — through the same helpers the
@@ -57,7 +57,7 @@ async def actor_pid(handle: Any) -> int:
 
 async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[Any], list[Any], list[Any]]:
     """Acquire 3 slots' proxies, teams (4 agents each) and swarms from ``source`` (None: cold); timed."""
-    from actors.sandbox_pool import acquire_proxy
+    from actors.pools.proxies import acquire_proxy
     from actors.swarm import SwarmConfig, launch_swarm
     from actors.team import TeamConfig, launch_team
     from coordinator.team.runner import ComponentWork, TeamTask
@@ -86,7 +86,7 @@ async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[A
 
 
 async def _release_fleet(build: str, proxies: list[Any], teams: list[Any], swarms: list[Any]) -> None:
-    from actors.sandbox_pool import release
+    from actors.pools.proxies import release
     from actors.sandbox_proxy import proxy_name
     from actors.swarm import stop_swarm, swarm_name
     from actors.team import stop_team, team_name
@@ -98,7 +98,7 @@ async def _release_fleet(build: str, proxies: list[Any], teams: list[Any], swarm
 
 
 async def _fleet_ready(redis_url: str) -> dict[str, Any]:
-    from actors.fleet_pools import FleetPoolConfig, FleetPools
+    from actors.pools.fleet import FleetPoolConfig, FleetPools
 
     pools = FleetPools(LOCAL, FleetPoolConfig(proxies=3, standby=1, teams=3, agents=12, swarms=3))
     filling = time.perf_counter()
@@ -133,7 +133,7 @@ async def _fleet_ready(redis_url: str) -> dict[str, Any]:
 
 
 async def _recovery(home: Path) -> dict[str, Any]:
-    from actors.build_coordinator import get_coordinator, stop_coordinator
+    from actors.build.actor import get_coordinator, stop_coordinator
     from actors.control import stop_control
     from actors.runtime import start_runtime
     from coordinator.bus.context_bus import BusConfig, ContextBus

@@ -21,7 +21,7 @@ from bench.common import emit, p50, private_ray
 
 
 async def _measure(rounds: int, exec_rounds: int) -> dict[str, float]:
-    from actors.sandbox_pool import release
+    from actors.pools.proxies import release
     from actors.sandbox_proxy import start_proxy
     from sandbox_agents.backends.base import SandboxSpec
     from sandbox_agents.backends.local.backend import LocalBackend

@@ -20,7 +20,7 @@ from serve.demo_build import DemoOptions, run_build_demo
 
 
 async def _run(sandboxes: int, console: Console) -> dict[str, Any]:
-    from actors.sandbox_pool import ProxyPool, release
+    from actors.pools.proxies import ProxyPool, release
     from sandbox_agents.backends.base import SandboxSpec
 
     timings: dict[str, Any] = {}

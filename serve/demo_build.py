@@ -295,7 +295,7 @@ async def _teardown(owned: _Owned, console: Console, *, keep_home: bool) -> None
     with console.status("cleaning up…"):
         if ray.is_initialized():
             if owned.build_id is not None:
-                from actors.build_coordinator import get_coordinator, stop_coordinator
+                from actors.build.actor import get_coordinator, stop_coordinator
 
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(stop_coordinator(get_coordinator(owned.build_id)), 60)

@@ -1,6 +1,6 @@
 """The ports of a build run: what :class:`coordinator.build.run.BuildRun` needs from the world.
 
-BuildRun is floor 2 (no Ray). The BuildCoordinator actor (``actors/build_coordinator.py``)
+BuildRun is floor 2 (no Ray). The BuildCoordinator actor (``actors/build/actor.py``)
 hands it one object per port, built over the real actors (SandboxProxy pool, SandboxTeam,
 Swarm, Judge, MergeGate, Preview, the context bus); unit tests hand it fakes. Every port is
 keyed by the plan's slot ids (``calc``, ``frontend~minimal``) so a restarted run finds the

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from actors.build_coordinator import get_coordinator, stop_coordinator
+from actors.build.actor import get_coordinator, stop_coordinator
 from actors.control import stop_control
 from actors.runtime import Runtime, start_runtime
 from coordinator.bus.context_bus import BusConfig, ContextBus

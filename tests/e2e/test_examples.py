@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from actors.build_coordinator import get_coordinator, stop_coordinator
+from actors.build.actor import get_coordinator, stop_coordinator
 from actors.control import stop_control
 from actors.merge_gate import gate_name
 from actors.runtime import Runtime, start_runtime
 from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.contracts import load_contract
 from coordinator.bus.redis_server import ManagedRedis
+from coordinator.contracts import load_contract
 from coordinator.store.store import Store
 from sandbox_agents.backends.local.state import LocalState, default_root
 

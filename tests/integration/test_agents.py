@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from actors.agent import agent_name
-from actors.sandbox_pool import release
+from actors.pools.proxies import release
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from actors.team import TeamConfig, start_team, stop_team
 from coordinator.bus.context_bus import ContextBus

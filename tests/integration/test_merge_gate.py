@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from actors.merge_gate import GateConfig, start_gate, stop_gate
+from actors.pools.proxies import release
 from actors.preview import PreviewConfig, start_preview, stop_preview
-from actors.sandbox_pool import release
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from coordinator.bus.context_bus import ContextBus
 from coordinator.merge.gate import MergeResult, request_from_sandbox

@@ -37,11 +37,11 @@ DRIVER = textwrap.dedent(
     import asyncio, json, os, time
     import ray
 
-    from actors.build_coordinator import get_coordinator, stop_coordinator
+    from actors.build.actor import get_coordinator, stop_coordinator
     from actors.control import stop_control
     from actors.runtime import start_runtime
     from actors.sandbox_proxy import NAMESPACE, proxy_name
-    from actors.sandbox_pool import get_proxy
+    from actors.pools.proxies import get_proxy
 
     def node_of(handle):
         return handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())

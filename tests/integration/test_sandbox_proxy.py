@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from actors.sandbox_pool import ProxyPool, get_proxy, release
+from actors.pools.proxies import ProxyPool, get_proxy, release
 from actors.sandbox_proxy import proxy_name, start_proxy
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus
 from sandbox_agents.errors import InvalidInputError, SandboxError, SandboxPathError

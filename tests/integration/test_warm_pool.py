@@ -1,6 +1,6 @@
 """Warm pools of fleet actors on a real Ray, real local sandboxes and a real Redis.
 
-A build's proxy, team, agents and swarm come from :class:`~actors.fleet_pools.FleetPools`, bound
+A build's proxy, team, agents and swarm come from :class:`~actors.pools.fleet.FleetPools`, bound
 under their DESIGN names (aliases); the pools refill; closing them kills what was never handed
 out; a pooled agent replays a cassette exactly like a cold one; a bound warm swarm that Ray
 restarts rebinds itself from its saved binding.
@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from actors.agent import AgentConfig, agent_name, bind_agent, get_agent, start_agent, start_warm_agent, stop_agent
-from actors.fleet_pools import ControlWarmSource, FleetPoolConfig, FleetPools
-from actors.sandbox_pool import acquire_proxy, get_proxy, release
+from actors.pools.fleet import ControlWarmSource, FleetPoolConfig, FleetPools
+from actors.pools.proxies import acquire_proxy, get_proxy, release
+from actors.pools.warm import WarmPool, resolve, wait_gone
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name
 from actors.team import TeamConfig, get_team, launch_team, stop_team, team_name
-from actors.warm_pool import WarmPool, resolve, wait_gone
 from coordinator.bus.context_bus import ContextBus
 from coordinator.team.runner import ComponentWork
 from sandbox_agents.agent_models import AgentTask

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.agent import AgentConfig
-from actors.coordinator_config import CoordinatorConfig
-from actors.coordinator_ports import RayFleet, RayTeams
+from actors.build.adapters import RayFleet, RayTeams
+from actors.build.config import CoordinatorConfig
 from actors.team import TeamConfig
 from coordinator.contracts import load_contract
 from coordinator.plan import PlanSettings, plan_fleet

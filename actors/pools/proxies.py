@@ -6,7 +6,7 @@ Warm proxies are named ``kriptik:proxy:{uuid}`` (a name cannot change once given
 pool records the build's name ``build:{id}:sbx:{sid}`` as an alias, and
 :func:`get_proxy` resolves either. The pool lives inside its owner (the driver or the
 BuildCoordinator or Control actor) and never blocks an event loop on ``ray.get``; its warm-list,
-refill and close logic is :class:`~actors.warm_pool.WarmPool`, shared with the other warm pools.
+refill and close logic is :class:`~actors.pools.warm.WarmPool`, shared with the other warm pools.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import ray
 
+from actors.pools.warm import Warm, WarmPool, WarmSource, forget_alias, named_actor, set_alias
 from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
-from actors.warm_pool import Warm, WarmPool, WarmSource, forget_alias, named_actor, set_alias
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 
@@ -88,7 +88,7 @@ async def acquire_proxy(
 
 
 class ProxyPool:
-    """Started proxies ready to own a sandbox (a :class:`~actors.warm_pool.WarmPool` of kind ``proxy``).
+    """Started proxies ready to own a sandbox (a :class:`~actors.pools.warm.WarmPool` of kind ``proxy``).
 
     Args:
         backend: the backend config (as a dict) every proxy uses.

@@ -1,7 +1,10 @@
-"""The BuildCoordinator's ports over Ray actors: fleet (SandboxProxy), teams, gate, swarms, judge.
+"""The Ray-side adapters of a build's ports: fleet (SandboxProxy), teams, gate and preview, swarms, judge.
 
-Each is what :class:`coordinator.build.run.BuildRun` calls through :class:`~coordinator.build.run.BuildPorts`;
-each finds its actors again by their DESIGN names after a coordinator restart.
+:mod:`coordinator.build.ports` declares what :class:`coordinator.build.run.BuildRun` needs (the
+ports, floor 2); this module implements the ones that reach other actors, over Ray handles
+(floor 3). Its sibling on floor 2, :mod:`coordinator.build.adapters`, holds the adapters that need
+no Ray (events on the bus, the planner, the satisfaction check, the notifier). Each adapter
+here finds its actors again by their DESIGN names after a coordinator restart.
 """
 
 from __future__ import annotations
@@ -15,15 +18,15 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.agent import agent_name
-from actors.coordinator_config import DETERMINISTIC_ENV, MAIN_TEST_SID, CoordinatorConfig
+from actors.build.config import DETERMINISTIC_ENV, MAIN_TEST_SID, CoordinatorConfig
 from actors.judge import JudgeConfig, judge_name, start_judge
 from actors.merge_gate import GateConfig, gate_name, start_gate
+from actors.pools.proxies import ProxyPool, acquire_proxy, get_proxy, release
+from actors.pools.warm import WarmSource, forget_alias
 from actors.preview import PreviewConfig, preview_name, start_preview
-from actors.sandbox_pool import ProxyPool, acquire_proxy, get_proxy, release
 from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
 from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name, target_json
 from actors.team import TeamConfig, get_team, launch_team, stop_team, team_name
-from actors.warm_pool import WarmSource, forget_alias
 from coordinator.build.adapters import served
 from coordinator.build.ports import MergeOutcome, TeamOutcome
 from coordinator.contracts import IntentContract

@@ -13,7 +13,7 @@ a team, 3–5 agents and a swarm per slot) is ~20 of them, so it is started ahea
   owner kills it when done, and the pool starts a fresh one in the background.
 
 :class:`WarmPool` is the one warm-list/refill/close implementation; ``ProxyPool`` and the
-control plane's :class:`~actors.fleet_pools.FleetPools` are built on it. It lives inside its
+control plane's :class:`~actors.pools.fleet.FleetPools` are built on it. It lives inside its
 owner's event loop and never blocks it on ``ray.get``.
 """
 

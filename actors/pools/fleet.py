@@ -22,11 +22,11 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.agent import start_warm_agent
-from actors.sandbox_pool import ProxyPool
+from actors.pools.proxies import ProxyPool
+from actors.pools.warm import KINDS, Warm, WarmPool
 from actors.sandbox_proxy import NAMESPACE
 from actors.swarm import start_warm_swarm, stop_swarm
 from actors.team import start_warm_team, stop_team
-from actors.warm_pool import KINDS, Warm, WarmPool
 from sandbox_agents.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ async def _stop_swarm(handle: Any, name: str) -> None:
 
 
 class FleetPools:
-    """One warm pool per kind of fleet actor; a :class:`~actors.warm_pool.WarmSource`.
+    """One warm pool per kind of fleet actor; a :class:`~actors.pools.warm.WarmSource`.
 
     Args:
         backend: The backend config of the warm proxies (builds on another backend get none).

@@ -1,7 +1,7 @@
 """BuildCoordinator: the Ray actor ``build:{id}`` that runs one build, thin over BuildRun.
 
 It builds :class:`coordinator.build.run.BuildRun`'s ports from the real actors (the Ray-side
-ports in :mod:`actors.coordinator_ports`: SandboxProxy, SandboxTeam, Swarm, Judge, the
+adapters in :mod:`actors.build.adapters`: SandboxProxy, SandboxTeam, Swarm, Judge, the
 MergeGate and the Preview; the context bus on the build's Redis) and runs the build in a
 background task. Detached, ``max_restarts=-1``, ``max_task_retries=0``: after a
 crash Ray re-creates it with the same config, and ``__init__`` resumes the run when the store
@@ -21,21 +21,20 @@ from typing import Any
 
 import ray
 
-from actors.coordinator_config import (
+from actors.build.adapters import RayFleet, RayGate, RayJudge, RaySwarms, RayTeams
+from actors.build.config import (
     CoordinatorConfig,
     coordinator_name,
     save_config,
 )
-from actors.coordinator_ports import RayFleet, RayGate, RayJudge, RaySwarms, RayTeams
-from actors.fleet_pools import ControlWarmSource
 from actors.judge import judge_name
 from actors.merge_gate import gate_name, ui_checker
+from actors.pools.fleet import ControlWarmSource
+from actors.pools.proxies import ProxyPool
 from actors.preview import preview_name
-from actors.sandbox_pool import ProxyPool
 from actors.sandbox_proxy import NAMESPACE
 from actors.team import stop_build_teams
 from coordinator.budget import Budget, BudgetLedger
-from coordinator.build.run import BuildPorts, BuildRun
 from coordinator.build.adapters import (
     BusEvents,
     ProviderPlanner,
@@ -44,11 +43,12 @@ from coordinator.build.adapters import (
     SwarmVerify,
 )
 from coordinator.build.ports import BuildSettings
+from coordinator.build.run import BuildPorts, BuildRun
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.clock import SystemClock
 from coordinator.contracts import IntentContract
-from coordinator.store.store import Store
 from coordinator.store.schema import SessionStatus
+from coordinator.store.store import Store
 
 logger = logging.getLogger(__name__)
 
