@@ -1,0 +1,77 @@
+"""One build as a domain: the phase machine and the ports it reaches the world through (floor 2, no Ray).
+
+:class:`BuildRun` (:mod:`.run`) takes a build from intent to done — intent lock, fleet, build,
+verify, judge, merge, preview, satisfy — persisting after every step so a restarted run
+carries on. It touches sandboxes, teams, the swarm, the judge, the gate and the preview only
+through the protocols of :mod:`.ports`, handed to it in :class:`BuildPorts` by the
+BuildCoordinator actor (``actors/build/``) or by a unit test's fakes. :mod:`.adapters` holds the
+port implementations that need no Ray (bus events, planner, swarm over a sandbox,
+satisfaction, judge) and :mod:`.notify` the webhook notifier of ghost mode. See
+docs/coordinator.md.
+"""
+
+from coordinator.build.adapters import (
+    BusEvents,
+    EvidenceJudge,
+    ProviderPlanner,
+    SandboxSatisfaction,
+    SessionNotifier,
+    SwarmVerify,
+)
+from coordinator.build.notify import DeliveryResult, Notification, WebhookConfig, WebhookNotifier
+from coordinator.build.ports import (
+    CANCEL_REQUESTED,
+    PAUSED_BUDGET,
+    PHASES,
+    BuildCancelledError,
+    BuildPausedError,
+    BuildSettings,
+    EventsPort,
+    FleetPort,
+    GatePort,
+    JudgePort,
+    MergeOutcome,
+    NotifierPort,
+    PlannerPort,
+    PreviewPort,
+    SatisfactionPort,
+    SlotVerification,
+    TeamOutcome,
+    TeamsPort,
+    VerifyPort,
+)
+from coordinator.build.run import BuildPorts, BuildRun
+
+__all__ = [
+    "CANCEL_REQUESTED",
+    "PAUSED_BUDGET",
+    "PHASES",
+    "BuildCancelledError",
+    "BuildPausedError",
+    "BuildPorts",
+    "BuildRun",
+    "BuildSettings",
+    "BusEvents",
+    "DeliveryResult",
+    "EventsPort",
+    "EvidenceJudge",
+    "FleetPort",
+    "GatePort",
+    "JudgePort",
+    "MergeOutcome",
+    "Notification",
+    "NotifierPort",
+    "PlannerPort",
+    "PreviewPort",
+    "ProviderPlanner",
+    "SandboxSatisfaction",
+    "SatisfactionPort",
+    "SessionNotifier",
+    "SlotVerification",
+    "SwarmVerify",
+    "TeamOutcome",
+    "TeamsPort",
+    "VerifyPort",
+    "WebhookConfig",
+    "WebhookNotifier",
+]

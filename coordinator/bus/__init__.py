@@ -1,0 +1,64 @@
+"""The context bus: a build's channels and event log on Redis Streams (floor 2, no Ray).
+
+Publishers send typed messages (:mod:`.models`) through a :class:`ContextBus`, which buffers
+them while Redis is away; subscribers read through consumer groups with a
+:class:`Subscription` (at-least-once, duplicates refused, failures dead-lettered).
+:mod:`.connection` holds what both share (config, client, backoff), :mod:`.codec` the wire
+format (msgpack, zstd over a threshold), :mod:`.scripts` the key layout and the Lua steps, and
+:mod:`.redis_server` the managed local ``redis-server`` used when ``REDIS_URL`` is unset. See
+docs/bus.md.
+"""
+
+from coordinator.bus.codec import BusCodec
+from coordinator.bus.connection import REDIS_DOWN, BusConfig
+from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.models import (
+    CHANNEL_OF,
+    CHANNELS,
+    Channel,
+    ContextUpdate,
+    ContextValue,
+    DeadLetter,
+    Envelope,
+    ErrorReport,
+    Event,
+    FileChange,
+    FileState,
+    KnownError,
+    MergeRequest,
+    Message,
+    Progress,
+    UnifiedContext,
+)
+from coordinator.bus.redis_server import ManagedRedis, RedisStartError, redis_url
+from coordinator.bus.scripts import BusKeys
+from coordinator.bus.subscription import Handler, Subscription
+
+__all__ = [
+    "CHANNELS",
+    "CHANNEL_OF",
+    "REDIS_DOWN",
+    "BusCodec",
+    "BusConfig",
+    "BusKeys",
+    "Channel",
+    "ContextBus",
+    "ContextUpdate",
+    "ContextValue",
+    "DeadLetter",
+    "Envelope",
+    "ErrorReport",
+    "Event",
+    "FileChange",
+    "FileState",
+    "Handler",
+    "KnownError",
+    "ManagedRedis",
+    "MergeRequest",
+    "Message",
+    "Progress",
+    "RedisStartError",
+    "Subscription",
+    "UnifiedContext",
+    "redis_url",
+]

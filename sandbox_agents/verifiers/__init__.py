@@ -1,7 +1,13 @@
 """The verification swarm's six verifiers (floor 1: plain Python, acting on a sandbox).
 
-``VerificationSwarm(default_verifiers()).run(sandbox, target)`` runs them all; each verifier
-is also usable on its own. See docs/verification.md.
+Checks that run, not opinions: errors (build, type check, tests), code quality, security,
+placeholders, design style and the visual check in Chromium, each reporting
+:class:`Finding` objects against a :class:`VerifyTarget`.
+``VerificationSwarm(default_verifiers()).run(sandbox, target)`` runs them all concurrently;
+each verifier is also usable on its own. Playwright is imported only when
+:class:`Chromium` first launches a browser, so importing this package stays cheap. The
+intent-criteria runner lives with the contract in ``coordinator/intent.py``. See
+docs/verification.md.
 """
 
 from sandbox_agents.verifiers.base import DesignTokens, Verifier, VerifyTarget
