@@ -54,8 +54,8 @@ def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    except (OSError, AttributeError):  # no prctl (not Linux): the atexit stop still ends it
+        pass  # no logging here: between fork and exec only async-signal-safe work is safe
 
 
 class ManagedRedis:
