@@ -11,6 +11,8 @@ for pair in bwrap:bubblewrap redis-server:redis-server chromium:chromium zstd:zs
   cmd="${pair%%:*}"; pkg="${pair##*:}"
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# libseccomp compiles the sandboxes' syscall filter (through ctypes; no headers needed).
+ldconfig -p | grep 'libseccomp\.so\.2' >/dev/null || need+=(libseccomp2)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -23,7 +23,8 @@ from sandbox_agents.backends.config import LocalBackendConfig
 from sandbox_agents.backends.local.cgroup import CgroupLayout, SandboxCgroups
 from sandbox_agents.backends.local.launch import bwrap_argv, check_tools, launch, process_start_time, write_etc
 from sandbox_agents.backends.local.sandbox import LocalSandbox
-from sandbox_agents.backends.local.state import LocalState, default_root, mount_tmpfs, unmount_under
+from sandbox_agents.backends.local.seccomp import filter_file
+from sandbox_agents.backends.local.state import LocalState, default_root, host_state_dir, mount_tmpfs, unmount_under
 from sandbox_agents.errors import ConfigError, SandboxNotFoundError, SnapshotError
 from sandbox_agents.settings import get_settings
 
@@ -44,6 +45,7 @@ class LocalBackend:
         if self.uid == 0:
             raise ConfigError("the sandbox uid must not be 0 (sandbox root would be host root)")
         self._layout: CgroupLayout | None = None
+        self._seccomp: Path | None = None
         self._checked = False
         self._standby: list[LocalSandbox] = []
         self._refill: asyncio.Task[None] | None = None
@@ -62,9 +64,17 @@ class LocalBackend:
                 if parent.stat().st_uid == os.geteuid():
                     os.chmod(parent, parent.stat().st_mode | 0o711)  # the sandbox uid must traverse
             self._layout = CgroupLayout.detect()
+            self._seccomp = filter_file(host_state_dir())
             self._checked = True
         assert self._layout is not None
         return self._layout
+
+    @property
+    def seccomp_filter(self) -> Path:
+        """The compiled seccomp filter every process of every sandbox runs under."""
+        self._ready()
+        assert self._seccomp is not None
+        return self._seccomp
 
     @property
     def snapshots_dir(self) -> Path:
@@ -106,7 +116,12 @@ class LocalBackend:
             cgroups.create(memory_mb=spec.memory_mb, max_pids=spec.max_pids, cpu=spec.cpu)
             argv = bwrap_argv(fs_dir=fs_dir, ctl_dir=ctl_dir, etc_dir=etc_dir, workdir=spec.workdir)
             state.launcher_pid, state.child_pid = launch(
-                bwrap=argv, uid=self.uid, cgroup_files=cgroups.join_files(), ctl_dir=ctl_dir, workdir=spec.workdir
+                bwrap=argv,
+                uid=self.uid,
+                cgroup_files=cgroups.join_files(),
+                ctl_dir=ctl_dir,
+                workdir=spec.workdir,
+                seccomp=self.seccomp_filter,
             )
             state.child_start = process_start_time(state.child_pid)
             state.launcher_start = process_start_time(state.launcher_pid)

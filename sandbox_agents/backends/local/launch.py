@@ -45,11 +45,23 @@ def check_tools() -> None:
         )
 
 
+#: The fd on which the launcher hands bwrap the compiled seccomp filter.
+SECCOMP_FD = 4
+
+
 def bwrap_argv(*, fs_dir: Path, ctl_dir: Path, etc_dir: Path, workdir: str) -> list[str]:
-    """The bwrap command line: only /usr (read-only), stub /etc files, the workspace and home."""
+    """The bwrap command line: only /usr (read-only), stub /etc files, the workspace and home.
+
+    The sandbox gets a user namespace of its own in which it cannot create another
+    (``--disable-userns``), and the seccomp filter read from fd ``SECCOMP_FD`` on its init.
+    """
     argv = [
         "bwrap",
         "--unshare-all",
+        "--unshare-user",  # --unshare-all only tries; --disable-userns needs it for sure
+        "--disable-userns",
+        "--seccomp",
+        str(SECCOMP_FD),
         "--die-with-parent",
         "--cap-drop",
         "ALL",
@@ -94,7 +106,14 @@ def bwrap_argv(*, fs_dir: Path, ctl_dir: Path, etc_dir: Path, workdir: str) -> l
 
 
 def launch(
-    *, bwrap: list[str], uid: int, cgroup_files: list[str], ctl_dir: Path, workdir: str, timeout_s: float = 10.0
+    *,
+    bwrap: list[str],
+    uid: int,
+    cgroup_files: list[str],
+    ctl_dir: Path,
+    workdir: str,
+    seccomp: Path,
+    timeout_s: float = 10.0,
 ) -> tuple[int, int]:
     """Start the sandbox detached and wait until it is completely set up.
 
@@ -110,7 +129,7 @@ def launch(
     joins = "".join(f"echo $$ > {shlex.quote(f)} && " for f in cgroup_files)
     script = (
         f"echo $$ > {shlex.quote(str(ctl_dir / 'launcher.pid'))} && {joins}"
-        f"exec 3>{shlex.quote(str(info))} && "
+        f"exec 3>{shlex.quote(str(info))} {SECCOMP_FD}<{shlex.quote(str(seccomp))} && "
         f"setpriv --reuid={uid} --regid={uid} --clear-groups {shlex.join(bwrap)} "
         f"2>{shlex.quote(str(ctl_dir / 'bwrap.log'))}"
     )

@@ -38,6 +38,7 @@ from sandbox_agents.backends.local.host import (
 )
 from sandbox_agents.backends.local.launch import SANDBOX_HOME, process_start_time
 from sandbox_agents.backends.local.proc import ProcOutput, run_process
+from sandbox_agents.backends.local.seccomp import PY_ENTER
 from sandbox_agents.backends.local.state import Forwarder, LocalState, _libc, unmount
 from sandbox_agents.backends.paths import workspace_relative
 from sandbox_agents.errors import SandboxDeadError, SandboxError, SandboxPathError, SandboxTimeoutError, SnapshotError
@@ -45,8 +46,11 @@ from sandbox_agents.errors import SandboxDeadError, SandboxError, SandboxPathErr
 if TYPE_CHECKING:
     from sandbox_agents.backends.local.backend import LocalBackend
 
-# Joins the cgroups named by the first $1 arguments, then execs the rest.
-_JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
+# Opens the seccomp filter $1 on fd 3, joins the cgroups named by the next $2 arguments, then execs the rest.
+_JOIN = (
+    'command exec 3<"$1" || exit 126; n=$2; shift 2; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; '
+    'exec "$@"'
+)
 _MS_REMOUNT = 32
 
 
@@ -127,18 +131,21 @@ class LocalSandbox:
         return env
 
     def _argv(self, request: ExecRequest, group: str) -> list[str]:
-        chdir: list[str] = []
         cwd = "-"
         if request.cwd:
             rel = workspace_relative(request.cwd, workdir=self.spec.workdir, sandbox_id=self.id)
             if rel != ".":
                 cwd = f"{self.spec.workdir}/{rel}"
-                chdir = ["env", f"--chdir={cwd}", "--"]
         joins = self.cgroups.join_files(group)
         uid = self._state.uid
+        seccomp = str(self._backend.seccomp_filter)
         helper = enter_helper()
-        if helper is not None:  # one exec instead of sh + nsenter + setpriv
-            return [helper, str(self._state.child_pid), str(uid), cwd, str(len(joins)), *joins, "--", *request.argv()]
+        if helper is not None:  # one exec instead of sh + nsenter + setpriv + python
+            argv = [helper, str(self._state.child_pid), str(uid), cwd, seccomp, str(len(joins)), *joins]
+            return [*argv, "--", *request.argv()]
+        # The fallback chain: the shell joins the cgroups and opens the filter on fd 3,
+        # nsenter and setpriv enter and drop privileges, and Python installs the filter and
+        # execs the command (or refuses to: never unfiltered).
         enter = ["nsenter", "-t", str(self._state.child_pid), "-m", "-p", "-n", "-i", "-u", "--root", "--wd"]
         drop = [
             "setpriv",
@@ -150,7 +157,20 @@ class LocalSandbox:
             "--no-new-privs",
             "--",
         ]
-        return ["/bin/sh", "-c", _JOIN, "sh", str(len(joins)), *joins, *enter, *drop, *chdir, *request.argv()]
+        install = ["/usr/bin/python3", "-I", "-S", "-c", PY_ENTER, cwd]
+        return [
+            "/bin/sh",
+            "-c",
+            _JOIN,
+            "sh",
+            seccomp,
+            str(len(joins)),
+            *joins,
+            *enter,
+            *drop,
+            *install,
+            *request.argv(),
+        ]
 
     def _networked(self, request: ExecRequest) -> bool:
         spec = self.spec

@@ -64,8 +64,13 @@ def default_root(kriptik_home: Path) -> Path:
     the bind sources. One directory per state home keeps test runs apart.
     """
     digest = hashlib.sha256(str(kriptik_home.expanduser().resolve()).encode()).hexdigest()[:10]
-    base = Path("/var/lib/kriptik") if os.geteuid() == 0 else Path("/tmp") / f"kriptik-{os.geteuid()}"
-    return base / f"sandboxes-{digest}"
+    return host_state_dir() / f"sandboxes-{digest}"
+
+
+def host_state_dir() -> Path:
+    """What every local backend of this host shares, whatever its KRIPTIK_HOME: the compiled
+    seccomp filter and the uid claims."""
+    return Path("/var/lib/kriptik") if os.geteuid() == 0 else Path("/tmp") / f"kriptik-{os.geteuid()}"
 
 
 # --- tmpfs workspaces (a real disk quota) -----------------------------------------------

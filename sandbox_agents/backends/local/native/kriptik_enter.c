@@ -4,11 +4,14 @@
  * Does what `sh -c 'echo $$ > cgroup.procs' ; nsenter -t PID -m -p -n -i -u --root --wd
  * setpriv --reuid U --regid U --clear-groups --inh-caps=-all --bounding-set=-all
  * --no-new-privs -- CMD` does, without the three extra execs (about 3 ms less per command
- * on the hosts measured). Built by scripts/setup.sh; the backend falls back to the
- * shell/nsenter/setpriv chain when the binary is absent.
+ * on the hosts measured), and installs the sandbox's seccomp filter (the BPF program that
+ * libseccomp compiled, see backends/local/seccomp.py) as the very last step before exec.
+ * If the filter cannot be read or installed, nothing runs (exit 126): never unfiltered.
+ * Built by scripts/setup.sh; the backend falls back to a shell/nsenter chain that installs
+ * the same filter when the binary is absent.
  *
- * usage: kriptik-enter PID UID CWD NCG CGFILE... -- CMD [ARG...]
- *   CWD "-" keeps the sandbox init's working directory.
+ * usage: kriptik-enter PID UID CWD BPF NCG CGFILE... -- CMD [ARG...]
+ *   CWD "-" keeps the sandbox init's working directory; BPF is the compiled filter file.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +28,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <grp.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 static void die(const char *what) {
     fprintf(stderr, "kriptik-enter: %s: %s\n", what, strerror(errno));
@@ -39,24 +44,49 @@ static int open_ns(const char *pid, const char *name) {
     return fd;
 }
 
+/* Read the compiled filter (whole instructions, at most BPF_MAXINSNS of them). */
+static struct sock_fprog load_filter(const char *path) {
+    static struct sock_filter insns[BPF_MAXINSNS];
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) die(path);
+    struct stat st;
+    if (fstat(fd, &st) < 0) die(path);
+    if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size % sizeof(struct sock_filter) != 0 ||
+        st.st_size > (off_t)sizeof insns) {
+        fprintf(stderr, "kriptik-enter: %s is not a seccomp program\n", path);
+        _exit(126);
+    }
+    size_t done = 0;
+    while (done < (size_t)st.st_size) {
+        ssize_t n = read(fd, (char *)insns + done, (size_t)st.st_size - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) die(path);
+        done += (size_t)n;
+    }
+    close(fd);
+    struct sock_fprog prog = {(unsigned short)(st.st_size / sizeof(struct sock_filter)), insns};
+    return prog;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 6) {
-        fprintf(stderr, "usage: kriptik-enter PID UID CWD NCG CGFILE... -- CMD [ARG...]\n");
+    if (argc < 7) {
+        fprintf(stderr, "usage: kriptik-enter PID UID CWD BPF NCG CGFILE... -- CMD [ARG...]\n");
         return 125;
     }
     const char *pid = argv[1];
     uid_t uid = (uid_t)strtoul(argv[2], NULL, 10);
     const char *cwd = argv[3];
-    int ncg = atoi(argv[4]);
-    if (uid == 0 || ncg < 0 || 5 + ncg >= argc || strcmp(argv[5 + ncg], "--") != 0 || 6 + ncg >= argc) {
+    int ncg = atoi(argv[5]);
+    if (uid == 0 || ncg < 0 || 6 + ncg >= argc || strcmp(argv[6 + ncg], "--") != 0 || 7 + ncg >= argc) {
         fprintf(stderr, "kriptik-enter: bad arguments\n");
         return 125;
     }
+    struct sock_fprog filter = load_filter(argv[4]);  /* before anything else: no filter, no entry */
     char self[32];
     int len = snprintf(self, sizeof self, "%d", getpid());
     for (int i = 0; i < ncg; i++) {
-        int fd = open(argv[5 + i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, self, len) != len) die(argv[5 + i]);
+        int fd = open(argv[6 + i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, self, len) != len) die(argv[6 + i]);
         close(fd);
     }
     static const struct { const char *name; int type; } spaces[] = {
@@ -106,7 +136,9 @@ int main(int argc, char **argv) {
     if (syscall(SYS_capset, &header, data) < 0) die("capset");
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
-    execvp(argv[6 + ncg], argv + 6 + ncg);
-    fprintf(stderr, "kriptik-enter: %s: %s\n", argv[6 + ncg], strerror(errno));
+    /* Last: from here on every syscall of the command, and of all it starts, is filtered. */
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter, 0, 0) < 0) die("seccomp");
+    execvp(argv[7 + ncg], argv + 7 + ncg);
+    fprintf(stderr, "kriptik-enter: %s: %s\n", argv[7 + ncg], strerror(errno));
     _exit(errno == ENOENT ? 127 : 126);
 }

@@ -1,0 +1,165 @@
+"""The local sandbox against an attacker inside it (issue 14): each layer, tried from inside.
+
+Every command here runs as untrusted code would: through ``exec`` of the local backend,
+with the native entry helper and with the shell fallback chain.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.backends.local.backend import LocalBackend
+from tests.integration.sandbox_backends import open_backend
+
+pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers below are x86-64's")
+
+#: x86-64 syscall numbers the probe calls: each must fail with EPERM inside a sandbox.
+DENIED_PROBES = {
+    "keyctl": (250, (0, 0)),
+    "add_key": (248, (0, 0, 0, 0, 0)),
+    "request_key": (249, (0, 0, 0, 0)),
+    "bpf": (321, (0, 0, 0)),
+    "io_uring_setup": (425, (1, 0)),
+    "perf_event_open": (298, (0, 0, -1, -1, 0)),
+    "userfaultfd": (323, (0,)),
+    "unshare(CLONE_NEWUSER)": (272, (0x10000000,)),
+    "unshare(CLONE_NEWNS)": (272, (0x00020000,)),
+    "setns": (308, (0, 0)),
+    "mount": (165, (0, 0, 0, 0, 0)),
+    "umount2": (166, (0, 0)),
+    "pivot_root": (155, (0, 0)),
+    "open_tree": (428, (-100, 0, 0)),
+    "fsopen": (430, (0, 0)),
+    "move_mount": (429, (0, 0, 0, 0, 0)),
+    "open_by_handle_at": (304, (0, 0, 0)),
+    "kexec_load": (246, (0, 0, 0, 0)),
+    "init_module": (175, (0, 0, 0)),
+    "finit_module": (313, (0, 0, 0)),
+    "ptrace(PTRACE_ATTACH, 1)": (101, (16, 1, 0, 0)),
+    "process_vm_readv": (310, (1, 0, 0, 0, 0, 0)),
+    "personality(ADDR_NO_RANDOMIZE)": (135, (0x0040000,)),
+    "syslog": (103, (3, 0, 0)),
+    "acct": (163, (0,)),
+    "swapon": (167, (0, 0)),
+    "reboot": (169, (0, 0, 0, 0)),
+    "settimeofday": (164, (0, 0)),
+    "clock_settime": (227, (0, 0)),
+    "quotactl": (179, (0, 0, 0, 0)),
+    "name_to_handle_at": (303, (0, 0, 0, 0, 0)),
+    "lookup_dcookie": (212, (0, 0, 0)),
+    "clone(CLONE_NEWUSER)": (56, (0x10000000 | 17, 0, 0, 0, 0)),
+    "clone(CLONE_NEWNET)": (56, (0x40000000 | 17, 0, 0, 0, 0)),
+}
+
+_PROBE = """
+import ctypes, errno, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+out = {}
+for name, (nr, args) in json.loads(sys.argv[1]).items():
+    ctypes.set_errno(0)
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    out[name] = "ok" if rc >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+print(json.dumps(out))
+"""
+
+ENTRIES = ["native", "shell"]
+
+
+@pytest.fixture(params=ENTRIES)
+async def local(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LocalBackend]:
+    """The local backend, entering commands with the native helper or with the shell chain."""
+    if request.param == "shell":
+        monkeypatch.setenv("KRIPTIK_ENTER", "shell")
+    async with open_backend("local", tmp_path) as opened:
+        assert isinstance(opened.backend, LocalBackend)
+        yield opened.backend
+
+
+# --- layer 1: the syscall filter and no nested user namespaces ------------------------------
+
+
+async def test_the_init_and_every_entered_command_run_under_the_seccomp_filter(local: LocalBackend) -> None:
+    sandbox = await local.create(SandboxSpec())
+    result = await sandbox.exec(
+        "grep '^Seccomp:' /proc/1/status /proc/self/status; sh -c \"grep '^Seccomp:' /proc/self/status\""
+    )
+    assert result.ok, result.stderr
+    assert [line.split()[-1] for line in result.stdout.splitlines()] == ["2", "2", "2"]
+    await sandbox.terminate()
+
+
+async def test_dangerous_syscalls_answer_eperm(local: LocalBackend) -> None:
+    import json
+
+    sandbox = await local.create(SandboxSpec())
+    probes = {name: [nr, list(args)] for name, (nr, args) in DENIED_PROBES.items()}
+    result = await sandbox.exec(["python3", "-c", _PROBE, json.dumps(probes)], timeout=30)
+    assert result.ok, result.stderr
+    answers = json.loads(result.stdout)
+    assert answers == dict.fromkeys(DENIED_PROBES, "EPERM")
+    await sandbox.terminate()
+
+
+async def test_nested_user_namespaces_fail(local: LocalBackend) -> None:
+    sandbox = await local.create(SandboxSpec())
+    for command in ("unshare -U true", "unshare -Ur true", "unshare -Urm true", "unshare -n true"):
+        result = await sandbox.exec(command)
+        assert result.exit_code != 0, f"{command!r} succeeded inside the sandbox"
+    await sandbox.terminate()
+
+
+async def test_normal_programs_still_work_under_the_filter(local: LocalBackend) -> None:
+    """Threads, fork, plain clone(2), pipes, python, git and (when installed) node all run."""
+    sandbox = await local.create(SandboxSpec())
+    threads = (
+        "import threading, subprocess, os\n"
+        "seen = []\n"
+        "ts = [threading.Thread(target=seen.append, args=(i,)) for i in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "pid = os.fork()\n"
+        "if pid == 0: os._exit(7)\n"
+        "assert os.waitpid(pid, 0)[1] >> 8 == 7\n"
+        "print(len(seen), subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip())\n"
+    )
+    result = await sandbox.exec(["python3", "-c", threads], timeout=30)
+    assert (result.exit_code, result.stdout) == (0, "8 child\n"), result.stderr
+    git = await sandbox.exec(
+        "git init -q r && cd r && echo x > f && git add f && git -c user.email=a@b -c user.name=a commit -qm m "
+        "&& git log --oneline | wc -l && echo a b c | tr ' ' '\\n' | sort -r | head -1",
+        timeout=30,
+    )
+    assert (git.exit_code, git.stdout) == (0, "1\nc\n"), git.stderr
+    if (await sandbox.exec("command -v node")).ok:
+        node = await sandbox.exec(
+            [
+                "node",
+                "-e",
+                "const {Worker}=require('worker_threads');new Worker('1',{eval:true}).on('exit',c=>console.log('w',c))",
+            ],
+            timeout=30,
+        )
+        assert (node.exit_code, node.stdout) == (0, "w 0\n"), node.stderr
+    await sandbox.terminate()
+
+
+async def test_a_command_never_runs_unfiltered(local: LocalBackend, tmp_path: Path) -> None:
+    """Without a loadable filter the entry refuses (exit 126) and the command does not run."""
+    sandbox = await local.create(SandboxSpec())
+    broken = tmp_path / "broken.bpf"
+    broken.write_bytes(b"1234567")  # not whole BPF instructions
+    for bad in (broken, tmp_path / "missing.bpf"):
+        local._seccomp = bad  # noqa: SLF001
+        result = await sandbox.exec("touch ran")
+        assert result.exit_code == 126, (bad, result)
+    local._seccomp = None  # noqa: SLF001
+    local._checked = False  # noqa: SLF001  (the next call finds the real filter again)
+    assert not (await sandbox.exec("test -e ran")).ok
+    await sandbox.terminate()
