@@ -2,11 +2,13 @@
 
 :class:`LocalBackend` (:mod:`.backend`) creates, finds, snapshots and restores sandboxes and
 keeps a few started ones on standby; :class:`LocalSandbox` (:mod:`.sandbox`) runs commands in
-one through ``nsenter`` with every capability dropped. The parts: :mod:`.launch` (the bwrap
-command line and the detached launcher), :mod:`.cgroup` (memory, pids and cpu limits, v1 or v2),
-:mod:`.fs` (bounded, non-blocking workspace file access), :mod:`.state` (on-disk state, tmpfs
-mounts, port forwarders), :mod:`.proc` (bounded subprocess output) and :mod:`.host` (host-side
-helpers: pids, ports, pid files). See docs/sandboxes.md.
+one as its unprivileged uid, every capability dropped. The parts: :mod:`.launch` (the bwrap
+command line and the detached launcher), :mod:`.cgroup` (memory, pids and cpu limits, v1 or
+v2), :mod:`.seccomp` (the syscall filter), :mod:`.fs` (bounded, non-blocking workspace file
+access), :mod:`.state` (on-disk state, tmpfs mounts, port forwarders), :mod:`.proc` (bounded
+subprocess output), :mod:`.host` (host-side helpers: pids, ports, pid files) and
+``native/kriptik_enter.c`` (the helper that enters a sandbox for each command). See
+docs/sandboxes.md and docs/security.md.
 """
 
 from sandbox_agents.backends.local.backend import LocalBackend, purge_home
