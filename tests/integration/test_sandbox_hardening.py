@@ -163,3 +163,30 @@ async def test_a_command_never_runs_unfiltered(local: LocalBackend, tmp_path: Pa
     local._checked = False  # noqa: SLF001  (the next call finds the real filter again)
     assert not (await sandbox.exec("test -e ran")).ok
     await sandbox.terminate()
+
+
+# --- layer 2: commands inside the sandbox's user namespace ----------------------------------
+
+
+async def test_commands_join_the_sandbox_user_namespace_and_hold_no_namespace_capabilities(
+    local: LocalBackend,
+) -> None:
+    """A command is in the init's user namespace: the sandbox's mount, network and uts
+    namespaces belong to bwrap's outer one, so no mount, umount or network change works,
+    whatever the filter says (``ip`` speaks netlink, which the filter never sees)."""
+    sandbox = await local.create(SandboxSpec())
+    same = await sandbox.exec('test "$(readlink /proc/self/ns/user)" = "$(readlink /proc/1/ns/user)"')
+    assert same.ok, "the command is not in the sandbox's user namespace"
+    for command in (
+        "ip link set lo down",
+        "ip addr add 10.9.9.9/32 dev lo",
+        "mount -t tmpfs none /tmp",
+        "umount /proc",
+        "umount -l /workspace",
+        "hostname elsewhere",
+    ):
+        result = await sandbox.exec(command)
+        assert result.exit_code != 0, f"{command!r} succeeded inside the sandbox"
+    state = await sandbox.exec("ip -o link show lo; ip -o addr show lo; hostname; test -d /proc/self && echo proc")
+    assert "UP" in state.stdout and "10.9.9.9" not in state.stdout and "sandbox\nproc\n" in state.stdout
+    await sandbox.terminate()

@@ -140,37 +140,35 @@ class LocalSandbox:
         uid = self._state.uid
         seccomp = str(self._backend.seccomp_filter)
         helper = enter_helper()
-        if helper is not None:  # one exec instead of sh + nsenter + setpriv + python
+        if helper is not None:  # one exec instead of sh + setpriv + nsenter + python
             argv = [helper, str(self._state.child_pid), str(uid), cwd, seccomp, str(len(joins)), *joins]
             return [*argv, "--", *request.argv()]
-        # The fallback chain: the shell joins the cgroups and opens the filter on fd 3,
-        # nsenter and setpriv enter and drop privileges, and Python installs the filter and
-        # execs the command (or refuses to: never unfiltered).
-        enter = ["nsenter", "-t", str(self._state.child_pid), "-m", "-p", "-n", "-i", "-u", "--root", "--wd"]
-        drop = [
-            "setpriv",
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            "--",
+        # The fallback chain: the shell joins the cgroups and opens the filter on fd 3;
+        # setpriv drops host root's groups (setgroups is denied inside the sandbox's user
+        # namespace); nsenter joins every namespace, the user namespace last, and becomes
+        # the sandbox uid there (no capability survives its exec); Python sets
+        # no_new_privs, installs the filter and execs the command (or refuses: never unfiltered).
+        pid = str(self._state.child_pid)
+        enter = [
+            "nsenter",
+            "-t",
+            pid,
+            "-U",
+            "-m",
+            "-p",
+            "-n",
+            "-i",
+            "-u",
+            "--root",
+            "--wd",
+            "-S",
+            str(uid),
+            "-G",
+            str(uid),
         ]
         install = ["/usr/bin/python3", "-I", "-S", "-c", PY_ENTER, cwd]
-        return [
-            "/bin/sh",
-            "-c",
-            _JOIN,
-            "sh",
-            seccomp,
-            str(len(joins)),
-            *joins,
-            *enter,
-            *drop,
-            *install,
-            *request.argv(),
-        ]
+        shell = ["/bin/sh", "-c", _JOIN, "sh", seccomp, str(len(joins)), *joins]
+        return [*shell, "setpriv", "--clear-groups", "--", *enter, "--", *install, *request.argv()]
 
     def _networked(self, request: ExecRequest) -> bool:
         spec = self.spec

@@ -1,9 +1,9 @@
 /*
  * kriptik-enter: run one command inside a local sandbox, in one exec.
  *
- * Does what `sh -c 'echo $$ > cgroup.procs' ; nsenter -t PID -m -p -n -i -u --root --wd
- * setpriv --reuid U --regid U --clear-groups --inh-caps=-all --bounding-set=-all
- * --no-new-privs -- CMD` does, without the three extra execs (about 3 ms less per command
+ * Does what `sh -c 'echo $$ > cgroup.procs' ; setpriv --clear-groups nsenter -t PID -U -m -p -n
+ * -i -u --root --wd -S U -G U setpriv --inh-caps=-all --no-new-privs -- CMD` does (joining
+ * the sandbox's user namespace too), without the extra execs (about 3 ms less per command
  * on the hosts measured), and installs the sandbox's seccomp filter (the BPF program that
  * libseccomp compiled, see backends/local/seccomp.py) as the very last step before exec.
  * If the filter cannot be read or installed, nothing runs (exit 126): never unfiltered.
@@ -95,6 +95,7 @@ int main(int argc, char **argv) {
     };
     int root = open_ns(pid, "root");
     int wd = open_ns(pid, "cwd");
+    int userns = open_ns(pid, "ns/user");  /* now: once in the mount namespace, /proc is the sandbox's */
     /* Never enter a target whose root is still the host's (a sandbox not yet set up). */
     struct stat host_root, target_root;
     if (stat("/", &host_root) < 0 || fstat(root, &target_root) < 0) die("stat root");
@@ -102,11 +103,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kriptik-enter: process %s has the host's root: not a set-up sandbox\n", pid);
         return 125;
     }
+    /* Host root's supplementary groups go now: inside the sandbox's user namespace
+       setgroups(2) is denied (bwrap wrote "deny" to its setgroups file). */
+    if (setgroups(0, NULL) < 0) die("setgroups");
     for (size_t i = 0; i < sizeof spaces / sizeof spaces[0]; i++) {
         int fd = open_ns(pid, spaces[i].name);
         if (setns(fd, spaces[i].type) < 0) die(spaces[i].name);
         close(fd);
     }
+    /* The user namespace last, while host root may still join the others (they belong to
+       bwrap's outer user namespace). Inside it the command holds no capability over the
+       sandbox's mount, network, ipc or uts namespaces: mount, umount and network
+       configuration fail even before the seccomp filter is consulted. */
+    if (setns(userns, CLONE_NEWUSER) < 0) die("ns/user");
+    close(userns);
     if (fchdir(root) < 0 || chroot(".") < 0) die("chroot");
     if (strcmp(cwd, "-") == 0 ? fchdir(wd) < 0 : chdir(cwd) < 0) die("chdir");
     close(root);
@@ -127,7 +137,6 @@ int main(int argc, char **argv) {
     for (int cap = 0; cap <= 63; cap++) {
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("capbset");
     }
-    if (setgroups(0, NULL) < 0) die("setgroups");
     if (setresgid(uid, uid, uid) < 0) die("setresgid");
     if (setresuid(uid, uid, uid) < 0) die("setresuid");
     struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
