@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from coordinator.bus.events import EventPayload, parse_event
+
 Channel = Literal["context", "file-change", "errors", "progress", "merge", "events"]
 """The per-build streams: five bus channels and the event log (``events``)."""
 
@@ -95,13 +97,29 @@ class MergeRequest(_Message):
 
 
 class Event(_Message):
-    """A generic entry of the build's event log (what SSE clients see)."""
+    """An entry of the build's event log (what SSE clients see): a kind and its payload's fields.
+
+    The kinds and their fields are the typed payloads of ``coordinator/bus/events.py`` (a tagged
+    union on ``kind``). Emitters build a payload and publish :meth:`of` it; readers get it back
+    typed from :attr:`payload`. On the wire the entry keeps the generic ``kind`` + ``data``
+    shape, so an older stream's kinds still decode (as :class:`~coordinator.bus.events.UnknownEvent`).
+    """
 
     type: Literal["event"] = "event"
     kind: str = Field(min_length=1, max_length=128)
-    """Event name, e.g. ``phase.started``; the domain event unions live in contracts.py."""
+    """Event name, e.g. ``merge.accepted``: a kind of ``coordinator.bus.events.EVENT_TYPES``, or one unknown here."""
     data: dict[str, Any] = Field(default_factory=dict)
-    """Event payload (msgpack-serialisable)."""
+    """The payload's fields (msgpack-serialisable)."""
+
+    @classmethod
+    def of(cls, payload: EventPayload) -> Event:
+        """The log entry of a typed payload."""
+        return cls(kind=payload.kind, data=payload.data)
+
+    @property
+    def payload(self) -> EventPayload:
+        """The typed payload of this entry (an ``UnknownEvent`` for a kind this version does not know)."""
+        return parse_event(self.kind, self.data)
 
 
 Message = Annotated[
