@@ -23,7 +23,9 @@ class LocalBackendConfig(BaseModel):
     root: Path | None = None
     """Directory for sandbox state and snapshots; ``KRIPTIK_HOME/sandboxes`` if unset."""
     sandbox_uid: int | None = Field(default=None, ge=1)
-    """Host uid the sandboxes run as; the ``KRIPTIK_SANDBOX_UID`` setting if unset."""
+    """First host uid of the per-sandbox range; the ``KRIPTIK_SANDBOX_UID`` setting (61000) if unset."""
+    sandbox_uid_count: int = Field(default=1000, ge=1, le=1_000_000)
+    """Host uids in the range: each running sandbox holds one of its own, so this bounds a host's sandboxes."""
     standby: int = Field(default=0, ge=0, le=64)
     """Started, unassigned sandboxes kept ready so that a create costs about a millisecond."""
 

@@ -190,3 +190,43 @@ async def test_commands_join_the_sandbox_user_namespace_and_hold_no_namespace_ca
     state = await sandbox.exec("ip -o link show lo; ip -o addr show lo; hostname; test -d /proc/self && echo proc")
     assert "UP" in state.stdout and "10.9.9.9" not in state.stdout and "sandbox\nproc\n" in state.stdout
     await sandbox.terminate()
+
+
+# --- layer 3: a host uid per sandbox ---------------------------------------------------------
+
+
+async def test_two_sandboxes_run_as_different_uids_and_own_their_files(local: LocalBackend) -> None:
+    first, second = await local.create(SandboxSpec()), await local.create(SandboxSpec())
+    uids = []
+    for sandbox in (first, second):
+        await sandbox.write_file("from-host.txt", "x")
+        result = await sandbox.exec("id -u; touch from-inside.txt")
+        uid = int(result.stdout)
+        assert uid != 0 and local.uids.first <= uid <= local.uids.last
+        for name in ("from-host.txt", "from-inside.txt", "."):
+            assert (sandbox.workspace / name).stat().st_uid == uid  # type: ignore[attr-defined]
+        uids.append(uid)
+    assert uids[0] != uids[1]
+    await first.terminate()
+    await second.terminate()
+
+
+async def test_a_uid_is_given_back_only_when_its_sandbox_is_gone(local: LocalBackend) -> None:
+    sandbox = await local.create(SandboxSpec())
+    uid = sandbox._state.uid  # type: ignore[attr-defined]  # noqa: SLF001
+    assert (local.uids.holder(uid) or {}).get("sandbox") == sandbox.id
+    assert not local.uids.release(uid, "sbx-someone-else")
+    assert local.uids.reclaim_stale() == 0 or (local.uids.holder(uid) or {}).get("sandbox") == sandbox.id
+    await sandbox.terminate()
+    assert local.uids.holder(uid) is None
+
+
+async def test_a_restored_snapshot_belongs_to_the_new_sandbox_uid(local: LocalBackend) -> None:
+    sandbox = await local.create(SandboxSpec())
+    await sandbox.exec("mkdir -p d && echo hi > d/f && chmod 640 d/f")
+    restored = await local.restore(await sandbox.snapshot())
+    owners = await restored.exec("id -u; stat -c '%u %a' d/f")
+    uid, (owner, mode) = owners.stdout.split("\n")[0], owners.stdout.split("\n")[1].split()
+    assert owner == uid and mode == "640" and uid != str(sandbox._state.uid)  # type: ignore[attr-defined]  # noqa: SLF001
+    await sandbox.terminate()
+    await restored.terminate()

@@ -25,6 +25,7 @@ from sandbox_agents.backends.local.launch import bwrap_argv, check_tools, launch
 from sandbox_agents.backends.local.sandbox import LocalSandbox
 from sandbox_agents.backends.local.seccomp import filter_file
 from sandbox_agents.backends.local.state import LocalState, default_root, host_state_dir, mount_tmpfs, unmount_under
+from sandbox_agents.backends.local.uids import UidPool
 from sandbox_agents.errors import ConfigError, SandboxNotFoundError, SnapshotError
 from sandbox_agents.settings import get_settings
 
@@ -41,9 +42,15 @@ class LocalBackend:
         self.config = config or LocalBackendConfig()
         settings = get_settings()
         self.root = self.config.root or default_root(settings.home())
-        self.uid = self.config.sandbox_uid or settings.kriptik_sandbox_uid
-        if self.uid == 0:
+        first_uid = self.config.sandbox_uid or settings.kriptik_sandbox_uid
+        if first_uid == 0:
             raise ConfigError("the sandbox uid must not be 0 (sandbox root would be host root)")
+        self.uids = UidPool(
+            first=first_uid,
+            count=self.config.sandbox_uid_count,
+            claims_dir=host_state_dir() / "uids",
+            is_gone=self._claim_gone,
+        )
         self._layout: CgroupLayout | None = None
         self._seccomp: Path | None = None
         self._checked = False
@@ -68,6 +75,16 @@ class LocalBackend:
             self._checked = True
         assert self._layout is not None
         return self._layout
+
+    def _claim_gone(self, record: dict[str, object]) -> bool:
+        """For the uid pool: True when the sandbox a claim names is over (terminated or dead)."""
+        try:
+            state = LocalState.load(Path(str(record["state"])))
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError, KeyError):
+            return False  # unreadable now: keep the claim rather than risk sharing its uid
+        return state.terminated or not self._sandbox(state).alive()
 
     @property
     def seccomp_filter(self) -> Path:
@@ -99,25 +116,32 @@ class LocalBackend:
     def _start(self, spec: SandboxSpec, layout: CgroupLayout) -> LocalSandbox:
         sandbox_id = f"sbx-{uuid.uuid4().hex[:12]}"
         base = self.root / sandbox_id
+        uid = self.uids.claim(sandbox_id, base / "state.json")  # the sandbox's own host uid
         fs_dir, ctl_dir, etc_dir = base / "fs", base / "ctl", base / "etc"
-        for path in (base, fs_dir, ctl_dir, etc_dir):
-            path.mkdir(mode=0o711, parents=True)
-        quota = mount_tmpfs(fs_dir, size_mb=spec.disk_mb, uid=self.uid)
-        for name in ("workspace", "home"):
-            (fs_dir / name).mkdir(mode=0o755)
-            os.chown(fs_dir / name, self.uid, self.uid)
-        write_etc(etc_dir, self.uid)
+        try:
+            for path in (base, fs_dir, ctl_dir, etc_dir):
+                path.mkdir(mode=0o711, parents=True)
+            quota = mount_tmpfs(fs_dir, size_mb=spec.disk_mb, uid=uid)
+            for name in ("workspace", "home"):
+                (fs_dir / name).mkdir(mode=0o755)
+                os.chown(fs_dir / name, uid, uid)
+            write_etc(etc_dir, uid)
+        except BaseException:
+            unmount_under(base)
+            shutil.rmtree(base, ignore_errors=True)
+            self.uids.release(uid, sandbox_id)  # nothing ever ran as it
+            raise
         now = time.time()
-        state = LocalState(id=sandbox_id, spec=spec, uid=self.uid, quota=quota, ttl_deadline=now + spec.timeout_s)
+        state = LocalState(id=sandbox_id, spec=spec, uid=uid, quota=quota, ttl_deadline=now + spec.timeout_s)
         sandbox = LocalSandbox(self, state, SandboxCgroups(layout, sandbox_id))
-        sandbox.write_deadline(force=True)
         cgroups = sandbox.cgroups
         try:
+            sandbox.write_deadline(force=True)
             cgroups.create(memory_mb=spec.memory_mb, max_pids=spec.max_pids, cpu=spec.cpu)
             argv = bwrap_argv(fs_dir=fs_dir, ctl_dir=ctl_dir, etc_dir=etc_dir, workdir=spec.workdir)
             state.launcher_pid, state.child_pid = launch(
                 bwrap=argv,
-                uid=self.uid,
+                uid=uid,
                 cgroup_files=cgroups.join_files(),
                 ctl_dir=ctl_dir,
                 workdir=spec.workdir,
@@ -226,7 +250,10 @@ class LocalBackend:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def sweep(self) -> int:
-        """End standby sandboxes left behind by processes that died (their own loop ends them too)."""
+        """End standby sandboxes left behind by processes that died (their own loop ends them too).
+
+        Also takes back host uids whose sandboxes are over (of any state home on this host).
+        """
         ended = 0
         for entry in self.root.glob("sbx-*/state.json"):
             with contextlib.suppress(OSError, ValueError):
@@ -235,6 +262,7 @@ class LocalBackend:
                 if state.terminated or not sandbox.alive():
                     sandbox.destroy_now()
                     ended += 1
+        self.uids.reclaim_stale()
         return ended
 
 

@@ -304,7 +304,10 @@ class LocalSandbox:
     # --- snapshots ---------------------------------------------------------------------
 
     async def snapshot(self) -> SnapshotRef:
-        """Save the workspace as tar+zstd (modes and owners kept); restore gives identical files."""
+        """Save the workspace as tar+zstd (modes kept); restore gives identical files.
+
+        ``--sparse`` stores holes as holes: a huge sparse file costs no reading.
+        """
         self._touch()
         snap_id = f"snap-{uuid.uuid4().hex[:12]}"
         archive = self._backend.snapshots_dir / f"{snap_id}.tar.zst"
@@ -312,7 +315,7 @@ class LocalSandbox:
         cmd = [
             "sh",
             "-c",
-            'tar -C "$1" --numeric-owner -cf - . | zstd -1 -q -f -o "$2"',
+            'tar -C "$1" --numeric-owner --sparse -cf - . | zstd -1 -q -f -o "$2"',
             "sh",
             str(self.workspace),
             str(tmp),
@@ -327,14 +330,20 @@ class LocalSandbox:
         )
 
     def extract(self, archive: Path) -> None:
-        """Unpack a snapshot into this (fresh) sandbox's workspace."""
+        """Unpack a snapshot into this (fresh) sandbox's workspace, as this sandbox's uid.
+
+        The snapshot may come from a sandbox of another uid: unpacked by this sandbox's
+        uid, every file is owned by it (and the archive can write nothing it could not).
+        """
+        uid = str(self._state.uid)
         cmd = [
             "sh",
             "-c",
-            'zstd -dcq "$1" | tar -C "$2" --numeric-owner --same-owner -xpf -',
+            'zstd -dcq "$1" | setpriv --reuid="$3" --regid="$3" --clear-groups -- tar -C "$2" -xpf -',
             "sh",
             str(archive),
             str(self.workspace),
+            uid,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -429,6 +438,10 @@ class LocalSandbox:
         unmount(self._base / "fs")
         for sub in ("fs", "fwd", "etc"):
             shutil.rmtree(self._base / sub, ignore_errors=True)
+        # The uid goes back only once the sandbox's init (and with its pid namespace every
+        # process in it) is gone; otherwise the claim stays until the uid pool takes it back.
+        if st.child_start is None or wait_for(lambda: process_start_time(st.child_pid) != st.child_start, 5.0):
+            self._backend.uids.release(st.uid, st.id)
 
     async def adopt(self, spec: SandboxSpec) -> bool:
         """Turn this standby sandbox into one for ``spec``; False if it cannot serve it."""
