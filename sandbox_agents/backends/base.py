@@ -19,6 +19,10 @@ from sandbox_agents.errors import InvalidInputError
 #: Output kept per stream of one command; past it the output is cut and marked.
 DEFAULT_OUTPUT_CAP = 8 * 1024 * 1024
 
+#: The largest file ``read_file`` returns (a merge's tree archive fits); past it, and for
+#: anything but a regular file, the backend answers SandboxPathError naming path and cap.
+MAX_READ_BYTES = 128 * 1024 * 1024
+
 
 class NetworkPolicy(enum.StrEnum):
     """What a sandbox may reach on the network."""

@@ -6,14 +6,16 @@ with the native entry helper and with the shell fallback chain.
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.backends.base import MAX_READ_BYTES, ExecResult, SandboxSpec
 from sandbox_agents.backends.local.backend import LocalBackend
+from sandbox_agents.errors import SandboxPathError
 from tests.integration.sandbox_backends import open_backend
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers below are x86-64's")
@@ -230,3 +232,31 @@ async def test_a_restored_snapshot_belongs_to_the_new_sandbox_uid(local: LocalBa
     assert owner == uid and mode == "640" and uid != str(sandbox._state.uid)  # type: ignore[attr-defined]  # noqa: SLF001
     await sandbox.terminate()
     await restored.terminate()
+
+
+# --- layer 4: bounded, non-blocking host reads ----------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_read_file_of_a_50_gb_sparse_file_answers_an_error_naming_path_and_cap(local: LocalBackend) -> None:
+    sandbox = await local.create(SandboxSpec())
+    assert (await sandbox.exec("truncate -s 50G big && mkdir -p d && truncate -s 50G d/big2")).ok
+    for path in ("big", "d/big2"):
+        with pytest.raises(SandboxPathError) as info:
+            await sandbox.read_file(path)
+        assert info.value.path == path and str(MAX_READ_BYTES) in str(info.value)
+    await sandbox.terminate()
+
+
+@pytest.mark.timeout(60)
+async def test_a_fifo_read_answers_an_error_while_the_sandbox_stays_usable(local: LocalBackend) -> None:
+    sandbox = await local.create(SandboxSpec())
+    assert (await sandbox.exec("mkfifo pipe && mkfifo held && (sleep 30 > held &)")).ok
+    reads = [sandbox.read_file("pipe"), sandbox.read_file("held"), sandbox.write_file("pipe", "x")]
+    other = sandbox.exec(["echo", "still here"])
+    *errors, result = await asyncio.gather(*reads, other, return_exceptions=True)
+    assert all(isinstance(error, SandboxPathError) for error in errors), errors
+    assert isinstance(result, ExecResult) and result.stdout == "still here\n"
+    listed = {f.path for f in await sandbox.list_files()}
+    assert {"pipe", "held"} <= listed
+    await sandbox.terminate()

@@ -4,6 +4,13 @@ The workspace belongs to the sandbox, so anything in it may be a symlink planted
 agent. Every path is walked one component at a time with ``O_NOFOLLOW`` from a directory
 fd of the workspace root: a symlink anywhere on the way is refused, never followed, so a
 link to ``/etc/shadow`` or to ``/`` cannot make the host read or write outside.
+
+Anything in it may also be a trap for the reader: a FIFO (an open that blocks until a
+writer comes), a socket, or a sparse file of 50 GB that reads as zeros for as long as the
+host cares to read. So files are opened ``O_NONBLOCK`` and used only if ``fstat`` says
+regular, reads stop at the cap plus one byte whatever ``st_size`` claimed, and listing
+walks directory fds (``os.fwalk``), never path names. These calls block on disk only:
+callers run them in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -16,20 +23,32 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from sandbox_agents.backends.base import FileInfo
+from sandbox_agents.backends.base import MAX_READ_BYTES, FileInfo
 from sandbox_agents.errors import SandboxPathError
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 class WorkspaceFS:
     """Symlink-safe file access under one workspace root, creating files as the sandbox uid."""
 
-    def __init__(self, root: Path, *, uid: int, gid: int, sandbox_id: str) -> None:
+    def __init__(self, root: Path, *, uid: int, gid: int, sandbox_id: str, read_cap: int = MAX_READ_BYTES) -> None:
         self.root = root
         self.uid = uid
         self.gid = gid
         self.sandbox_id = sandbox_id
+        self.read_cap = read_cap
 
     def _refuse(self, rel: str, why: str) -> SandboxPathError:
         return SandboxPathError(f"{rel}: {why}", path=rel, sandbox_id=self.sandbox_id)
@@ -61,19 +80,31 @@ class WorkspaceFS:
         finally:
             os.close(fd)
 
+    def _open(self, rel: str, dfd: int, name: str, flags: int) -> int:
+        """Open a regular file (never following a link, never waiting on a FIFO), or refuse."""
+        try:
+            fd = os.open(name, flags | _FILE_FLAGS, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._refuse(rel, "is a symlink") from None
+            if exc.errno == errno.EISDIR:
+                raise IsADirectoryError(errno.EISDIR, "is a directory", rel) from None
+            if exc.errno == errno.ENXIO:  # a socket, or a FIFO nobody reads (write side)
+                raise self._refuse(rel, "is a socket or a FIFO, not a regular file") from None
+            raise
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return fd
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
+        raise self._refuse(rel, f"is {_kind(mode)}, not a regular file")
+
     def write(self, rel: str, data: bytes, mode: int | None) -> None:
         with self._parent_fd(rel, create=True) as (dfd, name):
+            fd = self._open(rel, dfd, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
-                fd = os.open(
-                    name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd
-                )
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise self._refuse(rel, "is a symlink") from None
-                if exc.errno == errno.EISDIR:
-                    raise IsADirectoryError(errno.EISDIR, "is a directory", rel) from None
-                raise
-            try:
+                os.set_blocking(fd, True)
                 os.fchown(fd, self.uid, self.gid)
                 if mode is not None:
                     os.fchmod(fd, mode & 0o7777 & ~0o6000)  # never setuid/setgid
@@ -84,19 +115,27 @@ class WorkspaceFS:
                 os.close(fd)
 
     def read(self, rel: str) -> bytes:
+        """The file's bytes, if it is a regular file of at most ``read_cap`` bytes.
+
+        Raises:
+            SandboxPathError: a symlink, FIFO, socket or device, or a file past the cap
+                (checked on ``st_size`` first, then on what is actually read: at most the
+                cap plus one byte is ever read).
+        """
+        cap = self.read_cap
         with self._parent_fd(rel, create=False) as (dfd, name):
+            fd = self._open(rel, dfd, name, os.O_RDONLY)
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise self._refuse(rel, "is a symlink") from None
-                raise
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise IsADirectoryError(errno.EISDIR, "not a regular file", rel)
+                too_big = self._refuse(rel, f"is larger than the read cap of {cap} bytes")
+                if os.fstat(fd).st_size > cap:
+                    raise too_big
                 chunks = []
-                while chunk := os.read(fd, 1 << 20):
+                left = cap + 1
+                while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
                     chunks.append(chunk)
+                    left -= len(chunk)
+                if left <= 0:
+                    raise too_big
                 return b"".join(chunks)
             finally:
                 os.close(fd)
@@ -112,16 +151,16 @@ class WorkspaceFS:
             _rmtree_at(dfd, name)
 
     def list(self, pattern: str) -> list[FileInfo]:
+        """Every entry under the root matching ``pattern``, walked from directory fds."""
         out: list[FileInfo] = []
-        root = str(self.root)
-        for dirpath, dirs, files in os.walk(root, followlinks=False):
-            reldir = os.path.relpath(dirpath, root)
+        for dirpath, dirs, files, dirfd in os.fwalk(self.root, follow_symlinks=False):
+            reldir = os.path.relpath(dirpath, self.root)
             for name in dirs + files:
                 rel = name if reldir == "." else f"{reldir}/{name}"
                 if not _match(rel, pattern):
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    st = os.lstat(os.path.join(dirpath, name))
+                    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
                     out.append(
                         FileInfo(
                             path=rel,

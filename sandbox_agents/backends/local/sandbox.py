@@ -281,7 +281,7 @@ class LocalSandbox:
         self._touch()
         payload = data.encode() if isinstance(data, str) else bytes(data)
         try:
-            self._fs.write(rel, payload, mode)
+            await asyncio.to_thread(self._fs.write, rel, payload, mode)
         except OSError as exc:
             if isinstance(exc, SandboxPathError | IsADirectoryError):
                 raise
@@ -290,7 +290,7 @@ class LocalSandbox:
     async def read_file(self, path: str) -> bytes:
         rel = self._rel(path)
         self._touch()
-        return self._fs.read(rel)
+        return await asyncio.to_thread(self._fs.read, rel)
 
     async def list_files(self, pattern: str = "**/*") -> list[FileInfo]:
         self._touch()
