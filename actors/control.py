@@ -45,6 +45,7 @@ from coordinator.build.ports import CANCEL_REQUESTED
 from coordinator.clock import SystemClock
 from coordinator.contracts import load_contract, parse_contract
 from coordinator.plan import plan_fleet
+from coordinator.resources import examples_dir
 from coordinator.store.schema import BuildSession, SessionStatus
 from coordinator.store.store import Store
 from sandbox_agents.errors import BuildNotFoundError, InvalidInputError, LLMConfigError
@@ -52,7 +53,7 @@ from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = examples_dir()
 
 
 class ControlConfig(BaseModel):

@@ -14,11 +14,11 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 
 from bench.common import emit, p50, private_ray
+from coordinator.resources import examples_dir
 
-CASSETTE = Path(__file__).resolve().parents[1] / "examples" / "cassettes" / "hello-team.yaml"
+CASSETTE = examples_dir() / "cassettes" / "hello-team.yaml"
 
 
 async def _measure(rounds: int) -> dict[str, float]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit, private_ray
+from coordinator.resources import examples_dir
 
 PROGRESS = ("slot.", "merge.", "component.phase", "checkpoint.taken")
 LOCAL = {"type": "local"}
@@ -64,7 +65,7 @@ async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[A
     from sandbox_agents.backends.base import SandboxSpec
 
     spec = SandboxSpec(tags={"bench": "fleet"})
-    cassette = Path(__file__).resolve().parents[1] / "examples" / "cassettes" / "hello-team.yaml"
+    cassette = examples_dir() / "cassettes" / "hello-team.yaml"
     llm = {"type": "replay", "cassettes": [str(cassette)]}  # never asked: no task runs
     tasks = tuple(TeamTask(id=f"t{i}", title="x", agent=i) for i in range(4))
     proxies: list[Any] = [None] * 3

@@ -25,13 +25,14 @@ from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.redis_server import ManagedRedis
 from coordinator.contracts import load_contract
+from coordinator.resources import examples_dir
 from coordinator.store.store import Store
 from sandbox_agents.backends.local.state import LocalState, default_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 
 USER = "examples"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = examples_dir()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -20,6 +20,7 @@ from actors.pools.proxies import release
 from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
 from actors.team import TeamConfig, start_team, stop_team
 from coordinator.bus.context_bus import ContextBus
+from coordinator.resources import examples_dir
 from coordinator.team.runner import ComponentWork, TeamReport
 from sandbox_agents.agent_models import AgentTask
 from sandbox_agents.backends.base import SandboxSpec
@@ -27,8 +28,7 @@ from sandbox_agents.errors import InvalidInputError
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-HELLO = REPO / "examples" / "cassettes" / "hello-team.yaml"
+HELLO = examples_dir() / "cassettes" / "hello-team.yaml"
 LOCAL = {"type": "local"}
 
 

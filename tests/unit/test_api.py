@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from coordinator.resources import examples_dir
 from coordinator.store.store import Store
 from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError
 from serve.app import ApiSettings, create_app
@@ -20,7 +21,7 @@ from serve.auth import authenticate, create_token, hash_token
 from serve.control_port import ControlPort, ControlUnavailableError, MemoryControl
 from serve.limits import RateLimitedError, RateLimiter
 
-CONTRACT = Path(__file__).parents[2] / "examples" / "intents" / "hello-calc.yaml"
+CONTRACT = examples_dir() / "intents" / "hello-calc.yaml"
 
 
 class FakeClock:

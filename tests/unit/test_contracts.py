@@ -19,9 +19,10 @@ from coordinator.contracts import (
     load_contract,
     parse_contract,
 )
+from coordinator.resources import examples_dir
 from sandbox_agents.errors import ContractError
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "intents").glob("*.yaml"))
+EXAMPLES = sorted((examples_dir() / "intents").glob("*.yaml"))
 
 
 def base() -> dict[str, Any]:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from coordinator.contracts import IntentContract, load_contract, parse_contract
 from coordinator.plan import PlanSettings, assign_tasks, dependency_order, plan_fleet
+from coordinator.resources import examples_dir
 from sandbox_agents.backends.base import NetworkPolicy
 from sandbox_agents.errors import ContractError
 
-TODO = Path(__file__).parents[2] / "examples" / "intents" / "todo-fullstack.yaml"
+TODO = examples_dir() / "intents" / "todo-fullstack.yaml"
 
 
 def comp(name: str, deps: list[str] = (), tasks: int = 1, **extra: Any) -> dict[str, Any]:  # type: ignore[assignment]

@@ -8,14 +8,13 @@ hands them to each agent's config; the agent loop puts them on every ``LLMReques
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from actors.agent import AgentConfig
 from actors.build.adapters import RayFleet, RayTeams
 from actors.build.config import CoordinatorConfig
 from actors.team import TeamConfig
 from coordinator.contracts import load_contract
 from coordinator.plan import PlanSettings, plan_fleet
+from coordinator.resources import examples_dir
 from coordinator.team.runner import agent_role
 from coordinator.tournament import BUILTIN_STRATEGIES
 from sandbox_agents.agent_loop import AgentLoop
@@ -25,7 +24,7 @@ from sandbox_agents.backends.fake import FakeBackend
 from sandbox_agents.llm.base import AssistantTurn, LLMRequest
 from sandbox_agents.tools import AgentTools
 
-TODO = Path(__file__).parents[2] / "examples" / "intents" / "todo-fullstack.yaml"
+TODO = examples_dir() / "intents" / "todo-fullstack.yaml"
 
 
 def todo_plan():  # type: ignore[no-untyped-def]
