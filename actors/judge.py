@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
+from coordinator.bus.models import Event
 from coordinator.judge import Decision, Evidence, judge
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.llm.config import LLMConfig
@@ -67,7 +68,7 @@ class JudgeActor:
             raise InvalidInputError(f"invalid evidence: {exc}", field="evidence") from exc
         decision = await judge(candidates, self._provider, component=component, context=context)
         if self._bus is not None:
-            await self._bus.publish(self.config.build_id, decision.to_event())
+            await self._bus.publish(self.config.build_id, Event.of(decision.to_event()))
         return decision
 
     async def close(self) -> None:

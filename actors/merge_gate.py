@@ -23,7 +23,8 @@ from actors.actor_state import SandboxOwnerState, StateFile
 from actors.pools.proxies import get_proxy, proxy_handle, release, start_owned_sandbox
 from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.models import ErrorReport
+from coordinator.bus.events import EventPayload
+from coordinator.bus.models import ErrorReport, Event
 from coordinator.contracts import IntentContract, parse_contract
 from coordinator.merge.gate import (
     MAX_TREE_BYTES,
@@ -126,9 +127,9 @@ class _Events:
         self.build_id = build_id
         self._open: dict[str, list[ErrorReport]] = {}
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
+    async def emit(self, event: EventPayload) -> None:
         if self.bus is not None:
-            await self.bus.publish_event(self.build_id, kind, data)
+            await self.bus.publish(self.build_id, Event.of(event))
 
     async def report_findings(self, component: str, findings: list[Finding]) -> None:
         """Errors to the component's team (source ``merge:{component}``); an empty list resolves the last ones."""

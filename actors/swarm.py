@@ -22,7 +22,8 @@ from actors.pools.proxies import get_proxy
 from actors.pools.warm import Warm, WarmBound, WarmSource, forget_alias, named_actor, set_alias
 from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.models import ErrorReport
+from coordinator.bus.events import SwarmReportEvent, VerifierReportEvent
+from coordinator.bus.models import ErrorReport, Event
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.proxy_sandbox import ProxySandbox
@@ -154,15 +155,15 @@ class SwarmActor(WarmBound[SwarmConfig]):
         report = await swarm.run(sandbox, target)
         self._last = report
         if self._bus is not None:
-            data = {
-                "sid": cfg.sid,
-                "sandbox_id": report.sandbox_id,
-                "passed": report.passed,
-                "score": report.score,
-                "verifiers": {r.verifier: r.passed for r in report.reports},
-                "duration_s": report.duration_s,
-            }
-            await self._bus.publish_event(cfg.build_id, "swarm.report", data)
+            event = SwarmReportEvent(
+                sid=cfg.sid,
+                sandbox_id=report.sandbox_id,
+                passed=report.passed,
+                score=report.score,
+                verifiers={r.verifier: r.passed for r in report.reports},
+                duration_s=report.duration_s,
+            )
+            await self._bus.publish(cfg.build_id, Event.of(event))
         return report
 
     async def last_report(self) -> SwarmReport | None:
@@ -186,9 +187,10 @@ class SwarmActor(WarmBound[SwarmConfig]):
         for key in mine:
             self._open.pop(key)
         self._open.update(current)
-        summary = {"sid": cfg.sid, **report.model_dump(mode="json", include={"verifier", "passed", "score"})}
-        summary["errors"] = len(current)
-        await self._bus.publish_event(cfg.build_id, "verifier.report", summary)
+        summary = VerifierReportEvent(
+            sid=cfg.sid, verifier=report.verifier, passed=report.passed, score=report.score, errors=len(current)
+        )
+        await self._bus.publish(cfg.build_id, Event.of(summary))
         messages = [*list(current.values())[:50], *gone]
         if messages:
             await self._bus.publish_many(cfg.build_id, messages)

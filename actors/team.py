@@ -39,7 +39,8 @@ from actors.agent import (
 )
 from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.models import ErrorReport
+from coordinator.bus.events import EventPayload
+from coordinator.bus.models import ErrorReport, Event
 from coordinator.team.runner import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, SandboxSpec
@@ -111,9 +112,9 @@ class _BusEvents:
         self.build_id = build_id
         self.log = log
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.log.append({"kind": kind, **data})
-        await self.bus.publish_event(self.build_id, kind, data)
+    async def emit(self, event: EventPayload) -> None:
+        self.log.append({"kind": event.kind, **event.data})
+        await self.bus.publish(self.build_id, Event.of(event))
 
     async def report_error(self, key: str, message: str, *, resolved: bool = False) -> None:
         await self.bus.publish(self.build_id, ErrorReport(source=key, message=message, resolved=resolved))

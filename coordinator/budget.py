@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from coordinator.bus.events import BudgetExhausted, BudgetRaised, BudgetWarning, EventPayload, RunEvent
 from coordinator.store.store import CostEntry, Store
 from sandbox_agents.errors import BudgetExceededError, InvalidInputError
 from sandbox_agents.llm.base import Usage
@@ -111,7 +112,7 @@ class BudgetStatus(enum.StrEnum):
 class BudgetEvents(Protocol):
     """Where threshold events go (the build's event log); the same shape as ``TeamEvents.emit``."""
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None: ...
+    async def emit(self, event: EventPayload) -> object: ...
 
 
 class BudgetLedger:
@@ -269,8 +270,12 @@ class BudgetLedger:
         self._exhausted = self._exhausted and exhausted
         status = self.status()
         await self._emit(
-            "budget.raised",
-            {"previous_usd": previous.max_usd, "budget_usd": budget.max_usd, "status": status.value, **self._figures()},
+            BudgetRaised(
+                previous_usd=previous.max_usd,
+                budget_usd=budget.max_usd,
+                status=status.value,
+                spent_usd=round(self.spent(), 6),
+            )
         )
         await self._fire_thresholds()  # a lowered limit may cross a threshold at once
         return status
@@ -284,28 +289,29 @@ class BudgetLedger:
         spent = self._spent or 0.0
         return spent >= limit * self.budget.warn_fraction - _EPSILON, spent >= limit - _EPSILON
 
-    def _figures(self) -> dict[str, Any]:
-        return {"spent_usd": round(self.spent(), 6), "budget_usd": self.budget.max_usd}
-
     async def _fire_thresholds(self) -> None:
         # Flags flip before the await, so concurrent charges crossing together fire once.
         warned, exhausted = self._crossed()
         if warned and not self._warned:
             self._warned = True
-            if not await self._emit("budget.warning", {**self._figures(), "fraction": self.budget.warn_fraction}):
+            warning = BudgetWarning(
+                spent_usd=round(self.spent(), 6), budget_usd=self.budget.max_usd, fraction=self.budget.warn_fraction
+            )
+            if not await self._emit(warning):
                 self._warned = False  # not delivered: the next charge tries again
         if exhausted and not self._exhausted:
             self._exhausted = True
-            if not await self._emit("budget.exhausted", {**self._figures(), "action": "pause"}):
+            spent = round(self.spent(), 6)
+            if not await self._emit(BudgetExhausted(spent_usd=spent, budget_usd=self.budget.max_usd, action="pause")):
                 self._exhausted = False
 
-    async def _emit(self, kind: str, data: dict[str, Any]) -> bool:
+    async def _emit(self, event: RunEvent) -> bool:
         if self.events is None:
             return True
         try:
-            await self.events.emit(kind, {"build_id": self.session_id, **data})
+            await self.events.emit(event.for_build(self.session_id))
         except Exception:
-            logger.exception("budget event %s of build %s not delivered", kind, self.session_id)
+            logger.exception("budget event %s of build %s not delivered", event.kind, self.session_id)
             return False
         return True
 

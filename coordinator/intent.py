@@ -26,7 +26,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.bus.models import Event
+from coordinator.bus.events import IntentSatisfaction
 from coordinator.contracts import (
     Command,
     ContractInvalidError,
@@ -260,11 +260,12 @@ class SatisfactionReport(BaseModel):
     def failed(self) -> list[CriterionResult]:
         return [r for r in self.results if not r.passed]
 
-    def to_event(self) -> Event:
+    def to_event(self) -> IntentSatisfaction:
         """The report as an event of the build's log (``intent.satisfaction``)."""
         passed = sum(r.passed for r in self.results)
-        data = {**self.model_dump(mode="json"), "done": self.done, "passed": passed, "total": len(self.results)}
-        return Event(kind="intent.satisfaction", data=data)
+        return IntentSatisfaction(
+            **self.model_dump(mode="json"), done=self.done, passed=passed, total=len(self.results)
+        )
 
 
 async def check_satisfaction(locked: LockedContract, runner: CriterionRunner) -> SatisfactionReport:

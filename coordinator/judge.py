@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from coordinator.bus.models import Event
+from coordinator.bus.events import JudgeDecision
 from sandbox_agents.errors import InvalidInputError, LLMError
 from sandbox_agents.llm.base import AssistantTurn, LLMProvider, LLMRequest, Message, TurnKey
 from sandbox_agents.llm.metered import LLMCharge, MeteredProvider, collector
@@ -114,9 +114,9 @@ class Decision(BaseModel):
     def scores(self) -> dict[str, float]:
         return {r.candidate: r.score for r in self.ranking}
 
-    def to_event(self) -> Event:
+    def to_event(self) -> JudgeDecision:
         """The decision as an event of the build's log (``judge.decision``)."""
-        return Event(kind="judge.decision", data=self.model_dump(mode="json"))
+        return JudgeDecision(**self.model_dump(mode="json"))
 
 
 def score(candidates: Sequence[Evidence]) -> list[RankedCandidate]:

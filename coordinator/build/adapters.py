@@ -13,12 +13,14 @@ import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from coordinator.build.notify import WebhookNotifier
 from coordinator.build.ports import SlotVerification
 from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.events import EventPayload
+from coordinator.bus.models import Event
 from coordinator.contracts import Command, Component, IntentContract
 from coordinator.intent import LockedContract, SandboxCriterionRunner, SatisfactionReport, check_satisfaction
 from coordinator.judge import Decision, Evidence, judge
-from coordinator.build.notify import WebhookNotifier
 from coordinator.plan import SlotPlan
 from coordinator.store.store import Store
 from sandbox_agents.backends.base import Sandbox
@@ -44,8 +46,8 @@ class BusEvents:
         self.bus = bus
         self.build_id = build_id
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> str | None:
-        return await self.bus.publish_event(self.build_id, kind, data)
+    async def emit(self, event: EventPayload) -> str | None:
+        return await self.bus.publish(self.build_id, Event.of(event))
 
 
 class SessionNotifier:

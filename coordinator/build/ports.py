@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.bus.events import EventPayload
 from coordinator.contracts import IntentContract
 from coordinator.intent import LockedContract, SatisfactionReport
 from coordinator.judge import Decision, Evidence
@@ -187,7 +188,7 @@ class PlannerPort(Protocol):
 
 
 class EventsPort(Protocol):
-    async def emit(self, kind: str, data: dict[str, Any]) -> str | None:
+    async def emit(self, event: EventPayload) -> str | None:
         """Append to the build's event log; returns the entry id (None if buffered)."""
         ...
 

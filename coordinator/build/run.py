@@ -57,12 +57,26 @@ from coordinator.build.ports import (
     VerifyPort,
 )
 from coordinator.build.steps import LIVE, ComponentSteps
+from coordinator.bus.events import (
+    BuildCancelled,
+    BuildDone,
+    BuildErrorEvent,
+    BuildPaused,
+    BuildPhase,
+    BuildResumed,
+    CheckpointTaken,
+    ComponentPhase,
+    CoordinatorResumed,
+    FleetReady,
+    IntentLocked,
+    RunEvent,
+)
 from coordinator.clock import Clock, SystemClock
 from coordinator.contracts import parse_contract
 from coordinator.intent import ContractDriftError, LockedContract, lock
 from coordinator.plan import FleetPlan, PlanSettings, plan_fleet
-from coordinator.store.store import Store
 from coordinator.store.schema import BuildSession, SessionStatus, Slot
+from coordinator.store.store import Store
 from sandbox_agents.errors import BuildError
 
 logger = logging.getLogger(__name__)
@@ -132,9 +146,9 @@ class BuildRun:
             if session.status is SessionStatus.PAUSED:
                 if self.ports.ledger.status() is BudgetStatus.EXHAUSTED:
                     return session  # still no budget: stay paused until raise_budget
-                await self.emit("build.resumed", {"phase": session.phase})
+                await self.emit(BuildResumed(phase=session.phase))
             elif session.status is SessionStatus.RUNNING and session.phase:
-                await self.emit("coordinator.resumed", {"phase": session.phase})
+                await self.emit(CoordinatorResumed(phase=session.phase))
             self.store.update_session(self.build_id, status=SessionStatus.RUNNING, error=None)
             await self._intent(session)
             await self._fleet()
@@ -178,7 +192,7 @@ class BuildRun:
             self.store.update_session(
                 self.build_id, contract=contract.model_dump(mode="json"), contract_hash=self.locked.sha256
             )
-            await self.emit("intent.locked", {"name": contract.name, "sha256": self.locked.sha256})
+            await self.emit(IntentLocked(name=contract.name, sha256=self.locked.sha256))
         if session.budget is None:  # the contract's budget, unless the user gave one
             budget = Budget(max_usd=self.locked.contract.budget.usd)
             self.ports.ledger.budget = budget
@@ -212,7 +226,7 @@ class BuildRun:
         await self.ports.gate.start(contract)
         todo = [s for s in self.plan.slots if self.slots[s.slot_id].status in LIVE]
         await self._gather(*(self.steps.ensure_sandbox(s) for s in todo))
-        await self.emit("fleet.ready", {"slots": [s.slot_id for s in self.plan.slots], "order": list(self.plan.order)})
+        await self.emit(FleetReady(slots=[s.slot_id for s in self.plan.slots], order=list(self.plan.order)))
         await self.step()
 
     # --- phases 2-5: one pipeline per component --------------------------------------------
@@ -238,7 +252,7 @@ class BuildRun:
         if self.component_phase.get(component) == phase:
             return
         self.component_phase[component] = phase
-        await self.emit("component.phase", {"component": component, "phase": phase})
+        await self.emit(ComponentPhase(component=component, phase=phase))
         await self._advance_phase()
 
     async def _advance_phase(self) -> None:
@@ -253,8 +267,7 @@ class BuildRun:
         assert self.locked is not None
         await self.enter_phase("satisfy")
         report = await self.ports.satisfaction.check_main(self.locked)
-        event = report.to_event()
-        await self.emit(event.kind, event.data)
+        await self.emit(report.to_event())
         if not report.done:
             failed = ", ".join(r.id for r in report.failed)
             raise BuildError(f"success criteria not met in main: {failed}")
@@ -263,7 +276,7 @@ class BuildRun:
         await self.enter_phase("done", checkpoint=False)
         now = self.clock.now()
         self.store.update_session(self.build_id, status=SessionStatus.COMPLETED, finished_at=now, error=None)
-        await self.emit("build.done", {"tree_hash": tree_hash, "preview_url": self.preview_url})
+        await self.emit(BuildDone(tree_hash=tree_hash, preview_url=self.preview_url))
         await self._notify("completed", f"build {self.build_id} completed", {"tree_hash": tree_hash})
 
     # --- phases, steps, checkpoints ---------------------------------------------------------
@@ -277,7 +290,7 @@ class BuildRun:
             return
         previous, self.phase = self.phase, phase
         self.store.update_session(self.build_id, phase=phase)
-        await self.emit("build.phase", {"phase": phase, "previous": previous})
+        await self.emit(BuildPhase(phase=phase, previous=previous))
         if checkpoint:
             await self.checkpoint_all(f"phase:{phase}")
         await self.step()
@@ -316,7 +329,7 @@ class BuildRun:
             self.store.add_checkpoint(self.build_id, slot.sandbox_id, slot.slot, ref, phase=self.phase)
             taken += 1
         if taken:
-            await self.emit("checkpoint.taken", {"reason": reason, "slots": taken, "phase": self.phase})
+            await self.emit(CheckpointTaken(reason=reason, slots=taken, phase=self.phase))
         return taken
 
     # --- slot records ------------------------------------------------------------------------
@@ -348,9 +361,9 @@ class BuildRun:
         await self.checkpoint_all("pause")
         await self.release_all()
         self.store.update_session(self.build_id, status=SessionStatus.PAUSED, error=reason)
-        data = {"reason": reason, "phase": self.phase, "spent_usd": round(self.ports.ledger.spent(), 6)}
-        await self.emit("build.paused", data)
-        await self._notify("paused", f"build {self.build_id} paused: {reason}", data)
+        paused = BuildPaused(reason=reason, phase=self.phase, spent_usd=round(self.ports.ledger.spent(), 6))
+        await self.emit(paused)
+        await self._notify("paused", f"build {self.build_id} paused: {reason}", paused.data)
 
     async def _finish_cancelled(self) -> None:
         await self.release_all()
@@ -358,11 +371,11 @@ class BuildRun:
         self.store.update_session(
             self.build_id, status=SessionStatus.CANCELLED, finished_at=now, error="cancelled by the user"
         )
-        await self.emit("build.cancelled", {"phase": self.phase})
+        await self.emit(BuildCancelled(phase=self.phase))
 
     async def _fail(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
-        await self.emit("build.error", {"error": message[:2000], "phase": self.phase})
+        await self.emit(BuildErrorEvent(error=message[:2000], phase=self.phase))
         with contextlib.suppress(Exception):
             await self.release_all()
         now = self.clock.now()
@@ -379,12 +392,12 @@ class BuildRun:
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
-        """Append an event to the build's log and persist its id as the last one sent."""
+    async def emit(self, event: RunEvent) -> None:
+        """Append an event (with this build's id) to the build's log and persist its id as the last one sent."""
         try:
-            entry = await self.ports.events.emit(kind, {"build_id": self.build_id, **data})
+            entry = await self.ports.events.emit(event.for_build(self.build_id))
         except Exception:  # noqa: BLE001 - a lost event must not stop the build
-            logger.warning("build %s: event %s not delivered", self.build_id, kind, exc_info=True)
+            logger.warning("build %s: event %s not delivered", self.build_id, event.kind, exc_info=True)
             return
         if entry:
             self.store.set_offset(self.build_id, "events", "coordinator", entry)

@@ -25,6 +25,22 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from coordinator.build.ports import SlotVerification, TeamOutcome
+from coordinator.bus.events import (
+    BuildErrorEvent,
+    MergeAccepted,
+    MergeRejected,
+    PreviewRefreshed,
+    SlotAcquired,
+    SlotBlocked,
+    SlotBuilding,
+    SlotBuilt,
+    SlotRespawned,
+    SlotRestored,
+    SlotSeeded,
+    SlotVerified,
+    TournamentDecision,
+    TournamentEliminated,
+)
 from coordinator.judge import Evidence
 from coordinator.plan import SlotPlan
 from coordinator.tournament import Tournament
@@ -111,15 +127,15 @@ class ComponentSteps:
             sandbox_id = await self.ports.fleet.restore(slot, checkpoint.snapshot)
             status = record.status if record.status != "pending" else "ready"
             run.save_slot(slot.slot_id, sandbox_id=sandbox_id, status=status, proxy_name=slot.slot_id)
-            data = {"slot": slot.slot_id, "checkpoint": checkpoint.id, "sandbox_id": sandbox_id}
-            await run.emit("slot.respawned" if counted or record.sandbox_id else "slot.restored", data)
+            restored = SlotRespawned if counted or record.sandbox_id else SlotRestored
+            await run.emit(restored(slot=slot.slot_id, checkpoint=checkpoint.id, sandbox_id=sandbox_id))
         else:
             if record.sandbox_id:
                 await self.ports.fleet.release(slot.slot_id)
             sandbox_id = await self.ports.fleet.acquire(slot)
             status = "ready" if record.status in ("pending", "ready", "building") else record.status
             run.save_slot(slot.slot_id, sandbox_id=sandbox_id, status=status, proxy_name=slot.slot_id)
-            await run.emit("slot.acquired", {"slot": slot.slot_id, "sandbox_id": sandbox_id, "respawn": counted})
+            await run.emit(SlotAcquired(slot=slot.slot_id, sandbox_id=sandbox_id, respawn=counted))
         self._metered[slot.slot_id] = 0.0
 
     async def with_respawn(self, slot: SlotPlan, op: Callable[[], Awaitable[T]]) -> T:
@@ -162,9 +178,9 @@ class ComponentSteps:
             if run.slots[slot.slot_id].status == "ready" and run.locked.contract.component(slot.component).depends_on:
                 files = await self.ports.gate.tree()
                 await self.ports.fleet.seed(slot.slot_id, files)
-                await run.emit("slot.seeded", {"slot": slot.slot_id, "files": len(files)})
+                await run.emit(SlotSeeded(slot=slot.slot_id, files=len(files)))
             run.save_slot(slot.slot_id, status="building")
-            await run.emit("slot.building", {"slot": slot.slot_id, "attempt": attempt})
+            await run.emit(SlotBuilding(slot=slot.slot_id, attempt=attempt))
             return await self.ports.teams.run(slot, attempt=attempt, feedback=feedback)
 
         outcome = await self.with_respawn(slot, team)
@@ -174,17 +190,15 @@ class ComponentSteps:
         report = outcome.report
         status = "built" if report.ready else "blocked"
         run.save_slot(slot.slot_id, status=status)
-        await run.emit(
-            "slot.built" if report.ready else "slot.blocked",
-            {"slot": slot.slot_id, "done": report.done, "blocked": report.blocked, "attempt": attempt},
-        )
+        ended = SlotBuilt if report.ready else SlotBlocked
+        await run.emit(ended(slot=slot.slot_id, done=report.done, blocked=report.blocked, attempt=attempt))
         await run.step()
         return report.ready
 
     async def verify_slot(self, slot: SlotPlan) -> SlotVerification:
         verdict = await self.with_respawn(slot, lambda: self.ports.verify.verify(slot))
         await self.meter(slot.slot_id)
-        await self.run.emit("slot.verified", {"slot": slot.slot_id, **verdict.model_dump(mode="json")})
+        await self.run.emit(SlotVerified(slot=slot.slot_id, **verdict.model_dump(mode="json")))
         await self.run.step()
         return verdict
 
@@ -215,8 +229,7 @@ class ComponentSteps:
         decision = await self.ports.judge.decide(evidence, name)
         for charge in decision.usage:
             await run.ports.ledger.record_llm(charge.role, charge.model, charge.usage)
-        event = decision.to_event()
-        await run.emit("tournament.decision", {"component": name, **event.data})
+        await run.emit(TournamentDecision(**{**decision.to_event().data, "component": name}))
         threshold = run.plan.halving_thresholds.get(name, 0.1)
         tournament = Tournament(component=name, alive=[s.slot_id for s in built], threshold=threshold)
         tournament.finish(decision.winner, decision.scores())
@@ -229,7 +242,7 @@ class ComponentSteps:
                 tournament.record_snapshot(slot.slot_id, ref.id)
             await self.release(slot.slot_id)
             run.save_slot(slot.slot_id, status="lost")
-            await run.emit("tournament.eliminated", {"component": name, "slot": slot.slot_id})
+            await run.emit(TournamentEliminated(component=name, slot=slot.slot_id))
         winner = run.plan.slot(decision.winner)
         run.save_slot(winner.slot_id, status="won")
         await run.step()
@@ -247,7 +260,7 @@ class ComponentSteps:
             if name in await self.ports.gate.merged():
                 run.store.resolve_pending_merge(pending.id, "merged")
                 run.save_slot(slot.slot_id, status="merged")
-                await run.emit("merge.accepted", {"component": name, "slot": slot.slot_id, "recovered": True})
+                await run.emit(MergeAccepted(component=name, slot=slot.slot_id, recovered=True))
                 return
             run.store.resolve_pending_merge(pending.id, "abandoned")
         for attempt in range(run.settings.max_merge_attempts):
@@ -263,13 +276,14 @@ class ComponentSteps:
             if outcome.accepted:
                 run.store.resolve_pending_merge(pending.id, "merged")
                 run.save_slot(slot.slot_id, status="merged")
-                await run.emit("merge.accepted", {"component": name, "slot": slot.slot_id, "commit": outcome.commit})
+                await run.emit(MergeAccepted(component=name, slot=slot.slot_id, commit=outcome.commit))
                 await run.step()
                 return
             run.store.resolve_pending_merge(pending.id, "rejected")
             run.save_slot(slot.slot_id, status="built")
-            data = {"component": name, "slot": slot.slot_id, "reason": outcome.reason, "findings": outcome.findings}
-            await run.emit("merge.rejected", data)
+            await run.emit(
+                MergeRejected(component=name, slot=slot.slot_id, reason=outcome.reason, findings=outcome.findings)
+            )
             await run.step()
             if attempt + 1 >= run.settings.max_merge_attempts:
                 break
@@ -286,11 +300,11 @@ class ComponentSteps:
         try:
             url = await self.ports.preview.refresh()
         except Exception as exc:  # noqa: BLE001 - a broken preview is reported, the build goes on
-            await run.emit("build.error", {"component": name, "error": f"preview: {exc!r}"[:2000], "fatal": False})
+            await run.emit(BuildErrorEvent(component=name, error=f"preview: {exc!r}"[:2000], fatal=False))
             return
         run.preview_url = url or run.preview_url
         run.store.update_session(run.build_id, preview_url=run.preview_url)  # status reads it from the store
-        await run.emit("preview.refreshed", {"component": name, "url": run.preview_url})
+        await run.emit(PreviewRefreshed(component=name, url=run.preview_url))
 
     # --- budget ----------------------------------------------------------------------------------
 

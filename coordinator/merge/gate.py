@@ -23,12 +23,12 @@ The request/result models, :func:`is_junk` and the port protocols are in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from coordinator.bus.events import EventPayload, MergeAccepted, MergeQueued, MergeRejected
 from coordinator.contracts import IntentContract
 from coordinator.intent import CriterionResult
 from coordinator.merge.models import (
@@ -239,8 +239,8 @@ class MergeGateCore:
         """
         if not self._started:
             await self.start()
-        self.queue.missing(request.component)
-        await self._emit("merge.queued", request, waiting_for=self.queue.missing(request.component))
+        missing = self.queue.missing(request.component)
+        await self._emit(MergeQueued(component=request.component, slot=request.slot, waiting_for=missing))
         await self.queue.acquire(request.component)
         accepted = False
         try:
@@ -248,8 +248,16 @@ class MergeGateCore:
             accepted = result.accepted
         finally:
             await self.queue.release(request.component, merged=accepted)
-        kind = "merge.accepted" if result.accepted else "merge.rejected"
-        await self._emit(kind, request, **result.model_dump(mode="json", include={"commit", "changed", "reason"}))
+        verdict = MergeAccepted if result.accepted else MergeRejected
+        await self._emit(
+            verdict(
+                component=request.component,
+                slot=request.slot,
+                commit=result.commit,
+                changed=result.changed,
+                reason=result.reason,
+            )
+        )
         if self.events is not None:  # an accepted merge resolves what an earlier rejection reported
             await self.events.report_findings(request.component, [] if result.accepted else result.findings)
         return result
@@ -283,8 +291,10 @@ class MergeGateCore:
             await self.repo.stage(branch, writes, deletes, f"{message}\n\nKriptik-Component: {component}")
             findings, criteria, swarm = await self._check(component, merged)
         except BaseException:  # main must stay as it was, whatever broke (or cancelled) the attempt
-            with contextlib.suppress(Exception):
+            try:
                 await self.repo.discard(branch)
+            except Exception:  # noqa: BLE001 - the attempt's own failure is the one to raise
+                logger.warning("merge of %s: discarding branch %s failed", component, branch, exc_info=True)
             raise
         if findings:
             await self.repo.discard(branch)
@@ -320,9 +330,9 @@ class MergeGateCore:
             ]
         return findings, criteria, swarm
 
-    async def _emit(self, kind: str, request: MergeRequest, **data: Any) -> None:
+    async def _emit(self, event: EventPayload) -> None:
         if self.events is not None:
-            await self.events.emit(kind, {"component": request.component, "slot": request.slot, **data})
+            await self.events.emit(event)
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.bus.events import EventPayload
 from coordinator.contracts import Component, IntentContract
 from coordinator.intent import CriterionResult, SatisfactionReport
 from sandbox_agents.errors import InvalidInputError
@@ -157,6 +158,8 @@ class DevServerPort(Protocol):
 
 
 class EventPort(Protocol):
-    async def emit(self, kind: str, data: dict[str, Any]) -> None: ...
+    async def emit(self, event: EventPayload) -> object:
+        """Append a merge event (``merge.queued``, ``merge.accepted``, ``merge.rejected``) to the build's log."""
+        ...
 
     async def report_findings(self, component: str, findings: list[Finding]) -> None: ...

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from coordinator.bus.events import EventPayload
 from sandbox_agents.agent_models import AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult
 from sandbox_agents.llm.metered import LLMCharge
@@ -157,7 +158,9 @@ class Planner(Protocol):
 class TeamEvents(Protocol):
     """Where the team's events and errors go (the build's event log and error channel)."""
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None: ...
+    async def emit(self, event: EventPayload) -> object:
+        """Append a team event (``coordinator.bus.events``: ``team.*``, ``task.*``) to the build's log."""
+        ...
 
     async def report_error(self, key: str, message: str, *, resolved: bool = False) -> None: ...
 

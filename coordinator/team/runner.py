@@ -48,6 +48,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from coordinator.bus.events import (
+    EventPayload,
+    TaskBlocked,
+    TaskDone,
+    TaskEscalated,
+    TaskRecovered,
+    TaskStarted,
+    TeamCheck,
+    TeamFinished,
+    TeamReadyToMerge,
+    TeamStarted,
+)
 from coordinator.team.llm import REPLACE_TOOL, LLMPlanner, prompt_context
 from coordinator.team.locks import FileLockService
 from coordinator.team.models import (
@@ -157,8 +169,9 @@ class TeamRunner:
             The report; ``ready`` says whether ``team.ready_to_merge`` was emitted.
         """
         context = await self._read_context()
+        component = self.work.component
         await self._emit(
-            "team.started", {"tasks": len(self.work.tasks), "agents": self.work.agents, "context": len(context)}
+            TeamStarted(component=component, tasks=len(self.work.tasks), agents=self.work.agents, context=len(context))
         )
         queues = assign(self.work)
         await asyncio.gather(*(self._work_queue(n, queue) for n, queue in enumerate(queues)))
@@ -166,10 +179,11 @@ class TeamRunner:
         if not report.blocked:
             report.check = await self._component_check()
             report.ready = report.check is None or report.check.ok
-            await self._emit("team.check", {"ok": report.ready, "output": _result_text(report.check)[-1000:]})
+            output = _result_text(report.check)[-1000:]
+            await self._emit(TeamCheck(component=component, ok=report.ready, output=output))
             if report.ready:
-                await self._emit("team.ready_to_merge", {"done": report.done})
-        await self._emit("team.finished", {"ready": report.ready, "blocked": sorted(report.blocked)})
+                await self._emit(TeamReadyToMerge(component=component, done=report.done))
+        await self._emit(TeamFinished(component=component, ready=report.ready, blocked=sorted(report.blocked)))
         return report
 
     async def _work_queue(self, index: int, queue: list[TeamTask]) -> None:
@@ -188,7 +202,7 @@ class TeamRunner:
             self.report.done.append(task.id)
             if level:
                 self.report.recovered[task.id] = level
-                await self._emit("task.recovered", {"task": task.id, "level": level})
+                await self._emit(TaskRecovered(component=self.work.component, task=task.id, level=level))
                 await self.events.report_error(self._error_key(task), "recovered", resolved=True)
         except _Failed as exc:
             await self._block(task, str(exc))
@@ -226,9 +240,9 @@ class TeamRunner:
     async def _attempt(self, task: TeamTask, index: int, attempt_id: str, *, level: int, note: str = "") -> str:
         """One attempt: the agent's run, then the task's check. Returns the failure text, empty on success."""
         agent = self.agents[index]
-        data = {"task": task.id, "attempt": attempt_id, "agent": agent.name, "level": level}
+        ids: dict[str, Any] = {"component": self.work.component, "task": task.id, "attempt": attempt_id}
         async with self._busy[index]:
-            await self._emit("task.started", data)
+            await self._emit(TaskStarted(**ids, agent=agent.name, level=level))
             failure = ""
             try:
                 outcome = await agent.run_task(task.agent_task(attempt_id, note))
@@ -259,7 +273,7 @@ class TeamRunner:
         if failure:
             await self.events.report_error(self._error_key(task), f"{attempt_id}: {_cap(failure, 1500)}")
         else:
-            await self._emit("task.done", data)
+            await self._emit(TaskDone(**ids, agent=agent.name, level=level))
         return failure
 
     def _handoff_note(self, failure: str) -> str:
@@ -293,11 +307,18 @@ class TeamRunner:
 
     async def _block(self, task: TeamTask, reason: str) -> None:
         self.report.blocked[task.id] = reason
-        await self._emit("task.blocked", {"task": task.id, "reason": _cap(reason, 1500)})
+        await self._emit(TaskBlocked(component=self.work.component, task=task.id, reason=_cap(reason, 1500)))
 
     async def _escalated(self, task: TeamTask, level: int, failure: str, next_attempt: str) -> None:
-        data = {"task": task.id, "level": level, "next": next_attempt, "reason": _cap(failure, 1500)}
-        await self._emit("task.escalated", data)
+        await self._emit(
+            TaskEscalated(
+                component=self.work.component,
+                task=task.id,
+                level=level,
+                next=next_attempt,
+                reason=_cap(failure, 1500),
+            )
+        )
 
     async def _component_check(self) -> ExecResult | None:
         if not self.work.check_command:
@@ -316,11 +337,11 @@ class TeamRunner:
     def _error_key(self, task: TeamTask) -> str:
         return f"team:{self.work.component}:{task.id}"
 
-    async def _emit(self, kind: str, data: dict[str, Any]) -> None:
+    async def _emit(self, event: EventPayload) -> None:
         try:
-            await self.events.emit(kind, {"component": self.work.component, **data})
+            await self.events.emit(event)
         except Exception:  # a lost event must not stop the build
-            logger.warning("team %s: event %s not delivered", self.work.component, kind, exc_info=True)
+            logger.warning("team %s: event %s not delivered", self.work.component, event.kind, exc_info=True)
 
 
 def _cap(text: str, cap: int = FAILURE_CAP) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from coordinator.budget import Budget, BudgetLedger, BudgetStatus, ModelPrice, Rates
+from coordinator.bus.events import EventPayload, UnknownEvent, parse_event
 from coordinator.clock import FakeClock
 from coordinator.store.store import Store
 from sandbox_agents.errors import BudgetExceededError, InvalidInputError
@@ -29,7 +30,8 @@ class Events:
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self.fail_next = False
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
+    async def emit(self, event: EventPayload) -> None:
+        kind, data = event.kind, event.data
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("bus down")
@@ -177,3 +179,24 @@ def test_budget_status_from_stored_figures_matches_the_ledger_thresholds() -> No
     assert budget_status({"max_usd": 1.0}, 0.8) == BudgetStatus.WARNING
     assert budget_status({"max_usd": 1.0, "warn_fraction": 0.5}, 0.6) == BudgetStatus.WARNING
     assert budget_status({"max_usd": 1.0}, 1.0) == BudgetStatus.EXHAUSTED
+
+
+async def test_budget_events_are_typed_and_keep_their_fields(store: Store, events: Events) -> None:
+    ledger = _ledger(store, events)
+    await ledger.record_compute("s", 100, "local")  # $1.00: warning and exhausted at once
+    await ledger.raise_budget(2.0)
+    assert events.seen == [
+        ("budget.warning", {"build_id": "b1", "spent_usd": pytest.approx(1.0), "budget_usd": 1.0, "fraction": 0.8}),
+        ("budget.exhausted", {"build_id": "b1", "spent_usd": pytest.approx(1.0), "budget_usd": 1.0, "action": "pause"}),
+        (
+            "budget.raised",
+            {
+                "build_id": "b1",
+                "previous_usd": 1.0,
+                "budget_usd": 2.0,
+                "status": "ok",
+                "spent_usd": pytest.approx(1.0),
+            },
+        ),
+    ]
+    assert all(not isinstance(parse_event(kind, data), UnknownEvent) for kind, data in events.seen)

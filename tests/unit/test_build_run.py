@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from coordinator.budget import Budget, BudgetLedger
-from coordinator.build.run import BuildPorts, BuildRun
 from coordinator.build.ports import (
     CANCEL_REQUESTED,
     PAUSED_BUDGET,
@@ -25,13 +24,15 @@ from coordinator.build.ports import (
     SlotVerification,
     TeamOutcome,
 )
+from coordinator.build.run import BuildPorts, BuildRun
+from coordinator.bus.events import EventPayload, UnknownEvent, parse_event
 from coordinator.clock import FakeClock
 from coordinator.contracts import IntentContract, parse_contract
 from coordinator.intent import CriterionResult, LockedContract, SatisfactionReport
 from coordinator.judge import Decision, Evidence, judge
 from coordinator.plan import SlotPlan
-from coordinator.store.store import Store
 from coordinator.store.schema import SessionStatus
+from coordinator.store.store import Store
 from coordinator.team.runner import TeamReport
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.errors import SandboxDeadError
@@ -250,7 +251,8 @@ class FakeEvents:
     def __init__(self, world: World) -> None:
         self.w = world
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> str | None:
+    async def emit(self, event: EventPayload) -> str | None:
+        kind, data = event.kind, event.data
         entry = f"{len(self.w.events) + 1}-0"
         self.w.events.append((entry, kind, data))
         if self.w.crash_at is not None and self.w.crash_at == (kind, data.get("phase")):
@@ -496,7 +498,8 @@ async def test_a_merge_in_flight_when_the_coordinator_died_is_rechecked_not_repe
     h.world.crash_at = ("merge.accepted", None)  # the gate merged db; the coordinator died before recording it
     original = FakeEvents.emit
 
-    async def crash_on_first_db_merge(self: FakeEvents, kind: str, data: dict[str, Any]) -> str | None:
+    async def crash_on_first_db_merge(self: FakeEvents, event: EventPayload) -> str | None:
+        kind, data = event.kind, event.data
         if kind == "component.phase" and data.get("component") == "db" and data.get("phase") == "preview":
             if not getattr(h, "crashed", False):
                 h.crashed = True  # type: ignore[attr-defined]
@@ -506,7 +509,7 @@ async def test_a_merge_in_flight_when_the_coordinator_died_is_rechecked_not_repe
                 h.store.upsert_slot(db.model_copy(update={"status": "merging"}))
                 h.store.add_pending_merge(h.session.id, "db", {"slot": "db"})
                 raise Crash("killed after admit")
-        return await original(self, kind, data)
+        return await original(self, event)
 
     h.world.crash_at = None
     FakeEvents.emit = crash_on_first_db_merge  # type: ignore[method-assign]
@@ -519,3 +522,16 @@ async def test_a_merge_in_flight_when_the_coordinator_died_is_rechecked_not_repe
     assert session.status is SessionStatus.COMPLETED, session.error
     assert h.world.merged.count("db") == 1
     assert any(d.get("recovered") for d in h.kinds("merge.accepted"))
+
+
+async def test_every_event_of_a_build_is_a_known_kind_carrying_the_build_id(tmp_path: Path) -> None:
+    h = Harness(tmp_path, budget_usd=1.0)
+    h.world.team_usd = 0.17  # five team runs pass the warning line, so the ledger's events are in the log too
+    assert (await h.run()).status is SessionStatus.COMPLETED
+    kinds = h.kinds()
+    assert {"tournament.decision", "merge.accepted", "budget.warning", "intent.satisfaction"} <= set(kinds)
+    for _, kind, data in h.world.events:
+        payload = parse_event(kind, data)
+        assert not isinstance(payload, UnknownEvent), (kind, data)
+        assert payload.data == data and data["build_id"] == h.session.id
+

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.bus.events import EventPayload
 from coordinator.contracts import Component, IntentContract, parse_contract
 from coordinator.intent import CriterionResult, SatisfactionReport
 from coordinator.merge.gate import (
@@ -119,8 +120,8 @@ class FakeEvents:
         self.kinds: list[tuple[str, str]] = []
         self.findings: dict[str, list[Finding]] = {}
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.kinds.append((kind, data["component"]))
+    async def emit(self, event: EventPayload) -> None:
+        self.kinds.append((event.kind, event.data["component"]))
 
     async def report_findings(self, component: str, findings: list[Finding]) -> None:
         self.findings[component] = findings

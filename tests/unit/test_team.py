@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from coordinator.bus.events import EventPayload, TaskEscalated, UnknownEvent, parse_event
 from coordinator.bus.models import ContextValue, FileState, KnownError, UnifiedContext
 from coordinator.team.runner import (
     ComponentWork,
@@ -109,8 +110,8 @@ class FakeEvents:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.errors: list[tuple[str, str, bool]] = []
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, data))
+    async def emit(self, event: EventPayload) -> None:
+        self.events.append((event.kind, event.data))
 
     async def report_error(self, key: str, message: str, *, resolved: bool = False) -> None:
         self.errors.append((key, message, resolved))
@@ -458,3 +459,16 @@ async def test_agent_tools_work_unchanged_on_a_proxy_sandbox() -> None:
     assert chunks[-1].exit_code == 0 and "streamed" in "".join(c.data for c in chunks)
     assert not (await tools.call(ToolCall(id="5", name="remove", arguments={"path": "a/b.txt"}))).is_error
     assert await inner.list_files("**/*.txt") == []
+
+
+async def test_every_team_event_is_a_known_kind_naming_its_component() -> None:
+    world = World(broken={"a"})
+    runner, _, events, _ = team([task("a"), task("b", "a")], world)
+    await runner.run()
+    payloads = [parse_event(kind, data) for kind, data in events.events]
+    assert all(
+        not isinstance(p, UnknownEvent) and p.data == d for p, (_, d) in zip(payloads, events.events, strict=True)
+    )
+    assert {d["component"] for _, d in events.events} == {"calc"}
+    [escalated] = [p for p in payloads if isinstance(p, TaskEscalated)]
+    assert escalated.level == 1 and escalated.next == "a#retry1"
