@@ -9,7 +9,7 @@ module of their own lets neither of the two import the other for them.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
@@ -70,7 +70,7 @@ def make_client(url: str, config: BusConfig, *, extra_timeout_s: float = 0.0) ->
     )
 
 
-def backoff_delays(config: BusConfig) -> Iterable[float]:
+def backoff_delays(config: BusConfig) -> Iterator[float]:
     """Exponential backoff with jitter, capped; an endless iterator."""
     delay = config.backoff_base_s
     while True:

@@ -24,19 +24,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgpack
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from coordinator.bus import scripts as bus_scripts
-from coordinator.bus.connection import REDIS_DOWN, backoff_delays, make_client
+from coordinator.bus.codec import BusCodec
+from coordinator.bus.connection import REDIS_DOWN, BusConfig, backoff_delays, make_client
 from coordinator.bus.models import Channel, Envelope
+from coordinator.bus.scripts import BusKeys
 from sandbox_agents.errors import BusMalformedEntryError, BusUnavailableError, InvalidInputError
-
-if TYPE_CHECKING:  # the bus builds subscriptions, so it imports this module, not the other way round
-    from coordinator.bus.context_bus import ContextBus
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +45,20 @@ TRIM_EVERY = 64
 """One settle in this many trims the group's handled set back to ``dedupe_window``."""
 UNCONFIRMED_MAX = 4096
 """Acknowledgements sent without a reply that a busy subscriber (no idle read) checks at once."""
+
+
+class BusSource(Protocol):
+    """What a subscription takes from its bus: where Redis is, the tuning, the key layout, the codec.
+
+    :class:`~coordinator.bus.context_bus.ContextBus` is one; naming only these keeps this module
+    from importing the bus, which imports it to build subscriptions.
+    """
+
+    url: str
+    config: BusConfig
+    codec: BusCodec
+
+    def keys(self, build_id: str) -> BusKeys: ...
 
 
 class Subscription:
@@ -63,7 +76,7 @@ class Subscription:
 
     def __init__(
         self,
-        bus: ContextBus,
+        bus: BusSource,
         build_id: str,
         channels: Sequence[Channel],
         *,
