@@ -12,15 +12,19 @@ never depends on the shape of another actor's reply.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.budget import BudgetLedger
 from coordinator.bus.events import EventPayload
+from coordinator.clock import Clock
 from coordinator.contracts import IntentContract
 from coordinator.intent import LockedContract, SatisfactionReport
 from coordinator.judge import Decision, Evidence
 from coordinator.plan import SlotPlan
+from coordinator.store.store import Store
 from coordinator.team.runner import TeamReport
 from sandbox_agents.backends.base import SnapshotRef
 from sandbox_agents.errors import BuildError
@@ -195,3 +199,22 @@ class EventsPort(Protocol):
 
 class NotifierPort(Protocol):
     async def notify(self, status: str, summary: str, data: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class BuildPorts:
+    """Everything a run reaches the world through."""
+
+    fleet: FleetPort
+    teams: TeamsPort
+    verify: VerifyPort
+    judge: JudgePort
+    gate: GatePort
+    preview: PreviewPort
+    satisfaction: SatisfactionPort
+    events: EventsPort
+    store: Store
+    ledger: BudgetLedger
+    clock: Clock
+    planner: PlannerPort | None = None
+    notifier: NotifierPort | None = None

@@ -26,37 +26,29 @@ against the gate, a dead sandbox is restored from its newest checkpoint and its 
 Step boundaries (after each team run, verification, decision, merge and phase change) honour a
 cancel (also one stored while the coordinator was down) and the budget: at 100 % the run
 checkpoints, terminates its sandboxes and pauses; ``run()`` again after a raise resumes it.
-Per-component pipeline steps live in ``coordinator/build/steps.py``.
+Per-component pipeline steps live in ``coordinator/build/steps.py`` (:class:`ComponentSteps`, which
+drives the run through the :class:`~coordinator.build.steps.RunHost` calls), and what both share —
+contract, plan, slot records, merges — in ``coordinator/build/state.py`` (:class:`BuildState`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from coordinator.budget import Budget, BudgetLedger, BudgetStatus
+from coordinator.budget import Budget, BudgetStatus
 from coordinator.build.ports import (
     CANCEL_REQUESTED,
     PAUSED_BUDGET,
     PHASES,
     BuildCancelledError,
     BuildPausedError,
+    BuildPorts,
     BuildSettings,
-    EventsPort,
-    FleetPort,
-    GatePort,
-    JudgePort,
-    NotifierPort,
-    PlannerPort,
-    PreviewPort,
-    SatisfactionPort,
-    TeamsPort,
-    VerifyPort,
 )
-from coordinator.build.steps import LIVE, ComponentSteps
+from coordinator.build.state import LIVE, BuildState
+from coordinator.build.steps import ComponentSteps, gather
 from coordinator.bus.events import (
     BuildCancelled,
     BuildDone,
@@ -71,36 +63,18 @@ from coordinator.bus.events import (
     IntentLocked,
     RunEvent,
 )
-from coordinator.clock import Clock, SystemClock
+from coordinator.clock import SystemClock
 from coordinator.contracts import parse_contract
 from coordinator.intent import ContractDriftError, LockedContract, lock
-from coordinator.plan import FleetPlan, PlanSettings, plan_fleet
+from coordinator.plan import PlanSettings, plan_fleet
 from coordinator.store.schema import BuildSession, SessionStatus, Slot
-from coordinator.store.store import Store
 from sandbox_agents.errors import BuildError
+
+__all__ = ["TERMINAL", "BuildPorts", "BuildRun"]
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED})
-
-
-@dataclass
-class BuildPorts:
-    """Everything a run reaches the world through."""
-
-    fleet: FleetPort
-    teams: TeamsPort
-    verify: VerifyPort
-    judge: JudgePort
-    gate: GatePort
-    preview: PreviewPort
-    satisfaction: SatisfactionPort
-    events: EventsPort
-    store: Store
-    ledger: BudgetLedger
-    clock: Clock
-    planner: PlannerPort | None = None
-    notifier: NotifierPort | None = None
 
 
 class BuildRun:
@@ -118,15 +92,16 @@ class BuildRun:
         self.store = ports.store
         self.clock = ports.clock or SystemClock()
         self.settings = settings or BuildSettings()
-        self.locked: LockedContract | None = None
-        self.plan: FleetPlan | None = None
-        self.slots: dict[str, Slot] = {}
+        self.state = BuildState(build_id, ports.store)
         self.phase = ""
         self.component_phase: dict[str, str] = {}
-        self.merged: dict[str, asyncio.Event] = {}
-        self.preview_url: str | None = None
-        self.steps = ComponentSteps(self)
+        self.steps = ComponentSteps(self.state, ports, self.settings, host=self)
         self._cancel = asyncio.Event()
+
+    @property
+    def locked(self) -> LockedContract | None:
+        """The contract locked in phase 0 (None before)."""
+        return self.state.locked
 
     # --- the run -------------------------------------------------------------------------
 
@@ -140,7 +115,7 @@ class BuildRun:
         if session.status in TERMINAL:
             return session
         self.phase = session.phase
-        self.preview_url = self.preview_url or session.preview_url
+        self.state.preview_url = self.state.preview_url or session.preview_url
         try:
             self.check_control()
             if session.status is SessionStatus.PAUSED:
@@ -180,7 +155,7 @@ class BuildRun:
                 raise ContractDriftError(
                     f"stored contract of build {self.build_id} no longer matches its hash", fields=["<stored>"]
                 )
-            self.locked = locked
+            self.state.locked = locked
         else:
             if session.contract is not None:
                 contract = parse_contract(session.contract)
@@ -188,13 +163,13 @@ class BuildRun:
                 contract = await self.ports.planner.plan(session.prompt)
             else:
                 raise BuildError(f"build {self.build_id} has neither a contract nor a planner")
-            self.locked = lock(contract, clock=self.clock.now)
+            locked = self.state.locked = lock(contract, clock=self.clock.now)
             self.store.update_session(
-                self.build_id, contract=contract.model_dump(mode="json"), contract_hash=self.locked.sha256
+                self.build_id, contract=contract.model_dump(mode="json"), contract_hash=locked.sha256
             )
-            await self.emit(IntentLocked(name=contract.name, sha256=self.locked.sha256))
+            await self.emit(IntentLocked(name=contract.name, sha256=locked.sha256))
         if session.budget is None:  # the contract's budget, unless the user gave one
-            budget = Budget(max_usd=self.locked.contract.budget.usd)
+            budget = Budget(max_usd=locked.contract.budget.usd)
             self.ports.ledger.budget = budget
             self.store.update_session(self.build_id, budget=budget.model_dump())
         await self.step()
@@ -202,14 +177,15 @@ class BuildRun:
     # --- phase 1: fleet ------------------------------------------------------------------
 
     async def _fleet(self) -> None:
-        assert self.locked is not None
+        state = self.state
+        assert state.locked is not None
         await self.enter_phase("fleet")
-        contract = self.locked.contract
-        self.plan = plan_fleet(contract, PlanSettings(build_id=self.build_id))
+        contract = state.locked.contract
+        plan = state.plan = plan_fleet(contract, PlanSettings(build_id=self.build_id))
         stored = {s.slot: s for s in self.store.list_slots(self.build_id)}
-        for slot in self.plan.slots:
+        for slot in plan.slots:
             if slot.slot_id not in stored:
-                candidates = [s.slot_id for s in self.plan.slots_of(slot.component)]
+                candidates = [s.slot_id for s in plan.slots_of(slot.component)]
                 stored[slot.slot_id] = self.store.upsert_slot(
                     Slot(
                         session_id=self.build_id,
@@ -218,34 +194,39 @@ class BuildRun:
                         candidate=candidates.index(slot.slot_id),
                     )
                 )
-        self.slots = stored
-        for name in self.plan.order:
-            event = self.merged.setdefault(name, asyncio.Event())
-            if all(self.slots[s.slot_id].status in ("merged", "lost") for s in self.plan.slots_of(name)):
+        state.slots = stored
+        for name in plan.order:
+            event = state.merged.setdefault(name, asyncio.Event())
+            if all(state.slots[s.slot_id].status in ("merged", "lost") for s in plan.slots_of(name)):
                 event.set()
         await self.ports.gate.start(contract)
-        todo = [s for s in self.plan.slots if self.slots[s.slot_id].status in LIVE]
-        await self._gather(*(self.steps.ensure_sandbox(s) for s in todo))
-        await self.emit(FleetReady(slots=[s.slot_id for s in self.plan.slots], order=list(self.plan.order)))
+        todo = [s for s in plan.slots if state.slots[s.slot_id].status in LIVE]
+        await gather(*(self.steps.ensure_sandbox(s) for s in todo))
+        await self.emit(FleetReady(slots=[s.slot_id for s in plan.slots], order=list(plan.order)))
         await self.step()
 
     # --- phases 2-5: one pipeline per component --------------------------------------------
 
     async def _components(self) -> None:
-        assert self.plan is not None
-        for name in self.plan.order:
-            if self.merged[name].is_set():
+        plan = self.state.plan
+        assert plan is not None
+        for name in plan.order:
+            if self.state.merged[name].is_set():
                 self.component_phase[name] = "done"
             else:
                 self.component_phase.setdefault(name, "build")
         await self._advance_phase()
         ticker = asyncio.get_running_loop().create_task(self._checkpoint_ticker())
         try:
-            await self._gather(*(self.steps.component(name) for name in self.plan.order))
+            await gather(*(self.steps.component(name) for name in plan.order))
         finally:
             ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await ticker
+            except asyncio.CancelledError:
+                pass  # the cancel just made
+            except Exception:  # noqa: BLE001 - a failed ticker only cost checkpoints; the build's outcome stands
+                logger.warning("build %s: the checkpoint ticker failed", self.build_id, exc_info=True)
 
     async def set_component_phase(self, component: str, phase: str) -> None:
         """Move one component's pipeline; the build's phase follows its least advanced component."""
@@ -264,9 +245,9 @@ class BuildRun:
     # --- phase 6: satisfaction -------------------------------------------------------------
 
     async def _satisfy(self) -> None:
-        assert self.locked is not None
+        assert self.state.locked is not None
         await self.enter_phase("satisfy")
-        report = await self.ports.satisfaction.check_main(self.locked)
+        report = await self.ports.satisfaction.check_main(self.state.locked)
         await self.emit(report.to_event())
         if not report.done:
             failed = ", ".join(r.id for r in report.failed)
@@ -276,7 +257,7 @@ class BuildRun:
         await self.enter_phase("done", checkpoint=False)
         now = self.clock.now()
         self.store.update_session(self.build_id, status=SessionStatus.COMPLETED, finished_at=now, error=None)
-        await self.emit(BuildDone(tree_hash=tree_hash, preview_url=self.preview_url))
+        await self.emit(BuildDone(tree_hash=tree_hash, preview_url=self.state.preview_url))
         await self._notify("completed", f"build {self.build_id} completed", {"tree_hash": tree_hash})
 
     # --- phases, steps, checkpoints ---------------------------------------------------------
@@ -318,7 +299,7 @@ class BuildRun:
     async def checkpoint_all(self, reason: str) -> int:
         """Snapshot every slot with a live sandbox and record the checkpoints; returns how many."""
         taken = 0
-        for slot in list(self.slots.values()):
+        for slot in list(self.state.slots.values()):
             if slot.status not in LIVE or not slot.sandbox_id:
                 continue
             try:
@@ -334,26 +315,31 @@ class BuildRun:
 
     # --- slot records ------------------------------------------------------------------------
 
-    def save_slot(self, slot_id: str, **fields: Any) -> Slot:
-        """Persist a slot's new status/sandbox and keep the session's ``sandbox_ids`` in step."""
-        slot = self.store.upsert_slot(self.slots[slot_id].model_copy(update=fields))
-        self.slots[slot_id] = slot
-        if "sandbox_id" in fields:
-            ids = sorted({s.sandbox_id for s in self.slots.values() if s.sandbox_id})
-            self.store.update_session(self.build_id, sandbox_ids=ids)
-        return slot
-
     async def release_all(self) -> None:
-        """Stop every team and terminate every sandbox the build still holds (per the store after a restart)."""
-        if not self.slots:
-            self.slots = {s.slot: s for s in self.store.list_slots(self.build_id)}
-        for slot in list(self.slots.values()):
-            with contextlib.suppress(Exception):
+        """Stop every team and terminate every sandbox the build still holds (per the store after a restart).
+
+        A failure to stop a team or release a sandbox is logged and the next one is released all the same.
+        """
+        state = self.state
+        if not state.slots:
+            state.slots = {s.slot: s for s in self.store.list_slots(self.build_id)}
+        for slot in list(state.slots.values()):
+            try:
                 await self.ports.teams.stop(slot.slot)
+            except Exception:  # noqa: BLE001 - the team may be gone already
+                logger.debug("build %s: stopping the team of %s failed", self.build_id, slot.slot, exc_info=True)
             if slot.sandbox_id:
-                with contextlib.suppress(Exception):
+                try:
                     await self.ports.fleet.release(slot.slot)
-                self.save_slot(slot.slot, sandbox_id=None)
+                except Exception:  # noqa: BLE001 - the others are released all the same
+                    logger.warning(
+                        "build %s: releasing sandbox %s of slot %s failed; the build forgets it",
+                        self.build_id,
+                        slot.sandbox_id,
+                        slot.slot,
+                        exc_info=True,
+                    )
+                state.save_slot(slot.slot, sandbox_id=None)
 
     # --- endings -----------------------------------------------------------------------------
 
@@ -376,8 +362,10 @@ class BuildRun:
     async def _fail(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
         await self.emit(BuildErrorEvent(error=message[:2000], phase=self.phase))
-        with contextlib.suppress(Exception):
+        try:
             await self.release_all()
+        except Exception:  # noqa: BLE001 - the build is failing already; record that, whatever the release did
+            logger.warning("build %s: releasing its sandboxes after the failure failed", self.build_id, exc_info=True)
         now = self.clock.now()
         self.store.update_session(self.build_id, status=SessionStatus.FAILED, finished_at=now, error=message[:4000])
         await self._notify("failed", f"build {self.build_id} failed: {message[:200]}", {"error": message[:2000]})
@@ -402,16 +390,6 @@ class BuildRun:
         if entry:
             self.store.set_offset(self.build_id, "events", "coordinator", entry)
 
-    @staticmethod
-    async def _gather(*aws: Any) -> list[Any]:
-        """Run concurrently; on the first failure cancel the rest and raise that failure (not a group)."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(a) for a in aws]
-        except BaseExceptionGroup as group_error:
-            raise _first(group_error) from None
-        return [t.result() for t in tasks]
-
     def describe(self) -> dict[str, Any]:
         """The run's state for ``status()``: session, slots, merges, budget, preview."""
         session = self.store.get_session(self.build_id)
@@ -423,7 +401,7 @@ class BuildRun:
             "error": session.error,
             "contract_hash": session.contract_hash,
             "components": dict(self.component_phase),
-            "merged": [c for c, e in self.merged.items() if e.is_set()],
+            "merged": [c for c, e in self.state.merged.items() if e.is_set()],
             "slots": [s.model_dump(mode="json") for s in self.store.list_slots(self.build_id)],
             "checkpoints": len(session.checkpoint_ids),
             "budget": {
@@ -431,24 +409,5 @@ class BuildRun:
                 "max_usd": ledger.budget.max_usd,
                 "status": ledger.status().value,
             },
-            "preview_url": self.preview_url,
+            "preview_url": self.state.preview_url,
         }
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    """The exception to act on from a group: a cancel beats a pause beats anything else."""
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for inner in e.exceptions:
-                walk(inner)
-        else:
-            leaves.append(e)
-
-    walk(group)
-    for kind in (BuildCancelledError, BuildPausedError):
-        for e in leaves:
-            if isinstance(e, kind):
-                return e
-    return leaves[0]

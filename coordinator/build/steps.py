@@ -1,35 +1,35 @@
 """One component's pipeline in a build run: sandbox, team, verification, tournament, merge, preview.
 
-Split from ``coordinator/build/run.py`` (which owns the phases and the endings). Each step
-persists the slot's status before it returns, so a restarted run knows where every slot was:
-
-==========  =========================================================================
-status      meaning
-==========  =========================================================================
-pending     planned; no sandbox yet
-ready       a fresh sandbox (a dependent is seeded with main's tree when it starts)
-building    its team runs (a restart re-runs the team on the sandbox as it is)
-built       the team signalled ready-to-merge
-won         the judge picked it (tournaments)
-merging     an admission to the gate is in flight (``pending_merges`` has the row)
-merged      in main; its sandbox is released
-lost        lost a tournament: snapshotted, then terminated
-blocked     its team could not finish
-==========  =========================================================================
+:class:`ComponentSteps` runs the pipelines of a :class:`~coordinator.build.run.BuildRun` (which owns
+the phases, checkpoints and endings). It is composed from what it needs, not from the run: the
+run's shared :class:`~coordinator.build.state.BuildState` (contract, plan, slot records, merges),
+the run's ports and settings, and a :class:`RunHost` — the four calls through which a pipeline
+drives the run (events, its component's phase, step boundaries). Each step persists the slot's
+status before it returns (the statuses are listed in ``coordinator/build/state.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
-from coordinator.build.ports import SlotVerification, TeamOutcome
+from coordinator.build.ports import (
+    BuildCancelledError,
+    BuildPausedError,
+    BuildPorts,
+    BuildSettings,
+    SlotVerification,
+    TeamOutcome,
+)
+from coordinator.build.state import LIVE, BuildState
 from coordinator.bus.events import (
     BuildErrorEvent,
     MergeAccepted,
     MergeRejected,
     PreviewRefreshed,
+    RunEvent,
     SlotAcquired,
     SlotBlocked,
     SlotBuilding,
@@ -46,96 +46,146 @@ from coordinator.plan import SlotPlan
 from coordinator.tournament import Tournament
 from sandbox_agents.errors import BuildError
 
-if TYPE_CHECKING:
-    from coordinator.build.run import BuildRun
-
 logger = logging.getLogger(__name__)
 
-LIVE = frozenset({"pending", "ready", "building", "built", "won", "merging"})
-"""Slot statuses that need a sandbox."""
 T = TypeVar("T")
 
 
-class ComponentSteps:
-    """The per-component steps of a :class:`~coordinator.build.run.BuildRun` (it holds the state)."""
+class RunHost(Protocol):
+    """How a component's pipeline drives the build run it belongs to (:class:`BuildRun` is one)."""
 
-    def __init__(self, run: BuildRun) -> None:
-        self.run = run
+    async def emit(self, event: RunEvent) -> None:
+        """Append an event to the build's log (never raises for a lost event)."""
+        ...
+
+    async def step(self) -> None:
+        """A step boundary: raise BuildCancelledError on a cancel, then BuildPausedError at 100 % of the budget."""
+        ...
+
+    def check_control(self) -> None:
+        """Raise :class:`BuildCancelledError` when the build was cancelled."""
+        ...
+
+    async def set_component_phase(self, component: str, phase: str) -> None:
+        """Move one component's pipeline to ``phase``; the build's phase follows the least advanced one."""
+        ...
+
+
+async def gather(*aws: Coroutine[Any, Any, T]) -> list[T]:
+    """Run concurrently; on the first failure cancel the rest and raise that failure (not a group)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(a) for a in aws]
+    except BaseExceptionGroup as group_error:
+        raise _first(group_error) from None
+    return [t.result() for t in tasks]
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The exception to act on from a group: a cancel beats a pause beats anything else."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    for kind in (BuildCancelledError, BuildPausedError):
+        for e in leaves:
+            if isinstance(e, kind):
+                return e
+    return leaves[0]
+
+
+class ComponentSteps:
+    """The per-component steps of a build run.
+
+    Args:
+        state: The run's contract, plan, slot records and merges (shared with the run).
+        ports: The run's ports.
+        settings: Merge attempts, respawns, the backend that prices compute.
+        host: The run, as the pipeline drives it.
+    """
+
+    def __init__(self, state: BuildState, ports: BuildPorts, settings: BuildSettings, host: RunHost) -> None:
+        self.state = state
+        self.ports = ports
+        self.settings = settings
+        self.host = host
         self._metered: dict[str, float] = {}
         self._spent: dict[str, float] = {}
         self._respawns: dict[str, int] = {}
-
-    @property
-    def ports(self) -> Any:
-        return self.run.ports
 
     # --- the pipeline ---------------------------------------------------------------------
 
     async def component(self, name: str) -> None:
         """Build, verify, judge, merge and preview one component, after its dependencies merged."""
-        run = self.run
-        assert run.plan is not None and run.locked is not None
-        if run.merged[name].is_set():
+        state, host = self.state, self.host
+        assert state.plan is not None and state.locked is not None
+        if state.merged[name].is_set():
             return
-        for dep in run.locked.contract.component(name).depends_on:
-            await run.merged[dep].wait()
-        run.check_control()
-        slots = run.plan.slots_of(name)
-        status = {s.slot_id: run.slots[s.slot_id].status for s in slots}
+        for dep in state.locked.contract.component(name).depends_on:
+            await state.merged[dep].wait()
+        host.check_control()
+        slots = state.plan.slots_of(name)
+        status = {s.slot_id: state.slots[s.slot_id].status for s in slots}
         winner = next((s for s in slots if status[s.slot_id] in ("won", "merging")), None)
         if winner is None:
-            await run.set_component_phase(name, "build")
+            await host.set_component_phase(name, "build")
             live = [s for s in slots if status[s.slot_id] in LIVE]
-            await run._gather(*(self.build_slot(s) for s in live))
-            built = [s for s in live if run.slots[s.slot_id].status == "built"]
+            await gather(*(self.build_slot(s) for s in live))
+            built = [s for s in live if state.slots[s.slot_id].status == "built"]
             if not built:
                 raise BuildError(f"component {name}: no candidate could be built")
-            await run.set_component_phase(name, "verify")
+            await host.set_component_phase(name, "verify")
             verdicts = {s.slot_id: await self.verify_slot(s) for s in built}
             if len(slots) > 1:
-                await run.set_component_phase(name, "judge")
+                await host.set_component_phase(name, "judge")
                 winner = await self.tournament(name, slots, built, verdicts)
             else:
                 winner = built[0]
-        await run.set_component_phase(name, "merge")
+        await host.set_component_phase(name, "merge")
         await self.merge(winner)
-        await run.set_component_phase(name, "preview")
+        await host.set_component_phase(name, "preview")
         await self.refresh_preview(name)
         await self.release(winner.slot_id)
-        await run.set_component_phase(name, "done")
-        run.merged[name].set()
+        await host.set_component_phase(name, "done")
+        state.merged[name].set()
 
     # --- sandboxes --------------------------------------------------------------------------
 
     async def ensure_sandbox(self, slot: SlotPlan) -> None:
         """Give the slot a running sandbox: reconnect, respawn from its checkpoint, or acquire one."""
-        record = self.run.slots[slot.slot_id]
+        record = self.state.slots[slot.slot_id]
         if record.sandbox_id and await self.ports.fleet.alive(slot.slot_id):
             return
         await self.respawn(slot, counted=bool(record.sandbox_id))
 
     async def respawn(self, slot: SlotPlan, *, counted: bool = True) -> None:
         """Restore the slot's sandbox from its newest checkpoint (or start it afresh without one)."""
-        run = self.run
+        state = self.state
         if counted:
             n = self._respawns[slot.slot_id] = self._respawns.get(slot.slot_id, 0) + 1
-            if n > run.settings.max_respawns:
+            if n > self.settings.max_respawns:
                 raise BuildError(f"slot {slot.slot_id}: sandbox died {n} times")
-        checkpoint = run.store.latest_checkpoint(run.build_id, slot.slot_id)
-        record = run.slots[slot.slot_id]
+        checkpoint = state.store.latest_checkpoint(state.build_id, slot.slot_id)
+        record = state.slots[slot.slot_id]
         if checkpoint is not None:
             sandbox_id = await self.ports.fleet.restore(slot, checkpoint.snapshot)
             status = record.status if record.status != "pending" else "ready"
-            run.save_slot(slot.slot_id, sandbox_id=sandbox_id, status=status, proxy_name=slot.slot_id)
+            state.save_slot(slot.slot_id, sandbox_id=sandbox_id, status=status, proxy_name=slot.slot_id)
             restored = SlotRespawned if counted or record.sandbox_id else SlotRestored
-            await run.emit(restored(slot=slot.slot_id, checkpoint=checkpoint.id, sandbox_id=sandbox_id))
+            await self.host.emit(restored(slot=slot.slot_id, checkpoint=checkpoint.id, sandbox_id=sandbox_id))
         else:
             if record.sandbox_id:
                 await self.ports.fleet.release(slot.slot_id)
             sandbox_id = await self.ports.fleet.acquire(slot)
             status = "ready" if record.status in ("pending", "ready", "building") else record.status
-            run.save_slot(slot.slot_id, sandbox_id=sandbox_id, status=status, proxy_name=slot.slot_id)
-            await run.emit(SlotAcquired(slot=slot.slot_id, sandbox_id=sandbox_id, respawn=counted))
+            state.save_slot(slot.slot_id, sandbox_id=sandbox_id, status=status, proxy_name=slot.slot_id)
+            await self.host.emit(SlotAcquired(slot=slot.slot_id, sandbox_id=sandbox_id, respawn=counted))
         self._metered[slot.slot_id] = 0.0
 
     async def with_respawn(self, slot: SlotPlan, op: Callable[[], Awaitable[T]]) -> T:
@@ -151,55 +201,54 @@ class ComponentSteps:
                 if error is not None:
                     raise error
                 return result
-            logger.warning("build %s: sandbox of %s is dead; respawning", self.run.build_id, slot.slot_id)
+            logger.warning("build %s: sandbox of %s is dead (%r); respawning", self.state.build_id, slot.slot_id, error)
             await self.respawn(slot)
 
     async def release(self, slot_id: str) -> None:
-        run = self.run
         await self.meter(slot_id)
         try:
             await self.ports.teams.stop(slot_id)
         except Exception:  # noqa: BLE001 - the team may already be gone
             logger.debug("stopping team %s failed", slot_id, exc_info=True)
         await self.ports.fleet.release(slot_id)
-        run.save_slot(slot_id, sandbox_id=None)
+        self.state.save_slot(slot_id, sandbox_id=None)
 
     # --- team, verification ------------------------------------------------------------------
 
     async def build_slot(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> bool:
         """Run the slot's team (seeding a dependent's fresh sandbox with main first); True when built."""
-        run = self.run
-        assert run.locked is not None
-        if feedback is None and run.slots[slot.slot_id].status in ("built", "won", "merging", "merged"):
+        state, host = self.state, self.host
+        assert state.locked is not None
+        if feedback is None and state.slots[slot.slot_id].status in ("built", "won", "merging", "merged"):
             return True
         await self.ensure_sandbox(slot)
+        dependent = bool(state.locked.contract.component(slot.component).depends_on)
 
         async def team() -> TeamOutcome:
-            if run.slots[slot.slot_id].status == "ready" and run.locked.contract.component(slot.component).depends_on:
+            if state.slots[slot.slot_id].status == "ready" and dependent:
                 files = await self.ports.gate.tree()
                 await self.ports.fleet.seed(slot.slot_id, files)
-                await run.emit(SlotSeeded(slot=slot.slot_id, files=len(files)))
-            run.save_slot(slot.slot_id, status="building")
-            await run.emit(SlotBuilding(slot=slot.slot_id, attempt=attempt))
+                await host.emit(SlotSeeded(slot=slot.slot_id, files=len(files)))
+            state.save_slot(slot.slot_id, status="building")
+            await host.emit(SlotBuilding(slot=slot.slot_id, attempt=attempt))
             return await self.ports.teams.run(slot, attempt=attempt, feedback=feedback)
 
         outcome = await self.with_respawn(slot, team)
         for role, model, usage in outcome.usage:
-            await run.ports.ledger.record_llm(role, model, usage)
+            await self.ports.ledger.record_llm(role, model, usage)
         await self.meter(slot.slot_id)
         report = outcome.report
-        status = "built" if report.ready else "blocked"
-        run.save_slot(slot.slot_id, status=status)
+        state.save_slot(slot.slot_id, status="built" if report.ready else "blocked")
         ended = SlotBuilt if report.ready else SlotBlocked
-        await run.emit(ended(slot=slot.slot_id, done=report.done, blocked=report.blocked, attempt=attempt))
-        await run.step()
+        await host.emit(ended(slot=slot.slot_id, done=report.done, blocked=report.blocked, attempt=attempt))
+        await host.step()
         return report.ready
 
     async def verify_slot(self, slot: SlotPlan) -> SlotVerification:
         verdict = await self.with_respawn(slot, lambda: self.ports.verify.verify(slot))
         await self.meter(slot.slot_id)
-        await self.run.emit(SlotVerified(slot=slot.slot_id, **verdict.model_dump(mode="json")))
-        await self.run.step()
+        await self.host.emit(SlotVerified(slot=slot.slot_id, **verdict.model_dump(mode="json")))
+        await self.host.step()
         return verdict
 
     # --- tournament --------------------------------------------------------------------------
@@ -208,11 +257,11 @@ class ComponentSteps:
         self, name: str, slots: list[SlotPlan], built: list[SlotPlan], verdicts: dict[str, SlotVerification]
     ) -> SlotPlan:
         """Judge the built candidates on evidence; snapshot, then terminate the losers."""
-        run = self.run
-        assert run.locked is not None and run.plan is not None
+        state, host = self.state, self.host
+        assert state.locked is not None and state.plan is not None
         evidence = []
         for slot in built:
-            passed, total = await self.ports.satisfaction.check_slot(run.locked, slot)
+            passed, total = await self.ports.satisfaction.check_slot(state.locked, slot)
             verdict = verdicts[slot.slot_id]
             evidence.append(
                 Evidence(
@@ -228,96 +277,97 @@ class ComponentSteps:
             )
         decision = await self.ports.judge.decide(evidence, name)
         for charge in decision.usage:
-            await run.ports.ledger.record_llm(charge.role, charge.model, charge.usage)
-        await run.emit(TournamentDecision(**{**decision.to_event().data, "component": name}))
-        threshold = run.plan.halving_thresholds.get(name, 0.1)
+            await self.ports.ledger.record_llm(charge.role, charge.model, charge.usage)
+        await host.emit(TournamentDecision(**{**decision.to_event().data, "component": name}))
+        threshold = state.plan.halving_thresholds.get(name, 0.1)
         tournament = Tournament(component=name, alive=[s.slot_id for s in built], threshold=threshold)
         tournament.finish(decision.winner, decision.scores())
         losers = [s for s in slots if s.slot_id != decision.winner]
         for slot in losers:
-            record = run.slots[slot.slot_id]
+            record = state.slots[slot.slot_id]
             if record.sandbox_id and slot.slot_id in tournament.pending_termination():
                 ref = await self.ports.fleet.snapshot(slot.slot_id)
-                run.store.add_checkpoint(run.build_id, record.sandbox_id, slot.slot_id, ref, phase="tournament")
+                state.store.add_checkpoint(state.build_id, record.sandbox_id, slot.slot_id, ref, phase="tournament")
                 tournament.record_snapshot(slot.slot_id, ref.id)
             await self.release(slot.slot_id)
-            run.save_slot(slot.slot_id, status="lost")
-            await run.emit(TournamentEliminated(component=name, slot=slot.slot_id))
-        winner = run.plan.slot(decision.winner)
-        run.save_slot(winner.slot_id, status="won")
-        await run.step()
+            state.save_slot(slot.slot_id, status="lost")
+            await host.emit(TournamentEliminated(component=name, slot=slot.slot_id))
+        winner = state.plan.slot(decision.winner)
+        state.save_slot(winner.slot_id, status="won")
+        await host.step()
         return winner
 
     # --- merge and preview ---------------------------------------------------------------------
 
     async def merge(self, slot: SlotPlan) -> None:
         """Admit the slot through the gate; a rejection goes back to the team, then again."""
-        run = self.run
+        state, host, store = self.state, self.host, self.state.store
         name = slot.component
-        for pending in run.store.pending_merges(run.build_id):  # in flight when we went down
+        for pending in store.pending_merges(state.build_id):  # in flight when we went down
             if pending.component != name:
                 continue
             if name in await self.ports.gate.merged():
-                run.store.resolve_pending_merge(pending.id, "merged")
-                run.save_slot(slot.slot_id, status="merged")
-                await run.emit(MergeAccepted(component=name, slot=slot.slot_id, recovered=True))
+                store.resolve_pending_merge(pending.id, "merged")
+                state.save_slot(slot.slot_id, status="merged")
+                await host.emit(MergeAccepted(component=name, slot=slot.slot_id, recovered=True))
                 return
-            run.store.resolve_pending_merge(pending.id, "abandoned")
-        for attempt in range(run.settings.max_merge_attempts):
+            store.resolve_pending_merge(pending.id, "abandoned")
+        attempts = self.settings.max_merge_attempts
+        for attempt in range(attempts):
             await self.ensure_sandbox(slot)
-            record = run.slots[slot.slot_id]
-            pending = run.store.add_pending_merge(
-                run.build_id, name, {"slot": slot.slot_id, "sandbox_id": record.sandbox_id, "attempt": attempt}
+            record = state.slots[slot.slot_id]
+            pending = store.add_pending_merge(
+                state.build_id, name, {"slot": slot.slot_id, "sandbox_id": record.sandbox_id, "attempt": attempt}
             )
-            run.save_slot(slot.slot_id, status="merging")
+            state.save_slot(slot.slot_id, status="merging")
             outcome = await self.with_respawn(
-                slot, lambda: self.ports.gate.admit(slot, run.slots[slot.slot_id].sandbox_id or "")
+                slot, lambda: self.ports.gate.admit(slot, state.slots[slot.slot_id].sandbox_id or "")
             )
             if outcome.accepted:
-                run.store.resolve_pending_merge(pending.id, "merged")
-                run.save_slot(slot.slot_id, status="merged")
-                await run.emit(MergeAccepted(component=name, slot=slot.slot_id, commit=outcome.commit))
-                await run.step()
+                store.resolve_pending_merge(pending.id, "merged")
+                state.save_slot(slot.slot_id, status="merged")
+                await host.emit(MergeAccepted(component=name, slot=slot.slot_id, commit=outcome.commit))
+                await host.step()
                 return
-            run.store.resolve_pending_merge(pending.id, "rejected")
-            run.save_slot(slot.slot_id, status="built")
-            await run.emit(
+            store.resolve_pending_merge(pending.id, "rejected")
+            state.save_slot(slot.slot_id, status="built")
+            await host.emit(
                 MergeRejected(component=name, slot=slot.slot_id, reason=outcome.reason, findings=outcome.findings)
             )
-            await run.step()
-            if attempt + 1 >= run.settings.max_merge_attempts:
+            await host.step()
+            if attempt + 1 >= attempts:
                 break
-            await run.set_component_phase(name, "build")
+            await host.set_component_phase(name, "build")
             feedback = "\n".join([outcome.reason, *outcome.findings]).strip() or "the merge gate rejected the merge"
             if not await self.build_slot(slot, attempt=attempt + 1, feedback=feedback):
                 raise BuildError(f"component {name}: the team could not fix the rejected merge")
             await self.verify_slot(slot)
-            await run.set_component_phase(name, "merge")
-        raise BuildError(f"component {name}: merge rejected {run.settings.max_merge_attempts} times")
+            await host.set_component_phase(name, "merge")
+        raise BuildError(f"component {name}: merge rejected {attempts} times")
 
     async def refresh_preview(self, name: str) -> None:
-        run = self.run
+        state = self.state
         try:
             url = await self.ports.preview.refresh()
         except Exception as exc:  # noqa: BLE001 - a broken preview is reported, the build goes on
-            await run.emit(BuildErrorEvent(component=name, error=f"preview: {exc!r}"[:2000], fatal=False))
+            await self.host.emit(BuildErrorEvent(component=name, error=f"preview: {exc!r}"[:2000], fatal=False))
             return
-        run.preview_url = url or run.preview_url
-        run.store.update_session(run.build_id, preview_url=run.preview_url)  # status reads it from the store
-        await run.emit(PreviewRefreshed(component=name, url=run.preview_url))
+        state.preview_url = url or state.preview_url
+        state.store.update_session(state.build_id, preview_url=state.preview_url)  # status reads it from the store
+        await self.host.emit(PreviewRefreshed(component=name, url=state.preview_url))
 
     # --- budget ----------------------------------------------------------------------------------
 
     async def meter(self, slot_id: str) -> None:
         """Charge the compute the slot's sandbox used since the last charge."""
-        run = self.run
         try:
             seconds = await self.ports.fleet.compute_seconds(slot_id)
         except Exception:  # noqa: BLE001 - metering is best effort; a dead sandbox has no meter
+            logger.debug("build %s: no compute meter for %s", self.state.build_id, slot_id, exc_info=True)
             return
         delta = seconds - self._metered.get(slot_id, 0.0)
         if delta <= 0:
             return
         self._metered[slot_id] = seconds
-        entry = await run.ports.ledger.record_compute(slot_id, delta, run.settings.backend)
+        entry = await self.ports.ledger.record_compute(slot_id, delta, self.settings.backend)
         self._spent[slot_id] = self._spent.get(slot_id, 0.0) + entry.estimated_cost

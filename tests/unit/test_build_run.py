@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -535,3 +536,26 @@ async def test_every_event_of_a_build_is_a_known_kind_carrying_the_build_id(tmp_
         assert not isinstance(payload, UnknownEvent), (kind, data)
         assert payload.data == data and data["build_id"] == h.session.id
 
+
+async def test_a_sandbox_whose_release_failed_is_logged_and_the_others_are_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(tmp_path)
+    h.world.crash_at = ("build.phase", "build")
+    with pytest.raises(Crash):
+        await h.run()
+    db_sandbox = h.world.slot_sandbox["db"]
+    release = FakeFleet.release
+
+    async def refuse_db(self: FakeFleet, slot_id: str) -> None:
+        if slot_id == "db":
+            raise ConnectionError("proxy gone")
+        await release(self, slot_id)
+
+    monkeypatch.setattr(FakeFleet, "release", refuse_db)
+    h.store.update_session(h.session.id, error=CANCEL_REQUESTED)
+    with caplog.at_level(logging.WARNING, logger="coordinator.build.run"):
+        session = await h.run()
+    assert session.status is SessionStatus.CANCELLED
+    assert list(h.world.sandboxes) == [db_sandbox]  # every other sandbox is released
+    assert f"releasing sandbox {db_sandbox} of slot db failed" in caplog.text
