@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from sandbox_agents.backends.base import MAX_READ_BYTES, ExecResult, SandboxSpec
+from sandbox_agents.backends.base import MAX_READ_BYTES, ExecResult, SandboxSpec, SandboxStatus
 from sandbox_agents.backends.local.backend import LocalBackend
 from sandbox_agents.errors import SandboxPathError
 from tests.integration.sandbox_backends import open_backend
@@ -71,6 +72,15 @@ print(json.dumps(out))
 """
 
 ENTRIES = ["native", "shell"]
+
+
+async def poll(check, timeout_s: float, every_s: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if await check():
+            return True
+        await asyncio.sleep(every_s)
+    return False
 
 
 @pytest.fixture(params=ENTRIES)
@@ -260,3 +270,52 @@ async def test_a_fifo_read_answers_an_error_while_the_sandbox_stays_usable(local
     listed = {f.path for f in await sandbox.list_files()}
     assert {"pipe", "held"} <= listed
     await sandbox.terminate()
+
+
+# --- layer 5: the TTL is the host's -----------------------------------------------------------
+
+_TAMPER = r"""
+for d in /run /run/* /run/*/* /tmp /home/sandbox /workspace; do
+  [ -e "$d" ] || continue
+  mount -t tmpfs none "$d" 2>/dev/null && echo "mounted $d"
+  mount --bind /tmp "$d" 2>/dev/null && echo "bound $d"
+  umount -l "$d" 2>/dev/null && echo "unmounted $d"
+done
+find / -xdev -name 'deadline*' 2>/dev/null | sed 's/^/found /'
+for f in $(find /run /tmp /workspace /home -writable 2>/dev/null); do
+  [ -f "$f" ] && echo 99999999999 > "$f"
+done
+rm -rf /run/* /run/.[!.]* 2>/dev/null
+mkdir -p /run/kriptik 2>/dev/null && echo 99999999999 > /run/kriptik/deadline 2>/dev/null
+kill -STOP 1 2>/dev/null
+true
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_sandbox_that_tampers_with_everything_it_sees_still_ends_at_its_ttl(local: LocalBackend) -> None:
+    sandbox = await local.create(SandboxSpec(timeout_s=4))
+    tamper = await sandbox.exec(["sh", "-c", _TAMPER], timeout=30)
+    assert not [line for line in tamper.stdout.splitlines() if line.split()[0] in ("mounted", "bound", "unmounted")]
+    assert "found" not in tamper.stdout  # no deadline in its reach
+    assert sandbox.deadline_file.exists()  # type: ignore[attr-defined]  # the host's copy is intact
+
+    async def ended() -> bool:
+        return await sandbox.status() == SandboxStatus.DEAD
+
+    assert await poll(ended, 60, 0.2)
+    await sandbox.terminate()
+
+
+@pytest.mark.timeout(120)
+async def test_the_ttl_holds_when_no_host_process_of_ours_is_left(local: LocalBackend) -> None:
+    """The watchdog is the launcher itself: no proxy, backend object or heartbeat has to live."""
+    sandbox = await local.create(SandboxSpec(timeout_s=3))
+    sandbox_id = sandbox.id
+    del sandbox
+    fresh = LocalBackend(local.config)
+
+    async def ended() -> bool:
+        return await (await fresh.from_id(sandbox_id)).status() == SandboxStatus.DEAD
+
+    assert await poll(ended, 60, 0.2)

@@ -119,8 +119,9 @@ class LocalBackend:
         uid = self.uids.claim(sandbox_id, base / "state.json")  # the sandbox's own host uid
         fs_dir, ctl_dir, etc_dir = base / "fs", base / "ctl", base / "etc"
         try:
-            for path in (base, fs_dir, ctl_dir, etc_dir):
-                path.mkdir(mode=0o711, parents=True)
+            for path in (base, fs_dir, etc_dir):
+                path.mkdir(mode=0o711, parents=True)  # bwrap, as the sandbox uid, reaches fs/ and etc/
+            ctl_dir.mkdir(mode=0o700)  # the launcher's: never bound into the sandbox
             quota = mount_tmpfs(fs_dir, size_mb=spec.disk_mb, uid=uid)
             for name in ("workspace", "home"):
                 (fs_dir / name).mkdir(mode=0o755)
@@ -138,12 +139,13 @@ class LocalBackend:
         try:
             sandbox.write_deadline(force=True)
             cgroups.create(memory_mb=spec.memory_mb, max_pids=spec.max_pids, cpu=spec.cpu)
-            argv = bwrap_argv(fs_dir=fs_dir, ctl_dir=ctl_dir, etc_dir=etc_dir, workdir=spec.workdir)
+            argv = bwrap_argv(fs_dir=fs_dir, etc_dir=etc_dir, workdir=spec.workdir)
             state.launcher_pid, state.child_pid = launch(
                 bwrap=argv,
                 uid=uid,
                 cgroup_files=cgroups.join_files(),
                 ctl_dir=ctl_dir,
+                deadline=sandbox.deadline_file,
                 workdir=spec.workdir,
                 seccomp=self.seccomp_filter,
             )

@@ -2,17 +2,23 @@
 
 The launcher is a small ``sh`` in its own session (``setsid -f``), so no Ray worker owns
 the sandbox: an actor that dies or restarts leaves it running, and a new process finds it
-again by id. The launcher joins the sandbox's cgroups, then runs bwrap as the dedicated
-sandbox uid and waits for it; bwrap runs with ``--die-with-parent``, so killing the
-launcher ends the sandbox and, with its pid namespace, every process in it.
+again by id. The launcher starts bwrap as the sandbox's own uid (joined to the sandbox's
+cgroups) and stays, outside the sandbox, as its watchdog; bwrap runs with
+``--die-with-parent``, so killing the launcher ends the sandbox and, with its pid
+namespace, every process in it.
 
-Inside, pid 2 is a tiny loop that reads the deadline file (written by the host) and ends
-the sandbox once it has passed: TTL and idle expiry need no host process to be alive.
+The TTL is the host's: the watchdog reads the deadline from a file of the host's state
+directory that is bound nowhere into the sandbox, and kills bwrap once it has passed (or
+once the file is gone). Nothing the sandbox can see or touch (its /run included) holds
+its deadline, and the watchdog runs as root outside its namespaces and cgroups, where the
+sandbox's processes can neither signal nor starve it. Inside, the init is a bare
+``sleep infinity``: an idle sandbox costs nothing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -22,12 +28,21 @@ from pathlib import Path
 from sandbox_agents.errors import BackendUnavailableError, SandboxError
 
 SANDBOX_HOME = "/home/sandbox"
-CONTROL_MOUNT = "/run/kriptik"
 
-# Ends the sandbox once the deadline (epoch seconds, written by the host) has passed, or
-# once the deadline file is gone. `read` and `[` are shell builtins: one `date` and one
-# `sleep` a second is the whole cost of an idle sandbox.
-_INIT_LOOP = f'while read d < {CONTROL_MOUNT}/deadline && [ "$(date +%s)" -lt "${{d%.*}}" ]; do sleep 1; done'
+# The watchdog: until the deadline (CLOCK_BOOTTIME seconds, as /proc/uptime counts) has
+# passed, the deadline file is gone or bwrap has exited, sleep a second; then kill bwrap.
+# `read`, `set` and `[` are builtins: one `sleep` a second is the whole cost of a sandbox.
+_WATCHDOG = (
+    'while read d < "$DL" && read up rest < /proc/uptime && [ "${up%.*}" -lt "$d" ] '
+    '&& read -r s < "/proc/$b/stat" && set -- $s && [ "$3" != Z ]; do sleep 1; done; '
+    'kill -9 "$b" 2>/dev/null; wait "$b"'
+)
+
+
+def boottime_deadline(epoch_deadline: float) -> int:
+    """``epoch_deadline`` on the clock the watchdog reads (seconds since boot, rounded up)."""
+    return math.ceil(time.clock_gettime(time.CLOCK_BOOTTIME) + (epoch_deadline - time.time()))
+
 
 REQUIRED_TOOLS = ("bwrap", "setsid", "setpriv", "nsenter", "tar", "zstd")
 
@@ -49,7 +64,7 @@ def check_tools() -> None:
 SECCOMP_FD = 4
 
 
-def bwrap_argv(*, fs_dir: Path, ctl_dir: Path, etc_dir: Path, workdir: str) -> list[str]:
+def bwrap_argv(*, fs_dir: Path, etc_dir: Path, workdir: str) -> list[str]:
     """The bwrap command line: only /usr (read-only), stub /etc files, the workspace and home.
 
     The sandbox gets a user namespace of its own in which it cannot create another
@@ -88,9 +103,6 @@ def bwrap_argv(*, fs_dir: Path, ctl_dir: Path, etc_dir: Path, workdir: str) -> l
         "--bind",
         str(fs_dir / "home"),
         SANDBOX_HOME,
-        "--ro-bind",
-        str(ctl_dir),
-        CONTROL_MOUNT,
         "--chdir",
         workdir,
         "--hostname",
@@ -98,9 +110,8 @@ def bwrap_argv(*, fs_dir: Path, ctl_dir: Path, etc_dir: Path, workdir: str) -> l
         "--info-fd",
         "3",
         "--",
-        "/bin/sh",
-        "-c",
-        _INIT_LOOP,
+        "/usr/bin/sleep",
+        "infinity",
     ]
     return argv
 
@@ -111,27 +122,35 @@ def launch(
     uid: int,
     cgroup_files: list[str],
     ctl_dir: Path,
+    deadline: Path,
     workdir: str,
     seccomp: Path,
     timeout_s: float = 10.0,
 ) -> tuple[int, int]:
-    """Start the sandbox detached and wait until it is completely set up.
+    """Start the sandbox detached, under its watchdog, and wait until it is completely set up.
 
     bwrap reports its child's pid before that child has pivoted into the new root: a
     command entered into it then would see the host's file system. So a sandbox counts
     as started only once its init has changed into ``workdir`` (the last step of bwrap's
-    set-up) and has started the deadline loop.
+    set-up) and has started its first process.
+
+    Args:
+        ctl_dir: host-only directory for the launcher's pid, bwrap's info and its log.
+        deadline: host-only file the watchdog reads (written by ``LocalSandbox.write_deadline``).
+        seccomp: the compiled filter, handed to bwrap on fd ``SECCOMP_FD``.
 
     Returns:
         (launcher pid, pid of the sandbox's init as seen from the host).
     """
     info = ctl_dir / "info.json"
     joins = "".join(f"echo $$ > {shlex.quote(f)} && " for f in cgroup_files)
+    start = f"{joins}exec setpriv --reuid={uid} --regid={uid} --clear-groups {shlex.join(bwrap)}"
     script = (
-        f"echo $$ > {shlex.quote(str(ctl_dir / 'launcher.pid'))} && {joins}"
-        f"exec 3>{shlex.quote(str(info))} {SECCOMP_FD}<{shlex.quote(str(seccomp))} && "
-        f"setpriv --reuid={uid} --regid={uid} --clear-groups {shlex.join(bwrap)} "
-        f"2>{shlex.quote(str(ctl_dir / 'bwrap.log'))}"
+        f"set -f; echo $$ > {shlex.quote(str(ctl_dir / 'launcher.pid'))} || exit 1; "
+        f"DL={shlex.quote(str(deadline))}; "
+        f"exec 3>{shlex.quote(str(info))} {SECCOMP_FD}<{shlex.quote(str(seccomp))} || exit 1; "
+        f"/bin/sh -c {shlex.quote(start)} 2>{shlex.quote(str(ctl_dir / 'bwrap.log'))} & b=$!; "
+        f"exec 3>&- {SECCOMP_FD}<&-; {_WATCHDOG}"
     )
     subprocess.run(
         ["setsid", "-f", "/bin/sh", "-c", script],
@@ -158,7 +177,7 @@ def launch(
 
 
 def set_up(child: int, workdir: str) -> bool:
-    """True once bwrap's child is inside the new root, in ``workdir``, and runs the init loop."""
+    """True once bwrap's child is inside the new root, in ``workdir``, and runs the init."""
     try:
         if os.readlink(f"/proc/{child}/cwd") != workdir:
             return False

@@ -36,7 +36,7 @@ from sandbox_agents.backends.local.host import (
     wait_for,
     wait_pidfile,
 )
-from sandbox_agents.backends.local.launch import SANDBOX_HOME, process_start_time
+from sandbox_agents.backends.local.launch import SANDBOX_HOME, boottime_deadline, process_start_time
 from sandbox_agents.backends.local.proc import ProcOutput, run_process
 from sandbox_agents.backends.local.seccomp import PY_ENTER
 from sandbox_agents.backends.local.state import Forwarder, LocalState, _libc, unmount
@@ -95,17 +95,22 @@ class LocalSandbox:
             raise SandboxDeadError(f"sandbox {self.id} is {why}", sandbox_id=self.id)
 
     def write_deadline(self, *, force: bool = False) -> None:
-        """Write min(TTL, now + idle timeout) to the file the sandbox's own loop watches."""
+        """Write min(TTL, now + idle timeout) to the host-only file the sandbox's watchdog reads."""
         st = self._state
         deadline = st.ttl_deadline
         if st.spec.idle_timeout_s is not None:
             deadline = min(deadline, time.time() + st.spec.idle_timeout_s)
         if force or abs(deadline - self._deadline_written) >= 1.0:
-            path = self._base / "ctl" / "deadline"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(f"{int(deadline)}\n")
+            path = self.deadline_file
+            tmp = path.with_name(f".deadline.{os.getpid()}.tmp")
+            tmp.write_text(f"{boottime_deadline(deadline)}\n")
             os.replace(tmp, path)
             self._deadline_written = deadline
+
+    @property
+    def deadline_file(self) -> Path:
+        """Where the deadline lives: in the host's state directory, bound nowhere into the sandbox."""
+        return self._base / "deadline"
 
     def _touch(self) -> None:
         self._check_alive()
@@ -434,7 +439,7 @@ class LocalSandbox:
         kill_pid(st.slirp_pid)
         self.cgroups.destroy()
         with contextlib.suppress(OSError):
-            (self._base / "ctl" / "deadline").unlink()
+            self.deadline_file.unlink()  # the watchdog, if still alive, ends at once
         unmount(self._base / "fs")
         for sub in ("fs", "fwd", "etc"):
             shutil.rmtree(self._base / sub, ignore_errors=True)
