@@ -2,16 +2,19 @@
 
 Publishers send typed messages (:mod:`.models`) through a :class:`ContextBus`, which buffers
 them while Redis is away; subscribers read through consumer groups with a
-:class:`Subscription` (at-least-once, duplicates refused, failures dead-lettered).
-:mod:`.connection` holds what both share (config, client, backoff), :mod:`.codec` the wire
-format (msgpack, zstd over a threshold), :mod:`.scripts` the key layout and the Lua steps, and
-:mod:`.redis_server` the managed local ``redis-server`` used when ``REDIS_URL`` is unset. See
-docs/bus.md.
+:class:`Subscription` (at-least-once, duplicates refused, failures dead-lettered). Each kind
+of the event log has a typed payload in :mod:`.events`; its base models and
+:func:`parse_event` are re-exported here, the fifty-odd kinds stay in that module.
+:mod:`.connection` holds what publisher and subscriber share (config, client, backoff),
+:mod:`.codec` the wire format (msgpack, zstd over a threshold), :mod:`.scripts` the key layout
+and the Lua steps, and :mod:`.redis_server` the managed local ``redis-server`` used when
+``REDIS_URL`` is unset. See docs/bus.md.
 """
 
 from coordinator.bus.codec import BusCodec
 from coordinator.bus.connection import REDIS_DOWN, BusConfig
 from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.events import EVENT_TYPES, EventPayload, KnownEvent, RunEvent, UnknownEvent, parse_event
 from coordinator.bus.models import (
     CHANNEL_OF,
     CHANNELS,
@@ -37,6 +40,7 @@ from coordinator.bus.subscription import Handler, Subscription
 __all__ = [
     "CHANNELS",
     "CHANNEL_OF",
+    "EVENT_TYPES",
     "REDIS_DOWN",
     "BusCodec",
     "BusConfig",
@@ -49,16 +53,21 @@ __all__ = [
     "Envelope",
     "ErrorReport",
     "Event",
+    "EventPayload",
     "FileChange",
     "FileState",
     "Handler",
     "KnownError",
+    "KnownEvent",
     "ManagedRedis",
     "MergeRequest",
     "Message",
     "Progress",
     "RedisStartError",
+    "RunEvent",
     "Subscription",
     "UnifiedContext",
+    "UnknownEvent",
+    "parse_event",
     "redis_url",
 ]
