@@ -26,6 +26,9 @@ class LocalBackendConfig(BaseModel):
     """First host uid of the per-sandbox range; the ``KRIPTIK_SANDBOX_UID`` setting (61000) if unset."""
     sandbox_uid_count: int = Field(default=1000, ge=1, le=1_000_000)
     """Host uids in the range: each running sandbox holds one of its own, so this bounds a host's sandboxes."""
+    allow_unlimited: bool = False
+    """Start sandboxes without memory/pids/cpu limits when the host has no writable cgroups
+    (also ``KRIPTIK_ALLOW_UNLIMITED_SANDBOXES=1``); otherwise the backend refuses to start them."""
     standby: int = Field(default=0, ge=0, le=64)
     """Started, unassigned sandboxes kept ready so that a create costs about a millisecond."""
 

@@ -7,16 +7,21 @@ with the native entry helper and with the shell fallback chain.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import platform
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox_agents.backends.base import MAX_READ_BYTES, ExecResult, SandboxSpec, SandboxStatus
-from sandbox_agents.backends.local.backend import LocalBackend
-from sandbox_agents.errors import SandboxPathError
+from sandbox_agents.backends.config import LocalBackendConfig
+from sandbox_agents.backends.local import cgroup as cgroup_module
+from sandbox_agents.backends.local.backend import ALLOW_UNLIMITED_ENV, LocalBackend
+from sandbox_agents.errors import BackendUnavailableError, SandboxPathError
 from tests.integration.sandbox_backends import open_backend
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers below are x86-64's")
@@ -319,3 +324,57 @@ async def test_the_ttl_holds_when_no_host_process_of_ours_is_left(local: LocalBa
         return await (await fresh.from_id(sandbox_id)).status() == SandboxStatus.DEAD
 
     assert await poll(ended, 60, 0.2)
+
+
+# --- layer 6: no cgroups, no sandboxes (unless the operator says so) ------------------------
+
+
+@pytest.fixture
+def unwritable_cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A cgroup v1 layout (memory, pids, cpu, cpuacct) on a read-only mount, as the backend's cgroup root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount the fake cgroup layout read-only")
+    root = tmp_path / "cgroup"
+    for controller in ("memory", "pids", "cpu", "cpuacct"):
+        (root / controller).mkdir(parents=True)
+        (root / controller / "cgroup.procs").write_text("")
+    subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True)
+        monkeypatch.setattr(cgroup_module, "CGROUP_ROOT", root)
+        monkeypatch.delenv(ALLOW_UNLIMITED_ENV, raising=False)
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+async def test_without_working_cgroups_the_backend_refuses_to_start_sandboxes(
+    unwritable_cgroups: Path, tmp_path: Path
+) -> None:
+    backend = LocalBackend(LocalBackendConfig(root=tmp_path / "sandboxes"))
+    with pytest.raises(BackendUnavailableError, match=ALLOW_UNLIMITED_ENV):
+        await backend.create(SandboxSpec())
+    with pytest.raises(BackendUnavailableError):
+        await LocalBackend(LocalBackendConfig(root=tmp_path / "sandboxes", standby=1)).warm()
+    assert not list((tmp_path / "sandboxes").glob("sbx-*"))
+    await backend.purge()
+
+
+@pytest.mark.parametrize("opt_in", ["config", "env"])
+async def test_an_operator_may_opt_into_unlimited_sandboxes_and_the_log_says_so_loudly(
+    unwritable_cgroups: Path,
+    tmp_path: Path,
+    opt_in: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if opt_in == "env":
+        monkeypatch.setenv(ALLOW_UNLIMITED_ENV, "1")
+    config = LocalBackendConfig(root=tmp_path / "sandboxes", allow_unlimited=opt_in == "config")
+    backend = LocalBackend(config)
+    with caplog.at_level(logging.ERROR, logger="sandbox_agents.backends.local.backend"):
+        sandbox = await backend.create(SandboxSpec())
+        assert (await sandbox.exec(["echo", "unlimited"])).stdout == "unlimited\n"
+    assert backend.unlimited
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR and "UNLIMITED SANDBOXES" in r.getMessage()]
+    await backend.purge()

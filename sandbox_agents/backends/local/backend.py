@@ -20,13 +20,14 @@ from pathlib import Path
 
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.backends.config import LocalBackendConfig
+from sandbox_agents.backends.local import cgroup
 from sandbox_agents.backends.local.cgroup import CgroupLayout, SandboxCgroups
 from sandbox_agents.backends.local.launch import bwrap_argv, check_tools, launch, process_start_time, write_etc
 from sandbox_agents.backends.local.sandbox import LocalSandbox
 from sandbox_agents.backends.local.seccomp import filter_file
 from sandbox_agents.backends.local.state import LocalState, default_root, host_state_dir, mount_tmpfs, unmount_under
 from sandbox_agents.backends.local.uids import UidPool
-from sandbox_agents.errors import ConfigError, SandboxNotFoundError, SnapshotError
+from sandbox_agents.errors import BackendUnavailableError, ConfigError, SandboxNotFoundError, SnapshotError
 from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class LocalBackend:
         )
         self._layout: CgroupLayout | None = None
         self._seccomp: Path | None = None
+        self._unlimited_warned = False
         self._checked = False
         self._standby: list[LocalSandbox] = []
         self._refill: asyncio.Task[None] | None = None
@@ -102,9 +104,46 @@ class LocalBackend:
 
     # --- the contract ------------------------------------------------------------------
 
-    async def create(self, spec: SandboxSpec) -> LocalSandbox:
-        """Start a sandbox (adopting a standby one when the pool has it)."""
+    @property
+    def unlimited(self) -> bool:
+        """True when sandboxes run without cgroup limits (no writable cgroups, and the operator opted in)."""
+        return self._ready().version == 0
+
+    def _limited_layout(self) -> CgroupLayout:
+        """The cgroup layout sandboxes start under; refuses when there is none, unless opted in.
+
+        Raises:
+            BackendUnavailableError: no writable memory/pids/cpu cgroups and no opt-in.
+        """
         layout = self._ready()
+        if layout.version != 0:
+            return layout
+        if not (self.config.allow_unlimited or os.environ.get(ALLOW_UNLIMITED_ENV) == "1"):
+            raise BackendUnavailableError(
+                f"no writable cgroup memory/pids/cpu controllers under {cgroup.CGROUP_ROOT}: the local backend "
+                "will not start sandboxes without memory, process and CPU limits. Give it cgroups (run as root "
+                f"with /sys/fs/cgroup writable), or opt into unlimited sandboxes with {ALLOW_UNLIMITED_ENV}=1 "
+                "(or allow_unlimited in the local backend config).",
+                backend="local",
+            )
+        if not self._unlimited_warned:
+            self._unlimited_warned = True
+            logger.error(
+                "UNLIMITED SANDBOXES: no writable cgroups under %s and %s is set: sandboxes start with NO memory, "
+                "process or CPU limits; one sandbox can exhaust this host",
+                cgroup.CGROUP_ROOT,
+                "allow_unlimited" if self.config.allow_unlimited else f"{ALLOW_UNLIMITED_ENV}=1",
+            )
+        return layout
+
+    async def create(self, spec: SandboxSpec) -> LocalSandbox:
+        """Start a sandbox (adopting a standby one when the pool has it).
+
+        Raises:
+            BackendUnavailableError: the host cannot limit sandboxes (no writable cgroups)
+                and the operator did not opt into unlimited ones.
+        """
+        layout = self._limited_layout()
         while self._standby:
             sandbox = self._standby.pop()
             if await sandbox.adopt(spec):
@@ -215,7 +254,7 @@ class LocalBackend:
 
     async def warm(self) -> None:
         """Fill the standby pool now (``config.standby`` sandboxes), waiting until it is full."""
-        layout = self._ready()
+        layout = self._limited_layout()
         async with self._filling:  # one filler at a time: an explicit warm() and a refill never overfill
             while len(self._standby) < self.config.standby:
                 self._standby.append(await asyncio.to_thread(self._start, _standby_spec(), layout))
@@ -267,6 +306,9 @@ class LocalBackend:
         self.uids.reclaim_stale()
         return ended
 
+
+#: Set to 1 to start sandboxes without cgroup limits on a host that has none (fail closed otherwise).
+ALLOW_UNLIMITED_ENV = "KRIPTIK_ALLOW_UNLIMITED_SANDBOXES"
 
 #: Standby sandboxes expire on their own if nobody adopts them (an owner that died).
 STANDBY_TTL_S = 120.0

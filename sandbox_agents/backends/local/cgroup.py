@@ -4,8 +4,8 @@ bwrap does no cgroups itself, so the launcher joins the sandbox's cgroups before
 bwrap, and every command joins them before it enters the sandbox. Each command also gets
 its own pids sub-group, so that a timeout kills exactly its process tree, even the
 processes that called ``setsid``. cgroup v1 (the hosts measured here mount memory, pids,
-cpu and cpuacct as v1) and v2 are both handled; a host with neither still runs sandboxes,
-with rlimits only, and says so in the log.
+cpu and cpuacct as v1) and v2 are both handled. On a host with neither the backend fails
+closed: it refuses to start sandboxes unless the operator opted into unlimited ones.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class CgroupLayout:
             controllers = (CGROUP_ROOT / "cgroup.controllers").read_text().split()
             if {"memory", "pids", "cpu"} <= set(controllers):
                 return cls(version=2, unified=CGROUP_ROOT / GROUP)
-        logger.warning("no writable cgroup memory/pids/cpu controllers: sandboxes get rlimits only")
         return cls(version=0)
 
 
