@@ -91,7 +91,7 @@ def _wait_final(url: str, token: str, build: str, timeout: float = 120.0) -> dic
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {token}"}
     while True:
-        body = httpx.get(f"{url}/api/build/status/{build}", headers=headers, timeout=30).json()
+        body: dict[str, Any] = httpx.get(f"{url}/api/build/status/{build}", headers=headers, timeout=30).json()
         if body.get("status") in ("completed", "failed", "cancelled"):
             return body
         if time.monotonic() > deadline:
@@ -126,7 +126,7 @@ def run(rounds: int, events: int) -> dict[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="kriptik-bench-api-"))
     store_path = work / "store.db"
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     with private_ray(num_cpus=2), ManagedRedis(work / "redis") as redis:
         with Store(store_path) as store:
             token = create_token(store, "bench")
@@ -149,7 +149,7 @@ def run(rounds: int, events: int) -> dict[str, Any]:
             ]  # a real build through the real Control, to completion
             final = _wait_final(url, token, real)
             results["control"] = _ratio(*_http_latencies(url, token, real, rounds))
-            results["control"]["build_status"] = final["status"]  # type: ignore[assignment]
+            results["control"]["build_status"] = final["status"]
 
             hop = settings.model_copy(update={"status_from_store": False})
             url = run_api(redis.url, store_path, hop, bus_prefix="bench")

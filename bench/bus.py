@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import Envelope, Progress
@@ -75,10 +76,16 @@ def _raw_subscriber(url: str, expect: int, warmup: int, out: Path) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    last, latencies, seen, cpu = "$", [], 0, []
+    last: bytes | str = "$"
+    latencies: list[float] = []
+    cpu: list[float] = []
+    seen = 0
     out.with_suffix(".ready").touch()
     while len(latencies) < expect:
-        for _, entries in client.xread({"bench:raw-fanout": last}, block=5000, count=100) or ():
+        reply: Any = client.xread(  # RESP2: [(stream, [(id, {field: value})])]
+            {"bench:raw-fanout": last}, block=5000, count=100
+        )
+        for _, entries in reply or ():
             now = time.time()
             for rid, fields in entries:
                 last = rid

@@ -53,7 +53,8 @@ def memory_mib(pid: int) -> tuple[float, str]:
 
 
 async def actor_pid(handle: Any) -> int:
-    return await handle.__ray_call__.remote(lambda self: os.getpid())
+    pid: int = await handle.__ray_call__.remote(lambda self: os.getpid())
+    return pid
 
 
 async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[Any], list[Any], list[Any]]:

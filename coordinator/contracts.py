@@ -404,4 +404,5 @@ def dump_contract(contract: IntentContract, *, fmt: Literal["yaml", "json"] = "y
     data = contract.model_dump(mode="json", exclude_none=True)
     if fmt == "json":
         return json.dumps(data, indent=2, ensure_ascii=False)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return text

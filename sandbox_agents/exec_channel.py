@@ -148,7 +148,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
 
 
 def _frame(data: Any) -> bytes:
-    body = msgpack.packb(data, use_bin_type=True)
+    body: bytes = msgpack.packb(data, use_bin_type=True)
     return _LEN.pack(len(body)) + body
 
 

@@ -111,7 +111,8 @@ class ProxySandbox:
                 return await channel.exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
             except ChannelUnavailableError:  # nothing was sent: Ray's path now, a new channel next time
                 await self._drop_channel()
-        return await self._handle.exec.remote(command, cwd, env, timeout, stdin)
+        result: ExecResult = await self._handle.exec.remote(command, cwd, env, timeout, stdin)
+        return result
 
     async def _exec_channel(self) -> ExecChannelClient | None:
         """The proxy's same-host channel (asked at most once per ``CHANNEL_RETRY_S`` while there is none)."""
@@ -150,25 +151,30 @@ class ProxySandbox:
         await self._handle.write_file.remote(path, data, mode)
 
     async def read_file(self, path: str) -> bytes:
-        return await self._handle.read_file.remote(path)
+        data: bytes = await self._handle.read_file.remote(path)
+        return data
 
     async def list_files(self, pattern: str = "**/*") -> list[FileInfo]:
-        return await self._handle.list_files.remote(pattern)
+        files: list[FileInfo] = await self._handle.list_files.remote(pattern)
+        return files
 
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         await self._handle.remove.remote(path, recursive)
 
     async def snapshot(self) -> SnapshotRef:
-        return await self._handle.snapshot.remote()
+        ref: SnapshotRef = await self._handle.snapshot.remote()
+        return ref
 
     async def expose(self, port: int) -> str:
-        return await self._handle.expose.remote(port)
+        url: str = await self._handle.expose.remote(port)
+        return url
 
     async def keepalive(self) -> None:
         await self._handle.keepalive.remote()
 
     async def status(self) -> SandboxStatus:
-        return await self._handle.status.remote()
+        status: SandboxStatus = await self._handle.status.remote()
+        return status
 
     async def terminate(self) -> None:
         await self._handle.terminate.remote()

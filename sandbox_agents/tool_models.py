@@ -142,7 +142,8 @@ def tool_schema(model: type[BaseModel]) -> dict[str, Any]:
     Titles repeat the field names and cost prompt tokens on every turn; only schema nodes
     lose them, never a property that happens to be called `title`.
     """
-    return _strip_titles(model.model_json_schema())
+    schema: dict[str, Any] = _strip_titles(model.model_json_schema())
+    return schema
 
 
 def _strip_titles(node: Any) -> Any:

@@ -106,10 +106,11 @@ class BodySizeLimit:
                     return
         chunked = not any(name == b"content-length" for name, _ in scope.get("headers", ()))
         if chunked and scope.get("method") in ("POST", "PUT", "PATCH"):
-            receive = await self._buffered(receive)  # chunked: count it all before the app sees it
-            if receive is None:
+            buffered = await self._buffered(receive)  # chunked: count it all before the app sees it
+            if buffered is None:
                 await self._refuse(send)
                 return
+            receive = buffered
         await self.app(scope, receive, send)
 
     async def _buffered(self, receive: Receive) -> Receive | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -262,8 +262,10 @@ class ApiToken(_Row):
 
 # --- row conversion: JSON columns in and out ----------------------------------------------
 
+M = TypeVar("M", bound=BaseModel)
 
-def validated(model: type[Any], **data: Any) -> Any:
+
+def validated(model: type[M], **data: Any) -> M:
     """Build a row model, refusing bad input with our InvalidInputError instead of pydantic's error."""
     try:
         return model(**data)
