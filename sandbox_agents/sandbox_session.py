@@ -143,10 +143,6 @@ class SandboxSession:
             self._heartbeat.cancel()
             self._heartbeat = None
 
-    @property
-    def heartbeat_active(self) -> bool:
-        return self._heartbeat is not None and not self._heartbeat.done()
-
     async def _beat(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)

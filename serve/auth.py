@@ -77,13 +77,3 @@ def authenticate(store: Store, token: str | None) -> Principal:
     if row is None:
         raise UnauthorizedError("unknown or revoked token")
     return Principal(user_id=row.user_id, token_id=row.id)
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or ``None``."""
-    if not authorization:
-        return None
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()

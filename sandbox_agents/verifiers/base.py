@@ -210,8 +210,3 @@ def build_report(
         duration_s=round(time.monotonic() - started, 3),
         details=dict(details or {}),
     )
-
-
-def workspace_path(target: VerifyTarget, relative: str) -> str:
-    """``relative`` (to the component root) as a workspace-relative path."""
-    return posixpath.normpath(posixpath.join(target.root, relative))
