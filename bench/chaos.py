@@ -34,6 +34,7 @@ import random
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,15 +150,19 @@ async def stop_stack(stack: Stack) -> None:
     from actors.control import stop_control
     from serve.deployment import shutdown_serve, stop_api
 
-    with contextlib.suppress(Exception):
-        await stack.bus.aclose(flush_timeout=1.0)
-    with contextlib.suppress(Exception):
-        await asyncio.to_thread(stop_api)
-    with contextlib.suppress(Exception):
-        await asyncio.to_thread(shutdown_serve)
-    with contextlib.suppress(Exception):
-        await stop_control(stack.runtime.control)
+    await _best_effort("closing the bus", lambda: stack.bus.aclose(flush_timeout=1.0))
+    await _best_effort("stopping the API", lambda: asyncio.to_thread(stop_api))
+    await _best_effort("shutting Serve down", lambda: asyncio.to_thread(shutdown_serve))
+    await _best_effort("stopping Control", lambda: stop_control(stack.runtime.control))
     stack.redis.stop()
+
+
+async def _best_effort(what: str, step: Callable[[], Awaitable[Any]]) -> None:
+    """Run one teardown step; a failure is logged with what was being done, and the teardown goes on."""
+    try:
+        await step()
+    except Exception as exc:  # noqa: BLE001 - every later step must still run
+        logger.warning("chaos: %s failed: %s: %s", what, type(exc).__name__, exc)
 
 
 # --- the faults -------------------------------------------------------------------------------------
@@ -165,20 +170,24 @@ async def stop_stack(stack: Stack) -> None:
 
 async def _slot_sandbox(stack: Stack, build_id: str) -> str | None:
     """The id of the sandbox the slot's proxy owns right now (None before the fleet or after release)."""
+    from ray.exceptions import RayError
+
     from actors.pools.proxies import get_proxy
 
     try:
         return await asyncio.wait_for(get_proxy(build_id, "calc").sandbox_id.remote(), 5)
-    except Exception:  # noqa: BLE001 - no proxy (yet, or any more)
+    except (ValueError, TimeoutError, RayError):  # no proxy (yet, or any more), or it is restarting
         return None
 
 
 async def _kill_coordinator(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
+    from ray.exceptions import RayError
+
     from actors.build.actor import get_coordinator
 
     try:
         pid = await asyncio.wait_for(get_coordinator(build_id).pid.remote(), 5)
-    except Exception:  # noqa: BLE001 - not there (yet): try again
+    except (ValueError, TimeoutError, RayError):  # not there (yet), or restarting: try again
         return None
     os.kill(pid, signal.SIGKILL)
     return {"pid": pid}
@@ -303,8 +312,11 @@ async def run_build(
             if struck is not None:
                 struck["at_s"] = round(time.monotonic() - started, 2)
         while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):  # Control may be briefly busy during a fault
+            try:
                 status = await _status(stack, build_id)
+            except Exception as exc:  # noqa: BLE001 - Control may be briefly busy during a fault
+                logger.info("chaos: status of %s unavailable (%s: %s); asking again", build_id, type(exc).__name__, exc)
+            else:
                 if status["status"] in FINAL:
                     break
             await asyncio.sleep(0.5)
@@ -313,17 +325,19 @@ async def run_build(
             await asyncio.wait_for(asyncio.shield(reader), max(5.0, deadline - time.monotonic()))
     finally:
         reader.cancel()
-        with contextlib.suppress(BaseException):
+        try:
             await reader
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the run is reported with the events it did get
+            logger.warning("chaos: the SSE reader of %s failed: %s: %s", build_id, type(exc).__name__, exc)
     log = await _log(stack, build_id)
     logged = [rid for rid, _, _ in log]
     received = set(sse.ids)
     tree = next((d.get("tree_hash") for _, k, d in log if k == "build.done"), None)
-    with contextlib.suppress(Exception):
-        await stop_coordinator(get_coordinator(build_id))
+    await _best_effort(f"stopping the coordinator of {build_id}", lambda: stop_coordinator(get_coordinator(build_id)))
     if status["status"] not in FINAL:  # a hung build must not hold sandboxes past its run
-        with contextlib.suppress(Exception):
-            await stack.runtime.control.cancel.remote(USER, build_id)
+        await _best_effort(f"cancelling {build_id}", lambda: stack.runtime.control.cancel.remote(USER, build_id))
     return {
         "build_id": build_id,
         "fault": fault,

@@ -209,7 +209,7 @@ class ExecChannelServer:
         finally:
             self._connections.discard(writer)
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError):  # the transport's own error: the client already went away
                 await writer.wait_closed()
 
     async def _answer(self, request: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ Ray and the next one asks the proxy for its new channel.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from sandbox_agents.backends.base import ExecChunk, ExecResult, FileInfo, SandboxSpec, SandboxStatus, SnapshotRef
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.exec_channel import ChannelInfo, ChannelUnavailableError, ExecChannelClient
+
+logger = logging.getLogger(__name__)
 
 CHANNEL_RETRY_S = 30.0
 """How long a ProxySandbox with no channel (another host, channels off) waits before asking again."""
@@ -80,7 +83,8 @@ class ProxySandbox:
     async def _ask_channel(handle: Any) -> ExecChannelClient | None:
         try:
             answer = await handle.exec_channel.remote()
-        except Exception:  # noqa: BLE001 - an older proxy, or a handle without one: Ray calls do the job
+        except Exception as exc:  # noqa: BLE001 - an older proxy, or a handle without one: Ray calls do the job
+            logger.info("proxy %s offers no exec channel (%r): commands go through Ray", handle, exc)
             return None
         return _client(answer)
 
