@@ -7,7 +7,6 @@ without Ray. Events go to an injected callback (the bus, once wired; a list in t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -81,8 +80,10 @@ class SandboxSession:
         self.sandbox = await self.backend.restore(ref)
         self._bound_at = time.time()
         if old is not None:
-            with contextlib.suppress(SandboxError):
+            try:
                 await old.terminate()
+            except SandboxError as exc:  # dead already, usually: say so, in case it was not
+                logger.info("the sandbox %s replaced by a restore did not terminate: %s", old.id, exc)
         await self._emit("restored", {"snapshot": ref.id, "previous": old.id if old else ""})
         return self.sandbox
 
