@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_agents.backends.local import fs as fs_module
 from sandbox_agents.backends.local.fs import WorkspaceFS
 from sandbox_agents.errors import SandboxPathError
 
@@ -55,8 +54,8 @@ def test_the_cap_holds_on_what_is_read_even_if_st_size_lies(
         reads.append(len(data))
         return data
 
-    monkeypatch.setattr(fs_module.os, "fstat", small_fstat)
-    monkeypatch.setattr(fs_module.os, "read", counting_read)
+    monkeypatch.setattr(os, "fstat", small_fstat)  # fs.py calls os.fstat / os.read
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(SandboxPathError, match="read cap"):
         workspace.read("growing")
     assert sum(reads) == CAP + 1

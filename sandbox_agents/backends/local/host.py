@@ -1,38 +1,13 @@
-"""Host-side helpers of the local backend: the entry helper, processes, ports and pid files."""
+"""Host-side helpers of the local backend: processes, ports and pid files."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import socket
 import time
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
-
-_HELPER = Path(__file__).with_name("native") / "kriptik-enter"
-_SOURCE = _HELPER.with_name("kriptik_enter.c")
-_stale_warned = False
-
-
-def enter_helper() -> str | None:
-    """The compiled ``kriptik-enter`` (built by scripts/setup.sh), unless KRIPTIK_ENTER=shell asks for the chain.
-
-    A binary older than its source may speak an older argument list (one without the
-    seccomp filter): it is not used, and the slower shell chain, which filters too, runs.
-    """
-    global _stale_warned
-    if os.environ.get("KRIPTIK_ENTER") == "shell" or not os.access(_HELPER, os.X_OK):
-        return None
-    with contextlib.suppress(OSError):
-        if _HELPER.stat().st_mtime < _SOURCE.stat().st_mtime:
-            if not _stale_warned:
-                logger.warning("%s is older than its source (run scripts/setup.sh): using the shell chain", _HELPER)
-                _stale_warned = True
-            return None
-    return str(_HELPER)
 
 
 def kill_pid(pid: int | None) -> None:

@@ -160,9 +160,9 @@ def launch(
         close_fds=True,
         check=True,
     )
-    deadline = time.monotonic() + timeout_s
+    give_up = time.monotonic() + timeout_s
     delay = 0.0005
-    while time.monotonic() < deadline:
+    while time.monotonic() < give_up:
         try:
             child = int(json.loads(info.read_text())["child-pid"])
             launcher = int((ctl_dir / "launcher.pid").read_text())

@@ -26,9 +26,9 @@ from sandbox_agents.backends.base import (
     exec_request,
 )
 from sandbox_agents.backends.local.cgroup import SandboxCgroups
+from sandbox_agents.backends.local.enter import entry_argv
 from sandbox_agents.backends.local.fs import WorkspaceFS
 from sandbox_agents.backends.local.host import (
-    enter_helper,
     free_port,
     kill_pid,
     pid_alive,
@@ -38,7 +38,6 @@ from sandbox_agents.backends.local.host import (
 )
 from sandbox_agents.backends.local.launch import SANDBOX_HOME, boottime_deadline, process_start_time
 from sandbox_agents.backends.local.proc import ProcOutput, run_process
-from sandbox_agents.backends.local.seccomp import PY_ENTER
 from sandbox_agents.backends.local.state import Forwarder, LocalState, _libc, unmount
 from sandbox_agents.backends.paths import workspace_relative
 from sandbox_agents.errors import SandboxDeadError, SandboxError, SandboxPathError, SandboxTimeoutError, SnapshotError
@@ -46,11 +45,6 @@ from sandbox_agents.errors import SandboxDeadError, SandboxError, SandboxPathErr
 if TYPE_CHECKING:
     from sandbox_agents.backends.local.backend import LocalBackend
 
-# Opens the seccomp filter $1 on fd 3, joins the cgroups named by the next $2 arguments, then execs the rest.
-_JOIN = (
-    'command exec 3<"$1" || exit 126; n=$2; shift 2; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; '
-    'exec "$@"'
-)
 _MS_REMOUNT = 32
 
 
@@ -141,39 +135,14 @@ class LocalSandbox:
             rel = workspace_relative(request.cwd, workdir=self.spec.workdir, sandbox_id=self.id)
             if rel != ".":
                 cwd = f"{self.spec.workdir}/{rel}"
-        joins = self.cgroups.join_files(group)
-        uid = self._state.uid
-        seccomp = str(self._backend.seccomp_filter)
-        helper = enter_helper()
-        if helper is not None:  # one exec instead of sh + setpriv + nsenter + python
-            argv = [helper, str(self._state.child_pid), str(uid), cwd, seccomp, str(len(joins)), *joins]
-            return [*argv, "--", *request.argv()]
-        # The fallback chain: the shell joins the cgroups and opens the filter on fd 3;
-        # setpriv drops host root's groups (setgroups is denied inside the sandbox's user
-        # namespace); nsenter joins every namespace, the user namespace last, and becomes
-        # the sandbox uid there (no capability survives its exec); Python sets
-        # no_new_privs, installs the filter and execs the command (or refuses: never unfiltered).
-        pid = str(self._state.child_pid)
-        enter = [
-            "nsenter",
-            "-t",
-            pid,
-            "-U",
-            "-m",
-            "-p",
-            "-n",
-            "-i",
-            "-u",
-            "--root",
-            "--wd",
-            "-S",
-            str(uid),
-            "-G",
-            str(uid),
-        ]
-        install = ["/usr/bin/python3", "-I", "-S", "-c", PY_ENTER, cwd]
-        shell = ["/bin/sh", "-c", _JOIN, "sh", seccomp, str(len(joins)), *joins]
-        return [*shell, "setpriv", "--clear-groups", "--", *enter, "--", *install, *request.argv()]
+        return entry_argv(
+            init_pid=self._state.child_pid,
+            uid=self._state.uid,
+            cwd=cwd,
+            seccomp=self._backend.seccomp_filter,
+            cgroup_files=self.cgroups.join_files(group),
+            command=request.argv(),
+        )
 
     def _networked(self, request: ExecRequest) -> bool:
         spec = self.spec

@@ -278,35 +278,3 @@ def filter_file(state_dir: Path) -> Path:
     os.replace(tmp, path)
     logger.info("seccomp filter compiled: %s (%d instructions)", path, len(program) // 8)
     return path
-
-
-#: Installs the filter read from fd 3, then execs argv[2:] in directory argv[1] ("-": stay).
-#: The entry chain's fallback when the native helper is not built: it refuses to run the
-#: command (exit 126) rather than run it unfiltered.
-PY_ENTER = """\
-import ctypes, os, sys
-try:
-    program = b""
-    while chunk := os.read(3, 65536):
-        program += chunk
-    os.close(3)
-    if not program or len(program) % 8:
-        raise OSError("empty or malformed seccomp program")
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    buf = ctypes.create_string_buffer(program, len(program))
-    fprog = Fprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "cannot install the seccomp filter")
-    if sys.argv[1] != "-":
-        os.chdir(sys.argv[1])
-except OSError as exc:
-    sys.stderr.write(f"kriptik-enter (shell): refusing to run unfiltered: {exc}\\n")
-    os._exit(126)
-try:
-    os.execvp(sys.argv[2], sys.argv[2:])
-except OSError as exc:
-    sys.stderr.write(f"{sys.argv[2]}: {exc.strerror}\\n")
-    os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
-"""
