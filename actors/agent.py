@@ -12,7 +12,7 @@ to the build through the context bus:
   ``ErrorReport`` (kind ``error``) or a ``ContextUpdate`` (``discovery``/``decision``).
 
 File writes go through the team's per-file lock service (``acquire/release`` on the team
-actor) when one is given. Every ``ray.*`` call about agents lives in this module.
+actor) when one is given. Its name, start and stop go through :mod:`actors.handles`.
 
 Warm agents (:func:`start_warm_agent`) are started unbound as ``kriptik:agent:{uuid}`` by a
 pool, configured by ``bind`` and aliased ``build:{id}:agent:{sid}:{n}`` (:func:`bind_agent`,
@@ -28,10 +28,11 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import ray
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
+from actors import handles
 from actors.actor_args import validated_arg
+from actors.handles import RayActorError, agent_name
 from actors.pools.warm import Warm, WarmBound, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ContextUpdate, ErrorReport, FileChange
@@ -48,14 +49,6 @@ from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.tools import AgentTools
 
 logger = logging.getLogger(__name__)
-
-NAMESPACE = "kriptik"
-_LLM_CONFIG: TypeAdapter[Any] = TypeAdapter(LLMConfig)
-
-
-def agent_name(build_id: str, sid: str, index: int) -> str:
-    """The actor name DESIGN.md gives an agent: ``build:{id}:agent:{sid}:{n}``."""
-    return f"build:{build_id}:agent:{sid}:{index}"
 
 
 class AgentConfig(BaseModel):
@@ -154,13 +147,13 @@ class AgentActor(WarmBound[AgentConfig]):
         self._proxy = proxy
         self._locks = locks
         self._provider = _Watched(
-            make_provider(_LLM_CONFIG.validate_python(self.config.llm)), self.config.prompt_history
+            make_provider(validated_arg(LLMConfig, self.config.llm, "llm")), self.config.prompt_history
         )
         bus_config = BusConfig(prefix=self.config.bus_prefix)
         self._bus = ContextBus(self.config.redis_url, bus_config, sender=self.config.name)
 
     async def bind(self, config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None) -> str:
-        """Configure a warm agent for one build's sandbox (once); returns its DESIGN name.
+        """Configure a warm agent for one build's sandbox (once); returns its build name.
 
         Raises:
             InvalidInputError: ``config`` is not a valid AgentConfig, or the agent is already bound.
@@ -173,7 +166,7 @@ class AgentActor(WarmBound[AgentConfig]):
 
     KIND = "agent"
 
-    def design_name(self) -> str:
+    def build_name(self) -> str:
         return self._bound().name
 
     async def run_task(self, task: AgentTask | dict[str, Any]) -> AgentOutcome:
@@ -207,10 +200,14 @@ class AgentActor(WarmBound[AgentConfig]):
         """Flush and close the bus connection and the provider (before the actor is killed)."""
         if self.config is None:
             return
-        with contextlib.suppress(Exception):
+        try:
             await self._bus.aclose(flush_timeout=2.0)
-        with contextlib.suppress(Exception):
+        except Exception as exc:  # noqa: BLE001 - what the bus still held is lost; the provider must close too
+            logger.warning("agent %s: closing the bus failed: %r", self.config.name, exc)
+        try:
             await self._provider.aclose()
+        except Exception as exc:  # noqa: BLE001 - closing is best effort: the actor is killed next
+            logger.warning("agent %s: closing the LLM provider failed: %r", self.config.name, exc)
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -243,8 +240,10 @@ class AgentActor(WarmBound[AgentConfig]):
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):  # the team may have freed it already (release_all)
+            try:
                 await self._locks.release.remote(path, holder)
+            except (InvalidInputError, RayActorError) as exc:  # freed already (release_all), or the team is gone
+                logger.debug("agent %s: lock of %s not released: %s", holder, path, exc)
 
     async def _publish_item(self, item: PublishedItem) -> None:
         if item.kind == "error":
@@ -272,22 +271,19 @@ class AgentActor(WarmBound[AgentConfig]):
             logger.warning("agent %s: publishing the outcome of %s failed", cfg.name, task.id, exc_info=True)
 
 
-Agent = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0, max_concurrency=32)(AgentActor)  # type: ignore[call-overload]
+Agent = handles.actor_class(AgentActor, restartable=False, max_concurrency=32)
 
 
 def start_agent(config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None, *, detached: bool = False) -> Any:
     """Start a named Agent actor in namespace ``kriptik`` (detached when asked), bound at construction (cold)."""
     checked: AgentConfig = validated_arg(AgentConfig, config, "config")
     forget_alias("agent", checked.name)  # this name is the actor's own now
-    options: dict[str, Any] = {"name": checked.name, "namespace": NAMESPACE}
-    if detached:
-        options["lifetime"] = "detached"
-    return Agent.options(**options).remote(checked.model_dump(mode="json"), proxy, locks)
+    return handles.start(Agent, checked.name, checked.model_dump(mode="json"), proxy, locks, detached=detached)
 
 
 def start_warm_agent(name: str) -> Any:
     """Start an unbound, detached Agent actor called ``name`` (``kriptik:agent:{uuid}``) for a warm pool."""
-    return Agent.options(name=name, namespace=NAMESPACE, lifetime="detached").remote()
+    return handles.start(Agent, name)
 
 
 async def bind_agent(warm: Warm, config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None) -> Any:
@@ -305,10 +301,8 @@ def get_agent(build_id: str, sid: str, index: int) -> Any:
 
 
 async def stop_agent(handle: Any, name: str | None = None) -> None:
-    """Close an agent's connections and kill it for good (``name``: its DESIGN name, whose alias goes too)."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(handle.close.remote(), 10)
-    ray.kill(handle, no_restart=True)
+    """Close an agent's connections and kill it for good (``name``: its build name, whose alias goes too)."""
+    await handles.stop(handle, handle.close.remote, name=name, timeout_s=10)
     if name:
         forget_alias("agent", name)
 
@@ -317,12 +311,14 @@ async def stop_stray_agents(build_id: str, sid: str) -> list[str]:
     """Kill the pooled agents of a sandbox that outlived their team (a crashed team cannot stop them).
 
     Pooled agents are detached, so unlike cold ones they do not die with the team that bound them;
-    their aliases say which they are. Returns the DESIGN names that were stopped.
+    their aliases say which they are. Returns the build names that were stopped.
     """
     stopped = []
     for name in aliased("agent", f"build:{build_id}:agent:{sid}:"):
-        with contextlib.suppress(Exception):
-            ray.kill(named_actor("agent", name), no_restart=True)
+        try:
+            handles.kill(named_actor("agent", name))
+        except ValueError:  # dead already
+            pass
         forget_alias("agent", name)
         stopped.append(name)
     return stopped

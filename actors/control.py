@@ -30,15 +30,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
-from ray.exceptions import RayActorError
 
+from actors import handles
+from actors.actor_args import validated_arg
 from actors.build.actor import start_coordinator
-from actors.build.config import CoordinatorConfig, config_path, coordinator_name, load_config, save_config
-from actors.pools.fleet import CONTROL_NAME, FleetPoolConfig, FleetPools
+from actors.build.config import CoordinatorConfig, config_path, load_config, save_config
+from actors.handles import CONTROL_NAME, RayActorError, coordinator_name
+from actors.pools.fleet import FleetPoolConfig, FleetPools
 from actors.pools.warm import Warm
-from actors.sandbox_proxy import NAMESPACE
 from coordinator.api_models import FINAL_STATUSES, BuildRequest, BuildStatus, BuildSummary
 from coordinator.budget import budget_status
 from coordinator.build.ports import CANCEL_REQUESTED
@@ -95,7 +95,7 @@ class ControlActor:
     """The cluster's build registry. Start through :func:`start_control`."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = ControlConfig.model_validate(config)
+        self.config = validated_arg(ControlConfig, config, "config")
         self.store = Store(self.config.store_path).start()
         self.clock = SystemClock()
         self._seq = itertools.count()
@@ -267,7 +267,7 @@ class ControlActor:
             if self.store.get_session(build_id).status is not SessionStatus.RUNNING:
                 continue
             try:
-                handle = ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE)
+                handle = handles.get(coordinator_name(build_id))
                 await asyncio.wait_for(handle.heartbeat.remote(), self.config.heartbeat_timeout_s)
                 if not (await asyncio.wait_for(handle.status.remote(), self.config.heartbeat_timeout_s))["running"]:
                     await handle.start.remote()  # alive but idle while the store says running
@@ -280,8 +280,7 @@ class ControlActor:
                 logger.info("control: the coordinator of %s is restarting", build_id)
                 continue
             except TimeoutError:  # alive but wedged: restart it (Ray re-creates it)
-                with contextlib.suppress(Exception):
-                    ray.kill(ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE), no_restart=False)
+                handles.restart(handle)
             except Exception:  # noqa: BLE001 - a failed heartbeat is retried at the next round
                 logger.exception("control: heartbeat of %s failed", build_id)
                 continue
@@ -300,7 +299,7 @@ class ControlActor:
 
     async def _call(self, build_id: str, method: str, *args: Any, start: bool = False) -> Any:
         try:
-            handle = ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE)
+            handle = handles.get(coordinator_name(build_id))
         except ValueError:
             if not start:
                 raise  # e.g. a cancel while the coordinator is down: the stored flag waits for it
@@ -436,24 +435,15 @@ def _status_view(store: Store, session: BuildSession) -> dict[str, Any]:
     return json.loads(view.model_dump_json())
 
 
-Control = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=256)(ControlActor)
+Control = handles.actor_class(ControlActor, restartable=True, max_concurrency=256)
 
 
 def start_control(config: ControlConfig | dict[str, Any]) -> Any:
     """Get or start the detached, restartable ``control`` actor in namespace ``kriptik``."""
-    config = config if isinstance(config, ControlConfig) else ControlConfig.model_validate(config)
-    return Control.options(name=CONTROL_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
-        config.model_dump(mode="json")
-    )
-
-
-def get_control() -> Any:
-    """The running Control actor; ValueError when there is none."""
-    return ray.get_actor(CONTROL_NAME, namespace=NAMESPACE)
+    config = validated_arg(ControlConfig, config, "config")
+    return handles.start(Control, CONTROL_NAME, config.model_dump(mode="json"), get_if_exists=True)
 
 
 async def stop_control(handle: Any) -> None:
     """Stop the warm actors of Control's pools and kill Control for good."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(handle.close_pools.remote(), 30)
-    ray.kill(handle, no_restart=True)
+    await handles.stop(handle, handle.close_pools.remote, name=CONTROL_NAME, timeout_s=30)

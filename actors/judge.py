@@ -7,29 +7,21 @@ event log as ``judge.decision``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
-import ray
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
-from actors.sandbox_proxy import NAMESPACE
+from actors import handles
+from actors.actor_args import validated_arg
+from actors.handles import judge_name
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import Event
 from coordinator.judge import Decision, Evidence, judge
-from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.llm.config import LLMConfig
 from sandbox_agents.llm.factory import make_provider
 
 logger = logging.getLogger(__name__)
-
-_LLM_CONFIG: TypeAdapter[Any] = TypeAdapter(LLMConfig)
-
-
-def judge_name(build_id: str) -> str:
-    """The actor name of a build's judge: ``build:{id}:judge``."""
-    return f"build:{build_id}:judge"
 
 
 class JudgeConfig(BaseModel):
@@ -48,12 +40,8 @@ class JudgeActor:
     """A build's tournament judge. Construct through :func:`start_judge`."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        try:
-            self.config = config if isinstance(config, JudgeConfig) else JudgeConfig.model_validate(config)
-            self._provider = make_provider(_LLM_CONFIG.validate_python(self.config.llm)) if self.config.llm else None
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid judge config: {exc}", field="config") from exc
-        cfg = self.config
+        self.config = cfg = validated_arg(JudgeConfig, config, "config")
+        self._provider = make_provider(validated_arg(LLMConfig, cfg.llm, "llm")) if cfg.llm else None
         self._bus = (
             ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=judge_name(cfg.build_id))
             if cfg.redis_url
@@ -62,10 +50,7 @@ class JudgeActor:
 
     async def decide(self, evidence: list[Evidence | dict[str, Any]], component: str, context: str = "") -> Decision:
         """Rank the component's candidates on their evidence (plus the LLM signal when configured)."""
-        try:
-            candidates = [e if isinstance(e, Evidence) else Evidence.model_validate(e) for e in evidence]
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid evidence: {exc}", field="evidence") from exc
+        candidates = [validated_arg(Evidence, e, "evidence") for e in evidence]
         decision = await judge(candidates, self._provider, component=component, context=context)
         if self._bus is not None:
             await self._bus.publish(self.config.build_id, Event.of(decision.to_event()))
@@ -73,20 +58,16 @@ class JudgeActor:
 
     async def close(self) -> None:
         if self._bus is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._bus.aclose(flush_timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - the judge is killed next: what the bus held is lost
+                logger.warning("judge of %s: closing the bus failed: %r", self.config.build_id, exc)
 
 
-Judge = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=16)(JudgeActor)  # type: ignore[call-overload]
+Judge = handles.actor_class(JudgeActor, restartable=True, max_concurrency=16)
 
 
 def start_judge(config: JudgeConfig | dict[str, Any]) -> Any:
-    """Start the named judge actor ``build:{id}:judge``."""
-    config = config if isinstance(config, JudgeConfig) else JudgeConfig.model_validate(config)
-    return Judge.options(name=judge_name(config.build_id), namespace=NAMESPACE).remote(config.model_dump(mode="json"))
-
-
-async def stop_judge(handle: Any) -> None:
-    with contextlib.suppress(Exception):
-        await handle.close.remote()
-    ray.kill(handle, no_restart=True)
+    """Start the named judge actor ``build:{id}:judge`` (owned by its starter, the coordinator)."""
+    config = validated_arg(JudgeConfig, config, "config")
+    return handles.start(Judge, judge_name(config.build_id), config.model_dump(mode="json"), detached=False)

@@ -11,17 +11,17 @@ picks up where it was; a merge cut short is rolled back and must be submitted ag
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors import handles
+from actors.actor_args import validated_arg
 from actors.actor_state import SandboxOwnerState, StateFile
-from actors.pools.proxies import get_proxy, proxy_handle, release, start_owned_sandbox
-from actors.sandbox_proxy import NAMESPACE
+from actors.handles import MAIN_TEST_SID, gate_name
+from actors.pools.proxies import get_proxy, release, start_owned_sandbox
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
 from coordinator.bus.models import ErrorReport, Event
@@ -49,13 +49,6 @@ from sandbox_agents.verifiers import (
 )
 
 logger = logging.getLogger(__name__)
-
-MAIN_TEST_SID = "main-test"
-
-
-def gate_name(build_id: str) -> str:
-    """The actor name of a build's merge gate: ``build:{id}:gate``."""
-    return f"build:{build_id}:gate"
 
 
 class GateConfig(BaseModel):
@@ -92,6 +85,8 @@ def ui_checker(chromium: Chromium, timeout_s: float = 15.0):  # type: ignore[no-
     """A UI-criterion check in real Chromium: (url, selector, text) -> (visible, console errors)."""
 
     async def check(url: str, selector: str | None, text: str | None) -> tuple[bool, list[str]]:
+        from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+
         browser = await chromium.browser()
         context = await browser.new_context()
         errors: list[str] = []
@@ -106,7 +101,7 @@ def ui_checker(chromium: Chromium, timeout_s: float = 15.0):  # type: ignore[no-
             try:
                 await locator.first.wait_for(state="visible", timeout=timeout_s * 1000 / 3)
                 return True, errors
-            except Exception:  # playwright's TimeoutError: not visible is the answer, not a failure
+            except PlaywrightTimeoutError:  # not visible is the answer, not a failure
                 return False, errors
         finally:
             await context.close()
@@ -158,11 +153,7 @@ class MergeGateActor:
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        try:
-            self.config = config if isinstance(config, GateConfig) else GateConfig.model_validate(config)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid gate config: {exc}", field="config") from exc
-        cfg = self.config
+        self.config = cfg = validated_arg(GateConfig, config, "config")
         self._state_file = StateFile("gates", cfg.build_id, SandboxOwnerState)
         self._bus = (
             ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=gate_name(cfg.build_id))
@@ -179,7 +170,7 @@ class MergeGateActor:
     async def _wire(self, state: SandboxOwnerState) -> MergeGateCore:
         cfg = self.config
         if self._proxy is None:
-            self._proxy = proxy_handle(state.proxy)
+            self._proxy = handles.get(state.proxy)
         sandbox = ProxySandbox(self._proxy, state.sandbox_id, state.spec)
         swarm = VerificationSwarm(default_verifiers(self._chromium), timeout_s=cfg.swarm_timeout_s)
 
@@ -233,12 +224,7 @@ class MergeGateActor:
 
     async def admit(self, request: MergeRequest | dict[str, Any]) -> MergeResult:
         """Merge a slot's component when its turn comes, only if the swarm and criteria pass."""
-        if not isinstance(request, MergeRequest):
-            try:
-                request = MergeRequest.model_validate(request)
-            except ValueError as exc:
-                raise InvalidInputError(f"invalid merge request: {exc}", field="request") from exc
-        return await (await self._ready()).admit(request)
+        return await (await self._ready()).admit(validated_arg(MergeRequest, request, "request"))
 
     async def head(self) -> str:
         return await (await self._ready()).head()
@@ -261,17 +247,27 @@ class MergeGateActor:
 
     async def close(self) -> None:
         """Terminate the main-test sandbox (and its proxy) and forget the gate's state."""
-        with contextlib.suppress(FileNotFoundError, ValueError):
+        build_id = self.config.build_id
+        try:
             state = self._state_file.load()
-            with contextlib.suppress(Exception):
-                await release(self._proxy or proxy_handle(state.proxy), state.proxy)
+        except (FileNotFoundError, ValueError):  # never started (or the state is unreadable): no sandbox of ours
+            state = None
+        if state is not None:
+            try:
+                await release(self._proxy or handles.get(state.proxy), state.proxy)
+            except ValueError:  # its proxy is gone already; the sandbox ends with its TTL
+                logger.warning("gate %s: proxy %s of sandbox %s is gone", build_id, state.proxy, state.sandbox_id)
         self._state_file.remove()
         self._core = self._state = self._proxy = None
-        with contextlib.suppress(Exception):
+        try:
             await self._chromium.close()
+        except Exception as exc:  # noqa: BLE001 - the gate is killed next, and Chromium with it
+            logger.warning("gate %s: closing Chromium failed: %r", build_id, exc)
         if self._bus is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._bus.aclose(flush_timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - what the bus still held is lost
+                logger.warning("gate %s: closing the bus failed: %r", build_id, exc)
 
 
 def _slot_reader():  # type: ignore[no-untyped-def]
@@ -287,19 +283,15 @@ def _slot_reader():  # type: ignore[no-untyped-def]
     return fetch
 
 
-MergeGate = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(MergeGateActor)  # type: ignore[call-overload]
+MergeGate = handles.actor_class(MergeGateActor, restartable=True, max_concurrency=64)
 
 
 def start_gate(config: GateConfig | dict[str, Any]) -> Any:
     """Start the detached, named, restartable gate ``build:{id}:gate`` (call ``start(contract_json)`` next)."""
-    config = config if isinstance(config, GateConfig) else GateConfig.model_validate(config)
-    return MergeGate.options(name=gate_name(config.build_id), namespace=NAMESPACE, lifetime="detached").remote(
-        config.model_dump(mode="json")
-    )
+    config = validated_arg(GateConfig, config, "config")
+    return handles.start(MergeGate, gate_name(config.build_id), config.model_dump(mode="json"))
 
 
 async def stop_gate(handle: Any) -> None:
     """Close the gate (its main-test sandbox goes) and kill the actor for good."""
-    with contextlib.suppress(Exception):
-        await handle.close.remote()
-    ray.kill(handle, no_restart=True)
+    await handles.stop(handle, handle.close.remote)

@@ -20,28 +20,23 @@ import logging
 import time
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors import handles
+from actors.actor_args import validated_arg
 from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
-from actors.merge_gate import default_spec, gate_name
-from actors.pools.proxies import proxy_handle, release, start_owned_sandbox
-from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
+from actors.handles import PREVIEW_SID, gate_name, preview_name, proxy_name
+from actors.merge_gate import default_spec
+from actors.pools.proxies import release, start_owned_sandbox
+from actors.sandbox_proxy import start_proxy
 from coordinator.contracts import Component, IntentContract, parse_contract
 from coordinator.merge.gate import SandboxDevServers, is_junk, sha256_of
 from sandbox_agents.backends.base import SandboxSpec
-from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.errors import InvalidInputError, SandboxError
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.verifiers import Chromium, Finding
 
 logger = logging.getLogger(__name__)
-
-PREVIEW_SID = "preview"
-
-
-def preview_name(build_id: str) -> str:
-    """The actor name of a build's preview: ``build:{id}:preview``."""
-    return f"build:{build_id}:preview"
 
 
 class PreviewConfig(BaseModel):
@@ -79,16 +74,12 @@ class PreviewActor:
     """A build's live preview. Construct through :func:`start_preview`."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        try:
-            self.config = config if isinstance(config, PreviewConfig) else PreviewConfig.model_validate(config)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid preview config: {exc}", field="config") from exc
+        self.config = validated_arg(PreviewConfig, config, "config")
         self._state_file = StateFile("previews", self.config.build_id, _PreviewState)
         self._state: _PreviewState | None = None
         self._proxy: Any = None
         self._chromium = Chromium()
         self._findings: list[Finding] = []
-        self._last_shot: bytes | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -106,7 +97,7 @@ class PreviewActor:
                     "the preview is not started: call start(contract_json)", field="preview"
                 ) from None
         if self._proxy is None:
-            self._proxy = proxy_handle(self._state.proxy)
+            self._proxy = handles.get(self._state.proxy)
         return self._state, ProxySandbox(self._proxy, self._state.sandbox_id, self._state.spec)
 
     def _contract(self) -> IntentContract:
@@ -142,13 +133,15 @@ class PreviewActor:
         """
         state, sandbox = self._ready()
         if tree is None or merged is None:
-            gate = ray.get_actor(gate_name(self.config.build_id), namespace=NAMESPACE)
+            gate = handles.get(gate_name(self.config.build_id))
             tree = await gate.tree.remote() if tree is None else tree
             merged = await gate.merged.remote() if merged is None else merged
         wanted = {p: sha256_of(b) for p, b in tree.items() if not is_junk(p)}
         for path in sorted(set(state.files) - set(wanted)):
-            with contextlib.suppress(Exception):
+            try:
                 await sandbox.remove(path)
+            except SandboxError as exc:  # a stale file left behind is shown, not fatal
+                logger.warning("preview of %s: removing %s failed: %s", self.config.build_id, path, exc)
         for path, digest in wanted.items():
             if state.files.get(path) != digest:
                 await sandbox.write_file(path, tree[path])
@@ -187,6 +180,8 @@ class PreviewActor:
 
     async def screenshot(self, path: str = "/") -> bytes:
         """A PNG of ``path`` on the preview, taken now in Chromium."""
+        from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+
         url = (await self.expose()).rstrip("/") + "/" + path.lstrip("/")
         browser = await self._chromium.browser()
         context = await browser.new_context(
@@ -195,19 +190,15 @@ class PreviewActor:
         try:
             page = await context.new_page()
             await page.goto(url, wait_until="load", timeout=20_000)
-            with contextlib.suppress(Exception):  # a polling page never goes idle; what loaded is enough
+            with contextlib.suppress(PlaywrightTimeoutError):  # a polling page never goes idle; what loaded is enough
                 await page.wait_for_load_state("networkidle", timeout=2_000)
             shot: bytes = await page.screenshot(type="png")
         finally:
             await context.close()
-        self._last_shot = shot
         directory = state_dir("previews") / file_stem(self.config.build_id)
         directory.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread((directory / "latest.png").write_bytes, shot)
         return shot
-
-    async def last_screenshot(self) -> bytes | None:
-        return self._last_shot
 
     def _tick(self) -> None:
         every = self.config.screenshot_every_s
@@ -255,34 +246,38 @@ class PreviewActor:
 
     async def close(self) -> None:
         """Terminate the preview sandbox and every take-over sandbox, and forget the state."""
+        build_id = self.config.build_id
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError):  # the ticker logs its own failures
                 await self._ticker
-        with contextlib.suppress(FileNotFoundError, ValueError, InvalidInputError):
-            state, _ = self._ready()
-            for name in [state.proxy, *state.takeovers]:
-                with contextlib.suppress(Exception):
-                    await release(proxy_handle(name), name)
+        try:
+            state: _PreviewState | None = self._state or self._state_file.load()
+        except (FileNotFoundError, ValueError):  # never started (or the state is unreadable): no sandbox of ours
+            state = None
+        for name in [state.proxy, *state.takeovers] if state is not None else []:
+            handle = handles.find(name)
+            if handle is None:  # its proxy is gone already; the sandbox ends with its TTL
+                logger.warning("preview of %s: proxy %s is gone; its sandbox was not terminated", build_id, name)
+                continue
+            await release(handle, name)
         self._state_file.remove()
         self._state = self._proxy = None
-        with contextlib.suppress(Exception):
+        try:
             await self._chromium.close()
+        except Exception as exc:  # noqa: BLE001 - the actor is killed next, and Chromium with it
+            logger.warning("preview of %s: closing Chromium failed: %r", build_id, exc)
 
 
-Preview = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(PreviewActor)  # type: ignore[call-overload]
+Preview = handles.actor_class(PreviewActor, restartable=True, max_concurrency=64)
 
 
 def start_preview(config: PreviewConfig | dict[str, Any]) -> Any:
     """Start the detached, named, restartable ``build:{id}:preview`` (call ``start(contract_json)`` next)."""
-    config = config if isinstance(config, PreviewConfig) else PreviewConfig.model_validate(config)
-    return Preview.options(name=preview_name(config.build_id), namespace=NAMESPACE, lifetime="detached").remote(
-        config.model_dump(mode="json")
-    )
+    config = validated_arg(PreviewConfig, config, "config")
+    return handles.start(Preview, preview_name(config.build_id), config.model_dump(mode="json"))
 
 
 async def stop_preview(handle: Any) -> None:
     """Close the preview (its sandboxes go) and kill the actor for good."""
-    with contextlib.suppress(Exception):
-        await handle.close.remote()
-    ray.kill(handle, no_restart=True)
+    await handles.stop(handle, handle.close.remote)

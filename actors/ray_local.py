@@ -12,11 +12,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import ray
 
-from actors.sandbox_proxy import NAMESPACE
+from actors.handles import NAMESPACE
 
 
 def start_local_ray(temp_dir: str, *, num_cpus: int = 4, env: Mapping[str, str] | None = None) -> None:
@@ -61,13 +60,3 @@ def private_ray(num_cpus: int = 4) -> Iterator[None]:
             from pathlib import Path
 
             purge_home(Path(os.environ.pop("KRIPTIK_HOME")))
-
-
-def start_named_actor(cls: type, name: str, *args: Any) -> Any:
-    """Start ``cls`` as an actor named ``name`` in namespace ``kriptik`` (bench doubles)."""
-    return ray.remote(cls).options(name=name, namespace=NAMESPACE).remote(*args)
-
-
-def kill_actor(handle: Any) -> None:
-    """Kill an actor for good (no restart)."""
-    ray.kill(handle, no_restart=True)

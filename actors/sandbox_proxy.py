@@ -2,8 +2,8 @@
 
 Detached and restartable (``max_restarts=-1``): its binding (which sandbox, is the build
 active) is a small file under KRIPTIK_HOME, so after a restart it reconnects with
-``from_id`` on its first call. Every ``ray.*`` call about proxies lives here and in
-``pools/proxies.py``.
+``from_id`` on its first call. Its name, start and stop go through :mod:`actors.handles`;
+finding a build's proxy (pooled or cold) and releasing it is :mod:`actors.pools.proxies`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import ray
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict
 
+from actors import handles
 from actors.actor_args import validated_arg
-from actors.actor_state import StateFile, state_dir
+from actors.actor_state import StateFile
 from sandbox_agents.backends.base import (
     ExecChunk,
     ExecResult,
@@ -38,9 +37,6 @@ from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "kriptik"
-_BACKEND_CONFIG: TypeAdapter[Any] = TypeAdapter(BackendConfig)
-
 
 class ProxyBinding(BaseModel):
     """What a proxy must remember across its own restarts."""
@@ -53,10 +49,6 @@ class ProxyBinding(BaseModel):
     active: bool = False
 
 
-def bindings_dir() -> Path:
-    return state_dir("proxies")
-
-
 def _binding_file(name: str) -> StateFile[ProxyBinding]:
     return StateFile("proxies", name, ProxyBinding)
 
@@ -65,12 +57,11 @@ class SandboxProxyActor:
     """One sandbox's proxy. Construct through :func:`start_proxy`, not directly."""
 
     def __init__(self, name: str, backend: dict[str, Any], heartbeat_s: float = 30.0) -> None:
-        config = _BACKEND_CONFIG.validate_python(backend)
+        config = validated_arg(BackendConfig, backend, "backend")
         self._name = name
         self._heartbeat_s = heartbeat_s
         self._events: collections.deque[SandboxEvent] = collections.deque(maxlen=2000)
         self._event_count = 0
-        self._sink: Any = None
         self._session = SandboxSession(make_backend(config), on_event=self._record)
         self._binding_file = _binding_file(name)
         self._binding: ProxyBinding | None = None
@@ -84,8 +75,6 @@ class SandboxProxyActor:
     def _record(self, event: SandboxEvent) -> None:
         self._events.append(event)
         self._event_count += 1
-        if self._sink is not None:
-            self._sink.publish_sandbox_event.remote(event.model_dump(mode="json"))
 
     def _save_binding(self) -> None:
         if self._binding is None:
@@ -202,10 +191,6 @@ class SandboxProxyActor:
         else:
             self._session.stop_heartbeat()
 
-    async def set_event_sink(self, sink: Any) -> None:
-        """An actor with ``publish_sandbox_event(dict)`` that receives every state change."""
-        self._sink = sink
-
     async def events(self, after: int = 0) -> tuple[int, list[SandboxEvent]]:
         """Events recorded since the ``after``-th one (this incarnation), and the new count."""
         skipped = self._event_count - len(self._events)
@@ -285,13 +270,7 @@ class SandboxProxyActor:
         return await self._session.status()
 
 
-SandboxProxy = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(SandboxProxyActor)
-
-
-def proxy_name(build_id: str, sid: str) -> str:
-    """The actor name DESIGN.md gives a build's sandbox proxy."""
-    return f"build:{build_id}:sbx:{sid}"
-
+SandboxProxy = handles.actor_class(SandboxProxyActor, restartable=True, max_concurrency=64)
 
 SANDBOX_RESOURCE_ENV = "KRIPTIK_SANDBOX_RESOURCE"
 """Names the custom resource that places proxies (``sandbox_host`` or ``sandbox_host:0.01``); unset: anywhere."""
@@ -331,9 +310,7 @@ def start_proxy(
     caller — pool, coordinator, merge gate, preview — places its sandboxes the same way.
     """
     resources = sandbox_resources() if resources is None else resources
-    return SandboxProxy.options(name=name, namespace=NAMESPACE, lifetime="detached", resources=resources).remote(
-        name, backend, heartbeat_s
-    )
+    return handles.start(SandboxProxy, name, name, backend, heartbeat_s, resources=resources)
 
 
 def forget_binding(name: str) -> None:

@@ -9,18 +9,18 @@ whole :class:`SwarmReport` as ``swarm.report``. One warm Chromium serves every r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors import handles
+from actors.actor_args import validated_arg
 from actors.actor_state import StateFile
+from actors.handles import RayActorError, swarm_name
 from actors.pools.proxies import get_proxy
 from actors.pools.warm import Warm, WarmBound, WarmSource, forget_alias, named_actor, set_alias
-from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import SwarmReportEvent, VerifierReportEvent
 from coordinator.bus.models import ErrorReport, Event
@@ -38,11 +38,6 @@ from sandbox_agents.verifiers import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def swarm_name(build_id: str, sid: str) -> str:
-    """The actor name of a slot's swarm: ``build:{id}:swarm:{sid}``."""
-    return f"build:{build_id}:swarm:{sid}"
 
 
 class SwarmConfig(BaseModel):
@@ -88,34 +83,31 @@ class SwarmActor(WarmBound[SwarmConfig]):
         self._name = name
         self._chromium = Chromium()
         self._open: dict[str, ErrorReport] = {}
-        self._last: SwarmReport | None = None
         self.config: SwarmConfig | None = None
         self._bus: ContextBus | None = None
         self._proxy: Any = None
         if config is None and name is not None:
-            with contextlib.suppress(FileNotFoundError, ValueError):
+            try:
                 config = _binding_file(name).load().config.model_dump(mode="json")  # restarted after a bind
+            except (FileNotFoundError, ValueError):  # never bound (or the binding is unreadable): warm
+                pass
         if config is not None:
             self._bind(config, proxy)
 
     def _bind(self, config: SwarmConfig | dict[str, Any], proxy: Any) -> None:
-        try:
-            self.config = config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid swarm config: {exc}", field="config") from exc
-        cfg = self.config
+        self.config = cfg = validated_arg(SwarmConfig, config, "config")
         self._proxy = proxy  # None after a restart: found again by the slot's name on first use
         name = swarm_name(cfg.build_id, cfg.sid)
         self._bus = ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=name) if cfg.redis_url else None
 
     KIND = "swarm"
 
-    def design_name(self) -> str:
+    def build_name(self) -> str:
         cfg = self._bound()
         return swarm_name(cfg.build_id, cfg.sid)
 
     async def bind(self, config: SwarmConfig | dict[str, Any], proxy: Any) -> str:
-        """Configure a warm swarm for one slot (once) and save the binding for restarts; returns its DESIGN name.
+        """Configure a warm swarm for one slot (once) and save the binding for restarts; returns its build name.
 
         Raises:
             InvalidInputError: ``config`` is invalid, or the swarm is already bound.
@@ -135,15 +127,7 @@ class SwarmActor(WarmBound[SwarmConfig]):
 
     async def verify(self, target_json: VerifyTarget | dict[str, Any] | str) -> SwarmReport:
         """Run every verifier on the slot's sandbox and return the verdict (published as it comes)."""
-        try:
-            if isinstance(target_json, VerifyTarget):
-                target = target_json
-            elif isinstance(target_json, str):
-                target = VerifyTarget.model_validate_json(target_json)
-            else:
-                target = VerifyTarget.model_validate(target_json)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid verify target: {exc}", field="target") from exc
+        target = validated_arg(VerifyTarget, target_json, "target")
         cfg = self._bound()
         sandbox = await ProxySandbox.connect(self._proxy_handle(), cfg.spec)
         swarm = VerificationSwarm(
@@ -153,7 +137,6 @@ class SwarmActor(WarmBound[SwarmConfig]):
             publish=self._publish,
         )
         report = await swarm.run(sandbox, target)
-        self._last = report
         if self._bus is not None:
             event = SwarmReportEvent(
                 sid=cfg.sid,
@@ -165,9 +148,6 @@ class SwarmActor(WarmBound[SwarmConfig]):
             )
             await self._bus.publish(cfg.build_id, Event.of(event))
         return report
-
-    async def last_report(self) -> SwarmReport | None:
-        return self._last
 
     async def _publish(self, report: VerifierReport) -> None:
         if self._bus is None:
@@ -199,36 +179,36 @@ class SwarmActor(WarmBound[SwarmConfig]):
         """Close Chromium and the bus and forget the saved binding (before the actor is killed)."""
         if self._name is not None:
             _binding_file(self._name).remove()
-        with contextlib.suppress(Exception):
+        try:
             await self._chromium.close()
+        except Exception as exc:  # noqa: BLE001 - the actor is killed next, and Chromium with it
+            logger.warning("swarm %s: closing Chromium failed: %r", self._name, exc)
         if self._bus is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._bus.aclose(flush_timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - what the bus still held is lost
+                logger.warning("swarm %s: closing the bus failed: %r", self._name, exc)
 
 
-Swarm = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=8)(SwarmActor)  # type: ignore[call-overload]
-
-
-def _swarm_config(config: SwarmConfig | dict[str, Any]) -> SwarmConfig:
-    return config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
+Swarm = handles.actor_class(SwarmActor, restartable=True, max_concurrency=8)
 
 
 def start_swarm(config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:
     """Start the named swarm actor ``build:{id}:swarm:{sid}`` for a slot's proxy (cold, bound at construction)."""
-    config = _swarm_config(config)
+    config = validated_arg(SwarmConfig, config, "config")
     name = swarm_name(config.build_id, config.sid)
     forget_alias("swarm", name)
-    return Swarm.options(name=name, namespace=NAMESPACE).remote(config.model_dump(mode="json"), proxy)
+    return handles.start(Swarm, name, config.model_dump(mode="json"), proxy, detached=False)
 
 
 def start_warm_swarm(name: str) -> Any:
     """Start an unbound, detached Swarm called ``name`` (``kriptik:swarm:{uuid}``) for a warm pool."""
-    return Swarm.options(name=name, namespace=NAMESPACE, lifetime="detached").remote(None, None, name)
+    return handles.start(Swarm, name, None, None, name)
 
 
 async def bind_swarm(warm: Warm, config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:
     """Bind the warm swarm ``warm`` and alias it ``build:{id}:swarm:{sid}``; returns its handle."""
-    config = _swarm_config(config)
+    config = validated_arg(SwarmConfig, config, "config")
     actor, handle = warm
     await handle.bind.remote(config.model_dump(mode="json"), proxy)
     set_alias("swarm", swarm_name(config.build_id, config.sid), actor)
@@ -240,7 +220,7 @@ async def launch_swarm(config: SwarmConfig | dict[str, Any], proxy: Any, source:
     for warm in await source.take("swarm", 1) if source is not None else []:
         try:
             return await bind_swarm(warm, config, proxy)
-        except ray.exceptions.RayActorError:  # died while warm: start one cold
+        except RayActorError:  # died while warm: start one cold
             logger.warning("warm swarm %s is dead; starting one cold", warm[0])
     return start_swarm(config, proxy)
 
@@ -251,10 +231,8 @@ def get_swarm(build_id: str, sid: str) -> Any:
 
 
 async def stop_swarm(handle: Any, name: str | None = None) -> None:
-    """Close a swarm and kill it for good (``name``: its DESIGN name, whose alias goes too)."""
-    with contextlib.suppress(Exception):
-        await handle.close.remote()
-    ray.kill(handle, no_restart=True)
+    """Close a swarm and kill it for good (``name``: its build name, whose alias goes too)."""
+    await handles.stop(handle, handle.close.remote, name=name)
     if name:
         forget_alias("swarm", name)
 

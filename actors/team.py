@@ -20,23 +20,17 @@ one by its alias and kills its pooled agents too — and runs a fresh team (fres
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-import ray
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
-from actors.agent import (
-    NAMESPACE,
-    AgentConfig,
-    bind_agent,
-    start_agent,
-    stop_agent,
-    stop_stray_agents,
-)
+from actors import handles
+from actors.actor_args import validated_arg
+from actors.agent import AgentConfig, bind_agent, start_agent, stop_agent, stop_stray_agents
+from actors.handles import RayActorError, team_name
 from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, forget_alias, named_actor, set_alias
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
@@ -50,13 +44,6 @@ from sandbox_agents.llm.factory import make_provider
 from sandbox_agents.llm.metered import MeteredProvider, collector
 
 logger = logging.getLogger(__name__)
-
-_LLM_CONFIG: TypeAdapter[Any] = TypeAdapter(LLMConfig)
-
-
-def team_name(build_id: str, sid: str) -> str:
-    """The actor name of a sandbox's team: ``build:{id}:team:{sid}``."""
-    return f"build:{build_id}:team:{sid}"
 
 
 class TeamConfig(BaseModel):
@@ -138,19 +125,19 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
             self._bind(config, proxy)
 
     def _bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> None:
-        self.config = _team_config(config)
+        self.config = validated_arg(TeamConfig, config, "config")
         self._proxy = proxy
         name = team_name(self.config.build_id, self.config.sid)
         self._bus = ContextBus(self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=name)
 
     KIND = "team"
 
-    def design_name(self) -> str:
+    def build_name(self) -> str:
         cfg = self._bound()
         return team_name(cfg.build_id, cfg.sid)
 
     async def bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> str:
-        """Configure a warm team for one sandbox (once); returns its DESIGN name.
+        """Configure a warm team for one sandbox (once); returns its build name.
 
         Raises:
             InvalidInputError: ``config`` is invalid, or the team is already bound.
@@ -187,7 +174,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
         cfg = self._bound()
         spare = list(warm or [])
         if not self._agents:
-            me = ray.get_runtime_context().current_actor
+            me = handles.current()
             configs = [self._agent_config(n) for n in range(cfg.work.agents)]
             warm_now, spare = spare[: len(configs)], spare[len(configs) :]
             bound = await asyncio.gather(
@@ -196,8 +183,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
             )
             for (_, refused), result in zip(warm_now, bound, strict=False):
                 if isinstance(result, BaseException):
-                    with contextlib.suppress(Exception):
-                        ray.kill(refused, no_restart=True)
+                    handles.kill(refused)
             for agent, handle in itertools.zip_longest(configs, bound):
                 if isinstance(handle, BaseException) or handle is None:
                     if handle is not None:  # died while warm (or refused the bind): a cold one instead
@@ -215,7 +201,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
         await self.start_agents()
         cfg = self._bound()
         replans, charge = collector()
-        provider = make_provider(_LLM_CONFIG.validate_python(cfg.planner_llm or cfg.llm))
+        provider = make_provider(validated_arg(LLMConfig, cfg.planner_llm or cfg.llm, "llm"))
         planner = LLMPlanner(MeteredProvider(provider, charge))
         runner = TeamRunner(
             cfg.work,
@@ -238,9 +224,6 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
     async def release(self, path: str, holder: str) -> None:
         self._locks.release(path, holder)
 
-    async def held_locks(self) -> dict[str, str]:
-        return self._locks.held()
-
     async def agents(self) -> list[tuple[str, Any]]:
         """``(name, handle)`` of each agent."""
         return list(self._agents)
@@ -258,44 +241,34 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
             await stop_agent(handle, name)
         self._agents = []
         if self.config is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._bus.aclose(flush_timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - the team is killed next: what the bus held is lost
+                logger.warning("team %s: closing the bus failed: %r", self.config.sid, exc)
 
     async def _context(self) -> Mapping[str, Any]:
         return prompt_context(await self._bus.unified_context(self._bound().build_id))
 
 
-SandboxTeam = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=256)(SandboxTeamActor)  # type: ignore[call-overload]
-
-
-def _team_config(config: TeamConfig | dict[str, Any]) -> TeamConfig:
-    if isinstance(config, TeamConfig):
-        return config
-    try:
-        return TeamConfig.model_validate(config)
-    except ValueError as exc:
-        raise InvalidInputError(f"invalid team config: {exc}", field="config") from exc
+SandboxTeam = handles.actor_class(SandboxTeamActor, restartable=False, max_concurrency=256)
 
 
 def start_team(config: TeamConfig | dict[str, Any], proxy: Any, *, detached: bool = False) -> Any:
     """Start a named SandboxTeam actor in namespace ``kriptik``, bound at construction (cold)."""
-    config = _team_config(config)
+    config = validated_arg(TeamConfig, config, "config")
     name = team_name(config.build_id, config.sid)
     forget_alias("team", name)  # this name is the actor's own now
-    options: dict[str, Any] = {"name": name, "namespace": NAMESPACE}
-    if detached:
-        options["lifetime"] = "detached"
-    return SandboxTeam.options(**options).remote(config.model_dump(mode="json"), proxy)
+    return handles.start(SandboxTeam, name, config.model_dump(mode="json"), proxy, detached=detached)
 
 
 def start_warm_team(name: str) -> Any:
     """Start an unbound, detached SandboxTeam called ``name`` (``kriptik:team:{uuid}``) for a warm pool."""
-    return SandboxTeam.options(name=name, namespace=NAMESPACE, lifetime="detached").remote()
+    return handles.start(SandboxTeam, name)
 
 
 async def bind_team(warm: Warm, config: TeamConfig | dict[str, Any], proxy: Any) -> Any:
     """Bind the warm team ``warm`` and alias it ``build:{id}:team:{sid}``; returns its handle."""
-    config = _team_config(config)
+    config = validated_arg(TeamConfig, config, "config")
     actor, handle = warm
     await handle.bind.remote(config.model_dump(mode="json"), proxy)
     set_alias("team", team_name(config.build_id, config.sid), actor)
@@ -308,14 +281,14 @@ async def launch_team(config: TeamConfig | dict[str, Any], proxy: Any, source: W
     Takes one warm team and ``work.agents`` warm agents from ``source``, binds them, and starts
     cold whatever the pool lacked. Returns the team's handle.
     """
-    config = _team_config(config)
+    config = validated_arg(TeamConfig, config, "config")
     teams = await source.take("team", 1) if source is not None else []
     agents = await source.take("agent", config.work.agents) if source is not None else []
     handle = None
     if teams:
         try:
             handle = await bind_team(teams[0], config, proxy)
-        except ray.exceptions.RayActorError:  # died while warm: start one cold
+        except RayActorError:  # died while warm: start one cold
             logger.warning("warm team %s is dead; starting %s cold", teams[0][0], config.sid)
     if handle is None:
         handle = start_team(config, proxy)
@@ -323,8 +296,7 @@ async def launch_team(config: TeamConfig | dict[str, Any], proxy: Any, source: W
         await handle.start_agents.remote(agents)
     except BaseException:
         for _, spare in agents:  # a bound agent is killed twice: harmless
-            with contextlib.suppress(Exception):
-                ray.kill(spare, no_restart=True)
+            handles.kill(spare)
         raise
     return handle
 
@@ -339,12 +311,10 @@ async def stop_team(handle: Any, name: str | None = None) -> None:
 
     Args:
         handle: The team.
-        name: Its DESIGN name ``build:{id}:team:{sid}``: the alias goes too, and so do pooled agents
+        name: Its build name ``build:{id}:team:{sid}``: the alias goes too, and so do pooled agents
             of that sandbox that outlived a crashed team.
     """
-    with contextlib.suppress(Exception):
-        await handle.shutdown.remote()
-    ray.kill(handle, no_restart=True)
+    await handles.stop(handle, handle.shutdown.remote, name=name)
     if name:
         forget_alias("team", name)
         _, build_id, _, sid = name.split(":", 3)
@@ -352,7 +322,7 @@ async def stop_team(handle: Any, name: str | None = None) -> None:
 
 
 async def stop_build_teams(build_id: str) -> list[str]:
-    """Stop every pooled team of ``build_id`` still alive (with its agents); returns their DESIGN names.
+    """Stop every pooled team of ``build_id`` still alive (with its agents); returns their build names.
 
     A cold team is owned by its coordinator and dies with it; a pooled one is detached, so a
     restarted coordinator calls this first: a team of its previous incarnation must not go on
@@ -360,8 +330,9 @@ async def stop_build_teams(build_id: str) -> list[str]:
     """
     stopped = []
     for name in aliased("team", f"build:{build_id}:team:"):
-        with contextlib.suppress(Exception):
+        try:
             await stop_team(named_actor("team", name), name)
-        forget_alias("team", name)
+        except ValueError:  # dead already
+            forget_alias("team", name)
         stopped.append(name)
     return stopped

@@ -23,8 +23,9 @@ CASSETTE = examples_dir() / "cassettes" / "hello-team.yaml"
 
 async def _measure(rounds: int) -> dict[str, float]:
     from actors.agent import AgentConfig, start_agent, stop_agent
+    from actors.handles import proxy_name
     from actors.pools.proxies import release
-    from actors.sandbox_proxy import proxy_name, start_proxy
+    from actors.sandbox_proxy import start_proxy
     from sandbox_agents.backends.base import SandboxSpec
     from sandbox_agents.backends.local.backend import LocalBackend
 

@@ -114,8 +114,8 @@ def run(rounds: int, events: int) -> dict[str, Any]:
        the status of a final build from the store (``serve/store_status.py``);
     3. ``control_hop``: the same, with ``status_from_store=False``: every read is a Control call.
     """
+    from actors import handles
     from actors.control import ControlConfig, start_control, stop_control
-    from actors.ray_local import kill_actor, start_named_actor
     from bench.common import private_ray
     from coordinator.bus.redis_server import ManagedRedis, free_port
     from coordinator.store.store import Store
@@ -133,7 +133,8 @@ def run(rounds: int, events: int) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"}
         port = free_port()
         settings = ApiSettings(port=port, rate_per_s=1e6, burst=10**9, heartbeat_s=5)
-        memory = start_named_actor(MemoryControl, "bench-control")
+        double = handles.actor_class(MemoryControl, restartable=False, max_concurrency=1000)
+        memory = handles.start(double, "bench-control", detached=False)
         control = start_control(ControlConfig(redis_url=redis.url, bus_prefix="bench", store_path=str(store_path),
                                               admit_poll_s=0.2))  # fmt: skip
         try:
@@ -156,7 +157,7 @@ def run(rounds: int, events: int) -> dict[str, Any]:
             results["control_hop"] = _ratio(*_http_latencies(url, token, real, rounds))
         finally:
             shutdown_serve()
-            kill_actor(memory)
+            handles.kill(memory)
             asyncio.run(stop_control(control))
     return {
         "bench": "api",

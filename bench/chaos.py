@@ -208,8 +208,8 @@ async def _kill_sandbox(stack: Stack, build_id: str, rng: random.Random) -> dict
 
 
 async def _kill_agent(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
-    from actors.agent import agent_name, get_agent
-    from actors.ray_local import kill_actor
+    from actors import handles
+    from actors.agent import get_agent
 
     alive = []
     for n in range(5):
@@ -218,8 +218,8 @@ async def _kill_agent(stack: Stack, build_id: str, rng: random.Random) -> dict[s
     if not alive:
         return None
     n, handle = rng.choice(alive)
-    kill_actor(handle)
-    return {"agent": agent_name(build_id, "calc", n)}
+    handles.kill(handle)
+    return {"agent": handles.agent_name(build_id, "calc", n)}
 
 
 async def _restart_redis(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:

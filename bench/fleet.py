@@ -88,10 +88,10 @@ async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[A
 
 
 async def _release_fleet(build: str, proxies: list[Any], teams: list[Any], swarms: list[Any]) -> None:
+    from actors.handles import proxy_name, swarm_name, team_name
     from actors.pools.proxies import release
-    from actors.sandbox_proxy import proxy_name
-    from actors.swarm import stop_swarm, swarm_name
-    from actors.team import stop_team, team_name
+    from actors.swarm import stop_swarm
+    from actors.team import stop_team
 
     for n in range(3):
         await stop_team(teams[n], team_name(build, f"c{n}"))

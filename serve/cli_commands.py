@@ -7,7 +7,6 @@ or ``~/.kriptik/token``, at ``KRIPTIK_API_URL`` (default ``http://KRIPTIK_API_HO
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -238,6 +237,7 @@ def _follow_progress(build_id: str) -> None:
 def _up(port: int | None) -> int:
     import ray
 
+    from actors.handles import NAMESPACE
     from coordinator.store.store import Store
     from sandbox_agents.settings import get_settings
     from serve.app import ApiSettings
@@ -248,16 +248,16 @@ def _up(port: int | None) -> int:
     api = ApiSettings(**({"port": port} if port else {}))
     started = False
     try:
-        ray.init(address="auto", namespace="kriptik", log_to_driver=False)
+        ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False)
     except ConnectionError:
         console.print("starting a local Ray head …")
         subprocess.run(["ray", "start", "--head", "--dashboard-host=127.0.0.1", "--disable-usage-stats"], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         started = True
-        ray.init(address="auto", namespace="kriptik", log_to_driver=False)
-    redis_url = settings.redis_url or _start_redis_keeper(ray, home)
+        ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False)
+    redis_url = settings.redis_url or _start_redis_keeper(home)
     Store().start().close()  # create and migrate the store before Control and the replica open it
-    if not _control_running(ray):
+    if not _control_running():
         from actors.control import ControlConfig, start_control
 
         control = start_control(ControlConfig(redis_url=redis_url, store_path=str(home / "store.db")))
@@ -272,14 +272,10 @@ def _up(port: int | None) -> int:
     return 0
 
 
-def _control_running(ray: Any) -> bool:
-    from serve.control_port import CONTROL_NAME, CONTROL_NAMESPACE
+def _control_running() -> bool:
+    from actors import handles
 
-    try:
-        ray.get_actor(CONTROL_NAME, namespace=CONTROL_NAMESPACE)
-        return True
-    except ValueError:
-        return False
+    return handles.find(handles.CONTROL_NAME) is not None
 
 
 class _RedisKeeper:
@@ -298,49 +294,52 @@ class _RedisKeeper:
         self.server.stop()
 
 
-def _start_redis_keeper(ray: Any, home: Path) -> str:
-    try:
-        keeper = ray.get_actor(REDIS_KEEPER, namespace="kriptik")
-    except ValueError:
-        keeper = (
-            ray.remote(_RedisKeeper)
-            .options(name=REDIS_KEEPER, namespace="kriptik", lifetime="detached", num_cpus=0)
-            .remote(str(home / "redis"))
-        )
+def _start_redis_keeper(home: Path) -> str:
+    import ray
+
+    from actors import handles
+
+    keeper = handles.find(REDIS_KEEPER)
+    if keeper is None:
+        keeper_class = handles.actor_class(_RedisKeeper, restartable=False, max_concurrency=1)
+        keeper = handles.start(keeper_class, REDIS_KEEPER, str(home / "redis"))
     return ray.get(keeper.url.remote(), timeout=60)
 
 
 def _down() -> int:
-    import ray
-    from ray import serve
+    import asyncio
 
+    import ray
+    from ray import serve as ray_serve
+
+    from actors import handles
     from sandbox_agents.settings import get_settings
 
     marker = get_settings().home() / UP_MARKER
     info = json.loads(marker.read_text()) if marker.exists() else {}
     try:
-        ray.init(address="auto", namespace="kriptik", log_to_driver=False)
+        ray.init(address="auto", namespace=handles.NAMESPACE, log_to_driver=False)
     except ConnectionError:
         console.print("no Ray running")
         marker.unlink(missing_ok=True)
         return 0
-    serve.shutdown()
-    import asyncio
+    ray_serve.shutdown()
+    from actors.control import stop_control
 
-    from actors.control import get_control, stop_control
-
-    with contextlib.suppress(Exception):  # its pools and the actor; builds stay in the store for the next `up`
-        asyncio.run(stop_control(get_control()))
+    control = handles.find(handles.CONTROL_NAME)
+    if control is not None:  # its pools and the actor; builds stay in the store for the next `up`
+        asyncio.run(stop_control(control))
     from sandbox_agents.backends.local.backend import LocalBackend
 
     ended = asyncio.run(LocalBackend().end_all())  # previews and standbys too; checkpoints (snapshots) stay
     console.print(f"ended {ended} local sandboxes")
-    try:
-        keeper = ray.get_actor(REDIS_KEEPER, namespace="kriptik")
-        ray.get(keeper.stop.remote(), timeout=30)
-        ray.kill(keeper)
-    except ValueError:
-        pass
+    keeper = handles.find(REDIS_KEEPER)
+    if keeper is not None:
+        try:
+            ray.get(keeper.stop.remote(), timeout=30)
+        except (handles.RayError, TimeoutError) as exc:  # its redis-server dies with it below, without a save
+            console.print(f"[yellow]the managed Redis did not stop cleanly: {exc}")
+        handles.kill(keeper)
     ray.shutdown()
     if info.get("started_ray"):
         subprocess.run(["ray", "stop"], check=False, stdout=subprocess.DEVNULL)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,7 @@ async def run_build_demo(options: DemoOptions, console: Console) -> dict[str, An
 
 
 async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
-    import ray
-
+    from actors.ray_local import start_local_ray
     from actors.runtime import start_runtime
     from coordinator.bus.redis_server import ManagedRedis
 
@@ -176,15 +176,7 @@ async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
     os.environ["KRIPTIK_HOME"] = str(owned.home)  # before anything reads the settings
     with console.status("starting a private Ray, Redis and Control…"):
         owned.ray_tmp = tempfile.mkdtemp(prefix="kriptik-demo-ray-")
-        ray.init(
-            address="local",
-            num_cpus=4,
-            include_dashboard=False,
-            namespace="kriptik",
-            log_to_driver=False,
-            _temp_dir=owned.ray_tmp,
-            runtime_env={"env_vars": {"KRIPTIK_HOME": str(owned.home)}},
-        )
+        start_local_ray(owned.ray_tmp, num_cpus=4, env={"KRIPTIK_HOME": str(owned.home)})
         owned.redis = ManagedRedis(owned.home / "redis")
         await owned.redis.astart()
         runtime = await start_runtime(owned.home, redis_url=owned.redis.url, admit_poll_s=0.3, heartbeat_s=10.0)
@@ -265,19 +257,23 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
             console.print(f"web UI  {note}")
         return summary
     finally:
-        with contextlib.suppress(Exception):
+        try:
             await bus.aclose(flush_timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - the demo only read from it
+            logger.warning("demo: closing the bus failed: %r", exc)
 
 
 async def _main_commit(build_id: str) -> str | None:
-    import ray
+    from actors import handles
 
-    from actors.merge_gate import gate_name
-    from actors.sandbox_proxy import NAMESPACE
-
-    with contextlib.suppress(Exception):
-        return await ray.get_actor(gate_name(build_id), namespace=NAMESPACE).head.remote()
-    return None
+    gate = handles.find(handles.gate_name(build_id))
+    if gate is None:
+        return None
+    try:
+        return await gate.head.remote()
+    except handles.RayError as exc:  # the gate failed or is restarting: the summary goes without it
+        logger.warning("demo: main's commit of %s is unknown: %s", build_id, exc)
+        return None
 
 
 async def _hold(result: dict[str, Any], console: Console) -> None:
@@ -295,24 +291,18 @@ async def _teardown(owned: _Owned, console: Console, *, keep_home: bool) -> None
     with console.status("cleaning up…"):
         if ray.is_initialized():
             if owned.build_id is not None:
-                from actors.build.actor import get_coordinator, stop_coordinator
-
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(stop_coordinator(get_coordinator(owned.build_id)), 60)
+                await _step(f"stopping the coordinator of {owned.build_id}", _stop_build(owned.build_id))
             if owned.served:
-                from ray import serve
+                from ray import serve as ray_serve
 
-                with contextlib.suppress(Exception):
-                    serve.shutdown()
+                await _step("stopping Serve", asyncio.to_thread(ray_serve.shutdown))
             if owned.control is not None:
                 from actors.control import stop_control
 
-                with contextlib.suppress(Exception):
-                    await stop_control(owned.control)
+                await _step("stopping Control", stop_control(owned.control))
             ray.shutdown()
         if owned.redis is not None:
-            with contextlib.suppress(Exception):
-                owned.redis.stop()
+            await _step("stopping Redis", asyncio.to_thread(owned.redis.stop))
         if owned.home is not None:
             await _purge_sandboxes(owned.home)
         if owned.ray_tmp:
@@ -329,6 +319,23 @@ async def _purge_sandboxes(home: Path) -> None:
 
     root = default_root(home)
     if root.exists():
-        with contextlib.suppress(Exception):
-            await LocalBackend(LocalBackendConfig(root=root)).purge()
+        await _step(f"ending the sandboxes under {root}", LocalBackend(LocalBackendConfig(root=root)).purge())
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _stop_build(build_id: str) -> None:
+    from actors.build.actor import get_coordinator, stop_coordinator
+
+    try:
+        coordinator = get_coordinator(build_id)
+    except ValueError:  # gone already
+        return
+    await asyncio.wait_for(stop_coordinator(coordinator), 60)
+
+
+async def _step(what: str, step: Awaitable[Any]) -> None:
+    """One teardown step: a failure is logged and the teardown goes on."""
+    try:
+        await step
+    except Exception as exc:  # noqa: BLE001 - what is left is ended by the steps after (sandboxes, Ray)
+        logger.warning("demo teardown: %s failed: %r", what, exc)

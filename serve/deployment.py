@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ray import serve
+from ray import serve as ray_serve
 
-from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.store.store import Store
 from serve.app import ApiSettings, create_app
-from serve.control_port import CONTROL_NAME, CONTROL_NAMESPACE, RayControlPort
+from serve.control_port import RayControlPort
 from serve.store_status import StoreFirstControl
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,10 @@ APP_NAME = "kriptik-api"
 DEPLOYMENT_NAME = "KriptikApi"
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
-@serve.ingress()
+@ray_serve.deployment(
+    name=DEPLOYMENT_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+)
+@ray_serve.ingress()
 class KriptikApi:
     """One API replica.
 
@@ -36,7 +38,6 @@ class KriptikApi:
         settings: ``ApiSettings`` as a dict (pickled to the replica).
         control: a ``ControlPort`` to use as is (tests put a double here); the named
             ``control`` actor when ``None``.
-        control_name, control_namespace: where the Control actor is registered.
         bus_prefix: key prefix of the bus (``REDIS_SANDBOX_PREFIX``).
     """
 
@@ -46,15 +47,11 @@ class KriptikApi:
         store_path: str,
         settings: dict[str, Any] | None = None,
         control: Any = None,
-        control_name: str = CONTROL_NAME,
-        control_namespace: str = CONTROL_NAMESPACE,
         bus_prefix: str = "kriptik",
     ) -> None:
         self.settings = ApiSettings(**(settings or {}))
         self.store = Store(Path(store_path)).start()
-        port = control or RayControlPort(
-            name=control_name, namespace=control_namespace, timeout_s=self.settings.control_timeout_s
-        )
+        port = control or RayControlPort(timeout_s=self.settings.control_timeout_s)
         # final builds: the same view Control would compute, read from the same store, no actor hop
         self.control = StoreFirstControl(port, self.store) if self.settings.status_from_store else port
         self.redis_url = redis_url
@@ -62,8 +59,6 @@ class KriptikApi:
         self.fastapi: Any = None
 
     def _bus(self) -> ContextBus:
-        from coordinator.bus.context_bus import BusConfig
-
         return ContextBus(self.redis_url, BusConfig(prefix=self.bus_prefix), sender="api")
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -92,23 +87,21 @@ def run_api(
     from sandbox_agents.settings import get_settings
 
     settings = settings or ApiSettings()
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    ray_serve.start(http_options={"host": settings.host, "port": settings.port})
     prefix = bus_prefix if bus_prefix is not None else get_settings().redis_sandbox_prefix
-    app = KriptikApi.bind(
-        redis_url, str(store_path), settings.model_dump(), control, CONTROL_NAME, CONTROL_NAMESPACE, prefix
-    )
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
+    app = KriptikApi.bind(redis_url, str(store_path), settings.model_dump(), control, prefix)
+    ray_serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{settings.host}:{settings.port}"
 
 
 def stop_api() -> None:
     """Remove the API application (Serve itself keeps running for other apps)."""
-    serve.delete(APP_NAME)
+    ray_serve.delete(APP_NAME)
 
 
 def shutdown_serve() -> None:
     """Stop Serve entirely (its controller and proxies), as the benchmarks do at their end."""
-    serve.shutdown()
+    ray_serve.shutdown()
 
 
 async def serve_proxy_pid() -> int | None:
@@ -119,9 +112,11 @@ async def serve_proxy_pid() -> int | None:
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE, SERVE_PROXY_NAME
 
+    from actors import handles
+
     node = ray.get_runtime_context().get_node_id()
     try:
-        handle = ray.get_actor(f"{SERVE_PROXY_NAME}-{node}", namespace=SERVE_NAMESPACE)
+        handle = handles.get(f"{SERVE_PROXY_NAME}-{node}", namespace=SERVE_NAMESPACE)
         return int(await asyncio.wait_for(handle.__ray_call__.remote(lambda self: os.getpid()), 5))
-    except Exception:  # noqa: BLE001 - being re-created: the caller tries again
+    except (ValueError, handles.RayError, TimeoutError):  # being re-created: the caller tries again
         return None

@@ -5,34 +5,26 @@ adapters in :mod:`actors.build.adapters`: SandboxProxy, SandboxTeam, Swarm, Judg
 MergeGate and the Preview; the context bus on the build's Redis) and runs the build in a
 background task. Detached, ``max_restarts=-1``, ``max_task_retries=0``: after a
 crash Ray re-creates it with the same config, and ``__init__`` resumes the run when the store
-says the build is running (sandboxes are found again by their proxies' names). Every ``ray.*``
-call about coordinators lives in this module.
+says the build is running (sandboxes are found again by their proxies' names). Its name,
+start and stop go through :mod:`actors.handles`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import os
 from typing import Any
 
-import ray
-
+from actors import handles
+from actors.actor_args import validated_arg
 from actors.build.adapters import RayFleet, RayGate, RayJudge, RaySwarms, RayTeams
-from actors.build.config import (
-    CoordinatorConfig,
-    coordinator_name,
-    save_config,
-)
-from actors.judge import judge_name
-from actors.merge_gate import gate_name, ui_checker
+from actors.build.config import CoordinatorConfig, save_config
+from actors.handles import RayError, coordinator_name, gate_name, judge_name, preview_name
+from actors.merge_gate import ui_checker
 from actors.pools.fleet import ControlWarmSource
 from actors.pools.proxies import ProxyPool
-from actors.preview import preview_name
-from actors.sandbox_proxy import NAMESPACE
 from actors.team import stop_build_teams
 from coordinator.budget import Budget, BudgetLedger
 from coordinator.build.adapters import (
@@ -49,6 +41,8 @@ from coordinator.clock import SystemClock
 from coordinator.contracts import IntentContract
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
+from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.llm.config import LLMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +57,7 @@ class BuildCoordinatorActor:
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = CoordinatorConfig.model_validate(config)
+        self.config = validated_arg(CoordinatorConfig, config, "config")
         self.build_id = self.config.build_id
         self.store = Store(self.config.store_path).start()
         self.bus = ContextBus(
@@ -92,8 +86,8 @@ class BuildCoordinatorActor:
         from sandbox_agents.verifiers import Chromium
 
         no_cassettes = cfg.llm.get("type") == "replay" and not cfg.llm.get("cassettes")
-        provider = None if no_cassettes else make_provider(_llm_config(cfg.llm))
-        self._swarms = swarms = RaySwarms(cfg, fleet)
+        provider = None if no_cassettes else make_provider(validated_arg(LLMConfig, cfg.llm, "llm"))
+        swarms = RaySwarms(cfg, fleet)
         teams = RayTeams(cfg, fleet, swarms)
         run: BuildRun | None = None
 
@@ -105,7 +99,7 @@ class BuildCoordinatorActor:
         if cfg.webhook:
             from coordinator.build.notify import WebhookConfig, WebhookNotifier
 
-            webhook = WebhookNotifier(WebhookConfig.model_validate(cfg.webhook))
+            webhook = WebhookNotifier(validated_arg(WebhookConfig, cfg.webhook, "webhook"))
             notifier = SessionNotifier(webhook, self.store, self.build_id)
         ports = BuildPorts(
             fleet=fleet,
@@ -132,20 +126,28 @@ class BuildCoordinatorActor:
 
     async def _drive(self) -> None:
         self._run = self._ports()
-        with contextlib.suppress(Exception):  # pooled teams are detached: a previous incarnation's must go
+        try:  # pooled teams are detached: a previous incarnation's must go
             await stop_build_teams(self.build_id)
+        except Exception as exc:  # noqa: BLE001 - the run goes on; a stray team is logged, not fatal
+            logger.warning("build %s: stopping the teams of a previous incarnation failed: %r", self.build_id, exc)
         if self._pool is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._pool.fill()
+            except Exception as exc:  # noqa: BLE001 - the build starts its proxies cold instead
+                logger.warning("build %s: filling the proxy pool failed: %r", self.build_id, exc)
         try:
             await self._run.run()
         finally:
             if self._pool is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await self._pool.close()
+                except Exception as exc:  # noqa: BLE001 - its warm proxies end with their TTL
+                    logger.warning("build %s: closing the proxy pool failed: %r", self.build_id, exc)
                 self._pool = None
-            with contextlib.suppress(Exception):
+            try:
                 await self.bus.flush(timeout=5.0)
+            except Exception as exc:  # noqa: BLE001 - the events not flushed are lost; the store has the outcome
+                logger.warning("build %s: flushing the bus failed: %r", self.build_id, exc)
 
     def _running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -199,10 +201,13 @@ class BuildCoordinatorActor:
         return {"limit_usd": usd, "spent_usd": ledger.spent(), "status": status.value}
 
     async def preview(self) -> dict[str, Any]:
-        with contextlib.suppress(Exception):
-            preview = ray.get_actor(preview_name(self.build_id), namespace=NAMESPACE)
-            urls = await preview.urls.remote()
-            return {"url": await preview.expose.remote(), "components": urls}
+        preview = handles.find(preview_name(self.build_id))
+        if preview is not None:
+            try:
+                urls = await preview.urls.remote()
+                return {"url": await preview.expose.remote(), "components": urls}
+            except (InvalidInputError, RayError) as exc:  # not started, nothing to serve, or restarting
+                logger.info("build %s: no preview yet: %s", self.build_id, exc)
         return {"url": None, "components": {}}
 
     async def sandboxes(self) -> list[dict[str, Any]]:
@@ -214,8 +219,7 @@ class BuildCoordinatorActor:
         ]
 
     async def take_control(self) -> str:
-        preview = ray.get_actor(preview_name(self.build_id), namespace=NAMESPACE)
-        return await preview.take_control.remote()
+        return await handles.get(preview_name(self.build_id)).take_control.remote()
 
     async def heartbeat(self) -> float:
         return SystemClock().now()
@@ -233,53 +237,29 @@ class BuildCoordinatorActor:
     async def close(self) -> None:
         """Close the gate and preview of a finished build (their sandboxes go)."""
         for name in (gate_name(self.build_id), preview_name(self.build_id), judge_name(self.build_id)):
-            with contextlib.suppress(Exception):
-                handle = ray.get_actor(name, namespace=NAMESPACE)
-                await handle.close.remote()
-                ray.kill(handle, no_restart=True)
+            handle = handles.find(name)
+            if handle is not None:
+                await handles.stop(handle, handle.close.remote, name=name)
 
 
-def _llm_config(data: dict[str, Any]) -> Any:
-    from pydantic import TypeAdapter
-
-    from sandbox_agents.llm.config import LLMConfig
-
-    return TypeAdapter(LLMConfig).validate_python(data)
-
-
-BuildCoordinator = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)(
-    BuildCoordinatorActor
-)
+BuildCoordinator = handles.actor_class(BuildCoordinatorActor, restartable=True, max_concurrency=64)
 
 
 def start_coordinator(config: CoordinatorConfig) -> Any:
     """Get the build's coordinator, or start it (detached, restartable, named ``build:{id}``)."""
     save_config(config)
     name = coordinator_name(config.build_id)
-    try:
-        return ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        pass
-    return BuildCoordinator.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
-        config.model_dump(mode="json")
-    )
+    running = handles.find(name)
+    if running is not None:
+        return running
+    return handles.start(BuildCoordinator, name, config.model_dump(mode="json"), get_if_exists=True)
 
 
 def get_coordinator(build_id: str) -> Any:
     """The build's coordinator handle; ValueError when it does not exist."""
-    return ray.get_actor(coordinator_name(build_id), namespace=NAMESPACE)
+    return handles.get(coordinator_name(build_id))
 
 
 async def stop_coordinator(handle: Any) -> None:
     """Close the build's gate and preview and kill the coordinator for good."""
-    with contextlib.suppress(Exception):
-        await handle.close.remote()
-    ray.kill(handle, no_restart=True)
-
-
-def tree_digest(files: dict[str, bytes]) -> str:
-    """A digest of a whole tree (path and content), for comparing two builds' main."""
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(json.dumps(path).encode() + b"\0" + hashlib.sha256(files[path]).digest())
-    return h.hexdigest()
+    await handles.stop(handle, handle.close.remote)

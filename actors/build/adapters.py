@@ -4,29 +4,37 @@
 ports, floor 2); this module implements the ones that reach other actors, over Ray handles
 (floor 3). Its sibling on floor 2, :mod:`coordinator.build.adapters`, holds the adapters that need
 no Ray (events on the bus, the planner, the satisfaction check, the notifier). Each adapter
-here finds its actors again by their DESIGN names after a coordinator restart.
+here finds its actors again by their build names after a coordinator restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
-import ray
-from ray.exceptions import RayActorError
-
-from actors.agent import agent_name
-from actors.build.config import DETERMINISTIC_ENV, MAIN_TEST_SID, CoordinatorConfig
-from actors.judge import JudgeConfig, judge_name, start_judge
-from actors.merge_gate import GateConfig, gate_name, start_gate
+from actors import handles
+from actors.build.config import DETERMINISTIC_ENV, CoordinatorConfig
+from actors.handles import (
+    MAIN_TEST_SID,
+    RayActorError,
+    RayError,
+    agent_name,
+    gate_name,
+    judge_name,
+    preview_name,
+    proxy_name,
+    swarm_name,
+    team_name,
+)
+from actors.judge import JudgeConfig, start_judge
+from actors.merge_gate import GateConfig, start_gate
 from actors.pools.proxies import ProxyPool, acquire_proxy, get_proxy, release
 from actors.pools.warm import WarmSource, forget_alias
-from actors.preview import PreviewConfig, preview_name, start_preview
-from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
-from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name, target_json
-from actors.team import TeamConfig, get_team, launch_team, stop_team, team_name
+from actors.preview import PreviewConfig, start_preview
+from actors.sandbox_proxy import forget_binding, start_proxy
+from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, target_json
+from actors.team import TeamConfig, get_team, launch_team, stop_team
 from coordinator.build.adapters import served
 from coordinator.build.ports import MergeOutcome, TeamOutcome
 from coordinator.contracts import IntentContract
@@ -96,18 +104,19 @@ class RayFleet:
                 handle = get_proxy(self.build_id, slot_id)
             except ValueError:
                 return None
-            try:
-                await asyncio.wait_for(handle.ping.remote(), 10)
+            if await handles.answers(handle, timeout_s=10):
                 return handle
-            except Exception:  # noqa: BLE001 - dying: its name is freed once Ray has it dead
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # dying: its name is freed once Ray has it dead
+        logger.warning("build %s: the proxy of %s neither answers nor dies", self.build_id, slot_id)
         return None
 
     async def _recreate(self, handle: Any, spec: SandboxSpec, component: str) -> None:
         """Give a leftover proxy a clean sandbox (its own may be half-made, or still being created)."""
         for attempt in range(3):
-            with contextlib.suppress(Exception):
+            try:
                 await handle.terminate.remote()
+            except (SandboxError, RayError) as exc:  # half-made or gone: create decides below
+                logger.info("build %s: terminating a leftover sandbox failed: %s", self.build_id, exc)
             try:
                 await handle.create.remote(spec, self.build_id, component)
                 return
@@ -118,7 +127,8 @@ class RayFleet:
     async def alive(self, slot_id: str) -> bool:
         try:
             return await self.handle(slot_id).status.remote() == SandboxStatus.RUNNING
-        except Exception:  # noqa: BLE001 - no proxy, or its sandbox is gone: not alive
+        except (ValueError, SandboxError, RayError) as exc:  # no proxy, or its sandbox is gone: not alive
+            logger.info("build %s: the sandbox of %s is not alive: %s", self.build_id, slot_id, exc)
             self.handles.pop(slot_id, None)
             return False
 
@@ -127,7 +137,7 @@ class RayFleet:
         try:
             handle = self.handle(slot.slot_id)
             await handle.ping.remote()
-        except Exception:  # noqa: BLE001 - released (paused) or lost: a cold proxy under the build's name
+        except (ValueError, RayError):  # released (paused) or lost: a cold proxy under the build's name
             name = proxy_name(self.build_id, slot.slot_id)
             forget_binding(name)
             forget_alias("proxy", name)
@@ -154,7 +164,7 @@ class RayFleet:
     async def release(self, slot_id: str) -> None:
         try:
             handle = self.handle(slot_id)
-        except Exception:  # noqa: BLE001 - nothing to release
+        except ValueError:  # no proxy: nothing to release
             return
         self.handles.pop(slot_id, None)
         await release(handle, proxy_name(self.build_id, slot_id))
@@ -177,10 +187,10 @@ async def _agents_alive(team: Any, timeout_s: float = 10.0) -> bool:
     """True when every agent of ``team`` still answers (a dead one means its tasks were escalated)."""
     try:
         agents = await asyncio.wait_for(team.agents.remote(), timeout_s)
-        await asyncio.wait_for(asyncio.gather(*(h.ping.remote() for _, h in agents)), timeout_s)
-    except Exception:  # noqa: BLE001 - any agent (or the team) that does not answer is dead for this run
+    except (RayError, TimeoutError):  # the team does not answer: dead for this run
         return False
-    return True
+    answered = await asyncio.gather(*(handles.answers(h, timeout_s) for _, h in agents))
+    return all(answered)  # any agent that does not answer is dead for this run
 
 
 class RayTeams:
@@ -254,19 +264,16 @@ class RayTeams:
             await self.swarms.stop(slot_id)
         handle = self.running.pop(slot_id, None)
         if handle is None:
-            with contextlib.suppress(Exception):
+            try:
                 handle = get_team(self.config.build_id, slot_id)  # pooled (by its alias) or cold
-        if handle is not None:
-            await stop_team(handle, team_name(self.config.build_id, slot_id))
-            names = [team_name(self.config.build_id, slot_id)]
-            names += [agent_name(self.config.build_id, slot_id, n) for n in range(MAX_AGENTS)]
-            for name in names:  # a name is free only once its actor is gone (the next team reuses them)
-                for _ in range(50):
-                    try:
-                        ray.get_actor(name, namespace=NAMESPACE)
-                    except ValueError:
-                        break
-                    await asyncio.sleep(0.1)
+            except ValueError:  # no team: nothing to stop
+                return
+        await stop_team(handle, team_name(self.config.build_id, slot_id))
+        names = [team_name(self.config.build_id, slot_id)]
+        names += [agent_name(self.config.build_id, slot_id, n) for n in range(MAX_AGENTS)]
+        for name in names:  # a name is free only once its actor is gone (the next team reuses them)
+            if not await handles.wait_gone(name):
+                logger.warning("build %s: %s outlived its stop", self.config.build_id, name)
 
 
 class RayGate:
@@ -281,10 +288,8 @@ class RayGate:
 
     def gate(self) -> Any:
         if self._gate is None:
-            name = gate_name(self.config.build_id)
-            try:
-                self._gate = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
+            self._gate = handles.find(gate_name(self.config.build_id))
+            if self._gate is None:
                 cfg = GateConfig(
                     build_id=self.config.build_id,
                     backend=self.config.backend,
@@ -297,9 +302,8 @@ class RayGate:
 
     def preview_actor(self) -> Any:
         if self._preview is None:
-            try:
-                self._preview = ray.get_actor(preview_name(self.config.build_id), namespace=NAMESPACE)
-            except ValueError:
+            self._preview = handles.find(preview_name(self.config.build_id))
+            if self._preview is None:
                 self._preview = start_preview(PreviewConfig(build_id=self.config.build_id, backend=self.config.backend))
         return self._preview
 
@@ -338,13 +342,12 @@ class RayGate:
         return await preview.refresh.remote()
 
     async def main_sandbox(self) -> ProxySandbox:
-        handle = ray.get_actor(proxy_name(self.config.build_id, MAIN_TEST_SID), namespace=NAMESPACE)
-        return await ProxySandbox.connect(handle)
+        return await ProxySandbox.connect(get_proxy(self.config.build_id, MAIN_TEST_SID))
 
     async def main_urls(self) -> dict[str, str]:
         if self.contract is None:
             return {}
-        handle = ray.get_actor(proxy_name(self.config.build_id, MAIN_TEST_SID), namespace=NAMESPACE)
+        handle = get_proxy(self.config.build_id, MAIN_TEST_SID)
         return {c.name: await handle.expose.remote(c.dev_server.port) for c in served(self.contract)}  # type: ignore[union-attr]
 
 
@@ -375,18 +378,16 @@ class RaySwarms:
 
     async def stop(self, slot_id: str) -> None:
         known = self.swarms.pop(slot_id, None)
+        name = swarm_name(self.config.build_id, slot_id)
         handle = known[1] if known else None
         if handle is None:
-            with contextlib.suppress(Exception):
+            try:
                 handle = get_swarm(self.config.build_id, slot_id)  # pooled (by its alias) or cold
-        if handle is not None:
-            await stop_swarm(handle, swarm_name(self.config.build_id, slot_id))
-            for _ in range(50):
-                try:
-                    ray.get_actor(swarm_name(self.config.build_id, slot_id), namespace=NAMESPACE)
-                except ValueError:
-                    break
-                await asyncio.sleep(0.1)
+            except ValueError:  # no swarm: nothing to stop
+                return
+        await stop_swarm(handle, name)
+        if not await handles.wait_gone(name):
+            logger.warning("build %s: %s outlived its stop", self.config.build_id, name)
 
 
 class RayJudge:
@@ -398,9 +399,8 @@ class RayJudge:
 
     async def decide(self, evidence: list[Evidence], component: str) -> Decision:
         if self._handle is None:
-            try:
-                self._handle = ray.get_actor(judge_name(self.config.build_id), namespace=NAMESPACE)
-            except ValueError:
+            self._handle = handles.find(judge_name(self.config.build_id))
+            if self._handle is None:
                 cfg = self.config
                 llm = cfg.llm if cfg.judge_llm else None
                 self._handle = start_judge(

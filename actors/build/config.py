@@ -1,4 +1,4 @@
-"""A build coordinator's configuration: its name, its config model and the copy saved for revival.
+"""A BuildCoordinator's configuration: its config model and the copy saved for revival.
 
 Control starts (and revives) coordinators from the config saved under
 ``KRIPTIK_HOME/builds/{id}.json``; the coordinator's ports read it too.
@@ -6,7 +6,6 @@ Control starts (and revives) coordinators from the config saved under
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox_agents.settings import get_settings
 
-MAIN_TEST_SID = "main-test"
 DETERMINISTIC_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 """Every slot's env: no byte-code files, so replays give byte-identical workspaces."""
-
-
-def coordinator_name(build_id: str) -> str:
-    return f"build:{build_id}"
 
 
 class CoordinatorConfig(BaseModel):
@@ -52,10 +46,15 @@ class CoordinatorConfig(BaseModel):
     """The store (``KRIPTIK_HOME/store.db`` when unset)."""
 
 
-def config_path(build_id: str) -> Path:
+def builds_dir() -> Path:
+    """``KRIPTIK_HOME/builds``, created if missing: the saved configs (and Control's admissions) of builds."""
     path = get_settings().home() / "builds"
     path.mkdir(parents=True, exist_ok=True)
-    return path / f"{build_id}.json"
+    return path
+
+
+def config_path(build_id: str) -> Path:
+    return builds_dir() / f"{build_id}.json"
 
 
 def save_config(config: CoordinatorConfig) -> None:
@@ -66,6 +65,8 @@ def save_config(config: CoordinatorConfig) -> None:
 
 
 def load_config(build_id: str) -> CoordinatorConfig | None:
-    with contextlib.suppress(FileNotFoundError, ValueError):
+    """The config saved for ``build_id``; None when there is none (or it is unreadable)."""
+    try:
         return CoordinatorConfig.model_validate_json(config_path(build_id).read_text())
-    return None
+    except (FileNotFoundError, ValueError):
+        return None

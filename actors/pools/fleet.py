@@ -14,24 +14,20 @@ that started them, and a bound one belongs to its build); the pools' warm lists 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors import handles
 from actors.agent import start_warm_agent
 from actors.pools.proxies import ProxyPool
 from actors.pools.warm import KINDS, Warm, WarmPool
-from actors.sandbox_proxy import NAMESPACE
 from actors.swarm import start_warm_swarm, stop_swarm
 from actors.team import start_warm_team, stop_team
 from sandbox_agents.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
-
-CONTROL_NAME = "control"
 
 
 class FleetPoolConfig(BaseModel):
@@ -135,16 +131,10 @@ class ControlWarmSource:
             return []
         try:
             if self._control is None:
-                self._control = ray.get_actor(CONTROL_NAME, namespace=NAMESPACE)
+                self._control = handles.get(handles.CONTROL_NAME)
             taken = await asyncio.wait_for(self._control.take_warm.remote(kind, count, self.backend), self.timeout_s)
             return [(str(name), handle) for name, handle in taken]
         except Exception:  # noqa: BLE001 - no Control, or it is busy or restarting: cold actors do the job
             self._control = None
             logger.debug("no warm %s from control; starting cold", kind, exc_info=True)
             return []
-
-
-async def close_quietly(pools: FleetPools | None) -> None:
-    if pools is not None:
-        with contextlib.suppress(Exception):
-            await pools.close()

@@ -12,14 +12,13 @@ refill and close logic is :class:`~actors.pools.warm.WarmPool`, shared with the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
-import ray
-
+from actors import handles
+from actors.handles import RayActorError, proxy_name
 from actors.pools.warm import Warm, WarmPool, WarmSource, forget_alias, named_actor, set_alias
-from actors.sandbox_proxy import NAMESPACE, forget_binding, proxy_name, start_proxy
+from actors.sandbox_proxy import forget_binding, start_proxy
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 
@@ -27,13 +26,14 @@ logger = logging.getLogger(__name__)
 
 
 def get_proxy(build_id: str, sid: str) -> Any:
-    """The proxy handle of a build's sandbox, whether it came from the pool or was started cold."""
+    """The proxy handle of a build's sandbox, whether it came from the pool or was started cold.
+
+    The one way to a build's proxy by its build and sandbox id.
+
+    Raises:
+        ValueError: The sandbox has no live proxy.
+    """
     return named_actor("proxy", proxy_name(build_id, sid))
-
-
-def proxy_handle(name: str) -> Any:
-    """The handle of the proxy actor called ``name`` (how a restarted owner reconnects to its proxy)."""
-    return ray.get_actor(name, namespace=NAMESPACE)
 
 
 async def start_owned_sandbox(
@@ -78,7 +78,7 @@ async def acquire_proxy(
     for warm in await source.take("proxy", 1) if source is not None else []:
         try:
             return await bind_proxy(warm, build_id, sid, spec, component=component)
-        except ray.exceptions.RayActorError:  # died while warm: start one cold
+        except RayActorError:  # died while warm: start one cold
             logger.warning("warm proxy %s is dead; starting %s cold", warm[0], proxy_name(build_id, sid))
     name = proxy_name(build_id, sid)
     forget_alias("proxy", name)
@@ -124,11 +124,6 @@ class ProxyPool:
             pace=pace,
         )
 
-    @property
-    def backend(self) -> dict[str, Any]:
-        """The backend config of the pool's proxies (standby included)."""
-        return dict(self._backend)
-
     async def fill(self) -> None:
         """Start proxies (and their standby sandboxes) until ``size`` are warm."""
         await self.warm.fill()
@@ -142,23 +137,18 @@ class ProxyPool:
             None, self._backend, build_id, sid, spec, component=component, heartbeat_s=self._heartbeat_s
         )
 
-    def take(self) -> Any:
-        """A warm, unbound proxy handle (for callers that bind it themselves), or None."""
-        taken = self.warm.take()
-        return taken[1] if taken is not None else None
-
     async def close(self) -> None:
         """Stop the warm proxies that were never handed out (with their standby sandboxes)."""
         await self.warm.close()
 
 
 async def release(handle: Any, name: str | None = None) -> None:
-    """Terminate a proxy's sandbox (and standbys) and kill the actor for good."""
-    with contextlib.suppress(Exception):
-        await handle.terminate.remote()
-    with contextlib.suppress(Exception):
-        await handle.close_backend.remote()
-    ray.kill(handle, no_restart=True)
+    """Terminate a proxy's sandbox (and standbys) and kill the actor for good.
+
+    A terminate that fails is logged with the proxy's name (:func:`actors.handles.stop`): the
+    sandbox may then outlive its proxy until its TTL, and the log line is how it is found.
+    """
+    await handles.stop(handle, handle.terminate.remote, handle.close_backend.remote, name=name)
     if name:
         forget_binding(name)
         forget_alias("proxy", name)

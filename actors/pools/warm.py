@@ -1,4 +1,4 @@
-"""Warm pools of generic actors, and the aliases that give a bound one its DESIGN name.
+"""Warm pools of generic actors, and the aliases that give a bound one its build name.
 
 An actor is a process: 0.4–0.8 s to start on 2 cores, two at a time. A build's fleet (a proxy,
 a team, 3–5 agents and a swarm per slot) is ~20 of them, so it is started ahead of time:
@@ -6,9 +6,10 @@ a team, 3–5 agents and a swarm per slot) is ~20 of them, so it is started ahea
 * a **warm** actor is started with nothing build-specific (its constructor takes no config)
   under a generic name ``kriptik:{kind}:{uuid}`` (a Ray name cannot change once given);
 * at acquire time its owner **binds** it (``bind(config, …)`` on the actor) and records an
-  **alias** — the DESIGN name (``build:{id}:agent:{sid}:{n}`` …) → the actor's name — in a
+  **alias** — its *build name*, the name it has in its build (``build:{id}:agent:{sid}:{n}`` …,
+  :mod:`actors.handles`) → the actor's Ray name — in a
   file under ``KRIPTIK_HOME/{kind}s/aliases/``; :func:`resolve` and :func:`named_actor` look a
-  DESIGN name up whether its actor came from a pool or was started cold under that name;
+  build name up whether its actor came from a pool or was started cold under that name;
 * a bound actor is never returned to the pool (no state of one build can reach another): its
   owner kills it when done, and the pool starts a fresh one in the background.
 
@@ -23,14 +24,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors import handles
 from actors.actor_state import StateFile, file_stem, state_dir
 from sandbox_agents.errors import InvalidInputError
 
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 C = TypeVar("C")
 
-NAMESPACE = "kriptik"
 KINDS = ("proxy", "team", "agent", "swarm")
 _DIRS = {"proxy": "proxies", "team": "teams", "agent": "agents", "swarm": "swarms"}
 
@@ -49,13 +48,13 @@ Warm = tuple[str, Any]
 class WarmBound(Generic[C]):
     """The bind-once state of a pooled actor: ``config`` is None while it waits warm, then one slot's.
 
-    Subclasses set ``KIND`` (``team``, ``swarm``, ``agent``) and :meth:`design_name`.
+    Subclasses set ``KIND`` (``team``, ``swarm``, ``agent``) and :meth:`build_name`.
     """
 
     KIND: ClassVar[str] = "actor"
     config: C | None = None
 
-    def design_name(self) -> str:
+    def build_name(self) -> str:
         raise NotImplementedError
 
     def _bound(self) -> C:
@@ -66,8 +65,8 @@ class WarmBound(Generic[C]):
         return self.config
 
     async def ping(self) -> str:
-        """The actor's DESIGN name once bound; ``""`` while it waits warm in a pool."""
-        return self.design_name() if self.config is not None else ""
+        """The actor's build name once bound; ``""`` while it waits warm in a pool."""
+        return self.build_name() if self.config is not None else ""
 
 
 class WarmSource(Protocol):
@@ -78,16 +77,11 @@ class WarmSource(Protocol):
         ...
 
 
-def warm_name(kind: str) -> str:
-    """A generic name for a warm actor of ``kind``: ``kriptik:{kind}:{uuid}``."""
-    return f"kriptik:{kind}:{uuid.uuid4().hex[:12]}"
-
-
 # --- aliases ------------------------------------------------------------------------------------
 
 
 def alias_path(kind: str, name: str) -> Path:
-    """The file that maps the DESIGN name ``name`` of a ``kind`` actor to its actor's name."""
+    """The file that maps the build name ``name`` of a ``kind`` actor to its actor's name."""
     return state_dir(f"{_DIRS.get(kind, kind)}/aliases") / (file_stem(name) + ".json")
 
 
@@ -104,7 +98,7 @@ def forget_alias(kind: str, name: str) -> None:
 
 
 def resolve(kind: str, name: str) -> str:
-    """The actor name behind the DESIGN name ``name`` (``name`` itself when it has no alias)."""
+    """The actor name behind the build name ``name`` (``name`` itself when it has no alias)."""
     with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
         return str(json.loads(alias_path(kind, name).read_text())["actor"])
     return name
@@ -112,11 +106,11 @@ def resolve(kind: str, name: str) -> str:
 
 def named_actor(kind: str, name: str) -> Any:
     """The handle of the ``kind`` actor known as ``name``, pooled or cold; ValueError when there is none."""
-    return ray.get_actor(resolve(kind, name), namespace=NAMESPACE)
+    return handles.get(resolve(kind, name))
 
 
 def aliased(kind: str, prefix: str) -> list[str]:
-    """The DESIGN names of ``kind`` starting with ``prefix`` that have an alias (e.g. a slot's agents)."""
+    """The build names of ``kind`` starting with ``prefix`` that have an alias (e.g. a slot's agents)."""
     stem = file_stem(prefix)
     folder = state_dir(f"{_DIRS.get(kind, kind)}/aliases")
     names = []
@@ -124,17 +118,6 @@ def aliased(kind: str, prefix: str) -> list[str]:
         if path.stem.startswith(stem):
             names.append(path.stem)
     return sorted(names)
-
-
-async def wait_gone(name: str, *, attempts: int = 50, every_s: float = 0.1) -> bool:
-    """Poll until no actor is called ``name`` (``ray.kill`` is asynchronous); False if it outlived the bound."""
-    for _ in range(attempts):
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            return True
-        await asyncio.sleep(every_s)
-    return False
 
 
 # --- the pool -----------------------------------------------------------------------------------
@@ -154,7 +137,7 @@ async def _ping(handle: Any) -> Any:
 
 
 async def _kill(handle: Any, name: str) -> None:
-    ray.kill(handle, no_restart=True)
+    handles.kill(handle)
 
 
 class WarmPool:
@@ -165,7 +148,7 @@ class WarmPool:
         start: Starts a detached actor under the name it is given; returns its handle (no I/O wait).
         size: Actors kept warm.
         ready: Awaited on a new actor before it counts as warm (default: its ``ping``).
-        stop: Ends a warm actor that was never handed out (default: ``ray.kill``).
+        stop: Ends a warm actor that was never handed out (default: :func:`actors.handles.kill`).
         persist: Keep the warm names in ``KRIPTIK_HOME/pools/{kind}.json`` and adopt the live ones
             on the first :meth:`fill` (a restarted owner, e.g. the Control actor).
         refill_delay_s: How long a refill waits after a take. A build takes its whole fleet in a
@@ -211,15 +194,21 @@ class WarmPool:
         return [name for name, _ in self._warm]
 
     async def _start_one(self) -> Warm:
-        name = warm_name(self.kind)
+        name = handles.warm_name(self.kind)
         handle = self._start(name)
         try:
             await self._ready(handle)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await self._stop(handle, name)
+            await self._stop_warm(handle, name)
             raise
         return name, handle
+
+    async def _stop_warm(self, handle: Any, name: str) -> None:
+        """Stop a warm actor of this pool; a failure is logged (the actor may be dead already)."""
+        try:
+            await self._stop(handle, name)
+        except Exception as exc:  # noqa: BLE001 - one actor that will not stop must not stop the pool
+            logger.warning("warm %s pool: stopping %s failed: %r", self.kind, name, exc)
 
     async def _start_paced(self) -> Warm:
         if self._pace is None:
@@ -233,18 +222,21 @@ class WarmPool:
         """Take back the warm actors a previous incarnation of the owner left (those still answering)."""
         self._adopted = True
         assert self._state is not None
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            for name in self._state.load().warm:
-                try:
-                    handle = ray.get_actor(name, namespace=NAMESPACE)
-                    await asyncio.wait_for(self._ready(handle), 10)
-                except Exception:  # noqa: BLE001 - gone or broken: a fresh one replaces it
-                    continue
-                if len(self._warm) < self.size:
-                    self._warm.append((name, handle))
-                else:
-                    with contextlib.suppress(Exception):
-                        await self._stop(handle, name)
+        try:
+            names = self._state.load().warm
+        except (FileNotFoundError, ValueError):  # nothing saved (or unreadable): nothing to adopt
+            return
+        for name in names:
+            try:
+                handle = handles.get(name)
+                await asyncio.wait_for(self._ready(handle), 10)
+            except Exception as exc:  # noqa: BLE001 - gone or broken: a fresh one replaces it
+                logger.info("warm %s pool: not adopting %s: %r", self.kind, name, exc)
+                continue
+            if len(self._warm) < self.size:
+                self._warm.append((name, handle))
+            else:
+                await self._stop_warm(handle, name)
 
     def _save(self) -> None:
         if self._state is not None:
@@ -272,8 +264,7 @@ class WarmPool:
                 if not self._closed:
                     logger.warning("warm %s pool: a start failed: %s", self.kind, item)
             elif self._closed:
-                with contextlib.suppress(Exception):
-                    await self._stop(item[1], item[0])
+                await self._stop_warm(item[1], item[0])
             else:
                 self._warm.append(item)
         self._save()
@@ -311,11 +302,14 @@ class WarmPool:
         self._closed = True
         if self._filling is not None:
             self._filling.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await self._filling
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - closing goes on: the warm actors must still go
+                logger.warning("warm %s pool: the last refill failed: %r", self.kind, exc)
         warm, self._warm = self._warm, []
         for name, handle in warm:
-            with contextlib.suppress(Exception):
-                await self._stop(handle, name)
+            await self._stop_warm(handle, name)
         if self._state is not None:
             self._state.remove()

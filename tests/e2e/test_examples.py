@@ -19,9 +19,8 @@ import pytest_asyncio
 
 from actors.build.actor import get_coordinator, stop_coordinator
 from actors.control import stop_control
-from actors.merge_gate import gate_name
+from actors.handles import NAMESPACE, gate_name
 from actors.runtime import Runtime, start_runtime
-from actors.sandbox_proxy import NAMESPACE
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.redis_server import ManagedRedis
 from coordinator.contracts import load_contract

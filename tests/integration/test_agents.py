@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from actors.agent import agent_name
+from actors.handles import NAMESPACE, agent_name, proxy_name
 from actors.pools.proxies import release
-from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
+from actors.sandbox_proxy import start_proxy
 from actors.team import TeamConfig, start_team, stop_team
 from coordinator.bus.context_bus import ContextBus
 from coordinator.resources import examples_dir

@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from actors.handles import NAMESPACE, proxy_name
 from actors.merge_gate import GateConfig, start_gate, stop_gate
 from actors.pools.proxies import release
 from actors.preview import PreviewConfig, start_preview, stop_preview
-from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
+from actors.sandbox_proxy import start_proxy
 from coordinator.bus.context_bus import ContextBus
 from coordinator.merge.gate import MergeResult, request_from_sandbox
 from sandbox_agents.backends.base import SandboxSpec

@@ -40,7 +40,7 @@ DRIVER = textwrap.dedent(
     from actors.build.actor import get_coordinator, stop_coordinator
     from actors.control import stop_control
     from actors.runtime import start_runtime
-    from actors.sandbox_proxy import NAMESPACE, proxy_name
+    from actors.handles import NAMESPACE, proxy_name
     from actors.pools.proxies import get_proxy
 
     def node_of(handle):

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from actors.handles import proxy_name
 from actors.pools.proxies import ProxyPool, get_proxy, release
-from actors.sandbox_proxy import proxy_name, start_proxy
+from actors.sandbox_proxy import start_proxy
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus
 from sandbox_agents.errors import InvalidInputError, SandboxError, SandboxPathError
 

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from actors.agent import AgentConfig, agent_name, bind_agent, get_agent, start_agent, start_warm_agent, stop_agent
+from actors.agent import AgentConfig, bind_agent, get_agent, start_agent, start_warm_agent, stop_agent
+from actors.handles import NAMESPACE, agent_name, proxy_name, swarm_name, team_name, wait_gone
 from actors.pools.fleet import ControlWarmSource, FleetPoolConfig, FleetPools
 from actors.pools.proxies import acquire_proxy, get_proxy, release
-from actors.pools.warm import WarmPool, resolve, wait_gone
-from actors.sandbox_proxy import NAMESPACE, proxy_name, start_proxy
-from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, swarm_name
-from actors.team import TeamConfig, get_team, launch_team, stop_team, team_name
+from actors.pools.warm import WarmPool, resolve
+from actors.sandbox_proxy import start_proxy
+from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm
+from actors.team import TeamConfig, get_team, launch_team, stop_team
 from coordinator.bus.context_bus import ContextBus
 from coordinator.team.runner import ComponentWork
 from sandbox_agents.agent_models import AgentTask
