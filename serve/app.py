@@ -3,6 +3,8 @@
 :func:`create_app` wires the routes to the Control port, the bus (for SSE), the store (for
 tokens) and the limits. It does no I/O: the bus is made on the first stream, so the same
 factory serves tests (an ASGI transport) and the Ray Serve replica (``serve/deployment.py``).
+The app's lifespan closes that bus at shutdown (:func:`close_app`): Serve runs the ASGI
+lifespan of a replica it stops.
 
 Every route but ``/api/health`` needs ``Authorization: Bearer <token>`` and acts for the
 token's user only; another user's build is a 404, exactly like an unknown one. Errors are
@@ -12,7 +14,8 @@ JSON :class:`ErrorBody`; a 500 is always a bug and is logged with its traceback.
 # No `from __future__ import annotations`: FastAPI must see the route annotations (local aliases) as objects.
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any
 
@@ -183,7 +186,14 @@ def create_app(
     """
     settings = settings or ApiSettings()
     limiter = limiter or RateLimiter(settings.rate_per_s, settings.burst)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await close_app(app)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="KripTik Fleet API",
         version=VERSION,
         description="Start, follow and steer builds. Every route but /api/health needs a bearer token.",
@@ -216,56 +226,56 @@ def create_app(
     @app.post("/api/builds", response_model=BuildCreated, status_code=202, tags=["builds"])
     async def submit(body: BuildRequest, who: User) -> BuildCreated:
         """Queue a build; it runs in the background. Follow it with the returned URLs."""
-        build_id = await control.submit(who.user_id, body.model_dump(mode="json"))
+        build_id = await control.submit(who.user_id, body)
         return BuildCreated(
             id=build_id, status_url=f"/api/build/status/{build_id}", stream_url=f"/api/build/stream/{build_id}"
         )
 
     @app.get("/api/builds", response_model=list[BuildSummary], tags=["builds"])
-    async def list_builds(who: User) -> list[dict[str, Any]]:
+    async def list_builds(who: User) -> list[BuildSummary]:
         """Your builds, newest first."""
         return await control.list_builds(who.user_id)
 
     @app.get("/api/build/status/{build_id}", response_model=BuildStatus, tags=["builds"])
-    async def status(build_id: BuildId, who: User) -> dict[str, Any]:
+    async def status(build_id: BuildId, who: User) -> BuildStatus:
         """Everything about one build: phase, fleet, budget, tournaments, merges."""
         return await control.status(who.user_id, build_id)
 
     @app.get("/api/build/preview/{build_id}", response_model=PreviewView, tags=["builds"])
-    async def preview(build_id: BuildId, who: User) -> dict[str, Any]:
+    async def preview(build_id: BuildId, who: User) -> PreviewView:
         """Preview URLs: the merged app and each component's dev server."""
         return await control.preview(who.user_id, build_id)
 
     @app.post("/api/build/cancel/{build_id}", response_model=BuildStatus, tags=["builds"])
-    async def cancel(build_id: BuildId, who: User) -> dict[str, Any]:
+    async def cancel(build_id: BuildId, who: User) -> BuildStatus:
         """Cancel a build (idempotent); its sandboxes are ended."""
         return await control.cancel(who.user_id, build_id)
 
     @app.post("/api/build/resume/{build_id}", response_model=BuildStatus, tags=["builds"])
-    async def resume(build_id: BuildId, who: User) -> dict[str, Any]:
+    async def resume(build_id: BuildId, who: User) -> BuildStatus:
         """Resume a paused build (409 if its budget is still spent)."""
         return await control.resume(who.user_id, build_id)
 
     @app.get("/api/build/sandboxes/{build_id}", response_model=list[SandboxView], tags=["builds"])
-    async def sandboxes(build_id: BuildId, who: User) -> list[dict[str, Any]]:
+    async def sandboxes(build_id: BuildId, who: User) -> list[SandboxView]:
         """The build's fleet: one sandbox per slot, with its agents and swarm score."""
         return await control.sandboxes(who.user_id, build_id)
 
     @app.get("/api/build/budget/{build_id}", response_model=BudgetView, tags=["budget"])
-    async def budget(build_id: BuildId, who: User) -> dict[str, Any]:
+    async def budget(build_id: BuildId, who: User) -> BudgetView:
         """Spending limit and spend so far."""
-        view = (await control.status(who.user_id, build_id)).get("budget")
+        view = (await control.status(who.user_id, build_id)).budget
         if view is None:
             raise InvalidInputError(f"build {build_id} has no budget yet", field="build_id")
         return view
 
     @app.post("/api/build/budget/{build_id}", response_model=BudgetView, tags=["budget"])
-    async def raise_budget(build_id: BuildId, body: BudgetRaise, who: User) -> dict[str, Any]:
+    async def raise_budget(build_id: BuildId, body: BudgetRaise, who: User) -> BudgetView:
         """Add dollars to the build's limit; a paused build then continues with resume."""
         return await control.raise_budget(who.user_id, build_id, body.usd)
 
     @app.post("/api/build/take-control/{build_id}", response_model=TakeControlView, tags=["builds"])
-    async def take_control(build_id: BuildId, who: User) -> dict[str, Any]:
+    async def take_control(build_id: BuildId, who: User) -> TakeControlView:
         """A URL where you drive the live preview yourself."""
         return await control.take_control(who.user_id, build_id)
 
@@ -285,7 +295,7 @@ def create_app(
         current = await control.status(who.user_id, build_id)  # 404 before the stream starts
         events = build_events(
             bus(), control, who.user_id, build_id, after,
-            initial_status=current["status"], block_ms=settings.sse_block_ms,
+            initial_status=current.status, block_ms=settings.sse_block_ms,
         )  # fmt: skip
         return stream_response(events, heartbeat_s=settings.heartbeat_s)
 
@@ -300,8 +310,11 @@ def create_app(
 
 
 async def close_app(app: FastAPI) -> None:
-    """Close what the app opened (the bus of its streams)."""
+    """Close what the app opened (the bus of its streams); its lifespan calls this at shutdown."""
     bus: ContextBus | None = app.state.bus
     app.state.bus = None
     if bus is not None:
-        await bus.aclose(flush_timeout=1.0)
+        try:
+            await bus.aclose(flush_timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - the replica is going away; nothing is left to retry it
+            logger.warning("closing the API's bus failed: %r", exc)

@@ -1,9 +1,10 @@
 """What the HTTP layer needs from the Control actor, as a small protocol (a *port*).
 
-The API codes against :class:`ControlPort` only. In production :class:`RayControlPort`
-adapts the named ``control`` actor (namespace ``kriptik``); tests, the benchmark and UI
-work use :class:`MemoryControl`, an in-memory double that keeps builds in dicts and runs
-nothing. Every method is scoped to a user: another user's build does not exist for you
+The API codes against :class:`ControlPort` only, and gets the models of
+:mod:`coordinator.api_models` back. In production :class:`RayControlPort` adapts the named
+``control`` actor (namespace ``kriptik``); tests, the benchmark and UI work use
+:class:`MemoryControl`, an in-memory double that keeps builds in dicts and runs nothing. Every
+method is scoped to a user: another user's build does not exist for you
 (:class:`BuildNotFoundError`, a 404), so ids cannot be probed.
 """
 
@@ -12,13 +13,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
-from coordinator.api_models import FINAL_STATUSES, BuildRequest
+from coordinator.api_models import (
+    FINAL_STATUSES,
+    BudgetView,
+    BuildRequest,
+    BuildStatus,
+    BuildSummary,
+    PreviewView,
+    SandboxView,
+    TakeControlView,
+)
 from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError, InvalidInputError, KriptikError
-
-CONTROL_NAME = "control"
-CONTROL_NAMESPACE = "kriptik"
 
 
 class ControlUnavailableError(KriptikError, ConnectionError):
@@ -27,62 +35,64 @@ class ControlUnavailableError(KriptikError, ConnectionError):
 
 @runtime_checkable
 class ControlPort(Protocol):
-    """The Control actor as the API sees it; dicts in the shapes of ``coordinator.api_models``.
+    """The Control actor as the API sees it: requests in, the views of ``coordinator.api_models`` out.
 
     Every method raises :class:`BuildNotFoundError` for an unknown build or another user's,
     :class:`InvalidInputError` for bad input and :class:`BudgetExceededError` when spending
     is refused.
     """
 
-    async def submit(self, user_id: str, request: dict[str, Any]) -> str: ...
-    async def status(self, user_id: str, build_id: str) -> dict[str, Any]: ...
-    async def list_builds(self, user_id: str) -> list[dict[str, Any]]: ...
-    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]: ...
-    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]: ...
-    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]: ...
-    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]: ...
-    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]: ...
-    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]: ...
+    async def submit(self, user_id: str, request: BuildRequest) -> str: ...
+    async def status(self, user_id: str, build_id: str) -> BuildStatus: ...
+    async def list_builds(self, user_id: str) -> list[BuildSummary]: ...
+    async def cancel(self, user_id: str, build_id: str) -> BuildStatus: ...
+    async def resume(self, user_id: str, build_id: str) -> BuildStatus: ...
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> BudgetView: ...
+    async def preview(self, user_id: str, build_id: str) -> PreviewView: ...
+    async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]: ...
+    async def take_control(self, user_id: str, build_id: str) -> TakeControlView: ...
 
 
 class RayControlPort:
-    """:class:`ControlPort` over a Ray actor handle; every ``ray.*`` call of the API is here.
+    """:class:`ControlPort` over the Control actor's handle; every Ray call of the API is here.
+
+    Each method calls the actor's method of the same name and validates its answer (the actor
+    answers in JSON form) into the API's model.
 
     Args:
         handle: the Control actor's handle; looked up by name at the first call when ``None``
             (so the API can start before the Control actor does and answer 503 meanwhile).
-        name, namespace: where to look it up.
+        name: the actor's name (the cluster's ``control`` when ``None``).
         timeout_s: longest wait for one call before :class:`ControlUnavailableError`.
     """
 
-    def __init__(
-        self,
-        handle: Any = None,
-        *,
-        name: str = CONTROL_NAME,
-        namespace: str = CONTROL_NAMESPACE,
-        timeout_s: float = 30.0,
-    ) -> None:
+    def __init__(self, handle: Any = None, *, name: str | None = None, timeout_s: float = 30.0) -> None:
         self._handle = handle
         self.name = name
-        self.namespace = namespace
         self.timeout_s = timeout_s
 
     def _actor(self) -> Any:
         if self._handle is None:
-            import ray
+            from actors import handles
 
+            name = self.name or handles.CONTROL_NAME
             try:
-                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+                self._handle = handles.get(name)
             except ValueError as exc:
-                raise ControlUnavailableError(f"no actor {self.name!r} in namespace {self.namespace!r}") from exc
+                raise ControlUnavailableError(f"no actor {name!r} in namespace {handles.NAMESPACE!r}") from exc
         return self._handle
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _answer(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        """The answer of ``call(actor)`` (one ``actor.method.remote(...)``), with Ray's errors translated.
+
+        Raises:
+            KriptikError: the one the actor raised, with its fields (not Ray's wrapper).
+            ControlUnavailableError: the actor is missing, dead, restarting, or did not answer in time.
+        """
         import ray.exceptions as rex
 
         try:
-            ref = getattr(self._actor(), method).remote(*args)
+            ref = call(self._actor())
             async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
                 return await ref
         except rex.RayTaskError as exc:
@@ -90,38 +100,48 @@ class RayControlPort:
             if isinstance(cause, KriptikError):
                 raise cause from None  # our own error, with its fields, not Ray's wrapper
             raise
-        except (rex.RayActorError, rex.ActorUnavailableError) as exc:
+        except rex.RayActorError as exc:  # ActorUnavailableError too
             self._handle = None  # look it up again: a restarted actor may be a new handle
             raise ControlUnavailableError(f"control actor unavailable: {exc}") from exc
         except TimeoutError as exc:
-            raise ControlUnavailableError(f"control actor did not answer {method} in {self.timeout_s}s") from exc
+            raise ControlUnavailableError(f"control actor did not answer {what} in {self.timeout_s}s") from exc
 
-    async def submit(self, user_id: str, request: dict[str, Any]) -> str:
-        return str(await self._call("submit", user_id, request))
+    async def submit(self, user_id: str, request: BuildRequest) -> str:
+        return str(await self._answer(lambda control: control.submit.remote(user_id, request), "submit"))
 
-    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
-        return await self._call("status", user_id, build_id)
+    async def status(self, user_id: str, build_id: str) -> BuildStatus:
+        answer = await self._answer(lambda control: control.status.remote(user_id, build_id), "status")
+        return BuildStatus.model_validate(answer)
 
-    async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
-        return await self._call("list_builds", user_id)
+    async def list_builds(self, user_id: str) -> list[BuildSummary]:
+        answer = await self._answer(lambda control: control.list_builds.remote(user_id), "list_builds")
+        return [BuildSummary.model_validate(build) for build in answer]
 
-    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]:
-        return await self._call("cancel", user_id, build_id)
+    async def cancel(self, user_id: str, build_id: str) -> BuildStatus:
+        """Cancel, then the build's status (Control answers a cancel with its progress word, ``cancelling``)."""
+        await self._answer(lambda control: control.cancel.remote(user_id, build_id), "cancel")
+        return await self.status(user_id, build_id)
 
-    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]:
-        return await self._call("resume", user_id, build_id)
+    async def resume(self, user_id: str, build_id: str) -> BuildStatus:
+        """Resume, then the build's status (Control answers a resume with the coordinator's word)."""
+        await self._answer(lambda control: control.resume.remote(user_id, build_id), "resume")
+        return await self.status(user_id, build_id)
 
-    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]:
-        return await self._call("raise_budget", user_id, build_id, usd)
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> BudgetView:
+        answer = await self._answer(lambda control: control.raise_budget.remote(user_id, build_id, usd), "raise_budget")
+        return BudgetView.model_validate(answer)
 
-    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
-        return await self._call("preview", user_id, build_id)
+    async def preview(self, user_id: str, build_id: str) -> PreviewView:
+        answer = await self._answer(lambda control: control.preview.remote(user_id, build_id), "preview")
+        return PreviewView.model_validate(answer)
 
-    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
-        return await self._call("sandboxes", user_id, build_id)
+    async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]:
+        answer = await self._answer(lambda control: control.sandboxes.remote(user_id, build_id), "sandboxes")
+        return [SandboxView.model_validate(sandbox) for sandbox in answer]
 
-    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
-        return await self._call("take_control", user_id, build_id)
+    async def take_control(self, user_id: str, build_id: str) -> TakeControlView:
+        answer = await self._answer(lambda control: control.take_control.remote(user_id, build_id), "take_control")
+        return TakeControlView.model_validate(answer)
 
 
 class MemoryControl:
@@ -143,7 +163,7 @@ class MemoryControl:
             raise BuildNotFoundError(f"no build {build_id!r}")
         return build
 
-    async def submit(self, user_id: str, request: dict[str, Any]) -> str:
+    async def submit(self, user_id: str, request: BuildRequest | dict[str, Any]) -> str:
         req = BuildRequest.model_validate(request)
         if req.example == "missing":
             raise InvalidInputError("no example called 'missing'", field="example")
@@ -170,22 +190,20 @@ class MemoryControl:
         }
         return build_id
 
-    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
-        build = self._own(user_id, build_id)
-        return {k: v for k, v in build.items() if k not in ("sandboxes", "preview", "title")}
+    async def status(self, user_id: str, build_id: str) -> BuildStatus:
+        return BuildStatus.model_validate(self._own(user_id, build_id))  # its other keys are ignored
 
-    async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
-        keys = ("id", "status", "phase", "title", "started_at", "finished_at")
+    async def list_builds(self, user_id: str) -> list[BuildSummary]:
         mine = [b for b in self.builds.values() if b["user_id"] == user_id]
-        return [{k: b[k] for k in keys} for b in sorted(mine, key=lambda b: b["started_at"], reverse=True)]
+        return [BuildSummary.model_validate(b) for b in sorted(mine, key=lambda b: b["started_at"], reverse=True)]
 
-    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]:
+    async def cancel(self, user_id: str, build_id: str) -> BuildStatus:
         build = self._own(user_id, build_id)
         if build["status"] not in FINAL_STATUSES:
             build.update(status="cancelled", finished_at=self.clock())
         return await self.status(user_id, build_id)
 
-    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]:
+    async def resume(self, user_id: str, build_id: str) -> BuildStatus:
         build = self._own(user_id, build_id)
         if build["status"] in FINAL_STATUSES:
             raise InvalidInputError(f"build {build_id} is {build['status']} and cannot resume", field="build_id")
@@ -195,27 +213,27 @@ class MemoryControl:
         build["status"] = "running"
         return await self.status(user_id, build_id)
 
-    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]:
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> BudgetView:
         build = self._own(user_id, build_id)
         if usd <= 0:
             raise InvalidInputError("a raise must be positive", field="usd")
         budget = build["budget"]
         budget["limit_usd"] += usd
         budget["status"] = "ok" if budget["spent_usd"] < budget["limit_usd"] else "exhausted"
-        return dict(budget)
+        return BudgetView.model_validate(budget)
 
-    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
-        return dict(self._own(user_id, build_id)["preview"])
+    async def preview(self, user_id: str, build_id: str) -> PreviewView:
+        return PreviewView.model_validate(self._own(user_id, build_id)["preview"])
 
-    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
-        return list(self._own(user_id, build_id)["sandboxes"])
+    async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]:
+        return [SandboxView.model_validate(sandbox) for sandbox in self._own(user_id, build_id)["sandboxes"]]
 
-    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
+    async def take_control(self, user_id: str, build_id: str) -> TakeControlView:
         build = self._own(user_id, build_id)
         url = build["preview"]["url"]
         if url is None:
             raise InvalidInputError(f"build {build_id} has no preview yet", field="build_id")
-        return {"url": url}
+        return TakeControlView(url=url)
 
     # --- test hooks ----------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ async def build_events(
             yield _end(final_status, last)
             return
         try:
-            status = (await control.status(user_id, build_id))["status"]
+            status = (await control.status(user_id, build_id)).status
         except KriptikError as exc:  # Control restarting: keep streaming, ask again later
             logger.info("stream of build %s: status unavailable (%s)", build_id, exc)
             continue

@@ -11,7 +11,7 @@ and see every committed write).
 Control stays the authority for what the store does not know: unknown builds and other
 users' builds go to it (so a 404 is decided there exactly as before and ids cannot be
 probed). The answer of the fast path is the one Control would give: it is produced by the
-same function (``actors.control._status_view``) over the same rows.
+same floor-2 function (:func:`coordinator.control.status_view`) over the same rows.
 """
 
 from __future__ import annotations
@@ -19,6 +19,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from coordinator.api_models import (
+    BudgetView,
+    BuildRequest,
+    BuildStatus,
+    BuildSummary,
+    PreviewView,
+    SandboxView,
+    TakeControlView,
+)
+from coordinator.control import status_view
 from coordinator.store.store import Store
 from sandbox_agents.errors import BuildNotFoundError, StoreError
 from serve.control_port import ControlPort
@@ -35,21 +45,23 @@ class StoreFirstControl:
     """
 
     def __init__(self, control: ControlPort, store: Store) -> None:
-        from actors.control import _status_view  # the very function Control answers with
-
         self.control = control
         self.store = store
-        self._view = _status_view
         self.local_hits = 0
         """Status reads answered from the store (observability and tests)."""
 
-    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
-        view = self.stored_status(user_id, build_id)
+    async def status(self, user_id: str, build_id: str) -> BuildStatus:
+        view = self._stored_view(user_id, build_id)
         if view is not None:
             return view
         return await self.control.status(user_id, build_id)
 
     def stored_status(self, user_id: str, build_id: str) -> dict[str, Any] | None:
+        """The user's build's ``BuildStatus`` from the store in the JSON form Control answers, or ``None``."""
+        view = self._stored_view(user_id, build_id)
+        return view.model_dump(mode="json") if view is not None else None
+
+    def _stored_view(self, user_id: str, build_id: str) -> BuildStatus | None:
         """The user's build's ``BuildStatus`` from the store, or ``None`` (ask Control)."""
         try:
             session = self.store.get_session(build_id, user_id)  # scoped: another user's build is not found
@@ -59,30 +71,30 @@ class StoreFirstControl:
             logger.warning("status of %s: store read failed; asking Control", build_id, exc_info=True)
             return None
         self.local_hits += 1
-        return self._view(self.store, session)
+        return status_view(self.store, session)
 
     # --- everything else goes to Control unchanged ----------------------------------------
 
-    async def submit(self, user_id: str, request: dict[str, Any]) -> str:
+    async def submit(self, user_id: str, request: BuildRequest) -> str:
         return await self.control.submit(user_id, request)
 
-    async def list_builds(self, user_id: str) -> list[dict[str, Any]]:
+    async def list_builds(self, user_id: str) -> list[BuildSummary]:
         return await self.control.list_builds(user_id)
 
-    async def cancel(self, user_id: str, build_id: str) -> dict[str, Any]:
+    async def cancel(self, user_id: str, build_id: str) -> BuildStatus:
         return await self.control.cancel(user_id, build_id)
 
-    async def resume(self, user_id: str, build_id: str) -> dict[str, Any]:
+    async def resume(self, user_id: str, build_id: str) -> BuildStatus:
         return await self.control.resume(user_id, build_id)
 
-    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> dict[str, Any]:
+    async def raise_budget(self, user_id: str, build_id: str, usd: float) -> BudgetView:
         return await self.control.raise_budget(user_id, build_id, usd)
 
-    async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
+    async def preview(self, user_id: str, build_id: str) -> PreviewView:
         return await self.control.preview(user_id, build_id)
 
-    async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
+    async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]:
         return await self.control.sandboxes(user_id, build_id)
 
-    async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
+    async def take_control(self, user_id: str, build_id: str) -> TakeControlView:
         return await self.control.take_control(user_id, build_id)

@@ -33,7 +33,7 @@ class CountingControl(MemoryControl):
         self.status_calls = 0
 
     async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
-        from actors.control import _status_view
+        from coordinator.control import status_view as _status_view
 
         self.status_calls += 1
         session = self.store.get_session(build_id, user_id)  # BuildNotFoundError: a 404
