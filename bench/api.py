@@ -45,7 +45,7 @@ def _http_latencies(url: str, token: str, build: str, rounds: int) -> tuple[list
 
 
 async def _sse_latencies(url: str, token: str, build: str, redis_url: str, events: int) -> list[float]:
-    from coordinator.bus.context_bus import BusConfig, ContextBus
+    from coordinator.bus import BusConfig, ContextBus
 
     bus = ContextBus(redis_url, BusConfig(prefix="bench"), sender="bench")
     arrived: dict[int, float] = {}

@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.models import Envelope, Progress
+from coordinator.bus import BusConfig, ContextBus, Envelope, Progress
 from coordinator.bus.redis_server import ManagedRedis
 
 logger = logging.getLogger("bench.bus")

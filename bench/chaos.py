@@ -121,7 +121,7 @@ class Stack:
 
 async def start_stack(home: Path) -> Stack:
     from actors.runtime import start_runtime
-    from coordinator.bus.context_bus import BusConfig, ContextBus
+    from coordinator.bus import BusConfig, ContextBus
     from coordinator.bus.redis_server import ManagedRedis, free_port
     from coordinator.store.store import Store
     from serve.app import ApiSettings

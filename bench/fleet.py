@@ -138,7 +138,7 @@ async def _recovery(home: Path) -> dict[str, Any]:
     from actors.build.actor import get_coordinator, stop_coordinator
     from actors.control import stop_control
     from actors.runtime import start_runtime
-    from coordinator.bus.context_bus import BusConfig, ContextBus
+    from coordinator.bus import BusConfig, ContextBus, Event
 
     rt = await start_runtime(home, heartbeat_s=1.0, admit_poll_s=0.3, coordinator={"gate": {"swarm_must_pass": False}})
     bus = ContextBus(rt.redis_url, BusConfig(prefix="kriptik"), sender="bench")
@@ -147,7 +147,8 @@ async def _recovery(home: Path) -> dict[str, Any]:
         build_id = await rt.control.submit.remote("bench", {"example": "hello-calc"})
 
         async def kinds() -> list[tuple[float, str]]:
-            return [(time.time(), env.message.kind) for _, env in await bus.read_events(build_id, count=10_000)]
+            log = await bus.read_events(build_id, count=10_000)
+            return [(time.time(), env.message.kind) for _, env in log if isinstance(env.message, Event)]
 
         deadline = time.monotonic() + 120
         while not any(k == "slot.building" for _, k in await kinds()):
