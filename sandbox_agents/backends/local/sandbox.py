@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sandbox_agents.backends.base import (
     ExecChunk,
@@ -39,19 +39,33 @@ from sandbox_agents.backends.local.host import (
 from sandbox_agents.backends.local.launch import SANDBOX_HOME, boottime_deadline, process_start_time
 from sandbox_agents.backends.local.proc import ProcOutput, run_process
 from sandbox_agents.backends.local.state import Forwarder, LocalState, _libc, unmount
+from sandbox_agents.backends.local.uids import UidPool
 from sandbox_agents.backends.paths import workspace_relative
 from sandbox_agents.errors import SandboxDeadError, SandboxError, SandboxPathError, SandboxTimeoutError, SnapshotError
 
-if TYPE_CHECKING:
-    from sandbox_agents.backends.local.backend import LocalBackend
-
 _MS_REMOUNT = 32
+
+
+class SandboxHost(Protocol):
+    """What a sandbox needs of the backend that made it (a protocol: backend.py imports this module)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def snapshots_dir(self) -> Path: ...
+
+    @property
+    def seccomp_filter(self) -> Path: ...
+
+    @property
+    def uids(self) -> UidPool: ...
 
 
 class LocalSandbox:
     """A handle on one local sandbox; many handles (in many processes) may share one sandbox."""
 
-    def __init__(self, backend: LocalBackend, state: LocalState, cgroups: SandboxCgroups) -> None:
+    def __init__(self, backend: SandboxHost, state: LocalState, cgroups: SandboxCgroups) -> None:
         self._backend = backend
         self._state = state
         self.cgroups = cgroups
