@@ -246,7 +246,7 @@ class WebhookNotifier:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.config.backoff_max_s)
-        return min(self.config.backoff_base_s * 2 ** (attempt - 1), self.config.backoff_max_s)
+        return min(self.config.backoff_base_s * 2.0 ** (attempt - 1), self.config.backoff_max_s)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -192,15 +192,15 @@ class ComponentSteps:
         """Run ``op`` on the slot; if its sandbox turns out dead, respawn it and run ``op`` again."""
         while True:
             error: Exception | None = None
-            result: Any = None
             try:
                 result = await op()
-            except Exception as exc:  # noqa: BLE001 - decided below: a dead sandbox is retried
+            except Exception as exc:  # noqa: BLE001 - a failure on a live sandbox is raised; on a dead one, retried
+                if await self.ports.fleet.alive(slot.slot_id):
+                    raise
                 error = exc
-            if await self.ports.fleet.alive(slot.slot_id):
-                if error is not None:
-                    raise error
-                return result
+            else:
+                if await self.ports.fleet.alive(slot.slot_id):
+                    return result
             logger.warning("build %s: sandbox of %s is dead (%r); respawning", self.state.build_id, slot.slot_id, error)
             await self.respawn(slot)
 

@@ -70,7 +70,6 @@ from coordinator.team.models import (
     CheckRunner,
     ComponentWork,
     ContextReader,
-    LLMCharge,
     Planner,
     TeamAgent,
     TeamEvents,
@@ -82,6 +81,7 @@ from coordinator.team.models import (
 )
 from sandbox_agents.backends.base import ExecResult
 from sandbox_agents.errors import InvalidInputError
+from sandbox_agents.llm.metered import LLMCharge
 
 __all__ = [
     "FAILURE_CAP",
