@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -47,6 +47,9 @@ from sandbox_agents.errors import BusBufferFullError, BusMalformedEntryError, Bu
 from sandbox_agents.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+"""A stream entry as redis-py returns it with ``decode_responses`` off: its id and its fields."""
 
 
 @dataclass(slots=True)
@@ -279,9 +282,13 @@ class ContextBus:
         key = self.keys(build_id).stream("events")
         try:
             if block_ms is None:
-                rows = await self.redis.xrange(key, f"({after_id}" if after_id else "-", "+", count=count)
+                raw = await self.redis.xrange(key, f"({after_id}" if after_id else "-", "+", count=count)
+                rows = cast("list[RawEntry]", raw)
             else:
-                found = await self.redis.xread({key: after_id or "0-0"}, count=count, block=block_ms)
+                found = cast(
+                    "list[tuple[bytes, list[RawEntry]]]",
+                    await self.redis.xread({key: after_id or "0-0"}, count=count, block=block_ms),
+                )
                 rows = found[0][1] if found else []
         except REDIS_DOWN as exc:
             raise BusUnavailableError(f"cannot read events of build {build_id}: {exc}") from exc
@@ -305,7 +312,7 @@ class ContextBus:
     async def unified_context(self, build_id: str) -> UnifiedContext:
         """The build's compacted snapshot, read in one call."""
         try:
-            raw = await self.redis.hgetall(self.keys(build_id).unified)
+            raw = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys(build_id).unified))
         except REDIS_DOWN as exc:
             raise BusUnavailableError(f"cannot read unified context of build {build_id}: {exc}") from exc
         context, files, errors = {}, {}, {}
@@ -322,24 +329,27 @@ class ContextBus:
     async def read_dead(self, build_id: str, count: int = 100) -> list[DeadLetter]:
         """Dead letters of the build, oldest first."""
         try:
-            rows = await self.redis.xrange(self.keys(build_id).dead, count=count)
+            rows = cast("list[RawEntry]", await self.redis.xrange(self.keys(build_id).dead, count=count))
         except REDIS_DOWN as exc:
             raise BusUnavailableError(f"cannot read dead letters of build {build_id}: {exc}") from exc
         out = []
         for rid, f in rows:
             out.append(
-                DeadLetter(
-                    id=rid.decode(),
-                    source_stream=f[b"src"].decode(),
-                    source_id=f[b"id"].decode(),
-                    group=f[b"group"].decode(),
-                    consumer=f[b"consumer"].decode(),
-                    reason=f[b"reason"].decode(),
-                    error=f[b"error"].decode(errors="replace"),
-                    attempts=int(f[b"attempts"]),
-                    raw={
-                        k.decode(errors="backslashreplace"): v for k, v in msgpack.unpackb(f[b"raw"], raw=True).items()
-                    },
+                DeadLetter.model_validate(
+                    {
+                        "id": rid.decode(),
+                        "source_stream": f[b"src"].decode(),
+                        "source_id": f[b"id"].decode(),
+                        "group": f[b"group"].decode(),
+                        "consumer": f[b"consumer"].decode(),
+                        "reason": f[b"reason"].decode(),
+                        "error": f[b"error"].decode(errors="replace"),
+                        "attempts": int(f[b"attempts"]),
+                        "raw": {
+                            k.decode(errors="backslashreplace"): v
+                            for k, v in msgpack.unpackb(f[b"raw"], raw=True).items()
+                        },
+                    }
                 )
             )
         return out

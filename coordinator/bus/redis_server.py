@@ -206,6 +206,7 @@ class ManagedRedis:
             code = None if self._proc is None else self._proc.returncode
             self._release()
             raise RedisStartError(f"redis-server exited with {code}; see {self.data_dir / 'redis.log'}")
+        assert self.port is not None, "_spawn picks the port before waiting for it"
         try:
             client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1.0)
             with contextlib.closing(client):

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgpack
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -233,7 +233,7 @@ class Subscription:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        marks = await self._client.hmget(self._hwm_key, list(self.streams))
+        marks = cast("list[bytes | None]", await self._client.hmget(self._hwm_key, list(self.streams)))
         self._hwm = {stream: _id(m.decode()) for stream, m in zip(self.streams, marks, strict=True) if m}
 
     async def _read_new(self) -> list:
@@ -311,15 +311,16 @@ class Subscription:
         """Deliver this consumer's pending entries of one stream again, oldest first."""
         last = "0"
         while True:
-            found = await self._client.xreadgroup(
-                self.group, self.consumer, {stream: last}, count=self.config.read_count
+            found = cast(
+                "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
+                await self._client.xreadgroup(self.group, self.consumer, {stream: last}, count=self.config.read_count),
             )
             entries = found[0][1] if found else []
             if not entries:
                 return
             logger.info("%s/%s replays %d pending entries of %s", self.group, self.consumer, len(entries), stream)
             await self._process(stream, entries, fresh=False)
-            last = entries[-1][0]
+            last = entries[-1][0].decode()
 
     async def _process(self, stream: str, entries: list, *, fresh: bool) -> None:
         """Handle one batch of one stream in order.
@@ -415,7 +416,8 @@ class Subscription:
         self, stream: str, rid: str, member: str, mid: str, reason: str, error: str, attempts: int, fields: dict
     ) -> None:
         logger.error("%s/%s: dead-lettering %s (%s): %s", self.group, self.consumer, member, reason, error)
-        dead = ["src", stream, "id", rid, "group", self.group, "consumer", self.consumer, "reason", reason]
+        dead: list[str | int | bytes] = ["src", stream, "id", rid, "group", self.group, "consumer", self.consumer]
+        dead += ["reason", reason]
         dead += ["error", error[:4000], "attempts", attempts, "raw", msgpack.packb(fields, use_bin_type=True)]
         self._unsettled.pop(member, None)
         await self._settle(stream, rid, member, mid, dead)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -261,7 +261,7 @@ class SandboxBackend(Protocol):
         """Reconnect to an existing sandbox, from any process. Raises SandboxNotFoundError."""
         ...
 
-    async def list(self, tags: dict[str, str] | None = None) -> list[Sandbox]: ...
+    async def list(self, tags: dict[str, str] | None = None) -> Sequence[Sandbox]: ...
 
     async def restore(self, ref: SnapshotRef) -> Sandbox:
         """A new sandbox whose workspace is the snapshot's, byte for byte."""
