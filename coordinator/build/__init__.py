@@ -4,7 +4,8 @@
 verify, judge, merge, preview, satisfy — persisting after every step so a restarted run
 carries on. It touches sandboxes, teams, the swarm, the judge, the gate and the preview only
 through the protocols of :mod:`.ports`, handed to it in :class:`BuildPorts` by the
-BuildCoordinator actor (``actors/build/``) or by a unit test's fakes. :mod:`.adapters` holds the
+BuildCoordinator actor (``actors/build/``) or by a unit test's fakes. Each component's pipeline
+is in :mod:`.steps`, sharing the run's :class:`BuildState` (:mod:`.state`). :mod:`.adapters` holds the
 port implementations that need no Ray (bus events, planner, swarm over a sandbox,
 satisfaction, judge) and :mod:`.notify` the webhook notifier of ghost mode. See
 docs/coordinator.md.
@@ -25,6 +26,7 @@ from coordinator.build.ports import (
     PHASES,
     BuildCancelledError,
     BuildPausedError,
+    BuildPorts,
     BuildSettings,
     EventsPort,
     FleetPort,
@@ -40,7 +42,8 @@ from coordinator.build.ports import (
     TeamsPort,
     VerifyPort,
 )
-from coordinator.build.run import BuildPorts, BuildRun
+from coordinator.build.run import BuildRun
+from coordinator.build.state import BuildState
 
 __all__ = [
     "CANCEL_REQUESTED",
@@ -51,6 +54,7 @@ __all__ = [
     "BuildPorts",
     "BuildRun",
     "BuildSettings",
+    "BuildState",
     "BusEvents",
     "DeliveryResult",
     "EventsPort",

@@ -4,10 +4,11 @@
 keeps a few started ones on standby; :class:`LocalSandbox` (:mod:`.sandbox`) runs commands in
 one as its unprivileged uid, every capability dropped. The parts: :mod:`.launch` (the bwrap
 command line and the detached launcher), :mod:`.cgroup` (memory, pids and cpu limits, v1 or
-v2), :mod:`.seccomp` (the syscall filter), :mod:`.fs` (bounded, non-blocking workspace file
-access), :mod:`.state` (on-disk state, tmpfs mounts, port forwarders), :mod:`.proc` (bounded
-subprocess output), :mod:`.host` (host-side helpers: pids, ports, pid files) and
-``native/kriptik_enter.c`` (the helper that enters a sandbox for each command). See
+v2), :mod:`.seccomp` (the syscall filter), :mod:`.uids` (a host uid per sandbox), :mod:`.enter`
+(how a command enters a sandbox, through ``native/kriptik_enter.c`` or a filtered shell chain),
+:mod:`.fs` (bounded, non-blocking workspace file access), :mod:`.state` (on-disk state, tmpfs
+mounts, port forwarders), :mod:`.proc` (bounded subprocess output) and :mod:`.host` (host-side
+helpers: pids, ports, pid files). See
 docs/sandboxes.md and docs/security.md.
 """
 
