@@ -18,8 +18,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from coordinator.bus.context_bus import ContextBus
 from coordinator.bus.codec import BODY_FIELD, PLAIN, ZSTD, mark_resent
+from coordinator.bus.context_bus import ContextBus
 from coordinator.bus.models import ContextUpdate, Envelope, ErrorReport, FileChange, Progress
 from coordinator.bus.redis_server import ManagedRedis
 from sandbox_agents.errors import BusBufferFullError, BusUnavailableError

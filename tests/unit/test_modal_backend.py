@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox_agents.backends.modal.support import TAG_SPEC, find_credentials, translate_modal_error
 from sandbox_agents.backends.base import NetworkPolicy, SandboxSpec, SandboxStatus
 from sandbox_agents.backends.config import ModalBackendConfig
 from sandbox_agents.backends.modal.backend import ModalBackend
 from sandbox_agents.backends.modal.deploy import deploy, main
 from sandbox_agents.backends.modal.image import build_image, image_digest
+from sandbox_agents.backends.modal.support import TAG_SPEC, find_credentials, translate_modal_error
 from sandbox_agents.errors import (
     BackendUnavailableError,
     InvalidInputError,
