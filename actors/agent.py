@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors import handles
 from actors.actor_args import validated_arg
 from actors.handles import RayActorError, agent_name
-from actors.pools.warm import Warm, WarmBound, aliased, forget_alias, named_actor, set_alias
+from actors.pools.warm import Warm, WarmBound, aliased, bind_warm, forget_alias, named_actor
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ContextUpdate, ErrorReport, FileChange
 from coordinator.team.runner import agent_role, prompt_context
@@ -158,16 +158,9 @@ class AgentActor(WarmBound[AgentConfig]):
         Raises:
             InvalidInputError: ``config`` is not a valid AgentConfig, or the agent is already bound.
         """
-        if self.config is not None:
-            raise InvalidInputError(f"agent {self.config.name} is already bound", field="config")
-        self._bind(config, proxy, locks)
-        assert self.config is not None
-        return self.config.name
+        return self._bind_once(config, proxy, locks)
 
     KIND = "agent"
-
-    def build_name(self) -> str:
-        return self._bound().name
 
     async def run_task(self, task: AgentTask | dict[str, Any]) -> AgentOutcome:
         """Run one task to its end; publishes the files it changed and, on failure, the error.
@@ -289,10 +282,7 @@ def start_warm_agent(name: str) -> Any:
 async def bind_agent(warm: Warm, config: AgentConfig | dict[str, Any], proxy: Any, locks: Any = None) -> Any:
     """Bind the warm agent ``warm`` to ``config`` and alias it ``build:{id}:agent:{sid}:{n}``; returns its handle."""
     checked: AgentConfig = validated_arg(AgentConfig, config, "config")
-    actor, handle = warm
-    await handle.bind.remote(checked.model_dump(mode="json"), proxy, locks)
-    set_alias("agent", checked.name, actor)
-    return handle
+    return await bind_warm("agent", warm, checked, checked.name, proxy, locks)
 
 
 def get_agent(build_id: str, sid: str, index: int) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -270,15 +271,15 @@ class MergeGateActor:
                 logger.warning("gate %s: closing the bus failed: %r", build_id, exc)
 
 
-def _slot_reader():  # type: ignore[no-untyped-def]
-    """Reads a file of the requesting slot through the slot's proxy (handles looked up once per slot)."""
-    handles: dict[tuple[str, str], Any] = {}
+def _slot_reader() -> Callable[[MergeRequest, str], Awaitable[bytes]]:
+    """Reads a file of the requesting slot through the slot's proxy (proxies looked up once per slot)."""
+    proxies: dict[tuple[str, str], Any] = {}
 
     async def fetch(request: MergeRequest, path: str) -> bytes:
         key = (request.build_id, request.slot)
-        if key not in handles:
-            handles[key] = get_proxy(*key)
-        return await handles[key].read_file.remote(path)
+        if key not in proxies:
+            proxies[key] = get_proxy(*key)
+        return bytes(await proxies[key].read_file.remote(path))
 
     return fetch
 

@@ -24,6 +24,7 @@ from sandbox_agents.backends.base import (
     ExecChunk,
     ExecResult,
     FileInfo,
+    Sandbox,
     SandboxSpec,
     SandboxStatus,
     SnapshotRef,
@@ -82,7 +83,7 @@ class SandboxProxyActor:
             return
         self._binding_file.save(self._binding)
 
-    async def _sandbox(self):  # type: ignore[no-untyped-def]
+    async def _sandbox(self) -> Sandbox:
         session = self._session
         if session.sandbox is None and self._binding is not None:
             await session.attach(self._binding.sandbox_id)
@@ -303,7 +304,7 @@ def sandbox_resources() -> dict[str, float]:
 
 def start_proxy(
     name: str, backend: dict[str, Any], *, heartbeat_s: float = 30.0, resources: dict[str, float] | None = None
-):  # type: ignore[no-untyped-def]
+) -> Any:
     """Start a detached, named, restartable proxy in namespace ``kriptik``.
 
     ``resources`` defaults to :func:`sandbox_resources` (``KRIPTIK_SANDBOX_RESOURCE``), so every

@@ -18,14 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors import handles
 from actors.actor_args import validated_arg
 from actors.actor_state import StateFile
-from actors.handles import RayActorError, swarm_name
+from actors.handles import swarm_name
 from actors.pools.proxies import get_proxy
-from actors.pools.warm import Warm, WarmBound, WarmSource, forget_alias, named_actor, set_alias
+from actors.pools.warm import Warm, WarmBound, WarmSource, bind_warm, forget_alias, named_actor, take_bound
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import SwarmReportEvent, VerifierReportEvent
 from coordinator.bus.models import ErrorReport, Event
 from sandbox_agents.backends.base import SandboxSpec
-from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.verifiers import (
     Chromium,
@@ -55,6 +54,11 @@ class SwarmConfig(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     """Per-verifier timeout."""
     max_concurrency: int = Field(default=6, ge=1)
+
+    @property
+    def name(self) -> str:
+        """The swarm's actor name (its alias when it came from a pool)."""
+        return swarm_name(self.build_id, self.sid)
 
 
 class SwarmBinding(BaseModel):
@@ -97,14 +101,10 @@ class SwarmActor(WarmBound[SwarmConfig]):
     def _bind(self, config: SwarmConfig | dict[str, Any], proxy: Any) -> None:
         self.config = cfg = validated_arg(SwarmConfig, config, "config")
         self._proxy = proxy  # None after a restart: found again by the slot's name on first use
-        name = swarm_name(cfg.build_id, cfg.sid)
+        name = cfg.name
         self._bus = ContextBus(cfg.redis_url, BusConfig(prefix=cfg.bus_prefix), sender=name) if cfg.redis_url else None
 
     KIND = "swarm"
-
-    def build_name(self) -> str:
-        cfg = self._bound()
-        return swarm_name(cfg.build_id, cfg.sid)
 
     async def bind(self, config: SwarmConfig | dict[str, Any], proxy: Any) -> str:
         """Configure a warm swarm for one slot (once) and save the binding for restarts; returns its build name.
@@ -112,12 +112,10 @@ class SwarmActor(WarmBound[SwarmConfig]):
         Raises:
             InvalidInputError: ``config`` is invalid, or the swarm is already bound.
         """
-        if self.config is not None:
-            raise InvalidInputError(f"swarm {self.config.sid} is already bound", field="config")
-        self._bind(config, proxy)
+        name = self._bind_once(config, proxy)
         if self._name is not None:
             _binding_file(self._name).save(SwarmBinding(config=self._bound()))
-        return await self.ping()
+        return name
 
     def _proxy_handle(self) -> Any:
         if self._proxy is None:
@@ -196,7 +194,7 @@ Swarm = handles.actor_class(SwarmActor, restartable=True, max_concurrency=8)
 def start_swarm(config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:
     """Start the named swarm actor ``build:{id}:swarm:{sid}`` for a slot's proxy (cold, bound at construction)."""
     config = validated_arg(SwarmConfig, config, "config")
-    name = swarm_name(config.build_id, config.sid)
+    name = config.name
     forget_alias("swarm", name)
     return handles.start(Swarm, name, config.model_dump(mode="json"), proxy, detached=False)
 
@@ -209,20 +207,13 @@ def start_warm_swarm(name: str) -> Any:
 async def bind_swarm(warm: Warm, config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:
     """Bind the warm swarm ``warm`` and alias it ``build:{id}:swarm:{sid}``; returns its handle."""
     config = validated_arg(SwarmConfig, config, "config")
-    actor, handle = warm
-    await handle.bind.remote(config.model_dump(mode="json"), proxy)
-    set_alias("swarm", swarm_name(config.build_id, config.sid), actor)
-    return handle
+    return await bind_warm("swarm", warm, config, config.name, proxy)
 
 
 async def launch_swarm(config: SwarmConfig | dict[str, Any], proxy: Any, source: WarmSource | None = None) -> Any:
     """A swarm for ``proxy``'s slot: a warm one from ``source`` bound, else one started cold."""
-    for warm in await source.take("swarm", 1) if source is not None else []:
-        try:
-            return await bind_swarm(warm, config, proxy)
-        except RayActorError:  # died while warm: start one cold
-            logger.warning("warm swarm %s is dead; starting one cold", warm[0])
-    return start_swarm(config, proxy)
+    bound = await take_bound(source, "swarm", lambda warm: bind_swarm(warm, config, proxy))
+    return bound if bound is not None else start_swarm(config, proxy)
 
 
 def get_swarm(build_id: str, sid: str) -> Any:

@@ -30,15 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors import handles
 from actors.actor_args import validated_arg
 from actors.agent import AgentConfig, bind_agent, start_agent, stop_agent, stop_stray_agents
-from actors.handles import RayActorError, team_name
-from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, forget_alias, named_actor, set_alias
+from actors.handles import team_name
+from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, bind_warm, forget_alias, named_actor, take_bound
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
 from coordinator.bus.models import ErrorReport, Event
 from coordinator.team.runner import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, SandboxSpec
-from sandbox_agents.errors import InvalidInputError, SandboxTimeoutError
+from sandbox_agents.errors import SandboxTimeoutError
 from sandbox_agents.llm.config import LLMConfig
 from sandbox_agents.llm.factory import make_provider
 from sandbox_agents.llm.metered import MeteredProvider, collector
@@ -71,6 +71,11 @@ class TeamConfig(BaseModel):
     """Model of every agent's requests (a tournament candidate's strategy); None keeps the provider's."""
     temperature: float | None = Field(default=None, ge=0, le=2)
     """Sampling temperature of every agent's requests (a candidate's strategy); None keeps the provider's."""
+
+    @property
+    def name(self) -> str:
+        """The team's actor name (its alias when it came from a pool)."""
+        return team_name(self.build_id, self.sid)
 
 
 class _AgentPort:
@@ -127,14 +132,10 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
     def _bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> None:
         self.config = validated_arg(TeamConfig, config, "config")
         self._proxy = proxy
-        name = team_name(self.config.build_id, self.config.sid)
+        name = self.config.name
         self._bus = ContextBus(self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=name)
 
     KIND = "team"
-
-    def build_name(self) -> str:
-        cfg = self._bound()
-        return team_name(cfg.build_id, cfg.sid)
 
     async def bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> str:
         """Configure a warm team for one sandbox (once); returns its build name.
@@ -142,10 +143,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
         Raises:
             InvalidInputError: ``config`` is invalid, or the team is already bound.
         """
-        if self.config is not None:
-            raise InvalidInputError(f"team {self.config.sid} is already bound", field="config")
-        self._bind(config, proxy)
-        return await self.ping()
+        return self._bind_once(config, proxy)
 
     def _agent_config(self, n: int) -> AgentConfig:
         cfg = self._bound()
@@ -256,7 +254,7 @@ SandboxTeam = handles.actor_class(SandboxTeamActor, restartable=False, max_concu
 def start_team(config: TeamConfig | dict[str, Any], proxy: Any, *, detached: bool = False) -> Any:
     """Start a named SandboxTeam actor in namespace ``kriptik``, bound at construction (cold)."""
     config = validated_arg(TeamConfig, config, "config")
-    name = team_name(config.build_id, config.sid)
+    name = config.name
     forget_alias("team", name)  # this name is the actor's own now
     return handles.start(SandboxTeam, name, config.model_dump(mode="json"), proxy, detached=detached)
 
@@ -269,10 +267,7 @@ def start_warm_team(name: str) -> Any:
 async def bind_team(warm: Warm, config: TeamConfig | dict[str, Any], proxy: Any) -> Any:
     """Bind the warm team ``warm`` and alias it ``build:{id}:team:{sid}``; returns its handle."""
     config = validated_arg(TeamConfig, config, "config")
-    actor, handle = warm
-    await handle.bind.remote(config.model_dump(mode="json"), proxy)
-    set_alias("team", team_name(config.build_id, config.sid), actor)
-    return handle
+    return await bind_warm("team", warm, config, config.name, proxy)
 
 
 async def launch_team(config: TeamConfig | dict[str, Any], proxy: Any, source: WarmSource | None = None) -> Any:
@@ -282,14 +277,8 @@ async def launch_team(config: TeamConfig | dict[str, Any], proxy: Any, source: W
     cold whatever the pool lacked. Returns the team's handle.
     """
     config = validated_arg(TeamConfig, config, "config")
-    teams = await source.take("team", 1) if source is not None else []
+    handle = await take_bound(source, "team", lambda warm: bind_team(warm, config, proxy))
     agents = await source.take("agent", config.work.agents) if source is not None else []
-    handle = None
-    if teams:
-        try:
-            handle = await bind_team(teams[0], config, proxy)
-        except RayActorError:  # died while warm: start one cold
-            logger.warning("warm team %s is dead; starting %s cold", teams[0][0], config.sid)
     if handle is None:
         handle = start_team(config, proxy)
     try:

@@ -245,7 +245,7 @@ def _up(port: int | None) -> int:
 
     settings = get_settings()
     home = settings.home()
-    api = ApiSettings(**({"port": port} if port else {}))
+    api = ApiSettings(port=port) if port else ApiSettings()
     started = False
     try:
         ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False)

@@ -222,14 +222,14 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
                 entries = await bus.read_events(build_id, after_id=last_id, count=500)
                 for entry_id, envelope in entries:
                     last_id = entry_id
-                    progress.feed(envelope.message.kind, dict(envelope.message.data))
+                    _feed(progress, envelope.message)
                 if not entries:
                     status = await control.status.remote(USER, build_id)
                     if status["status"] in FINAL:
                         # the log may still hold the last events: drain it once more
                         for entry_id, envelope in await bus.read_events(build_id, after_id=last_id, count=500):
                             last_id = entry_id
-                            progress.feed(envelope.message.kind, dict(envelope.message.data))
+                            _feed(progress, envelope.message)
                         break
                     if time.monotonic() > deadline:
                         await control.cancel.remote(USER, build_id)
@@ -261,6 +261,14 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
             await bus.aclose(flush_timeout=1.0)
         except Exception as exc:  # noqa: BLE001 - the demo only read from it
             logger.warning("demo: closing the bus failed: %r", exc)
+
+
+def _feed(progress: EventProgress, message: Any) -> None:
+    """An entry of the event log to the progress display (only events: the log holds nothing else today)."""
+    from coordinator.bus.models import Event
+
+    if isinstance(message, Event):
+        progress.feed(message.kind, dict(message.data))
 
 
 async def _main_commit(build_id: str) -> str | None:

@@ -89,7 +89,7 @@ def run_api(
     settings = settings or ApiSettings()
     ray_serve.start(http_options={"host": settings.host, "port": settings.port})
     prefix = bus_prefix if bus_prefix is not None else get_settings().redis_sandbox_prefix
-    app = KriptikApi.bind(redis_url, str(store_path), settings.model_dump(), control, prefix)
+    app = KriptikApi.bind(redis_url, str(store_path), settings.model_dump(), control, prefix)  # type: ignore[attr-defined]
     ray_serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{settings.host}:{settings.port}"
 

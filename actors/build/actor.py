@@ -219,7 +219,7 @@ class BuildCoordinatorActor:
         ]
 
     async def take_control(self) -> str:
-        return await handles.get(preview_name(self.build_id)).take_control.remote()
+        return str(await handles.get(preview_name(self.build_id)).take_control.remote())
 
     async def heartbeat(self) -> float:
         return SystemClock().now()

@@ -16,8 +16,8 @@ import logging
 from typing import Any
 
 from actors import handles
-from actors.handles import RayActorError, proxy_name
-from actors.pools.warm import Warm, WarmPool, WarmSource, forget_alias, named_actor, set_alias
+from actors.handles import proxy_name
+from actors.pools.warm import Warm, WarmPool, WarmSource, forget_alias, named_actor, set_alias, take_bound
 from actors.sandbox_proxy import forget_binding, start_proxy
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
@@ -75,11 +75,9 @@ async def acquire_proxy(
 
     The cold one is named ``build:{id}:sbx:{sid}`` (a stale alias of that name is dropped first).
     """
-    for warm in await source.take("proxy", 1) if source is not None else []:
-        try:
-            return await bind_proxy(warm, build_id, sid, spec, component=component)
-        except RayActorError:  # died while warm: start one cold
-            logger.warning("warm proxy %s is dead; starting %s cold", warm[0], proxy_name(build_id, sid))
+    bound = await take_bound(source, "proxy", lambda warm: bind_proxy(warm, build_id, sid, spec, component=component))
+    if bound is not None:
+        return bound
     name = proxy_name(build_id, sid)
     forget_alias("proxy", name)
     handle = start_proxy(name, backend, heartbeat_s=heartbeat_s)

@@ -36,7 +36,15 @@ from sandbox_agents.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-C = TypeVar("C")
+
+class BuildScoped(Protocol):
+    """A pooled actor's config: it knows the name its actor has in the build."""
+
+    @property
+    def name(self) -> str: ...
+
+
+C = TypeVar("C", bound=BuildScoped)
 
 KINDS = ("proxy", "team", "agent", "swarm")
 _DIRS = {"proxy": "proxies", "team": "teams", "agent": "agents", "swarm": "swarms"}
@@ -48,14 +56,31 @@ Warm = tuple[str, Any]
 class WarmBound(Generic[C]):
     """The bind-once state of a pooled actor: ``config`` is None while it waits warm, then one slot's.
 
-    Subclasses set ``KIND`` (``team``, ``swarm``, ``agent``) and :meth:`build_name`.
+    Subclasses set ``KIND`` (``team``, ``swarm``, ``agent``) and :meth:`_bind`; their ``bind``
+    method (the actor's, with its own arguments) calls :meth:`_bind_once`.
     """
 
     KIND: ClassVar[str] = "actor"
     config: C | None = None
 
     def build_name(self) -> str:
+        """The actor's name in its build (``build:{id}:team:{sid}`` …), its alias when it came from a pool."""
+        return self._bound().name
+
+    def _bind(self, config: Any, *handles: Any) -> None:
+        """Take the validated ``config`` and the handles the actor works with (no I/O)."""
         raise NotImplementedError
+
+    def _bind_once(self, config: Any, *handles: Any) -> str:
+        """Bind a warm actor (once); returns its build name.
+
+        Raises:
+            InvalidInputError: ``config`` is invalid, or the actor is already bound.
+        """
+        if self.config is not None:
+            raise InvalidInputError(f"{self.KIND} {self.build_name()} is already bound", field="config")
+        self._bind(config, *handles)
+        return self.build_name()
 
     def _bound(self) -> C:
         if self.config is None:
@@ -107,6 +132,27 @@ def resolve(kind: str, name: str) -> str:
 def named_actor(kind: str, name: str) -> Any:
     """The handle of the ``kind`` actor known as ``name``, pooled or cold; ValueError when there is none."""
     return handles.get(resolve(kind, name))
+
+
+async def bind_warm(kind: str, warm: Warm, config: BaseModel, name: str, *handles_: Any) -> Any:
+    """Bind the warm ``kind`` actor ``warm`` (``bind(config, *handles_)``) and alias it ``name``; returns its handle."""
+    actor, handle = warm
+    await handle.bind.remote(config.model_dump(mode="json"), *handles_)
+    set_alias(kind, name, actor)
+    return handle
+
+
+async def take_bound(source: WarmSource | None, kind: str, bind: Callable[[Warm], Awaitable[Any]]) -> Any | None:
+    """A warm ``kind`` actor from ``source`` bound by ``bind``; None when the pool had none (or it died warm).
+
+    The caller starts one cold when this answers None.
+    """
+    for warm in await source.take(kind, 1) if source is not None else []:
+        try:
+            return await bind(warm)
+        except handles.RayActorError:  # died while warm: the caller starts one cold
+            logger.warning("warm %s %s is dead; starting one cold", kind, warm[0])
+    return None
 
 
 def aliased(kind: str, prefix: str) -> list[str]:
