@@ -88,8 +88,7 @@ def ui_checker(chromium: Chromium, timeout_s: float = 15.0):  # type: ignore[no-
     async def check(url: str, selector: str | None, text: str | None) -> tuple[bool, list[str]]:
         from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-        browser = await chromium.browser()
-        context = await browser.new_context()
+        context = await chromium.new_context(url)  # the page reaches its own origin only
         errors: list[str] = []
         try:
             page = await context.new_page()

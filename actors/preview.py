@@ -183,9 +183,8 @@ class PreviewActor:
         from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
         url = (await self.expose()).rstrip("/") + "/" + path.lstrip("/")
-        browser = await self._chromium.browser()
-        context = await browser.new_context(
-            viewport={"width": self.config.viewport[0], "height": self.config.viewport[1]}
+        context = await self._chromium.new_context(
+            url, viewport={"width": self.config.viewport[0], "height": self.config.viewport[1]}
         )
         try:
             page = await context.new_page()

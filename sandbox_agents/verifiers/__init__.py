@@ -5,11 +5,12 @@ placeholders, design style and the visual check in Chromium, each reporting
 :class:`Finding` objects against a :class:`VerifyTarget`.
 ``VerificationSwarm(default_verifiers()).run(sandbox, target)`` runs them all concurrently;
 each verifier is also usable on its own. Playwright is imported only when
-:class:`Chromium` first launches a browser, so importing this package stays cheap. The
-intent-criteria runner lives with the contract in ``coordinator/intent.py``. See
-docs/verification.md.
+:class:`Chromium` (``sandbox_agents.browser``) first launches a browser, so importing this
+package stays cheap. The intent-criteria runner lives with the contract in
+``coordinator/intent.py``. See docs/verification.md.
 """
 
+from sandbox_agents.browser import Chromium
 from sandbox_agents.verifiers.base import DesignTokens, Verifier, VerifyTarget
 from sandbox_agents.verifiers.code_quality import CodeQuality
 from sandbox_agents.verifiers.design_style import DesignStyleChecker
@@ -18,7 +19,7 @@ from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport, Veri
 from sandbox_agents.verifiers.placeholders import PlaceholderEliminator
 from sandbox_agents.verifiers.security import SecurityScanner
 from sandbox_agents.verifiers.swarm import VerificationSwarm, default_verifiers
-from sandbox_agents.verifiers.visual import Chromium, VisualVerifier
+from sandbox_agents.verifiers.visual import VisualVerifier
 
 __all__ = [
     "Chromium",

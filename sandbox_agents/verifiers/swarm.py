@@ -26,12 +26,13 @@ Publish = Callable[[VerifierReport], Awaitable[None] | None]
 
 def default_verifiers(chromium: object | None = None) -> list[Verifier]:
     """The six verifiers of the plan, in report order; ``chromium`` shares a warm browser."""
+    from sandbox_agents.browser import Chromium
     from sandbox_agents.verifiers.code_quality import CodeQuality
     from sandbox_agents.verifiers.design_style import DesignStyleChecker
     from sandbox_agents.verifiers.error_checker import ErrorChecker
     from sandbox_agents.verifiers.placeholders import PlaceholderEliminator
     from sandbox_agents.verifiers.security import SecurityScanner
-    from sandbox_agents.verifiers.visual import Chromium, VisualVerifier
+    from sandbox_agents.verifiers.visual import VisualVerifier
 
     assert chromium is None or isinstance(chromium, Chromium)
     return [

@@ -24,22 +24,12 @@ from typing import Any
 import httpx
 
 from sandbox_agents.backends.base import Sandbox
+from sandbox_agents.browser import Chromium
 from sandbox_agents.verifiers.base import VerifyTarget, build_report
 from sandbox_agents.verifiers.models import Finding, Severity, VerifierReport
 
 logger = logging.getLogger(__name__)
 
-CHROMIUM_PATH = "/usr/bin/chromium"
-#: Measured on these hosts (FACTS.md): Debian's Chromium under Playwright needs exactly these.
-CHROMIUM_ARGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-)
 #: Without Pillow the browser decodes the PNGs: share of the dominant colour, and the diff ratio.
 _ANALYSE_JS = """
 async ({shot, base}) => {
@@ -89,50 +79,6 @@ _CONTENT_JS = """() => ({
 _STACK_FRAME = re.compile(r"(https?://[^\s)]+?):(\d+):\d+")
 
 
-class Chromium:
-    """One headless Chromium, launched on first use and shared by every visual check of a process.
-
-    Launch costs ~0.2 s and a process; a swarm that verifies continuously keeps one warm.
-    """
-
-    def __init__(self, executable_path: str = CHROMIUM_PATH, args: tuple[str, ...] = CHROMIUM_ARGS) -> None:
-        self.executable_path = executable_path
-        self.args = list(args)
-        self._playwright: Any = None
-        self._browser: Any = None
-        self._lock: asyncio.Lock | None = None
-
-    async def browser(self) -> Any:
-        """The running browser (a ``playwright.async_api.Browser``), launching it when needed."""
-        self._lock = self._lock or asyncio.Lock()
-        async with self._lock:
-            if self._browser is None or not self._browser.is_connected():
-                from playwright.async_api import async_playwright
-
-                if self._playwright is None:
-                    self._playwright = await async_playwright().start()
-                self._browser = await self._playwright.chromium.launch(
-                    executable_path=self.executable_path, args=self.args, headless=True
-                )
-            return self._browser
-
-    async def close(self) -> None:
-        """Close the browser and Playwright's driver; safe to call twice."""
-        browser, self._browser = self._browser, None
-        playwright, self._playwright = self._playwright, None
-        if browser is not None:
-            await browser.close()
-        if playwright is not None:
-            await playwright.stop()
-
-    async def __aenter__(self) -> Chromium:
-        await self.browser()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
 class VisualVerifier:
     """Screenshot, console errors, blank-page detection and visual diff in real Chromium."""
 
@@ -164,8 +110,7 @@ class VisualVerifier:
         own = self.chromium is None
         chromium = self.chromium or Chromium()
         try:
-            browser = await chromium.browser()
-            details = await self._look(browser, base_url, target, sandbox.id, findings)
+            details = await self._look(chromium, base_url, target, sandbox.id, findings)
         finally:
             if own:
                 await chromium.close()
@@ -192,14 +137,15 @@ class VisualVerifier:
         return None, [Finding(message=message, rule="visual.server_not_ready")]
 
     async def _look(
-        self, browser: Any, base_url: str, target: VerifyTarget, sandbox_id: str, findings: list[Finding]
+        self, chromium: Chromium, base_url: str, target: VerifyTarget, sandbox_id: str, findings: list[Finding]
     ) -> dict[str, Any]:
-        context = await browser.new_context(viewport={"width": self.viewport[0], "height": self.viewport[1]})
+        # The page reaches its own server and nothing else (sandbox_agents.browser).
+        url = base_url + "/" + target.page_path.lstrip("/")
+        context = await chromium.new_context(url, viewport={"width": self.viewport[0], "height": self.viewport[1]})
         try:
             page = await context.new_page()
             page.on("console", lambda msg: _on_console(msg, base_url, target, findings))
             page.on("pageerror", lambda err: _on_page_error(err, base_url, target, findings))
-            url = base_url + "/" + target.page_path.lstrip("/")
             response = await page.goto(url, wait_until="load", timeout=self.navigation_timeout_s * 1000)
             if response is not None and response.status >= 400:
                 findings.append(Finding(message=f"{url} answered HTTP {response.status}", rule="visual.http_status"))

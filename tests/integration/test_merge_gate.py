@@ -98,8 +98,7 @@ async def wait_until(check, timeout_s: float = 60.0):  # type: ignore[no-untyped
 
 
 async def page_text(chromium: Chromium, url: str) -> str:
-    browser = await chromium.browser()
-    context = await browser.new_context()
+    context = await chromium.new_context(url)
     try:
         page = await context.new_page()
         await page.goto(url, wait_until="load", timeout=20_000)
