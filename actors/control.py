@@ -8,8 +8,9 @@ floor 2 (:mod:`coordinator.control`, tested without Ray); this actor owns one
 :mod:`coordinator.api_models` views. What is Ray's stays here:
 
 * **Heartbeats.** Every ``heartbeat_s`` (60 s) it pings each running build's coordinator; one
-  that does not answer in ``heartbeat_timeout_s`` is restarted (``ray.kill`` with restart, or
-  started again when its actor is gone). One that died is left to Ray, which is re-creating it.
+  that does not answer in ``heartbeat_timeout_s`` for ``heartbeat_misses`` rounds in a row is
+  restarted (``ray.kill`` with restart; one still starting on a loaded host is left alone), or
+  started again when its actor is gone. One that died is left to Ray, which is re-creating it.
 * **Warm pools.** It owns the fleet's warm pools (:class:`~actors.pools.fleet.FleetPools`:
   proxies with standby sandboxes, teams, agents, swarms), fills them in the background at start
   and hands them to every build's coordinator (``take_warm``); they refill as they are taken.
@@ -34,6 +35,7 @@ from actors.pools.warm import Warm
 from coordinator.api_models import BuildRequest
 from coordinator.clock import SystemClock
 from coordinator.control import BuildControl, Quotas
+from coordinator.heartbeat import MissedHeartbeats
 from coordinator.resources import examples_dir
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
@@ -61,6 +63,8 @@ class ControlConfig(BaseModel):
     """Sandboxes the whole fleet may hold; past it builds queue by priority."""
     heartbeat_s: float = Field(default=60.0, gt=0)
     heartbeat_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_misses: int = Field(default=3, ge=1)
+    """Heartbeat timeouts in a row before a coordinator counts as wedged and is restarted."""
     admit_poll_s: float = Field(default=1.0, gt=0)
     """How often finished builds free their quota and queued ones are admitted."""
     examples_dir: str = str(EXAMPLES)
@@ -157,6 +161,7 @@ class ControlActor:
             llm=cfg.llm,
         )
         self._restarts: dict[str, int] = {}
+        self._missed = MissedHeartbeats(self.config.heartbeat_misses)
         self._pools = FleetPools(cfg.backend, cfg.pools, persist=True)
         loop = asyncio.get_running_loop()
         self._revived = loop.create_task(self.builds.revive())
@@ -247,16 +252,28 @@ class ControlActor:
                 await asyncio.wait_for(handle.heartbeat.remote(), timeout)
                 if not (await asyncio.wait_for(handle.status.remote(), timeout))["running"]:
                     await handle.start.remote()  # alive but idle while the store says running
+                self._missed.answered(build_id)
                 continue
             except ValueError:  # the actor is gone: start it again
+                self._missed.answered(build_id)
                 await self.runners.start(build_id)
             except RayActorError:
                 # It died (or is being re-created) and Ray brings it back by itself (max_restarts=-1):
                 # killing it now would only throw away the incarnation that is starting.
+                self._missed.answered(build_id)
                 logger.info("control: the coordinator of %s is restarting", build_id)
                 continue
-            except TimeoutError:  # alive but wedged: restart it (Ray re-creates it)
-                handles.restart(handle)
+            except TimeoutError:
+                # Wedged only if it stays silent: one still being created on a loaded host cannot
+                # answer yet either (coordinator/heartbeat.py).
+                if not self._missed.missed(build_id):
+                    logger.info(
+                        "control: the coordinator of %s did not answer its heartbeat (%d in a row)",
+                        build_id,
+                        self._missed.count(build_id),
+                    )
+                    continue
+                handles.restart(handle)  # alive but wedged: restart it (Ray re-creates it)
             except Exception:  # noqa: BLE001 - a failed heartbeat is retried at the next round
                 logger.exception("control: heartbeat of %s failed", build_id)
                 continue
