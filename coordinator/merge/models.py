@@ -15,7 +15,7 @@ import posixpath
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.bus.events import EventPayload
 from coordinator.contracts import Component, IntentContract
@@ -74,10 +74,19 @@ class MergeRequest(BaseModel):
     """The slot whose workspace holds the candidate (``frontend`` or ``frontend~minimal``)."""
     files: dict[str, str]
     """Workspace-relative path → sha256 of every file to merge (junk is ignored)."""
+    links: dict[str, str] = Field(default_factory=dict)
+    """Workspace-relative path → target of every symlink to merge (as the link holds it)."""
     deleted: tuple[str, ...] = ()
     """Paths to delete from ``main`` (a file merely absent from ``files`` is kept)."""
     message: str = ""
     """Summary for the commit message."""
+
+    @model_validator(mode="after")
+    def _one_kind_per_path(self) -> MergeRequest:
+        both = sorted(set(self.files) & set(self.links))
+        if both:
+            raise ValueError(f"paths both a file and a symlink: {', '.join(both[:5])}")
+        return self
 
 
 class MergeResult(BaseModel):
