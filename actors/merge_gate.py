@@ -1,12 +1,14 @@
 """MergeGate: the Ray actor ``build:{id}:gate`` that owns the main-test sandbox and merges into ``main``.
 
 Thin over :class:`coordinator.merge.gate.MergeGateCore`: it creates the main-test sandbox through
-a SandboxProxy (``build:{id}:sbx:main-test``), hands the core its ports — the main repo as git
-in that sandbox, slots' files read through their proxies, the verification swarm and the
-criteria runner on the main-test sandbox, the bus — and translates calls. Detached and
-restartable: the contract and the proxy's name live in ``KRIPTIK_HOME/gates/`` (``actor_state.py``), and the repo
-itself (commits with ``Kriptik-Component`` trailers) says what is merged, so a restarted gate
-picks up where it was; a merge cut short is rolled back and must be submitted again.
+a SandboxProxy (``build:{id}:sbx:main-test``), hands the core its ports — the main repo as a bare
+git repository on this host (``KRIPTIK_HOME/gates/{id}.git``, bound into no sandbox), a plain
+copy of the tree in the main-test sandbox (renewed through the proxy after a rejection), slots'
+files read through their proxies, the verification swarm and the criteria runner on the
+main-test sandbox, the bus — and translates calls. Detached and restartable: the contract and
+the proxy's name live in ``KRIPTIK_HOME/gates/`` (``actor_state.py``), and the repo itself
+(commits with ``Kriptik-Component`` trailers) says what is merged, so a restarted gate picks up
+where it was; a merge cut short is rolled back and must be submitted again.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors import handles
 from actors.actor_args import validated_arg
-from actors.actor_state import SandboxOwnerState, StateFile
+from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
 from actors.handles import MAIN_TEST_SID, gate_name
 from actors.pools.proxies import get_proxy, release, start_owned_sandbox
 from coordinator.bus.context_bus import BusConfig, ContextBus
@@ -29,11 +32,13 @@ from coordinator.bus.models import ErrorReport, Event
 from coordinator.contracts import IntentContract, parse_contract
 from coordinator.merge.gate import (
     MAX_TREE_BYTES,
-    GitMainRepo,
+    HostGitRepo,
+    MainTestSandbox,
     MergeGateCore,
     MergeRequest,
     MergeResult,
     SandboxDevServers,
+    SandboxMainCopy,
     sandbox_satisfy,
 )
 from sandbox_agents.backends.base import SandboxSpec
@@ -171,7 +176,7 @@ class MergeGateActor:
         cfg = self.config
         if self._proxy is None:
             self._proxy = handles.get(state.proxy)
-        sandbox = ProxySandbox(self._proxy, state.sandbox_id, state.spec)
+        sandbox = MainTestSandbox(ProxySandbox(self._proxy, state.sandbox_id, state.spec))
         swarm = VerificationSwarm(default_verifiers(self._chromium), timeout_s=cfg.swarm_timeout_s)
 
         async def verify(target: VerifyTarget) -> SwarmReport:
@@ -179,17 +184,31 @@ class MergeGateActor:
 
         core = MergeGateCore(
             parse_contract(state.contract),
-            GitMainRepo(sandbox),
+            HostGitRepo(repo_dir(cfg.build_id)),
             _slot_reader(),
             verify,
             sandbox_satisfy(sandbox, ui_checker(self._chromium)),
             SandboxDevServers(sandbox, ready_timeout_s=cfg.ready_timeout_s),
             _Events(self._bus, cfg.build_id),
+            copy=SandboxMainCopy(sandbox, self._renew),
             swarm_must_pass=cfg.swarm_must_pass,
         )
+        self._state = state  # before start(): a restarted gate renews its sandbox there
         await core.start()
-        self._state, self._core = state, core
+        self._core = core
         return core
+
+    async def _renew(self) -> ProxySandbox:
+        """A brand-new main-test sandbox from the same proxy (the old one ends, and every process in it)."""
+        assert self._state is not None
+        cfg, spec = self.config, self._state.spec
+        await self._proxy.terminate.remote()
+        sandbox_id = await self._proxy.create.remote(spec, cfg.build_id, MAIN_TEST_SID)
+        await self._proxy.set_active.remote(True)
+        self._state = self._state.model_copy(update={"sandbox_id": sandbox_id})
+        self._state_file.save(self._state)
+        logger.info("gate %s: new main-test sandbox %s", cfg.build_id, sandbox_id)
+        return ProxySandbox(self._proxy, sandbox_id, spec)
 
     async def _ready(self) -> MergeGateCore:
         if self._core is not None:
@@ -258,6 +277,7 @@ class MergeGateActor:
             except ValueError:  # its proxy is gone already; the sandbox ends with its TTL
                 logger.warning("gate %s: proxy %s of sandbox %s is gone", build_id, state.proxy, state.sandbox_id)
         self._state_file.remove()
+        HostGitRepo(repo_dir(build_id)).destroy()
         self._core = self._state = self._proxy = None
         try:
             await self._chromium.close()
@@ -268,6 +288,11 @@ class MergeGateActor:
                 await self._bus.aclose(flush_timeout=2.0)
             except Exception as exc:  # noqa: BLE001 - what the bus still held is lost
                 logger.warning("gate %s: closing the bus failed: %r", build_id, exc)
+
+
+def repo_dir(build_id: str) -> Path:
+    """Where a build's main repo lives: a directory of the gate's host that no sandbox binds."""
+    return state_dir("gates") / f"{file_stem(build_id)}.git"
 
 
 def _slot_reader() -> Callable[[MergeRequest, str], Awaitable[bytes]]:

@@ -3,21 +3,27 @@
 A component's winning slot asks to merge with a :class:`MergeRequest`: the sha256 of every
 file of its workspace. :meth:`MergeGateCore.admit` waits for the component's turn
 (:class:`MergeQueue`: every component it ``depends_on`` merged first, one merge at a time),
-writes only what differs from ``main`` onto the branch ``merge/{component}`` of the main
-repo (which lives in the main-test sandbox), commits, restarts the dev servers of the merged
-components, runs the full verification swarm and every success criterion of the components
-merged so far, and fast-forwards ``main`` only if all of that passes. A rejection leaves
-``main`` untouched and returns the findings to the component's team.
+leaves out what may not reach ``main`` (:func:`~coordinator.merge.screen.screen_request`:
+git metadata, root ``.gitattributes``/``.gitignore``, symlinks pointing out…, each named in a
+finding), commits only what differs from ``main`` onto the branch ``merge/{component}`` of
+the main repo — a bare repository on the gate's host that no candidate code can reach —
+brings the main-test sandbox's plain copy of the tree (no ``.git``) to that branch, restarts
+the dev servers of the merged components, runs the full verification swarm and every success
+criterion of the components merged so far, and fast-forwards ``main`` only if all of that
+passes. A rejection leaves ``main`` untouched, returns the findings to the component's team
+and replaces the main-test sandbox with a fresh one holding ``main`` (no process or file the
+candidate left survives), where the merged components' servers are started again.
 
 Everything reaches the world through ports passed in by the actor (``actors/merge_gate.py``):
-the main repo, the slot's files, the swarm, the criteria and the dev servers, so this module
-is tested with fakes and never imports Ray. :class:`GitMainRepo` and :class:`SandboxDevServers`
-are the concrete repo and dev-server ports over any :class:`~sandbox_agents.backends.base.Sandbox`.
+the main repo, the main-test copy, the slot's files, the swarm, the criteria and the dev
+servers, so this module is tested with fakes and never imports Ray.
 
 The request/result models, :func:`is_junk` and the port protocols are in
-``coordinator/merge/models.py``; the concrete ports over a sandbox (:class:`GitMainRepo`,
-:class:`SandboxDevServers`, :func:`sandbox_satisfy`, :func:`request_from_sandbox`) in
-``coordinator/merge/sandbox.py``. Both are re-exported here.
+``coordinator/merge/models.py``; the refusal rules in ``coordinator/merge/screen.py``; the
+repository on the host (:class:`HostGitRepo`) in ``coordinator/merge/host_repo.py``; the ports
+over the main-test sandbox (:class:`SandboxMainCopy`, :class:`SandboxDevServers`,
+:func:`sandbox_satisfy`, :func:`request_from_sandbox`) in ``coordinator/merge/sandbox.py``.
+They are re-exported here.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 from coordinator.bus.events import EventPayload, MergeAccepted, MergeQueued, MergeRejected
 from coordinator.contracts import IntentContract
 from coordinator.intent import CriterionResult
+from coordinator.merge.host_repo import HostGitRepo, MergeGitError
 from coordinator.merge.models import (
     JUNK_DIRS,
     JUNK_SUFFIXES,
@@ -39,6 +46,7 @@ from coordinator.merge.models import (
     DevServerPort,
     EventPort,
     FetchFile,
+    MainCopy,
     MainRepo,
     MergeRequest,
     MergeResult,
@@ -49,12 +57,13 @@ from coordinator.merge.models import (
     sha256_of,
 )
 from coordinator.merge.sandbox import (
-    GitMainRepo,
-    MergeGitError,
+    MainTestSandbox,
     SandboxDevServers,
+    SandboxMainCopy,
     request_from_sandbox,
     sandbox_satisfy,
 )
+from coordinator.merge.screen import MainState, Screened, screen_request
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.verifiers.base import DesignTokens as VerifierTokens
 from sandbox_agents.verifiers.base import VerifyTarget
@@ -68,14 +77,17 @@ __all__ = [
     "DevServerPort",
     "EventPort",
     "FetchFile",
-    "GitMainRepo",
+    "HostGitRepo",
+    "MainCopy",
     "MainRepo",
+    "MainTestSandbox",
     "MergeGateCore",
     "MergeGitError",
     "MergeQueue",
     "MergeRequest",
     "MergeResult",
     "SandboxDevServers",
+    "SandboxMainCopy",
     "Satisfy",
     "StaleRequestError",
     "Verify",
@@ -84,6 +96,7 @@ __all__ = [
     "is_junk",
     "request_from_sandbox",
     "sandbox_satisfy",
+    "screen_request",
     "sha256_of",
     "verify_target",
 ]
@@ -187,12 +200,13 @@ class MergeGateCore:
 
     Args:
         contract: The locked build's contract.
-        repo: The main repo port.
+        repo: The main repo port (on the gate's host).
         fetch: Reads a file of the requesting slot.
         verify: The verification swarm on the main-test sandbox.
         satisfy: Runs criteria against the main-test sandbox's servers.
         servers: The main-test sandbox's dev servers.
         events: Where merge events and findings go (optional).
+        copy: The tree's copy in the main-test sandbox, where the checks (candidate code) run.
         swarm_must_pass: When False, swarm errors are reported but do not reject (criteria still do).
         clock: Monotonic clock for durations.
     """
@@ -207,11 +221,13 @@ class MergeGateCore:
         servers: DevServerPort,
         events: EventPort | None = None,
         *,
+        copy: MainCopy,
         swarm_must_pass: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.contract = contract
         self.repo = repo
+        self.copy = copy
         self.fetch = fetch
         self.verify = verify
         self.satisfy = satisfy
@@ -221,12 +237,22 @@ class MergeGateCore:
         self.clock = clock
         self.queue = MergeQueue({c.name: c.depends_on for c in contract.components})
         self._started = False
+        self._copy_dirty = False
+        """The main-test copy may hold more than ``main`` (an attempt ran there): reset before trusting it."""
 
     async def start(self) -> None:
-        """Initialise (or recover) the main repo and learn what is merged already."""
-        await self.repo.init()
+        """Initialise (or recover) the main repo and learn what is merged already.
+
+        A recovered repo means a restarted gate, perhaps cut short mid-merge: the main-test
+        sandbox may hold a candidate's files and processes, so it is replaced by a fresh one
+        holding ``main`` (and the merged components' servers are started there again).
+        """
+        created = await self.repo.init()
         self.queue.merged = await self.repo.merged()
         self._started = True
+        if not created:
+            self._copy_dirty = True
+            await self._restore()
 
     async def admit(self, request: MergeRequest) -> MergeResult:
         """Merge ``request`` when its turn comes, only if everything passes.
@@ -266,17 +292,21 @@ class MergeGateCore:
         started = self.clock()
         component = request.component
         branch = f"merge/{component}"
-        changed = changed_files(request.files, await self.repo.files())
-        deletes = sorted(p for p in request.deleted if not is_junk(p) and p not in request.files)
+        if self._copy_dirty:  # a reset that failed before, or strays an accepted candidate wrote
+            await self._restore()
+        screened = await self._screen(request)
+        changed, links, deletes = screened.files, screened.links, screened.deleted
+        refusals = screened.findings
 
-        async def verdict(accepted: bool, reason: str, **kw: Any) -> MergeResult:
+        async def verdict(accepted: bool, reason: str, findings: list[Finding] | None = None, **kw: Any) -> MergeResult:
             return MergeResult(
                 tree_hash=await self.repo.tree_hash(),
                 component=component,
                 slot=request.slot,
                 accepted=accepted,
-                changed=sorted([*changed, *deletes]),
-                reason=reason,
+                changed=sorted([*changed, *links, *deletes]),
+                findings=[*refusals, *(findings or [])],
+                reason=reason + _refused_note(screened),
                 duration_s=round(self.clock() - started, 3),
                 **kw,
             )
@@ -287,21 +317,61 @@ class MergeGateCore:
             return await verdict(False, str(exc))
         message = request.message or f"merge {component} from {request.slot}"
         merged = [*self.queue.merged, *([component] if component not in self.queue.merged else [])]
+        strays: list[Finding] = []
         try:
-            await self.repo.stage(branch, writes, deletes, f"{message}\n\nKriptik-Component: {component}")
+            await self.repo.stage(branch, writes, deletes, f"{message}\n\nKriptik-Component: {component}", links=links)
+            self._copy_dirty = True
+            await self.copy.apply(writes, links, deletes)
             findings, criteria, swarm = await self._check(component, merged)
+            strays = await self._strays()
         except BaseException:  # main must stay as it was, whatever broke (or cancelled) the attempt
             try:
                 await self.repo.discard(branch)
             except Exception:  # noqa: BLE001 - the attempt's own failure is the one to raise
                 logger.warning("merge of %s: discarding branch %s failed", component, branch, exc_info=True)
+            await self._restore_quietly(component)
             raise
         if findings:
             await self.repo.discard(branch)
+            await self._restore_quietly(component)
             reason = f"{len(findings)} finding(s): " + "; ".join(f.message.splitlines()[0][:160] for f in findings[:3])
-            return await verdict(False, reason, findings=findings, criteria=criteria, swarm=swarm)
+            return await verdict(False, reason, [*findings, *strays], criteria=criteria, swarm=swarm)
         commit = await self.repo.accept(branch)
-        return await verdict(True, "all checks passed", commit=commit, criteria=criteria, swarm=swarm)
+        self._copy_dirty = bool(strays)  # the copy is main now, unless the candidate left git files in it
+        return await verdict(True, "all checks passed", strays, commit=commit, criteria=criteria, swarm=swarm)
+
+    async def _screen(self, request: MergeRequest) -> Screened:
+        """The request's changes against ``main``, refused paths left out (and named)."""
+        files, links, owners = await asyncio.gather(self.repo.files(), self.repo.links(), self.repo.owners())
+        return screen_request(request, MainState(files=files, links=links, owners=owners))
+
+    async def _strays(self) -> list[Finding]:
+        """Warnings naming git metadata or rule files that candidate code wrote into the main-test copy."""
+        paths = await self.copy.strays()
+        why = "candidate code wrote it in the main-test sandbox, which holds no git repository: main's history "
+        why += "is kept on the gate's host, so it changed nothing in main"
+        return [
+            Finding(file=p, message=f"{p}: {why}", rule="merge.sandbox_git_write", severity=Severity.WARNING)
+            for p in paths[:50]
+        ]
+
+    async def _restore(self) -> None:
+        """Replace the main-test sandbox by a fresh one holding ``main``, and serve the merged components there."""
+        files, links = await asyncio.gather(self.repo.tree(MAX_TREE_BYTES), self.repo.links())
+        await self.copy.reset(files, links)
+        self._copy_dirty = False
+        serving = [c for c in self.contract.components if c.name in self.queue.merged and c.dev_server is not None]
+        if serving:
+            _, problems = await self.servers.restart(serving)
+            for finding in problems:
+                logger.warning("main-test sandbox after a reset: %s", finding.message)
+
+    async def _restore_quietly(self, component: str) -> None:
+        """:meth:`_restore` after a failed attempt; if it fails too, the next attempt tries again first."""
+        try:
+            await self._restore()
+        except Exception:  # noqa: BLE001 - main is intact; the copy stays marked dirty
+            logger.warning("merge of %s: resetting the main-test sandbox failed", component, exc_info=True)
 
     async def _fetch(self, request: MergeRequest, changed: Mapping[str, str]) -> dict[str, bytes]:
         blobs = await asyncio.gather(*(self.fetch(request, p) for p in changed))
@@ -351,3 +421,10 @@ class MergeGateCore:
 
     def held(self) -> dict[str, list[str]]:
         return self.queue.held()
+
+
+def _refused_note(screened: Screened) -> str:
+    refused = screened.refused
+    if not refused:
+        return ""
+    return f"; refused {len(refused)} path(s): " + ", ".join(refused[:5]) + (" …" if len(refused) > 5 else "")

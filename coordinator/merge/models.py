@@ -2,9 +2,10 @@
 
 A :class:`MergeRequest` names every file of a slot's workspace by content hash; a
 :class:`MergeResult` is the gate's verdict. :func:`is_junk` decides what is never merged
-(dependencies, build output, caches). The ports (:class:`MainRepo`, :data:`FetchFile`,
-:data:`Verify`, :data:`Satisfy`, :class:`DevServerPort`, :class:`EventPort`) are what
-:class:`~coordinator.merge.gate.MergeGateCore` is handed: concrete ones over a sandbox are in
+(dependencies, build output, caches). The ports (:class:`MainRepo`, :class:`MainCopy`,
+:data:`FetchFile`, :data:`Verify`, :data:`Satisfy`, :class:`DevServerPort`, :class:`EventPort`)
+are what :class:`~coordinator.merge.gate.MergeGateCore` is handed: the repo on the gate's host
+is ``coordinator/merge/host_repo.py``, the ports over the main-test sandbox are in
 ``coordinator/merge/sandbox.py``, fakes in the unit tests.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -104,7 +105,8 @@ class MergeResult(BaseModel):
     changed: list[str] = Field(default_factory=list)
     """Paths written or deleted on the merge branch."""
     findings: list[Finding] = Field(default_factory=list)
-    """Errors of the swarm and of failing criteria (for the component's team)."""
+    """Errors of the swarm and of failing criteria (for the component's team); warnings naming the
+    paths the gate refused (``merge.*`` rules) and what candidate code wrote where git metadata would be."""
     criteria: list[CriterionResult] = Field(default_factory=list)
     swarm: SwarmReport | None = None
     reason: str = ""
@@ -119,18 +121,34 @@ class StaleRequestError(InvalidInputError):
 
 
 class MainRepo(Protocol):
-    """The main repo in the main-test sandbox (:class:`GitMainRepo`)."""
+    """The main repo, kept where no candidate code runs (:class:`~coordinator.merge.host_repo.HostGitRepo`)."""
 
-    async def init(self) -> None:
-        """Create ``main`` with an empty first commit, or recover from an interrupted merge."""
+    async def init(self) -> bool:
+        """Create ``main`` with an empty first commit (True), or recover from an interrupted merge (False)."""
         ...
 
     async def files(self) -> dict[str, str]:
-        """Path → sha256 of every file of ``main``."""
+        """Path → sha256 of every regular file of ``main``."""
         ...
 
-    async def stage(self, branch: str, writes: Mapping[str, bytes], deletes: list[str], message: str) -> str:
-        """Branch off ``main``, apply the changes, commit; returns the commit."""
+    async def links(self) -> dict[str, str]:
+        """Path → target of every symlink of ``main``."""
+        ...
+
+    async def owners(self) -> dict[str, str]:
+        """Path → the component whose merge last wrote it."""
+        ...
+
+    async def stage(
+        self,
+        branch: str,
+        writes: Mapping[str, bytes],
+        deletes: Sequence[str],
+        message: str,
+        *,
+        links: Mapping[str, str] | None = None,
+    ) -> str:
+        """Commit ``main`` plus the changes onto ``branch``; returns the commit."""
         ...
 
     async def accept(self, branch: str) -> str:
@@ -138,17 +156,35 @@ class MainRepo(Protocol):
         ...
 
     async def discard(self, branch: str) -> None:
-        """Check out ``main`` again and delete ``branch``."""
+        """Delete ``branch``; ``main`` is untouched."""
         ...
 
     async def head(self) -> str: ...
 
     async def tree_hash(self) -> str: ...
 
-    async def tree(self, max_bytes: int) -> dict[str, bytes]: ...
+    async def tree(self, max_bytes: int) -> dict[str, bytes]:
+        """Every regular file of ``main``."""
+        ...
 
     async def merged(self) -> list[str]:
         """Components merged into ``main``, oldest first (from the commits' trailers)."""
+        ...
+
+
+class MainCopy(Protocol):
+    """A plain copy of the tree (no ``.git``) in the main-test sandbox, where candidate code runs."""
+
+    async def apply(self, writes: Mapping[str, bytes], links: Mapping[str, str], deletes: Sequence[str]) -> None:
+        """Bring the copy from ``main`` to the merge branch."""
+        ...
+
+    async def reset(self, files: Mapping[str, bytes], links: Mapping[str, str]) -> None:
+        """A fresh sandbox holding exactly ``main``: no file or process a candidate left behind."""
+        ...
+
+    async def strays(self) -> list[str]:
+        """Paths in the copy where git would look for metadata or rules that the tree does not hold."""
         ...
 
 

