@@ -1,9 +1,10 @@
-"""MergeGate and Preview on a real Ray, real local sandboxes, real git in the main-test sandbox, real Chromium.
+"""MergeGate and Preview on a real Ray, real local sandboxes, real git on the gate's host, real Chromium.
 
 A tiny two-component app (a stdlib JSON API and a static page that depends on it) is written into
 two slot sandboxes. The page is submitted first and waits; a failing criterion rejects the API
 and leaves ``main`` as it was; the fixed API merges, then the page; the preview serves the merged
-page and a take-over sandbox is a copy whose changes never reach the preview.
+page and a take-over sandbox is a copy whose changes never reach the preview. A hostile candidate
+(git hooks, ``* export-ignore``, a write to ``refs/heads/main``, a daemon) cannot alter ``main``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.handles import NAMESPACE, proxy_name
-from actors.merge_gate import GateConfig, start_gate, stop_gate
-from actors.pools.proxies import release
+from actors.handles import MAIN_TEST_SID, NAMESPACE, proxy_name
+from actors.merge_gate import GateConfig, repo_dir, start_gate, stop_gate
+from actors.pools.proxies import get_proxy, release
 from actors.preview import PreviewConfig, start_preview, stop_preview
 from actors.sandbox_proxy import start_proxy
 from coordinator.bus.context_bus import ContextBus
-from coordinator.merge.gate import MergeResult, request_from_sandbox
+from coordinator.merge.gate import MergeRequest, MergeResult, request_from_sandbox, sha256_of
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.verifiers import Chromium
@@ -243,3 +244,89 @@ async def test_preview_serves_merged_main_and_take_control_is_a_separate_copy(ra
         await stop_preview(preview)
         await stop_gate(gate)
         await slots.close()
+
+
+# The hostile candidate's check, run by the gate in the main-test sandbox: it plants a git hook, a
+# root .gitattributes hiding every file from `git archive`, moves refs/heads/main (with git and by
+# hand), leaves a daemon behind, and passes only once api/ok exists.
+ATTACK = (
+    "mkdir -p .git/hooks .git/refs/heads && printf '#!/bin/sh\\ntouch pwned\\n' > .git/hooks/pre-commit; "
+    "chmod +x .git/hooks/pre-commit; echo '* export-ignore' > .gitattributes; "
+    "git update-ref refs/heads/main HEAD 2>/dev/null; echo 0000000000000000000000000000000000000000 > .git/refs/heads/main; "
+    "setsid sh -c 'exec sleep 3617' < /dev/null > /dev/null 2>&1 & test -f api/ok"
+)
+HOSTILE: dict[str, Any] = {
+    "name": "hostile",
+    "summary": "A candidate that attacks main's git.",
+    "components": [
+        {"name": "api", "kind": "backend", "description": "API", "tasks": [{"id": "api", "title": "API"}]},
+    ],
+    "success_criteria": [{"id": "attack", "type": "command", "command": ATTACK, "component": "api"}],
+}
+#: What the candidate's own workspace holds besides its code, and hands the gate in its request.
+SLOT_GIT_FILES = {
+    ".git/hooks/pre-commit": "#!/bin/sh\ntouch pwned\n",
+    ".git/refs/heads/main": "0" * 40 + "\n",
+    ".gitattributes": "* export-ignore\n",
+}
+
+
+async def hostile_request(slots: Slots, build: str) -> MergeRequest:
+    """request_from_sandbox leaves .git out as junk; a hostile caller of the gate would not."""
+    request = await slots.request("api", "api")
+    extra = {p: sha256_of(t.encode()) for p, t in SLOT_GIT_FILES.items()}
+    return request.model_copy(update={"files": {**request.files, **extra}})
+
+
+async def main_test_processes(build: str) -> str:
+    sandbox = await ProxySandbox.connect(get_proxy(build, MAIN_TEST_SID))
+    listing = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null; true"
+    return (await sandbox.exec(listing, timeout=30)).stdout
+
+
+async def test_a_hostile_candidate_cannot_alter_main_through_hooks_attributes_or_refs(
+    ray_cluster, build_id: str
+) -> None:  # noqa: F811
+    slots = Slots(build_id)
+    gate = start_gate(GateConfig(build_id=build_id))
+    try:
+        first_sandbox = await gate.start.remote(json.dumps(HOSTILE))
+        tree, head = await gate.tree_hash.remote(), await gate.head.remote()
+        slot = await slots.open("api", {"api/server.py": API, **SLOT_GIT_FILES})
+        await slot.exec("ln -s ../../etc/passwd api/passwd && ln -s server.py api/current", timeout=30)
+
+        bad: MergeResult = await asyncio.wait_for(gate.admit.remote(await hostile_request(slots, build_id)), 120)
+        assert not bad.accepted and [r.id for r in bad.criteria] == ["attack"], bad.reason
+        assert await gate.tree_hash.remote() == tree == bad.tree_hash and await gate.head.remote() == head
+        named = {(f.file, f.rule) for f in bad.findings}
+        assert {
+            (".git/hooks/pre-commit", "merge.git_metadata"),  # in the request
+            (".git/refs/heads/main", "merge.git_metadata"),
+            (".gitattributes", "merge.git_control"),
+            ("api/passwd", "merge.symlink"),
+            (".git/hooks/pre-commit", "merge.sandbox_git_write"),  # written by the check in the main-test sandbox
+            (".git/refs/heads/main", "merge.sandbox_git_write"),
+            (".gitattributes", "merge.sandbox_git_write"),
+        } <= named, named
+        # main's repository is on the gate's host: no hook, no moved ref; the main-test sandbox is a new one
+        # holding main (nothing), and the daemon the candidate left went with the old one
+        assert not (repo_dir(build_id) / "hooks").exists()
+        assert await gate.sandbox_id.remote() != first_sandbox
+        assert "3617" not in await main_test_processes(build_id)
+        main_test = await ProxySandbox.connect(get_proxy(build_id, MAIN_TEST_SID))
+        assert [f.path for f in await main_test.list_files()] == []
+
+        await slots.open("api", {"api/ok": "yes\n"})
+        good = await asyncio.wait_for(gate.admit.remote(await hostile_request(slots, build_id)), 120)
+        assert good.accepted, good.reason
+        assert good.changed == ["api/current", "api/ok", "api/server.py"]  # the symlink inside api/ is merged
+        assert "refused 4 path(s)" in good.reason
+        tree_files = await gate.tree.remote()  # `* export-ignore` would have emptied a `git archive`
+        assert tree_files == {"api/ok": b"yes\n", "api/server.py": API.encode()}
+        assert (await main_test.exec("readlink api/current", timeout=30)).stdout.strip() == "server.py"
+        # the probe does see a daemon left by an accepted check: only a rejection ends the sandbox
+        assert "3617" in await main_test_processes(build_id)
+    finally:
+        await stop_gate(gate)
+        await slots.close()
+    assert not repo_dir(build_id).exists()  # closing the gate removes main's repository
