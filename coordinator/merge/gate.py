@@ -329,7 +329,8 @@ class MergeGateCore:
                 await self.repo.discard(branch)
             except Exception:  # noqa: BLE001 - the attempt's own failure is the one to raise
                 logger.warning("merge of %s: discarding branch %s failed", component, branch, exc_info=True)
-            await self._restore_quietly(component)
+            if self._copy_dirty:  # candidate code may have run there
+                await self._restore_quietly(component)
             raise
         if findings:
             await self.repo.discard(branch)
