@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from coordinator.store.store import Store
+from coordinator.api_models import BuildStatus
+from coordinator.control import status_view
 from coordinator.store.schema import SessionStatus
+from coordinator.store.store import Store
 from sandbox_agents.errors import BuildNotFoundError
 from serve.app import ApiSettings, create_app
 from serve.auth import create_token
@@ -32,12 +33,10 @@ class CountingControl(MemoryControl):
         self.store = store
         self.status_calls = 0
 
-    async def status(self, user_id: str, build_id: str) -> dict[str, Any]:
-        from coordinator.control import status_view as _status_view
-
+    async def status(self, user_id: str, build_id: str) -> BuildStatus:
         self.status_calls += 1
         session = self.store.get_session(build_id, user_id)  # BuildNotFoundError: a 404
-        return _status_view(self.store, session, {"preview_url": "http://live", "budget": {"status": "ok"}})
+        return status_view(self.store, session)
 
 
 @pytest.fixture
