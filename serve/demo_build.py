@@ -182,7 +182,8 @@ async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
         runtime = await start_runtime(owned.home, redis_url=owned.redis.url, admit_poll_s=0.3, heartbeat_s=10.0)
         owned.control = runtime.control
     console.print(
-        f"home {owned.home}  ·  redis {owned.redis.url}  ·  replay cassette examples/cassettes/{options.example}.yaml"
+        f"home {owned.home}  ·  redis {owned.redis.display_url}  ·  "
+        f"replay cassette examples/cassettes/{options.example}.yaml"
     )
     if options.serve_api:
         _serve_api(options, owned, console)

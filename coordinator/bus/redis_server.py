@@ -1,7 +1,13 @@
 """A managed local ``redis-server`` for when ``REDIS_URL`` is unset.
 
-The server listens on 127.0.0.1 only (so protected mode has nothing to protect and is
-off), keeps its files under ``KRIPTIK_HOME/redis`` and runs with AOF on and
+The server listens on 127.0.0.1 only, keeps protected mode on and requires a password:
+a secret generated at the first start into ``<data dir>/password`` (mode 0600) and given
+to Redis on its stdin, never on a command line that ``ps`` shows. Its URL carries the
+password (``redis://:PASSWORD@127.0.0.1:PORT/0``), so logs and the CLI show
+:func:`redact_url` of it. Loopback alone is not a boundary: any process of the host (a
+browser, a sandbox helper, another user's program) can connect to 127.0.0.1.
+
+It keeps its files under ``KRIPTIK_HOME/redis`` (0700) and runs with AOF on and
 ``appendfsync everysec``: every write reaches the AOF, which is fsynced once a second.
 A clean stop (SIGTERM) fsyncs and loses nothing; only a crash of the host or a SIGKILL of
 Redis can lose up to about one second of bus traffic. ``always`` would close that window
@@ -10,7 +16,8 @@ cost the bus its millisecond latency; the durable state of a build lives in SQLi
 after a crash actors republish from it, so one second is the better trade.
 
 One data directory belongs to one server: a lock file guards it, and a ``port`` file lets
-other processes on the host find the running server (see :func:`redis_url`).
+other processes on the host (of the same user: the directory is 0700) find the running
+server (see :func:`redis_url`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import contextlib
 import ctypes
 import fcntl
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +38,7 @@ import threading
 import time
 from pathlib import Path
 from typing import IO, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -47,6 +57,46 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: what logs and the CLI may show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def read_password(data_dir: Path) -> str:
+    """The managed server's password from ``data_dir/password``, generated (0600) if missing.
+
+    Raises:
+        ConfigError: the file exists but is empty or unreadable.
+    """
+    path = Path(data_dir) / "password"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    mode = path.stat().st_mode & 0o777
+    if mode != 0o600:
+        logger.warning("%s had mode %o; setting 0600", path, mode)
+        os.chmod(path, 0o600)
+    try:
+        password = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the managed Redis password {path}: {exc}") from exc
+    if not password:
+        raise ConfigError(f"the managed Redis password file {path} is empty: remove it to generate a new one")
+    return password
 
 
 def _die_with_parent() -> None:
@@ -87,13 +137,19 @@ class ManagedRedis:
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
+        self._password: str | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``; valid once started."""
-        if self.port is None:
+        """``redis://:PASSWORD@127.0.0.1:PORT/0``; valid once started. A secret: log :attr:`display_url`."""
+        if self.port is None or self._password is None:
             raise RedisStartError("managed redis has no port yet: start it first")
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self._password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def display_url(self) -> str:
+        """:attr:`url` with the password masked."""
+        return redact_url(self.url)
 
     @property
     def running(self) -> bool:
@@ -123,7 +179,7 @@ class ManagedRedis:
                 self._kill()
                 raise RedisStartError(f"redis-server on port {self.port} not ready in {self.start_timeout}s")
             time.sleep(0.005)
-        logger.info("managed redis-server pid %s on %s (data %s)", self.pid, self.url, self.data_dir)
+        logger.info("managed redis-server pid %s on %s (data %s)", self.pid, self.display_url, self.data_dir)
 
     async def astart(self) -> None:
         """:meth:`start` without blocking the event loop while Redis loads."""
@@ -172,14 +228,17 @@ class ManagedRedis:
         if exe is None:
             raise ConfigError(f"{self.executable} not found: install redis-server or set REDIS_URL")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # the password, the port and the AOF (the bus's data) are ours alone
         self._acquire()
+        self._password = read_password(self.data_dir)
         if self.port is None:
             self.port = free_port()
         args = [
             exe,
+            "-",  # the rest of the config (requirepass) on stdin, never in argv
             "--port", str(self.port),
             "--bind", "127.0.0.1",
-            "--protected-mode", "no",
+            "--protected-mode", "yes",
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
@@ -193,11 +252,15 @@ class ManagedRedis:
         on_main = threading.current_thread() is threading.main_thread()
         self._proc = subprocess.Popen(
             args,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent if on_main else None,
         )
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it exited at once: _ready reports it
+            with self._proc.stdin:
+                self._proc.stdin.write(f"requirepass {self._password}\n".encode())
         (self.data_dir / "port").write_text(str(self.port))
         atexit.register(self.stop)
 
@@ -208,7 +271,9 @@ class ManagedRedis:
             raise RedisStartError(f"redis-server exited with {code}; see {self.data_dir / 'redis.log'}")
         assert self.port is not None, "_spawn picks the port before waiting for it"
         try:
-            client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1.0)
+            client = redis.Redis(
+                port=self.port, password=self._password, socket_connect_timeout=0.5, socket_timeout=1.0
+            )
             with contextlib.closing(client):
                 client.ping()
                 return client.info("persistence").get("loading") == 0
@@ -261,7 +326,7 @@ def redis_url(settings: Settings | None = None) -> str:
         port_file = data_dir / "port"
         if not port_file.exists():
             raise
-        url = f"redis://127.0.0.1:{int(port_file.read_text())}/0"
+        url = f"redis://:{read_password(data_dir)}@127.0.0.1:{int(port_file.read_text())}/0"
         with contextlib.closing(redis.Redis.from_url(url, socket_connect_timeout=1.0)) as client:
             client.ping()
         return url
