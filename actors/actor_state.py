@@ -9,13 +9,13 @@ mid-write leaves the previous state, never half of one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.private_files import write_private
 from sandbox_agents.settings import get_settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,10 +59,8 @@ class StateFile(Generic[M]):
         return self.model.model_validate_json(self.path.read_text())
 
     def save(self, state: M) -> None:
-        """Replace the saved state atomically."""
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(state.model_dump_json())
-        os.replace(tmp, self.path)
+        """Replace the saved state atomically, readable by its owner only (specs hold secrets)."""
+        write_private(self.path, state.model_dump_json())
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

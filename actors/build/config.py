@@ -6,12 +6,12 @@ Control starts (and revives) coordinators from the config saved under
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sandbox_agents.private_files import write_private
 from sandbox_agents.settings import get_settings
 
 DETERMINISTIC_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
@@ -58,10 +58,8 @@ def config_path(build_id: str) -> Path:
 
 
 def save_config(config: CoordinatorConfig) -> None:
-    path = config_path(config.build_id)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(config.model_dump_json())
-    os.replace(tmp, path)
+    # 0600: the config holds the Redis URL with its password and the LLM provider's settings.
+    write_private(config_path(config.build_id), config.model_dump_json())
 
 
 def load_config(build_id: str) -> CoordinatorConfig | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.private_files import write_private
 
 
 class Forwarder(BaseModel):
@@ -47,9 +48,7 @@ class LocalState(BaseModel):
     slirp_pid: int | None = None
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json())
-        os.replace(tmp, path)
+        write_private(path, self.model_dump_json())  # 0600: the spec holds the sandbox's secrets
 
     @classmethod
     def load(cls, path: Path) -> LocalState:
