@@ -227,9 +227,11 @@ class _Session:
             claims_dir=host_state_dir() / "browser-uids",
             is_gone=_owner_gone,
         )
+        # What browsers of owners that died (an actor killed without close) left behind.
+        await asyncio.to_thread(self.pool.reclaim_stale)
+        await asyncio.to_thread(_remove_orphaned_workdirs)
         # The claim's "state" is our /proc entry: it exists exactly while the claimer lives.
         self.uid = uid = await asyncio.to_thread(self.pool.claim, self.name, Path(f"/proc/{os.getpid()}"))
-        await asyncio.to_thread(_remove_orphaned_workdirs)
         self.workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         self.home = self.workdir / "home"
         self.home.mkdir(mode=0o700)

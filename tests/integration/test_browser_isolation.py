@@ -9,11 +9,14 @@ both: that run proves the page and the service would show a leak.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,3 +262,20 @@ async def test_closing_the_browser_ends_every_process_and_gives_its_uid_back(
     assert all(not Path(f"/proc/{p}").exists() or status(p)["State"].startswith("Z") for p in tree)
     assert not (host_state_dir() / "browser-uids" / str(uid)).exists()
     await chromium.close()  # twice is fine
+
+
+async def test_a_launch_takes_back_what_browsers_of_dead_owners_left(services: tuple[Service, Service]) -> None:
+    claims = host_state_dir() / "browser-uids"
+    claims.mkdir(mode=0o700, parents=True, exist_ok=True)
+    uid = next(u for u in range(60999, 60000, -1) if not (claims / str(u)).exists())
+    dead = {"sandbox": "browser-dead", "state": "/proc/999999999", "pid": 999999999, "at": time.time() - 3600}
+    (claims / str(uid)).write_text(json.dumps(dead))
+    orphan = Path(tempfile.gettempdir()) / "kriptik-browser-999999999-orphan"
+    orphan.mkdir()
+    chromium = Chromium()
+    try:
+        await chromium.browser()
+        assert not (claims / str(uid)).exists() or chromium.uid == uid  # taken back (and maybe reused)
+        assert not orphan.exists()
+    finally:
+        await chromium.close()
