@@ -14,7 +14,6 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from coordinator.clock import FakeClock
 from coordinator.build.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -23,6 +22,7 @@ from coordinator.build.notify import (
     WebhookNotifier,
     sign,
 )
+from coordinator.clock import FakeClock
 from coordinator.store.schema import BuildSession, SessionStatus
 
 URL = "https://hooks.example.test/kriptik"

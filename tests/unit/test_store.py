@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.clock import FakeClock
-from coordinator.store.store import SessionStatus, Slot, Store, StoreConfig, StoreError
 from coordinator.store.schema import MIGRATIONS
+from coordinator.store.store import SessionStatus, Slot, Store, StoreConfig, StoreError
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
 

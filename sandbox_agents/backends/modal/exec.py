@@ -17,9 +17,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sandbox_agents.backends.base import ExecChunk, ExecRequest, ExecResult, exec_request
 from sandbox_agents.backends.modal.files import ModalFiles
 from sandbox_agents.backends.modal.support import modal_errors
-from sandbox_agents.backends.base import ExecChunk, ExecRequest, ExecResult, exec_request
 from sandbox_agents.errors import SandboxTimeoutError
 
 #: Extra time we give Modal past a command's own deadline before we stop waiting ourselves.

@@ -13,8 +13,8 @@ from __future__ import annotations
 import posixpath
 from typing import TYPE_CHECKING, Any
 
-from sandbox_agents.backends.modal.support import glob_match, modal_errors
 from sandbox_agents.backends.base import FileInfo
+from sandbox_agents.backends.modal.support import glob_match, modal_errors
 from sandbox_agents.backends.paths import workspace_relative
 from sandbox_agents.errors import SandboxError, SandboxLimitError, SandboxPathError
 
