@@ -201,6 +201,10 @@ class Health(_View):
 
     status: Literal["ok"] = "ok"
     version: str = ""
+    sandbox_limits: Literal["cgroups", "unlimited", "refused"] | None = None
+    """Local sandboxes on this replica's host: cgroup-limited, ``unlimited`` (the operator opted
+    in on a host without writable cgroups: one sandbox can exhaust the host) or ``refused``
+    (no cgroups, no opt-in). None when the backend is not local."""
 
 
 class ErrorBody(_View):

@@ -13,6 +13,7 @@ JSON :class:`ErrorBody`; a 500 is always a bug and is logged with its traceback.
 
 # No `from __future__ import annotations`: FastAPI must see the route annotations (local aliases) as objects.
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -51,6 +52,7 @@ from sandbox_agents.errors import (
     KriptikError,
     StoreError,
 )
+from sandbox_agents.settings import get_settings
 from serve.auth import Principal, UnauthorizedError, authenticate
 from serve.control_port import ControlPort, ControlUnavailableError
 from serve.limits import BodySizeLimit, RateLimitedError, RateLimiter, add_cors, retry_after_header
@@ -220,8 +222,13 @@ def create_app(
 
     @app.get("/api/health", response_model=Health, tags=["meta"])
     async def health() -> Health:
-        """Liveness of this replica: no token, no Control call."""
-        return Health(version=VERSION)
+        """Liveness of this replica: no token, no Control call; how local sandboxes are limited here."""
+        limits = None
+        if get_settings().kriptik_backend == "local":
+            from sandbox_agents.backends.local.backend import host_sandbox_limits
+
+            limits = await asyncio.to_thread(host_sandbox_limits)
+        return Health(version=VERSION, sandbox_limits=limits)
 
     @app.post("/api/builds", response_model=BuildCreated, status_code=202, tags=["builds"])
     async def submit(body: BuildRequest, who: User) -> BuildCreated:

@@ -176,6 +176,11 @@ def register(app: typer.Typer) -> None:
             console.print(table)
         if s.get("error"):
             console.print(f"[red]{s['error']}")
+        if call("GET", "/api/health").get("sandbox_limits") == "unlimited":
+            console.print(
+                "[bold red]sandboxes on this host run WITHOUT memory, process or CPU limits[/] "
+                "(no writable cgroups; KRIPTIK_ALLOW_UNLIMITED_SANDBOXES=1 opted in)"
+            )
 
     @app.command()
     def logs(build_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming.")) -> None:

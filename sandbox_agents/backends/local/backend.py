@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.backends.config import LocalBackendConfig
@@ -309,6 +310,23 @@ class LocalBackend:
 
 #: Set to 1 to start sandboxes without cgroup limits on a host that has none (fail closed otherwise).
 ALLOW_UNLIMITED_ENV = "KRIPTIK_ALLOW_UNLIMITED_SANDBOXES"
+
+SandboxLimits = Literal["cgroups", "unlimited", "refused"]
+
+
+def host_sandbox_limits(*, allow_unlimited: bool = False) -> SandboxLimits:
+    """What limits local sandboxes started on this host get, for status pages.
+
+    ``cgroups``: memory, pids and cpu limits; ``unlimited``: the host has no writable cgroups and
+    the operator opted in (``allow_unlimited`` or ``KRIPTIK_ALLOW_UNLIMITED_SANDBOXES=1``);
+    ``refused``: no writable cgroups and no opt-in, so the backend refuses to start sandboxes.
+    """
+    if CgroupLayout.detect().version != 0:
+        return "cgroups"
+    if allow_unlimited or os.environ.get(ALLOW_UNLIMITED_ENV) == "1":
+        return "unlimited"
+    return "refused"
+
 
 #: Standby sandboxes expire on their own if nobody adopts them (an owner that died).
 STANDBY_TTL_S = 120.0
