@@ -103,6 +103,19 @@ def status(pid: int) -> dict[str, str]:
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
 
+def snapshot(pid: int) -> tuple[dict[str, str], bytes, str, str] | None:
+    """A process's status, command line and user/pid namespaces, or None once it has ended."""
+    try:
+        return (
+            status(pid),
+            Path(f"/proc/{pid}/cmdline").read_bytes(),
+            os.readlink(f"/proc/{pid}/ns/user"),
+            os.readlink(f"/proc/{pid}/ns/pid"),
+        )
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def process_tree(root: int) -> list[int]:
     """``root`` and every process descended from it."""
     parents: dict[int, int] = {}
@@ -179,20 +192,28 @@ async def test_the_visual_checkers_chromium_runs_as_a_non_root_uid_with_its_own_
     assert not [f for f in report.findings if f.rule in ("visual.http_status", "visual.blank_page")], report.findings
 
     assert chromium.pid is not None
-    tree = process_tree(chromium.pid)
-    assert len(tree) >= 3, tree  # the browser, its zygotes, renderers, utilities
-    for pid in tree:
-        uids = status(pid)["Uid"].split()  # real, effective, saved, filesystem
-        assert "0" not in uids, (pid, uids)
-        assert set(uids) == {str(chromium.uid)}
-        if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
-            assert status(pid)["CapEff"] == "0000000000000000", pid  # no capability on the host
-    # Chromium's own sandbox is on: renderers run under its seccomp-bpf filter in namespaces of their own.
-    renderers = [pid for pid in tree if b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert renderers
-    for pid in renderers:
-        assert status(pid)["Seccomp"] == "2"
-        assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    # The verifier closed its page (and with it its renderer): look at the tree while a page is open.
+    context = await chromium.new_context(app.url + "/")
+    try:
+        page = await context.new_page()
+        await page.goto(app.url + "/", wait_until="load", timeout=20_000)
+        # Chromium starts and ends helper processes on its own: look at each one that is still there.
+        procs = {pid: seen for pid in process_tree(chromium.pid) if (seen := snapshot(pid)) is not None}
+        assert len(procs) >= 3, procs  # the browser, its zygotes, renderers, utilities
+        for pid, (st, _, user_ns, _) in procs.items():
+            uids = st["Uid"].split()  # real, effective, saved, filesystem
+            assert "0" not in uids, (pid, uids)
+            assert set(uids) == {str(chromium.uid)}
+            if user_ns == os.readlink("/proc/self/ns/user"):
+                assert st["CapEff"] == "0000000000000000", pid  # no capability on the host
+        # Chromium's own sandbox is on: renderers run under its seccomp-bpf filter in namespaces of their own.
+        renderers = {pid: seen for pid, seen in procs.items() if b"--type=renderer" in seen[1]}
+        assert renderers
+        for st, _, _, pid_ns in renderers.values():
+            assert st["Seccomp"] == "2"
+            assert pid_ns != os.readlink("/proc/self/ns/pid")
+    finally:
+        await context.close()
 
 
 async def test_a_page_reaches_its_own_origin_and_not_a_host_loopback_service(
