@@ -39,7 +39,9 @@ from coordinator.build.adapters import served
 from coordinator.build.ports import MergeOutcome, TeamOutcome
 from coordinator.contracts import IntentContract
 from coordinator.judge import Decision, Evidence
-from coordinator.merge.gate import is_junk, sha256_of
+from coordinator.merge.gate import is_junk
+from coordinator.merge.models import MergeRequest
+from coordinator.merge.sandbox import request_from_sandbox
 from coordinator.plan import SlotPlan
 from coordinator.team.runner import ComponentWork, TeamTask
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
@@ -169,12 +171,16 @@ class RayFleet:
         self.handles.pop(slot_id, None)
         await release(handle, proxy_name(self.build_id, slot_id))
 
-    async def files(self, slot_id: str) -> dict[str, str]:
-        """Path → sha256 of the slot's workspace (junk left out): a MergeRequest's body."""
-        handle = self.handle(slot_id)
-        paths = [f.path for f in await handle.list_files.remote("**/*") if not f.is_dir and not is_junk(f.path)]
-        blobs = await asyncio.gather(*(handle.read_file.remote(p) for p in paths))
-        return {p: sha256_of(b) for p, b in zip(paths, blobs, strict=True)}
+    async def merge_request(self, slot: SlotPlan, sandbox_id: str) -> MergeRequest:
+        """A MergeRequest for the slot's workspace as it is now (junk left out, symlinks by target)."""
+        sandbox = ProxySandbox(self.handle(slot.slot_id), sandbox_id)
+        return await request_from_sandbox(
+            sandbox,
+            build_id=self.build_id,
+            component=slot.component,
+            slot=slot.slot_id,
+            message=f"merge {slot.slot_id} (sandbox {sandbox_id})",
+        )
 
 
 TEAM_RESTARTS = 2
@@ -312,13 +318,7 @@ class RayGate:
         return await self.gate().start.remote(contract.model_dump_json())
 
     async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
-        request = {
-            "build_id": self.config.build_id,
-            "component": slot.component,
-            "slot": slot.slot_id,
-            "files": await self.fleet.files(slot.slot_id),
-            "message": f"merge {slot.slot_id} (sandbox {sandbox_id})",
-        }
+        request = await self.fleet.merge_request(slot, sandbox_id)
         result = await self.gate().admit.remote(request)
         findings = [f"{getattr(f, 'file', '') or ''}: {getattr(f, 'message', f)}".lstrip(": ") for f in result.findings]
         return MergeOutcome(accepted=result.accepted, commit=result.commit, reason=result.reason, findings=findings)
