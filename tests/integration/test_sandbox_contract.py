@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import socket
 import threading
 import time
@@ -156,14 +157,17 @@ async def test_exec_stream_yields_output_as_it_comes_then_the_exit_code(but: Bac
 async def test_exec_past_its_timeout_is_killed_with_its_tree_and_reported(but: BackendUnderTest) -> None:
     need(but, "exec")
     sandbox = await but.backend.create(SandboxSpec())
+    # A duration no other process on the host sleeps for: the Modal fake has no pid namespace, so
+    # `ps` there sees every process of the host, other tests' sleeps included.
+    naptime = f"30.{secrets.randbelow(10**6):06d}"
     started = time.monotonic()
     with pytest.raises(SandboxTimeoutError) as info:
-        await sandbox.exec("echo before; (sleep 30 &); sleep 30", timeout=1.0)
+        await sandbox.exec(f"echo before; (sleep {naptime} &); sleep {naptime}", timeout=1.0)
     assert time.monotonic() - started < 10
     assert info.value.timeout_s == 1.0 and "before" in info.value.stdout
 
     async def tree_gone() -> bool:  # SIGKILLed processes disappear asynchronously: poll with a bound
-        left = await sandbox.exec("ps -eo args | grep -c '^sleep 30' || true")
+        left = await sandbox.exec(f"ps -eo args | grep -cx 'sleep {naptime}' || true")
         return left.stdout.strip() == "0"
 
     assert await poll(tree_gone, 10, 0.1)
