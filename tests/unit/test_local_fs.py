@@ -95,3 +95,28 @@ def test_listing_walks_directory_fds_and_never_follows_links(workspace: Workspac
     listed = {f.path: f for f in workspace.list("**/*")}
     assert set(listed) == {"src", "src/a.py", "link", "pipe"}
     assert listed["src"].is_dir and not listed["link"].is_dir
+
+
+def test_a_directory_made_by_a_concurrent_write_is_used_not_an_error(
+    workspace: WorkspaceFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race of two writes under one new directory, made certain: the other one mkdirs first."""
+    real_mkdir = os.mkdir
+
+    def other_writer_first(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)  # the concurrent write's mkdir
+        real_mkdir(path, mode, dir_fd=dir_fd)  # ours: FileExistsError
+
+    monkeypatch.setattr(os, "mkdir", other_writer_first)
+    workspace.write("api/server.py", b"print(1)\n", None)
+    monkeypatch.undo()
+    assert workspace.read("api/server.py") == b"print(1)\n"
+
+
+def test_many_concurrent_writes_under_new_directories_all_land(workspace: WorkspaceFS) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [f"d{round_}/sub/f{i}.txt" for round_ in range(20) for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda p: workspace.write(p, p.encode(), None), paths))
+    assert all(workspace.read(p) == p.encode() for p in paths)

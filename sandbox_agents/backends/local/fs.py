@@ -67,9 +67,12 @@ class WorkspaceFS:
                 except FileNotFoundError:
                     if not create:
                         raise FileNotFoundError(errno.ENOENT, "no such file or directory", rel) from None
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    os.chown(part, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                        os.chown(part, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
+                    except FileExistsError:
+                        pass  # a concurrent write made it first (writes run in threads): open it as it is
+                    nxt = self._open_dir(rel, part, fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise self._refuse(rel, f"{part!r} is a symlink or not a directory") from None
@@ -79,6 +82,14 @@ class WorkspaceFS:
             yield fd, parts[-1]
         finally:
             os.close(fd)
+
+    def _open_dir(self, rel: str, part: str, dfd: int) -> int:
+        try:
+            return os.open(part, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise self._refuse(rel, f"{part!r} is a symlink or not a directory") from None
+            raise
 
     def _open(self, rel: str, dfd: int, name: str, flags: int) -> int:
         """Open a regular file (never following a link, never waiting on a FIFO), or refuse."""
