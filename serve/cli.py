@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import typer
+
+from serve.cli_commands import RAY_AUTH_ENV
 
 app = typer.Typer(help="KripTik Fleet: sandboxed agent fleets that build apps.", no_args_is_help=True)
 
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+    # Ray reads RAY_AUTH_MODE when it is imported, and every command imports it later than this: a
+    # value set after the import is not seen, and the token-authenticated head refuses the driver.
+    for key, value in RAY_AUTH_ENV.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
