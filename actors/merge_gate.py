@@ -30,7 +30,7 @@ from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
 from coordinator.bus.models import ErrorReport, Event
 from coordinator.contracts import IntentContract, parse_contract
-from coordinator.merge.gate import (
+from coordinator.merge import (
     MAX_TREE_BYTES,
     HostGitRepo,
     MainTestSandbox,

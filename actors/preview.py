@@ -30,7 +30,7 @@ from actors.merge_gate import default_spec
 from actors.pools.proxies import release, start_owned_sandbox
 from actors.sandbox_proxy import start_proxy
 from coordinator.contracts import Component, IntentContract, parse_contract
-from coordinator.merge.gate import SandboxDevServers, is_junk, sha256_of
+from coordinator.merge import SandboxDevServers, is_junk, sha256_of
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError, SandboxError
 from sandbox_agents.proxy_sandbox import ProxySandbox

@@ -39,7 +39,7 @@ from coordinator.build.adapters import served
 from coordinator.build.ports import MergeOutcome, TeamOutcome
 from coordinator.contracts import IntentContract
 from coordinator.judge import Decision, Evidence
-from coordinator.merge.gate import is_junk
+from coordinator.merge import is_junk
 from coordinator.merge.models import MergeRequest
 from coordinator.merge.sandbox import request_from_sandbox
 from coordinator.plan import SlotPlan

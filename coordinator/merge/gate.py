@@ -37,12 +37,8 @@ from typing import Any
 from coordinator.bus.events import EventPayload, MergeAccepted, MergeQueued, MergeRejected
 from coordinator.contracts import IntentContract
 from coordinator.intent import CriterionResult
-from coordinator.merge.host_repo import HostGitRepo, MergeGitError
 from coordinator.merge.models import (
-    JUNK_DIRS,
-    JUNK_SUFFIXES,
     MAX_TREE_BYTES,
-    SHA256,
     DevServerPort,
     EventPort,
     FetchFile,
@@ -56,13 +52,6 @@ from coordinator.merge.models import (
     is_junk,
     sha256_of,
 )
-from coordinator.merge.sandbox import (
-    MainTestSandbox,
-    SandboxDevServers,
-    SandboxMainCopy,
-    request_from_sandbox,
-    sandbox_satisfy,
-)
 from coordinator.merge.screen import MainState, Screened, screen_request
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.verifiers.base import DesignTokens as VerifierTokens
@@ -70,34 +59,10 @@ from sandbox_agents.verifiers.base import VerifyTarget
 from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport
 
 __all__ = [
-    "JUNK_DIRS",
-    "JUNK_SUFFIXES",
-    "MAX_TREE_BYTES",
-    "SHA256",
-    "DevServerPort",
-    "EventPort",
-    "FetchFile",
-    "HostGitRepo",
-    "MainCopy",
-    "MainRepo",
-    "MainTestSandbox",
     "MergeGateCore",
-    "MergeGitError",
     "MergeQueue",
-    "MergeRequest",
-    "MergeResult",
-    "SandboxDevServers",
-    "SandboxMainCopy",
-    "Satisfy",
-    "StaleRequestError",
-    "Verify",
     "changed_files",
     "criteria_for",
-    "is_junk",
-    "request_from_sandbox",
-    "sandbox_satisfy",
-    "screen_request",
-    "sha256_of",
     "verify_target",
 ]
 

@@ -23,7 +23,7 @@ from actors.pools.proxies import get_proxy, release
 from actors.preview import PreviewConfig, start_preview, stop_preview
 from actors.sandbox_proxy import start_proxy
 from coordinator.bus.context_bus import ContextBus
-from coordinator.merge.gate import MergeRequest, MergeResult, request_from_sandbox, sha256_of
+from coordinator.merge import MergeRequest, MergeResult, request_from_sandbox, sha256_of
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.verifiers import Chromium

@@ -12,7 +12,7 @@ import pytest
 from coordinator.bus.events import EventPayload
 from coordinator.contracts import Component, IntentContract, parse_contract
 from coordinator.intent import CriterionResult, SatisfactionReport
-from coordinator.merge.gate import (
+from coordinator.merge import (
     MergeGateCore,
     MergeQueue,
     MergeRequest,
