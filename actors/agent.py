@@ -36,7 +36,7 @@ from actors.handles import RayActorError, agent_name
 from actors.pools.warm import Warm, WarmBound, aliased, bind_warm, forget_alias, named_actor
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ContextUpdate, ErrorReport, FileChange
-from coordinator.team.runner import agent_role, prompt_context
+from coordinator.team import agent_role, prompt_context
 from sandbox_agents.agent_loop import AgentLoop
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask, PublishedItem
 from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP

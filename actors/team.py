@@ -35,7 +35,7 @@ from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, bind_warm, f
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
 from coordinator.bus.models import ErrorReport, Event
-from coordinator.team.runner import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
+from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, SandboxSpec
 from sandbox_agents.errors import SandboxTimeoutError

@@ -62,7 +62,7 @@ async def _fleet(redis_url: str, build: str, source: Any) -> tuple[float, list[A
     from actors.pools.proxies import acquire_proxy
     from actors.swarm import SwarmConfig, launch_swarm
     from actors.team import TeamConfig, launch_team
-    from coordinator.team.runner import ComponentWork, TeamTask
+    from coordinator.team import ComponentWork, TeamTask
     from sandbox_agents.backends.base import SandboxSpec
 
     spec = SandboxSpec(tags={"bench": "fleet"})

@@ -24,7 +24,7 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.contracts import Component, ContractTask, IntentContract, find_cycle
-from coordinator.team.runner import ComponentWork, TeamTask
+from coordinator.team import ComponentWork, TeamTask
 from coordinator.tournament import CandidateStrategy, Tournament, resolve_strategies
 from sandbox_agents.backends.base import NetworkPolicy, SandboxSpec
 from sandbox_agents.errors import ContractError, InvalidInputError

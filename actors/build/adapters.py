@@ -43,7 +43,7 @@ from coordinator.merge import is_junk
 from coordinator.merge.models import MergeRequest
 from coordinator.merge.sandbox import request_from_sandbox
 from coordinator.plan import SlotPlan
-from coordinator.team.runner import ComponentWork, TeamTask
+from coordinator.team import ComponentWork, TeamTask
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
 from sandbox_agents.errors import SandboxError
 from sandbox_agents.proxy_sandbox import ProxySandbox

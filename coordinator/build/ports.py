@@ -25,7 +25,7 @@ from coordinator.intent import LockedContract, SatisfactionReport
 from coordinator.judge import Decision, Evidence
 from coordinator.plan import SlotPlan
 from coordinator.store.store import Store
-from coordinator.team.runner import TeamReport
+from coordinator.team import TeamReport
 from sandbox_agents.backends.base import SnapshotRef
 from sandbox_agents.errors import BuildError
 from sandbox_agents.llm.base import Usage

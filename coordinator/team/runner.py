@@ -38,7 +38,7 @@ Agents' roles are ``agent:{component}:{n}``. Events: ``team.started``, ``task.st
 
 The task models, ports and report live in ``coordinator/team/models.py``, the per-file lock
 service in ``coordinator/team/locks.py``, the LLM planner and :func:`prompt_context` in
-``coordinator/team/llm.py``; they are re-exported here.
+``coordinator/team/llm.py``; the package ``coordinator.team`` exports them all.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from coordinator.bus.events import (
     TeamReadyToMerge,
     TeamStarted,
 )
-from coordinator.team.llm import REPLACE_TOOL, LLMPlanner, prompt_context
 from coordinator.team.locks import FileLockService
 from coordinator.team.models import (
     HANDOFF_SUFFIX,
@@ -75,7 +74,6 @@ from coordinator.team.models import (
     TeamEvents,
     TeamReport,
     TeamTask,
-    agent_role,
     assign,
     topological,
 )
@@ -83,30 +81,7 @@ from sandbox_agents.backends.base import ExecResult
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.llm.metered import LLMCharge
 
-__all__ = [
-    "FAILURE_CAP",
-    "HANDOFF_SUFFIX",
-    "REPLACE_TOOL",
-    "REPLAN_SUFFIX",
-    "RETRY_SUFFIX",
-    "AttemptRecord",
-    "CheckRunner",
-    "LLMCharge",
-    "ComponentWork",
-    "ContextReader",
-    "FileLockService",
-    "LLMPlanner",
-    "Planner",
-    "TeamAgent",
-    "TeamEvents",
-    "TeamReport",
-    "TeamRunner",
-    "TeamTask",
-    "agent_role",
-    "assign",
-    "prompt_context",
-    "topological",
-]
+__all__ = ["FAILURE_CAP", "TeamRunner"]
 
 logger = logging.getLogger(__name__)
 

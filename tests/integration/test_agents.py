@@ -21,7 +21,7 @@ from actors.sandbox_proxy import start_proxy
 from actors.team import TeamConfig, start_team, stop_team
 from coordinator.bus.context_bus import ContextBus
 from coordinator.resources import examples_dir
-from coordinator.team.runner import ComponentWork, TeamReport
+from coordinator.team import ComponentWork, TeamReport
 from sandbox_agents.agent_models import AgentTask
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError

@@ -25,7 +25,7 @@ from actors.sandbox_proxy import start_proxy
 from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm
 from actors.team import TeamConfig, get_team, launch_team, stop_team
 from coordinator.bus.context_bus import ContextBus
-from coordinator.team.runner import ComponentWork
+from coordinator.team import ComponentWork
 from sandbox_agents.agent_models import AgentTask
 from sandbox_agents.backends.base import SandboxSpec
 

@@ -34,7 +34,7 @@ from coordinator.judge import Decision, Evidence, judge
 from coordinator.plan import SlotPlan
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
-from coordinator.team.runner import TeamReport
+from coordinator.team import TeamReport
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
 from sandbox_agents.errors import SandboxDeadError
 from sandbox_agents.llm.base import Usage

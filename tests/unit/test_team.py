@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from coordinator.bus.events import EventPayload, TaskEscalated, UnknownEvent, parse_event
 from coordinator.bus.models import ContextValue, FileState, KnownError, UnifiedContext
-from coordinator.team.runner import (
+from coordinator.team import (
     ComponentWork,
     FileLockService,
     LLMPlanner,

@@ -15,7 +15,7 @@ from actors.team import TeamConfig
 from coordinator.contracts import load_contract
 from coordinator.plan import PlanSettings, plan_fleet
 from coordinator.resources import examples_dir
-from coordinator.team.runner import agent_role
+from coordinator.team import agent_role
 from coordinator.tournament import BUILTIN_STRATEGIES
 from sandbox_agents.agent_loop import AgentLoop
 from sandbox_agents.agent_models import AgentTask
