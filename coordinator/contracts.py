@@ -91,6 +91,29 @@ class DevServer(_Model):
     """Polled until it answers, to know the server is up."""
 
 
+class Packages(_Model):
+    """A component's dependency manifest, installed by the install phase (never by an agent's command).
+
+    ``npm``: ``{dir}/package.json`` with ``{dir}/package-lock.json`` when there is one (``npm ci``;
+    without one ``npm install`` writes it). ``pip``: ``{dir}/requirements.txt`` into ``{dir}/.venv``.
+    The install runs in a sandbox of its own that reaches only the package registries; the result
+    (``node_modules``, ``.venv``) is cached on the host by the manifest's hash and copied into the
+    component's sandbox, the main-test gate's and the preview's.
+    """
+
+    manager: Literal["npm", "pip"]
+    dir: str = Field(default=".", pattern=r"^(\.|[A-Za-z0-9_.-][A-Za-z0-9_./-]{0,199})$")
+    """The directory of the manifest, relative to the workspace (``.`` is the workspace)."""
+    timeout_s: float = Field(default=600.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _inside(self) -> Packages:
+        parts = self.dir.split("/")
+        if ".." in parts or "" in parts[:-1] or self.dir.startswith("/"):
+            raise ValueError(f"packages.dir {self.dir!r} must be a relative path inside the workspace")
+        return self
+
+
 class DesignTokens(_Model):
     """Optional visual language the design-style verifier and frontend agents follow."""
 
@@ -110,15 +133,26 @@ class Component(_Model):
     tasks: tuple[ContractTask, ...] = Field(min_length=1)
     check_command: Command | None = None
     """Build/test command; it must pass before the component may be merged."""
-    install: tuple[str, ...] = ()
-    """Install commands (shell strings); the only commands given the network."""
+    packages: tuple[Packages, ...] = ()
+    """Dependency manifests; the install phase installs them before checks, the gate and the preview."""
     dev_server: DevServer | None = None
-    profile: str | None = None
-    """Sandbox profile/image; None takes the planner default."""
+    profile: Literal["default", "python", "node"] | None = None
+    """Sandbox profile: ``default``/``python`` (Python 3 and the POSIX tools) or ``node`` (also Node 20+,
+    npm and the npm cache wiring); None takes the planner default."""
     agents: int | None = Field(default=None, ge=1, le=5)
     """Team size wish; the plan clamps it (default: one per task, 3–5)."""
     design: DesignTokens | None = None
     tournament: TournamentSettings = Field(default_factory=TournamentSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_install_commands(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "install" in data:
+            raise ValueError(
+                "`install` (commands given the network) was replaced by `packages` "
+                "(e.g. packages: [{manager: npm, dir: web}]): installs run as their own phase"
+            )
+        return data
 
 
 # --- success criteria --------------------------------------------------------------------

@@ -188,7 +188,7 @@ def team_size(component: Component, settings: PlanSettings) -> int:
 
 
 def slot_spec(component: Component, settings: PlanSettings, slot_id: str, candidate: str = "") -> SandboxSpec:
-    """The sandbox of one slot: tagged for lookup, offline unless the component installs something."""
+    """The sandbox of one slot: tagged for lookup and offline (installs run in an installer sandbox)."""
     tags = {"component": component.name, "kind": component.kind, "slot": slot_id, "candidate": candidate}
     if settings.build_id:
         tags["build"] = settings.build_id
@@ -198,8 +198,7 @@ def slot_spec(component: Component, settings: PlanSettings, slot_id: str, candid
         memory_mb=settings.memory_mb,
         timeout_s=settings.timeout_s,
         idle_timeout_s=settings.idle_timeout_s,
-        network=NetworkPolicy.INSTALL if component.install else NetworkPolicy.NONE,
-        install_commands=component.install,
+        network=NetworkPolicy.NONE,  # dependencies come through the install phase, never the slot's own network
         tags=tags,
         ports=(component.dev_server.port,) if component.dev_server else (),
     )

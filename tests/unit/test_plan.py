@@ -117,19 +117,20 @@ def test_round_robin_respects_task_dependencies() -> None:
     assert flat.index("models") < flat.index("server") < flat.index("tests")
 
 
-def test_install_commands_open_the_install_network_and_work_converts() -> None:
+def test_slots_with_packages_stay_offline_and_work_converts() -> None:
     c = contract(
         comp(
             "web",
             tasks=2,
-            install=["npm ci"],
+            packages=[{"manager": "npm", "dir": "web"}],
+            profile="node",
             check_command="npm test",
             tournament={"candidates": 2, "strategies": ["robust", "minimal"]},
         )
     )
     plan = plan_fleet(c)
     slot = plan.slot("web~robust")
-    assert slot.spec.network is NetworkPolicy.INSTALL and slot.spec.install_commands == ("npm ci",)
+    assert slot.spec.network is NetworkPolicy.NONE and slot.spec.profile == "node"
     work = slot.work()
     assert work.component == "web.robust" and work.agents == 3 and work.check_command == "npm test"
     assert all("robustness first" in t.instructions for t in work.tasks)
@@ -138,3 +139,8 @@ def test_install_commands_open_the_install_network_and_work_converts() -> None:
     assert plan_fleet(c) == plan  # deterministic
     with pytest.raises(ValueError, match="no slot"):
         plan.slot("web")
+
+
+def test_the_old_install_commands_field_is_refused_with_the_new_name() -> None:
+    with pytest.raises(ContractError, match="replaced by `packages`"):
+        contract(comp("web", tasks=1, install=["npm ci"]))
