@@ -147,13 +147,15 @@ class PreviewActor:
                 await sandbox.write_file(path, tree[path])
         state.files = wanted
         contract = self._contract()
-        serving = [c for c in contract.components if c.dev_server is not None and c.name in merged]
+        serving = [c for c in contract.components if c.name in merged]
         servers = SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s)
         for comp in contract.components:  # a server of a component not merged (any more) must not linger
             if comp.dev_server is not None and comp not in serving:
                 await servers.stop(comp.dev_server.port)
-        _, self._findings = await servers.restart(serving)
-        state.serving = [c.name for c in serving]
+        # Hot-reloading servers (Vite) stay up: they pick up the files just written, and an open page
+        # updates in place (HMR). The others restart on the new tree.
+        _, self._findings = await servers.restart(serving, keep_hot=True)
+        state.serving = [c.name for c in serving if c.dev_server is not None]
         self._save()
         self._tick()
         return await self.expose()
@@ -229,7 +231,7 @@ class PreviewActor:
         self._save()
         contract = self._contract()
         sandbox = ProxySandbox(handle, sandbox_id, state.spec)
-        serving = [c for c in contract.components if c.dev_server is not None and c.name in state.serving]
+        serving = [c for c in contract.components if c.name in state.serving or (c.packages and c.dev_server is None)]
         await SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s).restart(serving)
         comp = primary(contract)
         if comp is None or comp.dev_server is None:

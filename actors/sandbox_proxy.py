@@ -24,6 +24,8 @@ from sandbox_agents.backends.base import (
     ExecChunk,
     ExecResult,
     FileInfo,
+    InstallRequest,
+    InstallResult,
     Sandbox,
     SandboxSpec,
     SandboxStatus,
@@ -259,6 +261,12 @@ class SandboxProxyActor:
             raise InvalidInputError(f"port must be an integer, not {port!r}", field="port")
         await self._sandbox()
         return await self._session.expose(port)
+
+    async def install(self, request: dict[str, Any]) -> InstallResult:
+        """The install phase for one manifest (``Sandbox.install``); bad input is an InvalidInputError."""
+        checked = validated_arg(InstallRequest, request, "request")
+        await self._sandbox()
+        return await self._session.install(checked)
 
     async def keepalive(self) -> None:
         await (await self._sandbox()).keepalive()

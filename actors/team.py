@@ -37,8 +37,8 @@ from coordinator.bus.events import EventPayload
 from coordinator.bus.models import ErrorReport, Event
 from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
-from sandbox_agents.backends.base import ExecResult, SandboxSpec
-from sandbox_agents.errors import SandboxTimeoutError
+from sandbox_agents.backends.base import ExecResult, InstallRequest, InstallResult, SandboxSpec
+from sandbox_agents.errors import SandboxPathError, SandboxTimeoutError
 from sandbox_agents.llm.config import LLMConfig
 from sandbox_agents.llm.factory import make_provider
 from sandbox_agents.llm.metered import MeteredProvider, collector
@@ -88,10 +88,24 @@ class _AgentPort:
 
 
 class _ProxyChecks:
-    def __init__(self, proxy: Any) -> None:
+    """Checks in the team's sandbox, each after the install phase of the component's manifests.
+
+    A failed install fails the check with the installer's output, so the agent whose change broke
+    the manifest sees why (the install itself never runs with this sandbox's network).
+    """
+
+    def __init__(self, proxy: Any, packages: tuple[InstallRequest, ...] = ()) -> None:
         self.proxy = proxy
+        self.packages = packages
 
     async def run_check(self, command: list[str] | str, timeout_s: float) -> ExecResult:
+        for request in self.packages:
+            try:
+                result: InstallResult = await self.proxy.install.remote(request.model_dump())
+            except SandboxPathError as exc:
+                return ExecResult(exit_code=1, stdout="", stderr=f"the install phase failed: {exc}")
+            if not result.ok:
+                return ExecResult(exit_code=1, stdout="", stderr=f"the install phase failed:\n{result.output}")
         try:
             return await self.proxy.exec.remote(command, None, None, timeout_s)
         except SandboxTimeoutError as exc:  # a hung check is a failed check, not a crashed team
@@ -204,7 +218,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
         runner = TeamRunner(
             cfg.work,
             [_AgentPort(name, handle) for name, handle in self._agents],
-            checks=_ProxyChecks(self._proxy),
+            checks=_ProxyChecks(self._proxy, cfg.work.packages),
             planner=planner,
             events=_BusEvents(self._bus, cfg.build_id, self._events),
             context=self._context,

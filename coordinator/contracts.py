@@ -89,6 +89,9 @@ class DevServer(_Model):
     port: int = Field(ge=1, le=65535)
     ready_path: str = Field(default="/", pattern=r"^/")
     """Polled until it answers, to know the server is up."""
+    hot_reload: bool = False
+    """The server picks up changed files itself (Vite's HMR, ``node --watch``): the preview keeps it
+    running across merges, so an open page updates in place, instead of restarting it."""
 
 
 class Packages(_Model):

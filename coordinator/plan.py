@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from coordinator.contracts import Component, ContractTask, IntentContract, find_cycle
 from coordinator.team import ComponentWork, TeamTask
 from coordinator.tournament import CandidateStrategy, Tournament, resolve_strategies
-from sandbox_agents.backends.base import NetworkPolicy, SandboxSpec
+from sandbox_agents.backends.base import InstallRequest, NetworkPolicy, SandboxSpec
 from sandbox_agents.errors import ContractError, InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class SlotPlan(BaseModel):
     """Task ids per agent, in the order each agent runs them."""
     tasks: tuple[ContractTask, ...]
     check_command: list[str] | str | None = None
+    packages: tuple[InstallRequest, ...] = ()
+    """The component's dependency manifests (the install phase runs before each check)."""
     spec: SandboxSpec
 
     @property
@@ -97,7 +99,11 @@ class SlotPlan(BaseModel):
             for t in self.tasks
         )
         return ComponentWork(
-            component=self.team_name, tasks=tasks, check_command=self.check_command, agents=self.agents
+            component=self.team_name,
+            tasks=tasks,
+            check_command=self.check_command,
+            agents=self.agents,
+            packages=self.packages,
         )
 
 
@@ -225,6 +231,9 @@ def plan_fleet(contract: IntentContract, settings: PlanSettings | None = None) -
                     queues=queues,
                     tasks=component.tasks,
                     check_command=component.check_command,
+                    packages=tuple(
+                        InstallRequest(manager=p.manager, dir=p.dir, timeout_s=p.timeout_s) for p in component.packages
+                    ),
                     spec=slot_spec(component, settings, slot_id, strategy.name if strategy else ""),
                 )
             )

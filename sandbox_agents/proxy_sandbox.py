@@ -23,7 +23,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sandbox_agents.backends.base import ExecChunk, ExecResult, FileInfo, SandboxSpec, SandboxStatus, SnapshotRef
+from sandbox_agents.backends.base import (
+    ExecChunk,
+    ExecResult,
+    FileInfo,
+    InstallRequest,
+    InstallResult,
+    SandboxSpec,
+    SandboxStatus,
+    SnapshotRef,
+)
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.exec_channel import ChannelInfo, ChannelUnavailableError, ExecChannelClient
 
@@ -172,6 +181,10 @@ class ProxySandbox:
     async def expose(self, port: int) -> str:
         url: str = await self._handle.expose.remote(port)
         return url
+
+    async def install(self, request: InstallRequest) -> InstallResult:
+        result: InstallResult = await self._handle.install.remote(request.model_dump())
+        return result
 
     async def keepalive(self) -> None:
         await self._handle.keepalive.remote()

@@ -14,7 +14,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox_agents.backends.base import Sandbox, SandboxBackend, SandboxSpec, SandboxStatus, SnapshotRef
+from sandbox_agents.backends.base import (
+    InstallRequest,
+    InstallResult,
+    Sandbox,
+    SandboxBackend,
+    SandboxSpec,
+    SandboxStatus,
+    SnapshotRef,
+)
 from sandbox_agents.errors import SandboxDeadError, SandboxError
 
 logger = logging.getLogger(__name__)
@@ -106,6 +114,14 @@ class SandboxSession:
         url = await self.require().expose(port)
         await self._emit("exposed", {"port": str(port), "url": url})
         return url
+
+    async def install(self, request: InstallRequest) -> InstallResult:
+        result = await self.require().install(request)
+        await self._emit(
+            "installed",
+            {"dir": request.dir, "manager": request.manager, "ok": str(result.ok), "cached": str(result.cached)},
+        )
+        return result
 
     async def status(self) -> SandboxStatus:
         if self.sandbox is None:

@@ -326,7 +326,7 @@ class MergeGateCore:
         files, links = await asyncio.gather(self.repo.tree(MAX_TREE_BYTES), self.repo.links())
         await self.copy.reset(files, links)
         self._copy_dirty = False
-        serving = [c for c in self.contract.components if c.name in self.queue.merged and c.dev_server is not None]
+        serving = [c for c in self.contract.components if c.name in self.queue.merged]
         if serving:
             _, problems = await self.servers.restart(serving)
             for finding in problems:
@@ -350,7 +350,8 @@ class MergeGateCore:
     async def _check(
         self, component: str, merged: list[str]
     ) -> tuple[list[Finding], list[CriterionResult], SwarmReport | None]:
-        serving = [c for c in self.contract.components if c.name in merged and c.dev_server is not None]
+        # Every merged component: its dependencies are installed (the install phase) and its server started.
+        serving = [c for c in self.contract.components if c.name in merged]
         urls, findings = await self.servers.restart(serving)
         swarm = await self.verify(verify_target(self.contract, component, urls, merged))
         if self.swarm_must_pass and not swarm.passed:

@@ -198,7 +198,10 @@ Satisfy = Callable[[IntentContract, Mapping[str, str]], Awaitable[SatisfactionRe
 
 class DevServerPort(Protocol):
     async def restart(self, components: list[Component]) -> tuple[dict[str, str], list[Finding]]:
-        """(Re)start the components' dev servers; their URLs, and findings for those that never answered."""
+        """Install the components' dependencies and (re)start their dev servers.
+
+        Returns the URLs of the servers, and findings for failed installs and servers that never answered.
+        """
         ...
 
 

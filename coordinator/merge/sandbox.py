@@ -31,12 +31,14 @@ from sandbox_agents.backends.base import (
     ExecChunk,
     ExecResult,
     FileInfo,
+    InstallRequest,
+    InstallResult,
     Sandbox,
     SandboxSpec,
     SandboxStatus,
     SnapshotRef,
 )
-from sandbox_agents.errors import SandboxError
+from sandbox_agents.errors import SandboxError, SandboxPathError
 from sandbox_agents.verifiers.models import Finding
 
 
@@ -112,6 +114,9 @@ class MainTestSandbox:
 
     async def expose(self, port: int) -> str:
         return await self.current.expose(port)
+
+    async def install(self, request: InstallRequest) -> InstallResult:
+        return await self.current.install(request)
 
     async def keepalive(self) -> None:
         await self.current.keepalive()
@@ -248,18 +253,65 @@ class SandboxDevServers:
         message += f"{self.ready_timeout_s:.0f}s; log: {tail}"
         return None, [Finding(message=message, rule="merge.dev_server_not_ready")]
 
-    async def restart(self, components: list[Component]) -> tuple[dict[str, str], list[Finding]]:
+    async def restart(
+        self, components: list[Component], *, keep_hot: bool = False
+    ) -> tuple[dict[str, str], list[Finding]]:
+        """Install each component's dependencies, then (re)start the dev servers of those that have one.
+
+        Args:
+            keep_hot: Leave a running ``hot_reload`` server as it is when its dependencies did not
+                change (the preview: the server picks up the new files itself).
+        """
         wanted = {c.dev_server.port for c in components if c.dev_server is not None}
         for port in sorted(self._ports - wanted):
             await self.stop(port)
         urls: dict[str, str] = {}
         findings: list[Finding] = []
         for component in components:
+            problems, changed = await install_packages(self.sandbox, component)
+            findings += problems
+            if problems or component.dev_server is None:
+                continue
+            if keep_hot and component.dev_server.hot_reload and not changed and await self.running(component):
+                self._ports.add(component.dev_server.port)
+                urls[component.name] = await self.sandbox.expose(component.dev_server.port)
+                continue
             url, problems = await self.start(component)
             findings += problems
             if url is not None:
                 urls[component.name] = url
         return urls, findings
+
+    async def running(self, component: Component) -> bool:
+        """Whether the component's server (its process group) is alive."""
+        if component.dev_server is None:
+            return False
+        pid = f"{self.RUN_DIR}/{component.dev_server.port}.pid"
+        result = await self.sandbox.exec(f'[ -f {pid} ] && kill -0 -"$(cat {pid})" 2>/dev/null', timeout=10)
+        return result.exit_code == 0
+
+
+async def install_packages(sandbox: Sandbox, component: Component) -> tuple[list[Finding], bool]:
+    """The install phase of one component in ``sandbox``: findings for what failed, and whether any tree changed.
+
+    A missing manifest or a failed install is a finding the team can fix (an ``error`` naming the
+    manifest and the installer's output), never an exception that ends the build.
+    """
+    findings: list[Finding] = []
+    changed = False
+    for packages in component.packages:
+        request = InstallRequest(manager=packages.manager, dir=packages.dir, timeout_s=packages.timeout_s)
+        where = f"{packages.dir}/" if packages.dir not in ("", ".") else ""
+        try:
+            result = await sandbox.install(request)
+        except SandboxPathError as exc:
+            findings.append(Finding(message=f"install of {component.name}: {exc}", rule="install.failed"))
+            continue
+        changed = changed or result.changed
+        if not result.ok:
+            message = f"install of {component.name} ({packages.manager} in {where or './'}) failed:\n{result.output}"
+            findings.append(Finding(message=message[:4000], rule="install.failed", file=where or None))
+    return findings, changed
 
 
 async def _answers(url: str, timeout_s: float, poll_s: float) -> bool:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.bus.events import EventPayload
 from sandbox_agents.agent_models import AgentOutcome, AgentTask
-from sandbox_agents.backends.base import ExecResult
+from sandbox_agents.backends.base import ExecResult, InstallRequest
 from sandbox_agents.llm.metered import LLMCharge
 
 #: Suffixes of the attempt ids of escalation levels 1, 2 and 3 (the table in ``coordinator/team/runner.py``).
@@ -76,6 +76,8 @@ class ComponentWork(BaseModel):
     """Bound on the component's check."""
     agents: int = Field(default=3, ge=1, le=5)
     """Agents in the team (the plan's 3–5; fewer for small components and tests)."""
+    packages: tuple[InstallRequest, ...] = ()
+    """Dependency manifests: the install phase runs before every check, so checks see the dependencies."""
 
     @model_validator(mode="after")
     def _plan_is_sound(self) -> ComponentWork:

@@ -30,9 +30,44 @@ class NetworkPolicy(enum.StrEnum):
     NONE = "none"
     """No network at all (loopback inside the sandbox only)."""
     INSTALL = "install"
-    """Network only for the spec's declared install commands."""
+    """Only the package registries named in ``allowed_hosts`` (HTTPS), and DNS."""
     FULL = "full"
-    """Outbound network; the host's loopback services are still unreachable."""
+    """Outbound network to public addresses; the host, private and link-local ranges stay unreachable."""
+
+
+class InstallRequest(BaseModel):
+    """Install a component's dependency manifest into the sandbox's workspace (the install phase)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manager: Literal["npm", "pip"]
+    dir: str = Field(default=".", pattern=r"^(\.|[A-Za-z0-9_.-][A-Za-z0-9_./-]{0,199})$")
+    """The manifest's directory, relative to the workspace."""
+    timeout_s: float = Field(default=600.0, gt=0, le=3600)
+
+    @field_validator("dir")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        parts = value.split("/")
+        if ".." in parts or "" in parts[:-1]:
+            raise ValueError(f"dir {value!r} must be a relative path inside the workspace")
+        return value
+
+
+class InstallResult(BaseModel):
+    """What an install did; ``ok`` False carries the installer's output (an error the team can fix)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ok: bool
+    cached: bool
+    """True when the tree came from the host's store without a registry request."""
+    seconds: float
+    output: str = ""
+    key: str = ""
+    """The manifest's key in the store (sha256 of manager, toolchain, manifest, lockfile)."""
+    changed: bool = True
+    """False when the workspace held this very tree already (nothing was touched)."""
 
 
 class SandboxStatus(enum.StrEnum):
@@ -65,8 +100,8 @@ class SandboxSpec(BaseModel):
     """End the sandbox after this long without an exec, file operation or keepalive."""
     network: NetworkPolicy = NetworkPolicy.NONE
     """Network policy."""
-    install_commands: tuple[str, ...] = ()
-    """Commands (argv[0] names or full shell strings) allowed the network under ``install``."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names reachable (port 443) under ``install``: the package registries of the install."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment given to every command."""
     secrets: dict[str, str] = Field(default_factory=dict)
@@ -235,6 +270,14 @@ class Sandbox(Protocol):
 
     async def expose(self, port: int) -> str:
         """A URL on which the host reaches ``port`` inside the sandbox."""
+        ...
+
+    async def install(self, request: InstallRequest) -> InstallResult:
+        """Run the install phase for one manifest: its dependencies appear in the workspace.
+
+        The network it needs is never the sandbox's own (see the backend). A failed install
+        is an ``InstallResult`` with ``ok`` False, not an exception.
+        """
         ...
 
     async def keepalive(self) -> None:

@@ -26,6 +26,10 @@ class LocalBackendConfig(BaseModel):
     """First host uid of the per-sandbox range; the ``KRIPTIK_SANDBOX_UID`` setting (61000) if unset."""
     sandbox_uid_count: int = Field(default=1000, ge=1, le=1_000_000)
     """Host uids in the range: each running sandbox holds one of its own, so this bounds a host's sandboxes."""
+    package_cache_mb: int = Field(default=8192, ge=64, le=1_048_576)
+    """Most disk the host's dependency trees and download caches take; least recently used trees go first."""
+    registries: dict[str, list[str]] | None = None
+    """Registry hosts per package manager (``npm``, ``pip``) an install may reach; None: the public ones."""
     allow_unlimited: bool = False
     """Start sandboxes without memory/pids/cpu limits when the host has no writable cgroups
     (also ``KRIPTIK_ALLOW_UNLIMITED_SANDBOXES=1``); otherwise the backend refuses to start them."""

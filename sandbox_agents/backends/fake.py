@@ -21,6 +21,8 @@ from sandbox_agents.backends.base import (
     ExecRequest,
     ExecResult,
     FileInfo,
+    InstallRequest,
+    InstallResult,
     SandboxSpec,
     SandboxStatus,
     SnapshotRef,
@@ -185,6 +187,15 @@ class FakeSandbox:
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} out of range")
         return state.exposed.setdefault(port, f"fake://{self._id}:{port}")
+
+    async def install(self, request: InstallRequest) -> InstallResult:
+        """The fake installs nothing: it checks the manifest is there and says so."""
+        state = self._alive()
+        name = "package.json" if request.manager == "npm" else "requirements.txt"
+        path = name if request.dir in ("", ".") else f"{request.dir.rstrip('/')}/{name}"
+        if path not in state.files:
+            raise SandboxPathError(f"{path}: no such file; the install needs the manifest", path=path)
+        return InstallResult(ok=True, cached=False, seconds=0.0, output="fake backend: nothing installed")
 
     async def keepalive(self) -> None:
         self._alive()

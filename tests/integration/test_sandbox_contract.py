@@ -13,19 +13,22 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus
+from sandbox_agents.backends.local.network import host_networks
 from sandbox_agents.errors import (
     InvalidInputError,
     SandboxDeadError,
+    SandboxError,
     SandboxNotFoundError,
     SandboxPathError,
     SandboxTimeoutError,
 )
+from tests.integration.nethost import NetHost, nethost, registry_reachable
 from tests.integration.sandbox_backends import BackendUnderTest, open_backend
 
 BACKENDS = ["fake", "local", "modal-fake"]
@@ -295,6 +298,123 @@ async def test_host_loopback_services_are_unreachable(but: BackendUnderTest) -> 
         assert not accepted
     finally:
         server.close()
+
+
+# --- network -----------------------------------------------------------------------------
+# Every refused destination is owned by a namespace the test made (tests/integration/nethost.py):
+# nothing leaves this machine even when the filter fails, and the server's log shows whether
+# a connection got through.
+
+PRIVATE, METADATA, PUBLIC = "10.213.7.9", "169.254.169.254", "198.51.100.7"
+
+
+def _connect(address: str, port: int) -> list[str]:
+    """A sandbox command: exit 0 and print the answer when ``address:port`` accepts a connection."""
+    probe = (
+        "import socket,sys\ns=socket.socket();s.settimeout(3)\n"
+        f"r=s.connect_ex(({address!r},{port}))\n"
+        "print(s.recv(100).decode().split()[-1] if r==0 else 'refused', r)\nsys.exit(0 if r==0 else 7)"
+    )
+    return ["python3", "-c", probe]
+
+
+def _host_address() -> str:
+    return next(a.split("/")[0] for a in host_networks() if a.endswith("/32") and not a.startswith("127."))
+
+
+@pytest.fixture
+def test_host(tmp_path: Path) -> Iterator[NetHost]:
+    with nethost([PRIVATE, METADATA, PUBLIC], tmp_path) as host:
+        yield host
+
+
+async def test_full_network_reaches_public_hosts_and_nothing_internal(
+    but: BackendUnderTest, test_host: NetHost
+) -> None:
+    need(but, "network")
+    listener = socket.create_server(("0.0.0.0", 0))  # a service on every host address
+    try:
+        sandbox = await but.backend.create(SandboxSpec(network="full"))
+        allowed = await sandbox.exec(_connect(PUBLIC, test_host.port), timeout=20)
+        assert allowed.exit_code == 0 and allowed.stdout.startswith("hello"), allowed
+        assert test_host.accepted() == [PUBLIC]  # the packet really went through slirp4netns
+        port = listener.getsockname()[1]
+        for address, what in (
+            (PRIVATE, "a private range"),
+            (METADATA, "the cloud metadata address"),
+            (_host_address(), "the host's own address"),
+            ("10.0.2.2", "the host's loopback through the gateway"),
+        ):
+            target = port if address in ("10.0.2.2", _host_address()) else test_host.port
+            refused = await sandbox.exec(_connect(address, target), timeout=20)
+            assert refused.exit_code == 7, f"{what} ({address}) was reachable: {refused.stdout}"
+        assert test_host.accepted() == [PUBLIC]
+        await sandbox.terminate()
+    finally:
+        listener.close()
+
+
+async def test_install_network_reaches_only_the_named_registries(but: BackendUnderTest, test_host: NetHost) -> None:
+    need(but, "network")
+    sandbox = await but.backend.create(SandboxSpec(network="install", allowed_hosts=("registry.npmjs.org",)))
+    for address in (PUBLIC, PRIVATE, METADATA):
+        refused = await sandbox.exec(_connect(address, test_host.port), timeout=20)
+        assert refused.exit_code == 7, f"{address} was reachable under install"
+    assert test_host.accepted() == []
+    tampered = await sandbox.exec("nft flush ruleset; ip link set tap0 down; echo done", timeout=20)
+    assert "Operation not permitted" in tampered.stderr
+    assert (await sandbox.exec(_connect(PUBLIC, test_host.port), timeout=20)).exit_code == 7
+    if not registry_reachable():
+        print("npm registry unreachable from this host: the allowed fetch is not checked")  # noqa: T201
+    else:
+        fetch = await sandbox.exec(
+            [
+                "python3",
+                "-c",
+                "import urllib.request as u;print(u.urlopen('https://registry.npmjs.org/is-number',timeout=20).status)",
+            ],
+            timeout=40,
+        )
+        assert fetch.stdout.strip() == "200", fetch
+    await sandbox.terminate()
+    assert test_host.accepted() == []
+
+
+async def test_a_network_that_cannot_start_fails_the_create_with_the_reason(
+    but: BackendUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need(but, "network")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "slirp4netns").write_text("#!/bin/sh\necho 'cannot open /dev/net/tun: no such device' >&2\nexit 1\n")
+    (fake_bin / "slirp4netns").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    with pytest.raises(SandboxError, match="/dev/net/tun"):
+        await but.backend.create(SandboxSpec(network="full"))
+    with pytest.raises(SandboxError, match="resolves"):
+        await but.backend.create(SandboxSpec(network="install", allowed_hosts=("no-such-registry.invalid",)))
+    assert await but.backend.list() == []
+
+
+async def test_the_network_helper_ends_with_its_sandbox(but: BackendUnderTest) -> None:
+    need(but, "network")
+    for end in ("terminate", "launcher killed"):
+        sandbox = await but.backend.create(SandboxSpec(network="full"))
+        slirp = sandbox._state.slirp_pid  # type: ignore[attr-defined]
+        assert slirp and Path(f"/proc/{slirp}").exists()
+        if end == "terminate":
+            await sandbox.terminate()
+        else:
+            os.kill(sandbox._state.launcher_pid, 9)  # type: ignore[attr-defined]  # as the host's watchdog ends it
+        assert await poll(lambda pid=slirp: _gone(pid)), f"slirp4netns outlived its sandbox ({end})"
+        await sandbox.terminate()
+
+
+async def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 async def test_fork_bomb_is_contained_and_the_host_keeps_working(but: BackendUnderTest) -> None:

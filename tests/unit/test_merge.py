@@ -161,8 +161,9 @@ class FakeServers:
         self.started: list[list[str]] = []
 
     async def restart(self, components: list[Component]) -> tuple[dict[str, str], list[Finding]]:
-        self.started.append([c.name for c in components])
-        return {c.name: f"http://{c.name}.test" for c in components}, []
+        served = [c for c in components if c.dev_server is not None]  # the others only install
+        self.started.append([c.name for c in served])
+        return {c.name: f"http://{c.name}.test" for c in served}, []
 
 
 class FakeEvents:

@@ -3,7 +3,7 @@
 Measured on these hosts: a bwrap spawn costs 4–5 ms, an ``nsenter`` exec a few ms. The
 sandbox runs as a dedicated non-root uid with every capability dropped, sees only /usr
 (read-only), stub /etc files, its workspace and its home; its network is unshared unless
-the spec allows it, and then goes through slirp4netns with the host's loopback cut off.
+the spec allows it, and then goes through slirp4netns behind a filter (``network.py``).
 State lives on disk (``state.json``), so ``from_id`` works from any process.
 """
 
@@ -19,11 +19,15 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
+from sandbox_agents.backends.base import InstallRequest, InstallResult, SandboxSpec, SnapshotRef, exec_request
 from sandbox_agents.backends.config import LocalBackendConfig
+from sandbox_agents.backends.install import CACHE_MOUNT
 from sandbox_agents.backends.local import cgroup
 from sandbox_agents.backends.local.cgroup import CgroupLayout, SandboxCgroups
 from sandbox_agents.backends.local.launch import bwrap_argv, check_tools, launch, process_start_time, write_etc
+from sandbox_agents.backends.local.network import DEFAULT_REGISTRIES, make_lifeline
+from sandbox_agents.backends.local.packages import PackageStore
+from sandbox_agents.backends.local.profiles import profile
 from sandbox_agents.backends.local.sandbox import LocalSandbox
 from sandbox_agents.backends.local.seccomp import filter_file
 from sandbox_agents.backends.local.state import LocalState, default_root, host_state_dir, mount_tmpfs, unmount_under
@@ -38,7 +42,7 @@ class LocalBackend:
     """Sandboxes on this host. Cheap to construct; checks its tools on first use."""
 
     name = "local"
-    capabilities: frozenset[str] = frozenset({"exec", "isolation", "expose"})
+    capabilities: frozenset[str] = frozenset({"exec", "isolation", "expose", "network"})
 
     def __init__(self, config: LocalBackendConfig | None = None) -> None:
         self.config = config or LocalBackendConfig()
@@ -60,6 +64,7 @@ class LocalBackend:
         self._standby: list[LocalSandbox] = []
         self._refill: asyncio.Task[None] | None = None
         self._filling = asyncio.Lock()
+        self._packages: PackageStore | None = None
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -102,6 +107,27 @@ class LocalBackend:
 
     def _sandbox(self, state: LocalState) -> LocalSandbox:
         return LocalSandbox(self, state, SandboxCgroups(self._ready(), state.id))
+
+    # --- the install phase -------------------------------------------------------------
+
+    @property
+    def packages(self) -> PackageStore:
+        """The host's dependency trees and download caches (``packages.py``)."""
+        if self._packages is None:
+            registries = {k: tuple(v) for k, v in (self.config.registries or {}).items()}
+            self._packages = PackageStore(
+                host_state_dir() / "packages",
+                max_bytes=self.config.package_cache_mb << 20,
+                registries={**DEFAULT_REGISTRIES, **registries},
+            )
+        return self._packages
+
+    def install_into(self, sandbox: LocalSandbox, request: InstallRequest) -> InstallResult:
+        return self.packages.install(sandbox, request, self._installer)
+
+    def _installer(self, spec: SandboxSpec, cache: Path) -> _Installer:
+        """A fresh sandbox for one cold install, the download cache bound at ``CACHE_MOUNT``."""
+        return _Installer(self._start(spec, self._limited_layout(), binds=((cache, CACHE_MOUNT),)))
 
     # --- the contract ------------------------------------------------------------------
 
@@ -153,7 +179,8 @@ class LocalBackend:
         self._schedule_refill()
         return await asyncio.to_thread(self._start, spec, layout)
 
-    def _start(self, spec: SandboxSpec, layout: CgroupLayout) -> LocalSandbox:
+    def _start(self, spec: SandboxSpec, layout: CgroupLayout, binds: tuple[tuple[Path, str], ...] = ()) -> LocalSandbox:
+        profile(spec.profile)  # its toolchain is on the host, or a clear error
         sandbox_id = f"sbx-{uuid.uuid4().hex[:12]}"
         base = self.root / sandbox_id
         uid = self.uids.claim(sandbox_id, base / "state.json")  # the sandbox's own host uid
@@ -162,6 +189,7 @@ class LocalBackend:
             for path in (base, fs_dir, etc_dir):
                 path.mkdir(mode=0o711, parents=True)  # bwrap, as the sandbox uid, reaches fs/ and etc/
             ctl_dir.mkdir(mode=0o700)  # the launcher's: never bound into the sandbox
+            make_lifeline(ctl_dir)
             quota = mount_tmpfs(fs_dir, size_mb=spec.disk_mb, uid=uid)
             for name in ("workspace", "home"):
                 (fs_dir / name).mkdir(mode=0o755)
@@ -179,7 +207,7 @@ class LocalBackend:
         try:
             sandbox.write_deadline(force=True)
             cgroups.create(memory_mb=spec.memory_mb, max_pids=spec.max_pids, cpu=spec.cpu)
-            argv = bwrap_argv(fs_dir=fs_dir, etc_dir=etc_dir, workdir=spec.workdir)
+            argv = bwrap_argv(fs_dir=fs_dir, etc_dir=etc_dir, workdir=spec.workdir, binds=binds)
             state.launcher_pid, state.child_pid = launch(
                 bwrap=argv,
                 uid=uid,
@@ -192,8 +220,7 @@ class LocalBackend:
             state.child_start = process_start_time(state.child_pid)
             state.launcher_start = process_start_time(state.launcher_pid)
             state.save(base / "state.json")
-            if spec.network == "full":
-                sandbox.start_network()
+            sandbox.start_network()
         except BaseException:
             sandbox.destroy_now()
             raise
@@ -344,3 +371,32 @@ def purge_home(home: Path) -> None:
     if root.exists():
         asyncio.run(LocalBackend(LocalBackendConfig(root=root)).purge())
     shutil.rmtree(home, ignore_errors=True)
+
+
+class _Installer:
+    """An installer sandbox as ``PackageStore`` uses it: host-side writes, one command, then gone."""
+
+    def __init__(self, sandbox: LocalSandbox) -> None:
+        self._sandbox = sandbox
+
+    @property
+    def uid(self) -> int:
+        return self._sandbox.uid
+
+    @property
+    def workspace(self) -> Path:
+        return self._sandbox.workspace
+
+    def write_host(self, rel: str, data: bytes) -> None:
+        self._sandbox.write_host(rel, data)
+
+    def run(self, command: str, *, cwd: str, timeout_s: float) -> tuple[int, str]:
+        request = exec_request(command, cwd, None, timeout_s, None)
+        out = self._sandbox.run_sync(request)
+        text = out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
+        if out.timed_out:
+            return 124, text + f"\n[timed out after {timeout_s}s]"
+        return (out.exit_code if out.exit_code is not None else -1), text
+
+    def close(self) -> None:
+        self._sandbox.destroy_now()

@@ -83,6 +83,18 @@ class WorkspaceFS:
         finally:
             os.close(fd)
 
+    def open_dir(self, rel: str) -> int:
+        """An fd of the directory ``rel`` (the root for ``.``), reached without following any link.
+
+        Host-side tools that must act inside a directory of the workspace (unpacking a
+        dependency tree) work from this fd (``/proc/self/fd/N``), so a link the sandbox swaps
+        in after a check can never redirect them.
+        """
+        if rel in ("", "."):
+            return os.open(self.root, _DIR_FLAGS)
+        with self._parent_fd(rel, create=False) as (dfd, name):
+            return self._open_dir(rel, name, dfd)
+
     def _open_dir(self, rel: str, part: str, dfd: int) -> int:
         try:
             return os.open(part, _DIR_FLAGS, dir_fd=dfd)

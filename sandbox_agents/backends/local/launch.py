@@ -25,6 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from sandbox_agents.backends.local.network import LIFELINE
 from sandbox_agents.errors import BackendUnavailableError, SandboxError
 
 SANDBOX_HOME = "/home/sandbox"
@@ -64,8 +65,10 @@ def check_tools() -> None:
 SECCOMP_FD = 4
 
 
-def bwrap_argv(*, fs_dir: Path, etc_dir: Path, workdir: str) -> list[str]:
+def bwrap_argv(*, fs_dir: Path, etc_dir: Path, workdir: str, binds: tuple[tuple[Path, str], ...] = ()) -> list[str]:
     """The bwrap command line: only /usr (read-only), stub /etc files, the workspace and home.
+
+    ``binds`` adds read-write host directories (the installer's download cache, nothing else).
 
     The sandbox gets a user namespace of its own in which it cannot create another
     (``--disable-userns``), and the seccomp filter read from fd ``SECCOMP_FD`` on its init.
@@ -103,6 +106,10 @@ def bwrap_argv(*, fs_dir: Path, etc_dir: Path, workdir: str) -> list[str]:
         "--bind",
         str(fs_dir / "home"),
         SANDBOX_HOME,
+    ]
+    for source, target in binds:
+        argv += ["--bind", str(source), target]
+    argv += [
         "--chdir",
         workdir,
         "--hostname",
@@ -135,7 +142,8 @@ def launch(
     set-up) and has started its first process.
 
     Args:
-        ctl_dir: host-only directory for the launcher's pid, bwrap's info and its log.
+        ctl_dir: host-only directory for the launcher's pid, bwrap's info and its log, and
+            the lifeline fifo (``network.make_lifeline``) the launcher holds open while it lives.
         deadline: host-only file the watchdog reads (written by ``LocalSandbox.write_deadline``).
         seccomp: the compiled filter, handed to bwrap on fd ``SECCOMP_FD``.
 
@@ -150,7 +158,7 @@ def launch(
         f"DL={shlex.quote(str(deadline))}; "
         f"exec 3>{shlex.quote(str(info))} {SECCOMP_FD}<{shlex.quote(str(seccomp))} || exit 1; "
         f"/bin/sh -c {shlex.quote(start)} 2>{shlex.quote(str(ctl_dir / 'bwrap.log'))} & b=$!; "
-        f"exec 3>&- {SECCOMP_FD}<&-; {_WATCHDOG}"
+        f"exec 3>&- {SECCOMP_FD}<&- 5<>{shlex.quote(str(ctl_dir / LIFELINE))} || exit 1; {_WATCHDOG}"
     )
     subprocess.run(
         ["setsid", "-f", "/bin/sh", "-c", script],

@@ -19,6 +19,8 @@ from sandbox_agents.backends.base import (
     ExecRequest,
     ExecResult,
     FileInfo,
+    InstallRequest,
+    InstallResult,
     NetworkPolicy,
     SandboxSpec,
     SandboxStatus,
@@ -37,7 +39,16 @@ from sandbox_agents.backends.local.host import (
     wait_pidfile,
 )
 from sandbox_agents.backends.local.launch import SANDBOX_HOME, boottime_deadline, process_start_time
+from sandbox_agents.backends.local.network import (
+    apply_filter,
+    check_network_tools,
+    host_networks,
+    resolve,
+    ruleset,
+    start_slirp,
+)
 from sandbox_agents.backends.local.proc import ProcOutput, run_process
+from sandbox_agents.backends.local.profiles import profile
 from sandbox_agents.backends.local.state import Forwarder, LocalState, _libc, unmount
 from sandbox_agents.backends.local.uids import UidPool
 from sandbox_agents.backends.paths import workspace_relative
@@ -60,6 +71,8 @@ class SandboxHost(Protocol):
 
     @property
     def uids(self) -> UidPool: ...
+
+    def install_into(self, sandbox: LocalSandbox, request: InstallRequest) -> InstallResult: ...
 
 
 class LocalSandbox:
@@ -86,6 +99,28 @@ class LocalSandbox:
     def workspace(self) -> Path:
         """The workspace directory on the host (tests and snapshots read it)."""
         return self._base / "fs" / "workspace"
+
+    @property
+    def uid(self) -> int:
+        """The host uid the sandbox's processes run as."""
+        return self._state.uid
+
+    def read_host(self, rel: str, *, cap: int) -> bytes:
+        """A workspace file read by the host, at most ``cap`` bytes (``FileNotFoundError`` if absent)."""
+        return WorkspaceFS(self.workspace, uid=self.uid, gid=self.uid, sandbox_id=self.id, read_cap=cap).read(rel)
+
+    def write_host(self, rel: str, data: bytes) -> None:
+        """Write a workspace file from the host, as the sandbox's uid (no link followed)."""
+        self._fs.write(rel, data, None)
+
+    def run_sync(self, request: ExecRequest) -> ProcOutput:
+        """Run one command to its end in this thread (the installer's; ``exec`` is the async API)."""
+        self._touch()
+        return self._run(request)
+
+    def open_dir(self, rel: str) -> int:
+        """An fd of a workspace directory reached without following links (the caller closes it)."""
+        return self._fs.open_dir(rel)
 
     # --- liveness and deadlines --------------------------------------------------------
 
@@ -138,6 +173,7 @@ class LocalSandbox:
             "LANG": "C.UTF-8",
             "TERM": "dumb",
         }
+        env.update(profile(self.spec.profile).env)
         env.update(self.spec.env)
         env.update(self.spec.secrets)  # declared secrets only; nothing else of the host's env
         env.update(request.env)
@@ -158,14 +194,6 @@ class LocalSandbox:
             command=request.argv(),
         )
 
-    def _networked(self, request: ExecRequest) -> bool:
-        spec = self.spec
-        if spec.network != NetworkPolicy.INSTALL or not spec.install_commands:
-            return False
-        argv = request.argv()
-        text = request.command if isinstance(request.command, str) else " ".join(request.command)
-        return text in spec.install_commands or os.path.basename(argv[0]) in spec.install_commands
-
     def _run(self, request: ExecRequest, on_chunk=None) -> ProcOutput:  # type: ignore[no-untyped-def]
         self._execs += 1
         group = f"x{os.getpid()}-{self._execs}-{uuid.uuid4().hex[:6]}"
@@ -176,7 +204,6 @@ class LocalSandbox:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
-        slirp = self.start_network(record=False) if self._networked(request) else None
         stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
         try:
             return run_process(
@@ -189,8 +216,6 @@ class LocalSandbox:
                 on_chunk=on_chunk,
             )
         finally:
-            if slirp is not None:
-                kill_pid(slirp)
             if not self.cgroups.exec_group_pids(group):
                 self.cgroups.remove_exec_group(group)
 
@@ -289,6 +314,14 @@ class LocalSandbox:
         self._touch()
         await asyncio.to_thread(self._fs.remove, rel, recursive=recursive)
 
+    # --- dependencies ------------------------------------------------------------------
+
+    async def install(self, request: InstallRequest) -> InstallResult:
+        """The install phase: the host's tree store, filled by an installer sandbox (``packages.py``)."""
+        request = InstallRequest.model_validate(request)
+        self._touch()
+        return await asyncio.to_thread(self._backend.install_into, self, request)
+
     # --- snapshots ---------------------------------------------------------------------
 
     async def snapshot(self) -> SnapshotRef:
@@ -339,19 +372,26 @@ class LocalSandbox:
 
     # --- network and ports -------------------------------------------------------------
 
-    def start_network(self, *, record: bool = True) -> int | None:
-        """Give the sandbox outbound network through slirp4netns (host loopback disabled)."""
-        pidfile = self._base / f"slirp-{uuid.uuid4().hex[:6]}.pid"
-        cmd = (
-            f'echo $$ > "{pidfile}"; exec slirp4netns --configure --mtu=65520 --disable-host-loopback '
-            f"{self._state.child_pid} tap0"
-        )
-        subprocess.run(["setsid", "-f", "/bin/sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        pid = wait_pidfile(pidfile)
-        if record:
-            self._state.slirp_pid = pid
-            self._save()
-        return pid
+    def start_network(self) -> None:
+        """Give the sandbox the outbound network its spec's policy allows (``network.py``).
+
+        The filter is loaded first, then slirp4netns brings up ``tap0``; either failing is an
+        error of the caller (the create fails), never a sandbox that quietly has no network.
+        """
+        policy = self.spec.network
+        if policy is NetworkPolicy.NONE:
+            return
+        check_network_tools()
+        pid = self._state.child_pid
+        allowed = resolve(self.spec.allowed_hosts) if policy is NetworkPolicy.INSTALL else []
+        if policy is NetworkPolicy.INSTALL and self.spec.allowed_hosts and not allowed:
+            raise SandboxError(
+                f"none of the registries {', '.join(self.spec.allowed_hosts)} resolves from this host",
+                sandbox_id=self.id,
+            )
+        apply_filter(pid, ruleset(policy, allowed=allowed, host=host_networks()))
+        self._state.slirp_pid = start_slirp(pid, self._base / "ctl")
+        self._save()
 
     async def expose(self, port: int) -> str:
         if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -444,6 +484,5 @@ class LocalSandbox:
         st.ttl_deadline = time.time() + spec.timeout_s
         self._save()
         self.write_deadline(force=True)
-        if spec.network == NetworkPolicy.FULL:
-            self.start_network()
+        self.start_network()
         return True

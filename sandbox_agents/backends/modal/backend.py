@@ -21,6 +21,8 @@ import uuid
 from typing import Any
 
 from sandbox_agents.backends.base import (
+    InstallRequest,
+    InstallResult,
     NetworkPolicy,
     Sandbox,
     SandboxSpec,
@@ -75,6 +77,35 @@ class ModalSandbox(ModalExec):
         with modal_errors(self._sdk, sandbox_id=self.id):
             image = await self._sb.snapshot_filesystem.aio()
         return SnapshotRef(backend="modal", id=str(image.object_id), sandbox_id=self.id, spec=self._spec)
+
+    async def install(self, request: InstallRequest) -> InstallResult:
+        """Install in place: a Modal sandbox's egress is set at create, so it must have network ``install``.
+
+        There is no host-side tree store on Modal; npm's and pip's own caches in the image are
+        all the reuse there is (docs/modal.md).
+        """
+        import time
+
+        from sandbox_agents.backends.install import OUTPUT_TAIL, install_command
+
+        if self._spec.network is NetworkPolicy.NONE:
+            return InstallResult(
+                ok=False,
+                cached=False,
+                seconds=0.0,
+                output="this Modal sandbox was created without network; installs on Modal need network=install",
+            )
+        started = time.monotonic()
+        lock = "package-lock.json" if request.manager == "npm" else ""
+        locked = bool(lock) and bool(await self.list_files(f"{request.dir}/{lock}".lstrip("./")))
+        command = install_command(request.manager, locked=locked).replace("/cache/", "/root/.cache/")
+        result = await self.exec(command, cwd=request.dir, timeout=request.timeout_s)
+        return InstallResult(
+            ok=result.exit_code == 0,
+            cached=False,
+            seconds=time.monotonic() - started,
+            output=(result.stdout + result.stderr)[-OUTPUT_TAIL:],
+        )
 
     async def expose(self, port: int) -> str:
         """The TLS tunnel URL of ``port``; the port must be in ``spec.ports`` (Modal opens tunnels at create)."""
