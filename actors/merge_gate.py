@@ -13,11 +13,14 @@ where it was; a merge cut short is rolled back and must be submitted again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,7 +32,8 @@ from actors.pools.proxies import get_proxy, release, start_owned_sandbox
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
 from coordinator.bus.models import ErrorReport, Event
-from coordinator.contracts import IntentContract, parse_contract
+from coordinator.contracts import IntentContract, UiStep, parse_contract
+from coordinator.intent import UiChecker, UiStepError
 from coordinator.merge import (
     MAX_TREE_BYTES,
     HostGitRepo,
@@ -53,6 +57,9 @@ from sandbox_agents.verifiers import (
     VerifyTarget,
     default_verifiers,
 )
+
+if TYPE_CHECKING:
+    from playwright.async_api import Locator, Page
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +94,18 @@ def default_spec(contract: IntentContract, build_id: str, role: str) -> SandboxS
     )
 
 
-def ui_checker(chromium: Chromium, timeout_s: float = 15.0):  # type: ignore[no-untyped-def]
-    """A UI-criterion check in real Chromium: (url, selector, text) -> (visible, console errors)."""
+def ui_checker(chromium: Chromium, timeout_s: float = 15.0) -> UiChecker:
+    """A UI-criterion check in real Chromium: load the page, run the flow's steps in it, then look.
 
-    async def check(url: str, selector: str | None, text: str | None) -> tuple[bool, list[str]]:
+    Args:
+        chromium: The browser; each check gets a context of its own that reaches only the page's origin.
+        timeout_s: Bounds loading the page, a third of it the selector/text; each step has its own bound.
+    """
+
+    async def check(
+        url: str, selector: str | None, text: str | None, *, steps: Sequence[UiStep] = ()
+    ) -> tuple[bool, list[str]]:
+        from playwright.async_api import Error as PlaywrightError
         from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
         context = await chromium.new_context(url)  # the page reaches its own origin only
@@ -100,6 +115,12 @@ def ui_checker(chromium: Chromium, timeout_s: float = 15.0):  # type: ignore[no-
             page.on("console", lambda m: _console_error(m, errors))
             page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
             await page.goto(url, wait_until="load", timeout=timeout_s * 1000)
+            for index, step in enumerate(steps):
+                try:
+                    await _perform(page, url, step)
+                except (PlaywrightError, AssertionError) as exc:  # the step did not hold: that is the answer
+                    reason = _playwright_reason(exc) + await _page_now(page, step)
+                    raise UiStepError(reason, index=index, action=step.action, console_errors=errors) from None
             locator = page.locator(selector or "body")
             if text:
                 locator = locator.filter(has_text=text)
@@ -117,6 +138,63 @@ def ui_checker(chromium: Chromium, timeout_s: float = 15.0):  # type: ignore[no-
 def _console_error(message: Any, errors: list[str]) -> None:
     if message.type == "error" and "favicon.ico" not in ((message.location or {}).get("url") or ""):
         errors.append(f"console error: {message.text}")
+
+
+async def _perform(page: Page, url: str, step: UiStep) -> None:
+    """One step of a flow, bounded by its ``timeout_s`` through Playwright's auto-wait and ``expect``.
+
+    Actions use the first visible match of a selector; ``expect_*`` look at every match.
+    """
+    from playwright.async_api import expect
+
+    ms = step.timeout_s * 1000
+    if step.action == "fill":
+        await _shown(page, step.selector).first.fill(step.value, timeout=ms)
+    elif step.action == "click":
+        await _shown(page, step.selector).first.click(timeout=ms)
+    elif step.action == "press":
+        await _shown(page, step.selector).first.press(step.key, timeout=ms)
+    elif step.action == "drag":  # mouse down, moves, up: Chromium raises the HTML5 drag events from them
+        await _shown(page, step.selector).first.drag_to(_shown(page, step.target).first, timeout=ms)
+    elif step.action == "expect_text":
+        await expect(_shown(page, step.selector).filter(has_text=step.text).first).to_be_visible(timeout=ms)
+    elif step.action == "expect_visible":
+        await expect(_shown(page, step.selector).first).to_be_visible(timeout=ms)
+    elif step.action == "expect_hidden":
+        await expect(_shown(page, step.selector)).to_have_count(0, timeout=ms)
+    elif step.action == "reload":
+        await page.reload(wait_until="load", timeout=ms)
+    else:  # goto: the contract allows only a path, so the page stays on its origin (the only one it may reach)
+        parts = urlsplit(url)
+        await page.goto(f"{parts.scheme}://{parts.netloc}{step.path}", wait_until="load", timeout=ms)
+
+
+def _shown(page: Page, selector: str) -> Locator:
+    return page.locator(selector).filter(visible=True)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+REASON_CAP = 800  # most characters of Playwright's message kept in a failed step's evidence
+
+
+def _playwright_reason(exc: BaseException) -> str:
+    """Playwright's message and call log, without colour codes, blank lines and the page's whole aria tree."""
+    text = _ANSI.sub("", str(exc)).split("\nAria snapshot:")[0]
+    text = "\n".join(line.rstrip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= REASON_CAP else text[: REASON_CAP - 1] + "…"
+
+
+async def _page_now(page: Page, step: UiStep) -> str:
+    """What the failed step's selectors match now: tells "absent" from "hidden" from "other text"."""
+    from playwright.async_api import Error as PlaywrightError
+
+    notes = ""
+    for selector in filter(None, [getattr(step, "selector", None), getattr(step, "target", None)]):
+        with contextlib.suppress(PlaywrightError):  # an invalid selector, a closed page: Playwright's message says so
+            total, texts = await page.locator(selector).count(), await _shown(page, selector).all_inner_texts()
+            notes += f"\nnow {selector!r} matches {total} elements, {len(texts)} visible"
+            notes += "".join(f"\n  {t.strip()[:200]!r}" for t in texts[:3])
+    return notes
 
 
 class _Events:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from coordinator.tournament import TournamentSettings
 from sandbox_agents.agent_models import AgentTask
@@ -190,14 +190,130 @@ class HttpCriterion(_Criterion):
     body_contains: str | None = None
 
 
+MAX_UI_STEPS = 50
+"""Most steps in one UI criterion's flow."""
+Selector = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+"""A Playwright selector (CSS, ``text=…``, ``role=…``). Actions use its first visible match and
+expectations look at every match, so a selector that also matches hidden templates or several rows works."""
+
+
+class _UiStep(_Model):
+    timeout_s: float = Field(default=5.0, gt=0, le=30)
+    """Bound on Playwright's auto-wait in this step (the element showing up, the text appearing)."""
+
+    def describe(self) -> str:
+        """The step as its action and fields, e.g. ``fill selector='input' value='milk'`` (for evidence)."""
+        fields = self.model_dump(exclude={"timeout_s"})
+        action = fields.pop("action")
+        return " ".join([action, *(f"{name}={value!r}" for name, value in fields.items())])
+
+
+class FillStep(_UiStep):
+    """Replace what the field ``selector`` holds with ``value``."""
+
+    action: Literal["fill"]
+    selector: Selector
+    value: str = Field(max_length=5000)
+
+
+class ClickStep(_UiStep):
+    """Click ``selector``."""
+
+    action: Literal["click"]
+    selector: Selector
+
+
+class PressStep(_UiStep):
+    """Focus ``selector`` and press ``key`` (Playwright's names: ``Enter``, ``Escape``, ``Control+a``)."""
+
+    action: Literal["press"]
+    selector: Selector
+    key: str = Field(min_length=1, max_length=50)
+
+
+class DragStep(_UiStep):
+    """Drag ``selector`` onto ``target`` with the mouse; HTML5 drag-and-drop handlers see it too."""
+
+    action: Literal["drag"]
+    selector: Selector
+    target: Selector
+
+
+class ExpectTextStep(_UiStep):
+    """A visible match of ``selector`` contains ``text`` (case-insensitive, like the criterion's ``text``)."""
+
+    action: Literal["expect_text"]
+    selector: Selector
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+
+class ExpectVisibleStep(_UiStep):
+    """A match of ``selector`` is visible."""
+
+    action: Literal["expect_visible"]
+    selector: Selector
+
+
+class ExpectHiddenStep(_UiStep):
+    """No match of ``selector`` is visible (none at all counts as hidden)."""
+
+    action: Literal["expect_hidden"]
+    selector: Selector
+
+
+class ReloadStep(_UiStep):
+    """Reload the page and wait for its ``load`` event (state kept by the app, e.g. in storage, must survive)."""
+
+    action: Literal["reload"]
+
+
+class GotoStep(_UiStep):
+    """Open ``path`` on the page's own origin and wait for its ``load`` event."""
+
+    action: Literal["goto"]
+    path: str = Field(max_length=2000)
+
+    @field_validator("path")
+    @classmethod
+    def _on_the_origin(cls, path: str) -> str:
+        if not path.startswith("/") or path.startswith("//") or any(c.isspace() or c == "\\" for c in path):
+            raise ValueError(
+                f"goto.path {path!r} must be a path on the app's origin: it starts with one '/' "
+                "and has no spaces or backslashes (no scheme or host)"
+            )
+        return path
+
+
+UiStep = Annotated[
+    FillStep
+    | ClickStep
+    | PressStep
+    | DragStep
+    | ExpectTextStep
+    | ExpectVisibleStep
+    | ExpectHiddenStep
+    | ReloadStep
+    | GotoStep,
+    Field(discriminator="action"),
+]
+"""One step of a UI criterion's flow, tagged by ``action``."""
+
+
 class UiCriterion(_Criterion):
-    """A page shows an element/text in a real browser, without console errors."""
+    """In a real browser, without console errors: a page, an optional user flow on it, then an element/text.
+
+    ``steps`` run in order in one page after ``path`` has loaded; the first that fails fails the
+    criterion (the evidence names it). ``selector``/``text`` are checked after the last step.
+    """
 
     type: Literal["ui"] = "ui"
     path: str = Field(default="/", pattern=r"^/")
+    steps: tuple[UiStep, ...] = Field(default=(), max_length=MAX_UI_STEPS)
+    """The user flow: fill, click, press, drag, expect_text, expect_visible, expect_hidden, reload, goto."""
     selector: str | None = None
     text: str | None = None
     no_console_errors: bool = True
+    """Console errors and uncaught exceptions seen anywhere in the flow fail the criterion."""
 
 
 class FileCriterion(_Criterion):

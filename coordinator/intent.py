@@ -19,7 +19,7 @@ import logging
 import posixpath
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -32,10 +32,12 @@ from coordinator.contracts import (
     ContractInvalidError,
     Criterion,
     IntentContract,
+    UiCriterion,
+    UiStep,
     parse_contract,
 )
 from sandbox_agents.backends.base import Sandbox
-from sandbox_agents.errors import ContractError, InvalidInputError, SandboxTimeoutError
+from sandbox_agents.errors import ContractError, InvalidInputError, KriptikError, SandboxTimeoutError
 from sandbox_agents.llm.base import AssistantTurn, LLMProvider, LLMRequest, Message, ToolResult, ToolSpec, TurnKey
 
 logger = logging.getLogger(__name__)
@@ -140,8 +142,10 @@ PLANNER_SYSTEM = """You turn a user's request for an app into an intent contract
 (frontend, backend, database, api-integrations, auth, payments, other), each with a description, the \
 components it depends on, small tasks (id, title, instructions, acceptance, check_command, depends_on), \
 a check command and, when it serves HTTP, a dev_server (command and port); success criteria a machine \
-can check (type: command | http | ui | file | route); a budget; constraints. Call submit_contract with \
-the contract, or answer the contract as YAML or JSON in one fenced code block."""
+can check (type: command | http | ui | file | route; a ui criterion may first run a user flow, steps of \
+action fill | click | press | drag | expect_text | expect_visible | expect_hidden | reload | goto); a \
+budget; constraints. Call submit_contract with the contract, or answer the contract as YAML or JSON in \
+one fenced code block."""
 
 _FENCE = re.compile(r"```(?:ya?ml|json)?\s*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -210,6 +214,23 @@ def _repair_messages(reply: AssistantTurn, error: str) -> list[Message]:
 # --- satisfaction --------------------------------------------------------------------------
 
 
+class UiStepError(KriptikError, AssertionError):
+    """A step of a UI criterion's flow did not hold, so the criterion fails; the steps after it did not run.
+
+    Args:
+        message: Why, in the browser's words (Playwright's message, trimmed).
+        index: The step's position in ``steps``, from 0 (as in validation errors: ``steps.2``).
+        action: The step's action.
+        console_errors: Console errors and uncaught exceptions seen up to the failure.
+    """
+
+    def __init__(self, message: str, *, index: int, action: str, console_errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.index = index
+        self.action = action
+        self.console_errors = list(console_errors)
+
+
 class CriterionRunner(Protocol):
     """How success criteria reach the built app (a sandbox, its served ports, a browser)."""
 
@@ -224,9 +245,19 @@ class CriterionRunner(Protocol):
         ...
 
     async def ui(
-        self, path: str, selector: str | None, text: str | None, *, component: str | None = None
+        self,
+        path: str,
+        selector: str | None,
+        text: str | None,
+        *,
+        steps: Sequence[UiStep] = (),
+        component: str | None = None,
     ) -> tuple[bool, list[str]]:
-        """Open a page; whether the selector/text is visible, and the console errors seen."""
+        """Open a page and run ``steps`` on it; whether the selector/text is then visible, and the console errors.
+
+        Raises:
+            UiStepError: A step failed (which one, why, and the console errors up to then).
+        """
         ...
 
     async def file_exists(self, path: str) -> bool: ...
@@ -312,21 +343,49 @@ async def _check(c: Criterion, runner: CriterionRunner) -> tuple[bool, str]:
         status, _ = await runner.http(c.path, "GET", component=c.component)
         return status != 404 and status > 0, f"GET {c.path} -> {status} (expected anything but 404)"
     if c.type == "ui":
-        visible, errors = await runner.ui(c.path, c.selector, c.text, component=c.component)
-        ok = visible and not (c.no_console_errors and errors)
-        what = " ".join(filter(None, [c.selector, repr(c.text) if c.text else None])) or "the page"
-        shown = f"{what} {'visible' if visible else 'not visible'} at {c.path}"
-        return ok, f"{shown}; {len(errors)} console errors" + "".join(f"\n{e}" for e in errors[:10])
+        return await _check_ui(c, runner)
     exists = await runner.file_exists(c.path)
     return exists, f"{c.path} {'exists' if exists else 'does not exist'}"
+
+
+async def _check_ui(c: UiCriterion, runner: CriterionRunner) -> tuple[bool, str]:
+    """A UI criterion: its flow's steps, then its selector/text, and the console errors of the whole visit."""
+    try:
+        visible, errors = await runner.ui(c.path, c.selector, c.text, steps=c.steps, component=c.component)
+    except UiStepError as exc:
+        return False, _ui_step_evidence(c, exc)
+    ok = visible and not (c.no_console_errors and errors)
+    what = " ".join(filter(None, [c.selector, repr(c.text) if c.text else None])) or "the page"
+    after = f"after {len(c.steps)} steps, " if c.steps else ""
+    shown = f"{after}{what} {'visible' if visible else 'not visible'} at {c.path}"
+    return ok, f"{shown}; {_console(errors)}"
+
+
+def _ui_step_evidence(c: UiCriterion, exc: UiStepError) -> str:
+    """Which step of the flow failed and why, the steps before it, and the console errors seen."""
+    step = c.steps[exc.index].describe() if 0 <= exc.index < len(c.steps) else exc.action
+    head = f"steps[{exc.index}] failed ({exc.index} of {len(c.steps)} passed before it, flow from {c.path}): {step}"
+    return f"{head}\n{exc}\n{_console(exc.console_errors)}"
+
+
+def _console(errors: Sequence[str]) -> str:
+    return f"{len(errors)} console errors" + "".join(f"\n{e}" for e in errors[:10])
 
 
 def _cap(text: str) -> str:
     return text if len(text) <= EVIDENCE_CAP else text[: EVIDENCE_CAP - 10] + "\n…[cut]"
 
 
-#: Checks a page in a browser (the verifiers' Playwright): (url, selector, text) -> (visible, console errors).
-UiChecker = Callable[[str, str | None, str | None], Awaitable[tuple[bool, list[str]]]]
+class UiChecker(Protocol):
+    """Checks a page in a browser (the gate's Playwright): (url, selector, text, steps) -> (visible, console errors).
+
+    Raises:
+        UiStepError: A step of the flow failed.
+    """
+
+    async def __call__(
+        self, url: str, selector: str | None, text: str | None, *, steps: Sequence[UiStep] = ()
+    ) -> tuple[bool, list[str]]: ...
 
 
 class SandboxCriterionRunner:
@@ -385,11 +444,17 @@ class SandboxCriterionRunner:
                 await client.aclose()
 
     async def ui(
-        self, path: str, selector: str | None, text: str | None, *, component: str | None = None
+        self,
+        path: str,
+        selector: str | None,
+        text: str | None,
+        *,
+        steps: Sequence[UiStep] = (),
+        component: str | None = None,
     ) -> tuple[bool, list[str]]:
         if self.ui_checker is None:
             raise InvalidInputError("no UI checker configured for UI criteria", field="ui_checker")
-        return await self.ui_checker(self.url(path, component), selector, text)
+        return await self.ui_checker(self.url(path, component), selector, text, steps=steps)
 
     async def file_exists(self, path: str) -> bool:
         rel = posixpath.normpath(path).lstrip("/")

@@ -190,7 +190,9 @@ class FakeRunner:
         self.calls.append(("http", method, path, body))
         return self.status.get(path, (404, "not found"))
 
-    async def ui(self, path: str, selector: str | None, text: str | None, *, component: str | None = None):
+    async def ui(
+        self, path: str, selector: str | None, text: str | None, *, steps: Any = (), component: str | None = None
+    ):
         return True, []
 
     async def file_exists(self, path: str) -> bool:
@@ -247,7 +249,9 @@ async def test_sandbox_runner_over_fake_sandbox_and_mock_http() -> None:
 
     seen: list[str] = []
 
-    async def ui_checker(url: str, selector: str | None, text: str | None) -> tuple[bool, list[str]]:
+    async def ui_checker(
+        url: str, selector: str | None, text: str | None, *, steps: Any = ()
+    ) -> tuple[bool, list[str]]:
         seen.append(url)
         return True, []
 
