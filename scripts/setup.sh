@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in bwrap:bubblewrap redis-server:redis-server chromium:chromium zstd:zstd \
-            socat:socat nsenter:util-linux git:git slirp4netns:slirp4netns gcc:gcc; do
+            socat:socat nsenter:util-linux git:git slirp4netns:slirp4netns nft:nftables gcc:gcc \
+            ip:iproute2 node:nodejs npm:npm; do
   cmd="${pair%%:*}"; pkg="${pair##*:}"
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
