@@ -20,6 +20,7 @@ import pytest
 
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus
 from sandbox_agents.backends.local.network import host_networks
+from sandbox_agents.backends.local.state import LocalState
 from sandbox_agents.errors import (
     InvalidInputError,
     SandboxDeadError,
@@ -238,6 +239,39 @@ async def test_expose_reaches_a_server_inside_the_sandbox(but: BackendUnderTest)
 
     assert await poll(served)
     await sandbox.terminate()
+
+
+async def test_concurrent_exposes_of_a_port_share_one_forwarder_and_it_ends_with_the_sandbox(
+    but: BackendUnderTest,
+) -> None:
+    need(but, "isolation")  # real forwarder processes
+    sandbox = await but.backend.create(SandboxSpec(ports=(8124,)))
+    again = await but.reopen().from_id(sandbox.id)  # another handle, as another process holds one
+    urls = await asyncio.gather(*(handle.expose(8124) for handle in (sandbox, again, sandbox, again)))
+    assert len(set(urls)) == 1, urls
+    state = LocalState.load(sandbox.workspace.parent.parent / "state.json")  # type: ignore[attr-defined]
+    pids = state.forwarders[8124].pids
+    sock = str(sandbox.workspace.parent.parent / "fwd")  # type: ignore[attr-defined]
+    socats = [p for p in _socat_pids() if sock in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert sorted(socats) == sorted(pids), (socats, pids)
+    await sandbox.terminate()
+    assert await poll(lambda: _all_gone(pids))
+
+
+def _socat_pids() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "socat":
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+async def _all_gone(pids: list[int]) -> bool:
+    return all([await _gone(pid) for pid in pids])
 
 
 # --- isolation and limits -----------------------------------------------------------------

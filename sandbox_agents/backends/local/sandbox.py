@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -400,11 +401,30 @@ class LocalSandbox:
         known = self._state.forwarders.get(port)
         if known and all(pid_alive(p) for p in known.pids):
             return f"http://127.0.0.1:{known.host_port}"
-        return await asyncio.to_thread(self._start_forwarder, port)
+        return await asyncio.to_thread(self._forwarder, port)
+
+    def _forwarder(self, port: int) -> str:
+        """The port's forwarder: one pair per port, whoever asks at once (threads or processes).
+
+        Under a lock per port, the state on disk is read again: a pair another caller started
+        meanwhile is used, and a pair half dead is ended before a new one replaces it (no
+        ``socat`` outlives its record).
+        """
+        fwd = self._base / "fwd"
+        fwd.mkdir(exist_ok=True, mode=0o700)
+        with open(fwd / f"{port}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError, ValueError):
+                self._state.forwarders = LocalState.load(self._base / "state.json").forwarders
+            known = self._state.forwarders.get(port)
+            if known and all(pid_alive(p) for p in known.pids):
+                return f"http://127.0.0.1:{known.host_port}"
+            for pid in known.pids if known else ():
+                kill_pid(pid)
+            return self._start_forwarder(port)
 
     def _start_forwarder(self, port: int) -> str:
         fwd = self._base / "fwd"
-        fwd.mkdir(exist_ok=True, mode=0o700)
         sock = fwd / f"{port}.sock"
         sock.unlink(missing_ok=True)
         host_port = free_port()
