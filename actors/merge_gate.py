@@ -88,9 +88,18 @@ class GateConfig(BaseModel):
 
 def default_spec(contract: IntentContract, build_id: str, role: str) -> SandboxSpec:
     """A sandbox spec that can serve every component of the contract."""
-    ports = tuple(sorted({c.dev_server.port for c in contract.components if c.dev_server is not None}))
+    ports = {c.dev_server.port for c in contract.components if c.dev_server is not None}
+    if contract.origin is not None:
+        ports.add(contract.origin.port)
     return SandboxSpec(
-        cpu=2.0, memory_mb=2048, max_pids=512, timeout_s=86400, ports=ports, tags={"build": build_id, "role": role}
+        profile="node" if any(c.profile == "node" for c in contract.components) else "default",
+        cpu=2.0,
+        memory_mb=2048,
+        max_pids=512,
+        disk_mb=4096,
+        timeout_s=86400,
+        ports=tuple(sorted(ports)),
+        tags={"build": build_id, "role": role},
     )
 
 
@@ -260,13 +269,14 @@ class MergeGateActor:
         async def verify(target: VerifyTarget) -> SwarmReport:
             return await swarm.run(sandbox, target)
 
+        contract = parse_contract(state.contract)
         core = MergeGateCore(
-            parse_contract(state.contract),
+            contract,
             HostGitRepo(repo_dir(cfg.build_id)),
             _slot_reader(),
             verify,
             sandbox_satisfy(sandbox, ui_checker(self._chromium)),
-            SandboxDevServers(sandbox, ready_timeout_s=cfg.ready_timeout_s),
+            SandboxDevServers(sandbox, ready_timeout_s=cfg.ready_timeout_s, contract=contract),
             _Events(self._bus, cfg.build_id),
             copy=SandboxMainCopy(sandbox, self._renew),
             swarm_must_pass=cfg.swarm_must_pass,

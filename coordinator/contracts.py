@@ -336,6 +336,29 @@ Criterion = Annotated[
 ]
 
 
+class Origin(_Model):
+    """One origin for the app: a router in front of several dev servers (the preview and the UI criteria use it).
+
+    Without it the primary page's own server is the origin: its dev server proxies the API
+    itself (Vite's ``server.proxy``, or a hand-written forward), which the contract's page task
+    must ask for. With it, a small router in the main-test and preview sandboxes sends each
+    request whose path starts with a prefix of ``routes`` to that component's dev server
+    (longest prefix first, WebSockets included) and everything else to the primary page.
+    """
+
+    routes: dict[str, str] = Field(min_length=1, max_length=20)
+    """Path prefix (``/api``) → the component whose dev server answers it."""
+    port: int = Field(default=8080, ge=1024, le=65535)
+    """The router's port inside the sandbox."""
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> Origin:
+        for prefix in self.routes:
+            if not prefix.startswith("/") or any(ch in prefix for ch in " ?#\\") or len(prefix) > 200:
+                raise ValueError(f"origin route {prefix!r} must be a path prefix starting with '/'")
+        return self
+
+
 class Budget(_Model):
     """Most the build may spend; the budget ledger enforces it."""
 
@@ -361,6 +384,8 @@ class IntentContract(_Model):
     budget: Budget = Field(default_factory=Budget)
     constraints: tuple[str, ...] = ()
     """Things the build must (not) do, in words (e.g. "stdlib only")."""
+    origin: Origin | None = None
+    """A router giving the page and its API one origin; None: the page's own server is the origin."""
 
     @model_validator(mode="before")
     @classmethod
@@ -418,6 +443,8 @@ def contract_problems(contract: IntentContract) -> list[str]:
             other = ports.setdefault(comp.dev_server.port, comp.name)
             if other != comp.name:
                 problems.append(f"components {other!r} and {comp.name!r} both serve on port {comp.dev_server.port}")
+    if contract.origin is not None:
+        problems += _origin_problems(contract, contract.origin)
     ids = [c.id or "" for c in contract.success_criteria]
     problems += [f"duplicate success criterion id {i!r}" for i in _duplicates(ids)]
     by_name = {c.name: c for c in contract.components}
@@ -430,6 +457,28 @@ def contract_problems(contract: IntentContract) -> list[str]:
             problems.append(
                 f"success criterion {crit.id!r} needs a served app but component {crit.component!r} has no dev_server"
             )
+    return problems
+
+
+def primary_component(contract: IntentContract) -> Component | None:
+    """The app's page: the first frontend with a dev server, else the first component with one."""
+    served = [c for c in contract.components if c.dev_server is not None]
+    return next((c for c in served if c.kind == "frontend"), served[0] if served else None)
+
+
+def _origin_problems(contract: IntentContract, origin: Origin) -> list[str]:
+    by_name = {c.name: c for c in contract.components}
+    problems = []
+    for prefix, name in origin.routes.items():
+        comp = by_name.get(name)
+        if comp is None:
+            problems.append(f"origin route {prefix!r} names unknown component {name!r}")
+        elif comp.dev_server is None:
+            problems.append(f"origin route {prefix!r} names component {name!r}, which has no dev_server")
+    if primary_component(contract) is None:
+        problems.append("origin needs a component with a dev_server to serve every other path")
+    if any(c.dev_server is not None and c.dev_server.port == origin.port for c in contract.components):
+        problems.append(f"origin port {origin.port} is also a dev server's port")
     return problems
 
 

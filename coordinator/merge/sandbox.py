@@ -23,9 +23,10 @@ from typing import Any
 
 import httpx
 
-from coordinator.contracts import Component, IntentContract
+from coordinator.contracts import Component, IntentContract, primary_component
 from coordinator.intent import SatisfactionReport, check_satisfaction, lock
 from coordinator.merge.models import MergeRequest, Satisfy, is_junk, sha256_of
+from coordinator.merge.router import router_argv
 from coordinator.merge.screen import CONTROL_FILES, SUBMODULES_FILE, is_git_metadata_name
 from sandbox_agents.backends.base import (
     ExecChunk,
@@ -218,10 +219,19 @@ class SandboxDevServers:
 
     RUN_DIR = "/tmp/kriptik-dev"
 
-    def __init__(self, sandbox: Sandbox, *, ready_timeout_s: float = 30.0, poll_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        *,
+        ready_timeout_s: float = 30.0,
+        poll_s: float = 0.1,
+        contract: IntentContract | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.ready_timeout_s = ready_timeout_s
         self.poll_s = poll_s
+        self.contract = contract
+        """With an ``origin``, the router (``router.py``) runs in front of the servers: the page's URL is its."""
         self._ports: set[int] = set()
 
     async def stop(self, port: int) -> None:
@@ -239,19 +249,42 @@ class SandboxDevServers:
         server = component.dev_server
         if server is None:
             return None, []
-        await self.stop(server.port)
-        log = f"{self.RUN_DIR}/{server.port}.log"
-        body = f"echo $$ > {self.RUN_DIR}/{server.port}.pid; {_command_text(server.command)}"
+        return await self._launch(component.name, server.port, _command_text(server.command), server.ready_path)
+
+    async def _launch(self, name: str, port: int, command: str, ready_path: str) -> tuple[str | None, list[Finding]]:
+        await self.stop(port)
+        log = f"{self.RUN_DIR}/{port}.log"
+        body = f"echo $$ > {self.RUN_DIR}/{port}.pid; {command}"
         script = f"mkdir -p {self.RUN_DIR}; setsid sh -c {shlex.quote(body)} > {log} 2>&1 < /dev/null &"
         await self.sandbox.exec(script, timeout=30)
-        self._ports.add(server.port)
-        url = await self.sandbox.expose(server.port)
-        if await _answers(url + server.ready_path, self.ready_timeout_s, self.poll_s):
+        self._ports.add(port)
+        url = await self.sandbox.expose(port)
+        if await _answers(url + ready_path, self.ready_timeout_s, self.poll_s):
             return url, []
         tail = (await self.sandbox.exec(f"tail -n 20 {log} 2>/dev/null; true", timeout=10)).stdout[-1500:]
-        message = f"dev server of {component.name} did not answer on port {server.port} within "
+        message = f"dev server of {name} did not answer on port {port} within "
         message += f"{self.ready_timeout_s:.0f}s; log: {tail}"
         return None, [Finding(message=message, rule="merge.dev_server_not_ready")]
+
+    async def _route(self, urls: dict[str, str]) -> list[Finding]:
+        """Put the origin router in front of the page (started once; it finds the servers by port)."""
+        contract = self.contract
+        origin = contract.origin if contract is not None else None
+        page = primary_component(contract) if contract is not None else None
+        if contract is None or origin is None or page is None or page.dev_server is None or page.name not in urls:
+            return []
+        argv = router_argv(contract, origin)
+        if argv is None:
+            return []
+        if origin.port in self._ports and await self._alive(origin.port):
+            urls[page.name] = await self.sandbox.expose(origin.port)
+            return []
+        url, problems = await self._launch(
+            "the origin router", origin.port, shlex.join(argv), page.dev_server.ready_path
+        )
+        if url is not None:
+            urls[page.name] = url
+        return problems
 
     async def restart(
         self, components: list[Component], *, keep_hot: bool = False
@@ -263,6 +296,8 @@ class SandboxDevServers:
                 change (the preview: the server picks up the new files itself).
         """
         wanted = {c.dev_server.port for c in components if c.dev_server is not None}
+        if self.contract is not None and self.contract.origin is not None:
+            wanted.add(self.contract.origin.port)
         for port in sorted(self._ports - wanted):
             await self.stop(port)
         urls: dict[str, str] = {}
@@ -280,13 +315,15 @@ class SandboxDevServers:
             findings += problems
             if url is not None:
                 urls[component.name] = url
+        findings += await self._route(urls)
         return urls, findings
 
     async def running(self, component: Component) -> bool:
         """Whether the component's server (its process group) is alive."""
-        if component.dev_server is None:
-            return False
-        pid = f"{self.RUN_DIR}/{component.dev_server.port}.pid"
+        return component.dev_server is not None and await self._alive(component.dev_server.port)
+
+    async def _alive(self, port: int) -> bool:
+        pid = f"{self.RUN_DIR}/{port}.pid"
         result = await self.sandbox.exec(f'[ -f {pid} ] && kill -0 -"$(cat {pid})" 2>/dev/null', timeout=10)
         return result.exit_code == 0
 
