@@ -23,7 +23,7 @@ if [ "${#failed[@]}" -gt 0 ]; then
   exit 1
 fi
 
-python3 -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+python3 -m pytest tests -q -rs -p no:cacheprovider --durations=15 "$@"  # -rs: every skip says why
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests" >&2
