@@ -192,6 +192,8 @@ class HttpCriterion(_Criterion):
 
 MAX_UI_STEPS = 50
 """Most steps in one UI criterion's flow."""
+MAX_UI_FLOW_S = 300.0
+"""Most a flow's steps may wait in all (their ``timeout_s`` summed): a criterion check stays bounded."""
 Selector = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 """A Playwright selector (CSS, ``text=…``, ``role=…``). Actions use its first visible match and
 expectations look at every match, so a selector that also matches hidden templates or several rows works."""
@@ -314,6 +316,13 @@ class UiCriterion(_Criterion):
     text: str | None = None
     no_console_errors: bool = True
     """Console errors and uncaught exceptions seen anywhere in the flow fail the criterion."""
+
+    @model_validator(mode="after")
+    def _bounded_flow(self) -> UiCriterion:
+        total = sum(step.timeout_s for step in self.steps)
+        if total > MAX_UI_FLOW_S:
+            raise ValueError(f"the steps' timeouts add up to {total:g}s; a flow may wait at most {MAX_UI_FLOW_S:g}s")
+        return self
 
 
 class FileCriterion(_Criterion):

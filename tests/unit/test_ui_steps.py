@@ -292,3 +292,12 @@ def test_playwrights_message_keeps_its_call_log_and_drops_colours_blank_lines_an
 def test_a_long_playwright_message_is_cut_to_its_cap() -> None:
     reason = _playwright_reason(AssertionError("x" * 5000))
     assert len(reason) == REASON_CAP and reason.endswith("…")
+
+
+def test_a_flow_whose_step_timeouts_add_up_past_the_bound_is_refused() -> None:
+    from coordinator.contracts import MAX_UI_FLOW_S, UiCriterion
+
+    steps = [{"action": "click", "selector": "button", "timeout_s": 30}] * 11
+    with pytest.raises(ValueError, match=f"at most {MAX_UI_FLOW_S:g}s"):
+        UiCriterion.model_validate({"type": "ui", "steps": steps})
+    assert len(UiCriterion.model_validate({"type": "ui", "steps": steps[:10]}).steps) == 10
