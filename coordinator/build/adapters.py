@@ -139,7 +139,7 @@ class SandboxSatisfaction:
         main: Reaches the main-test sandbox.
         urls: Component → base URL of its dev server serving main (``""`` the default).
         sandbox_of: Reaches a slot's sandbox (tournament evidence).
-        ui_checker: ``(url, selector, text, *, steps) -> (visible, console errors)`` (``UiChecker``); None fails UI criteria.
+        ui_checker: a ``UiChecker`` ``(url, selector, text, *, steps) -> (visible, errors)``; None fails UI criteria.
     """
 
     def __init__(
