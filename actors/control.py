@@ -132,6 +132,12 @@ class RayBuildRunners:
     async def preview(self, build_id: str) -> dict[str, Any]:
         return dict(await self.coordinator(build_id).preview.remote())
 
+    async def screenshots(self, build_id: str) -> list[dict[str, Any]]:
+        return list(await self.coordinator(build_id).screenshots.remote())
+
+    async def screenshot(self, build_id: str, name: str) -> bytes:
+        return bytes(await self.coordinator(build_id).screenshot.remote(name))
+
     async def sandboxes(self, build_id: str) -> list[dict[str, Any]]:
         return list(await self.coordinator(build_id).sandboxes.remote())
 
@@ -198,6 +204,14 @@ class ControlActor:
 
     async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
         return await self.builds.preview(user_id, build_id)
+
+    async def screenshots(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
+        """The build's preview screenshots, newest first (``ScreenshotView`` as JSON)."""
+        return await self.builds.screenshots(user_id, build_id)
+
+    async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes:
+        """The PNG of one of them: bytes come back through the coordinator from the preview's host."""
+        return await self.builds.screenshot(user_id, build_id, name)
 
     async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
         return await self.builds.sandboxes(user_id, build_id)

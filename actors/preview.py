@@ -4,8 +4,10 @@ It owns a preview sandbox of its own (never the main-test one), receives only ``
 after each accepted merge (:meth:`PreviewActor.refresh`), restarts the dev servers of the
 merged components and exposes ONE stable URL for the build: the primary UI component's port
 (the first ``frontend`` with a dev server, else the first component with one). Screenshots come
-from Chromium (periodically and on demand). :meth:`PreviewActor.take_control` snapshots the
-preview into a NEW sandbox the user may change: nothing ever flows back from it.
+from Chromium (periodically, soon after each refresh, and on demand) and the last few are kept per
+build (``coordinator/screenshots.py``); they leave the actor only as bytes through its methods.
+:meth:`PreviewActor.take_control` snapshots the preview into a NEW sandbox the user may change:
+nothing ever flows back from it.
 
 State (contract, proxy names, the hashes of the files it holds) lives in
 ``KRIPTIK_HOME/previews/`` (``actor_state.py``) so a restarted actor reconnects to the same sandbox and URL.
@@ -17,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +30,10 @@ from actors.handles import PREVIEW_SID, gate_name, preview_name, proxy_name
 from actors.merge_gate import default_spec
 from actors.pools.proxies import release, start_owned_sandbox
 from actors.sandbox_proxy import start_proxy
+from coordinator.clock import SystemClock
 from coordinator.contracts import Component, IntentContract, parse_contract
 from coordinator.merge import SandboxDevServers, is_junk, sha256_of
+from coordinator.screenshots import ScreenshotSeries, ShotSchedule, tree_digest
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError, SandboxError
 from sandbox_agents.proxy_sandbox import ProxySandbox
@@ -50,7 +53,11 @@ class PreviewConfig(BaseModel):
     """The preview sandbox's spec; None: the gate's default (every dev port of the contract)."""
     ready_timeout_s: float = Field(default=30.0, gt=0)
     screenshot_every_s: float = Field(default=60.0, ge=0)
-    """Period of the automatic screenshot after a refresh; 0 turns it off."""
+    """Period of the automatic screenshots, which start at the first refresh; 0 turns them all off."""
+    screenshot_gap_s: float = Field(default=10.0, ge=0)
+    """Least time between a screenshot and the one a refresh asks for (a burst of merges gets one)."""
+    screenshots_kept: int = Field(default=30, ge=1)
+    """Screenshots kept per build (``screenshots()``); the oldest goes past it."""
     viewport: tuple[int, int] = (1280, 720)
     heartbeat_s: float = Field(default=30.0, gt=0)
 
@@ -81,6 +88,13 @@ class PreviewActor:
         self._chromium = Chromium()
         self._findings: list[Finding] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._clock = SystemClock()
+        self._shots = ScreenshotSeries(
+            state_dir("previews") / file_stem(self.config.build_id) / "screenshots",
+            self.config.screenshots_kept,
+            self._clock,
+        )
+        self._schedule = ShotSchedule(self.config.screenshot_every_s, self.config.screenshot_gap_s)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -181,10 +195,15 @@ class PreviewActor:
         return list(self._findings)
 
     async def screenshot(self, path: str = "/") -> bytes:
-        """A PNG of ``path`` on the preview, taken now in Chromium."""
+        """A PNG of ``path`` on the preview, taken now in Chromium and kept in the build's series.
+
+        The series (:meth:`screenshots`) holds the last ``screenshots_kept``; a PNG identical to
+        the newest one is returned but not kept again.
+        """
         from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
         url = (await self.expose()).rstrip("/") + "/" + path.lstrip("/")
+        tree = tree_digest(self._ready()[0].files)  # what the page is about to load from
         context = await self._chromium.new_context(
             url, viewport={"width": self.config.viewport[0], "height": self.config.viewport[1]}
         )
@@ -196,26 +215,40 @@ class PreviewActor:
             shot: bytes = await page.screenshot(type="png")
         finally:
             await context.close()
-        directory = state_dir("previews") / file_stem(self.config.build_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread((directory / "latest.png").write_bytes, shot)
+        await asyncio.to_thread(self._shots.add, shot, tree=tree, path="/" + path.lstrip("/"))
         return shot
 
-    def _tick(self) -> None:
-        every = self.config.screenshot_every_s
-        if every > 0 and (self._ticker is None or self._ticker.done()):
-            self._ticker = asyncio.get_running_loop().create_task(self._screenshots(every))
+    async def screenshots(self) -> list[dict[str, Any]]:
+        """The kept screenshots, newest first: ``{name, taken_at, size, path, tree}`` each."""
+        shots = await asyncio.to_thread(self._shots.entries)
+        return [shot.model_dump(exclude={"digest"}) for shot in shots]
 
-    async def _screenshots(self, every: float) -> None:
-        next_at = time.monotonic()
+    async def screenshot_png(self, name: str) -> bytes:
+        """The PNG of the kept screenshot ``name`` (a name from :meth:`screenshots`, nothing else).
+
+        Raises:
+            InvalidInputError: ``name`` is not a screenshot's name (a path, say).
+            ScreenshotNotFoundError: No kept screenshot has that name.
+        """
+        return await asyncio.to_thread(self._shots.read, name)
+
+    def _tick(self) -> None:
+        """After a refresh: a screenshot as soon as the gap allows, and the periodic ticker running."""
+        if self.config.screenshot_every_s <= 0:
+            return
+        self._schedule.refreshed()
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._screenshots())
+
+    async def _screenshots(self) -> None:
         while True:
-            if time.monotonic() >= next_at:
-                next_at = time.monotonic() + every
+            if self._schedule.due(self._clock.monotonic()):
+                self._schedule.started(self._clock.monotonic())
                 try:
                     await self.screenshot("/")
                 except Exception as exc:  # a page that fails to load is a missing screenshot, not a dead actor
                     logger.info("preview screenshot of %s failed: %s", self.config.build_id, exc)
-            await asyncio.sleep(min(every, 1.0))
+            await self._clock.sleep(min(self.config.screenshot_every_s, 1.0))
 
     async def take_control(self) -> str:
         """Restore a snapshot of the preview into a NEW sandbox with its servers running; returns its URL.
@@ -246,7 +279,7 @@ class PreviewActor:
         return self._state.sandbox_id if self._state else None
 
     async def close(self) -> None:
-        """Terminate the preview sandbox and every take-over sandbox, and forget the state."""
+        """Terminate the preview sandbox and every take-over sandbox, and forget the state and the screenshots."""
         build_id = self.config.build_id
         if self._ticker is not None:
             self._ticker.cancel()
@@ -263,6 +296,7 @@ class PreviewActor:
                 continue
             await release(handle, name)
         self._state_file.remove()
+        await asyncio.to_thread(self._shots.clear)  # only this actor could serve them
         self._state = self._proxy = None
         try:
             await self._chromium.close()

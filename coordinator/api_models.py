@@ -24,6 +24,9 @@ FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 EXAMPLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
+SCREENSHOT_NAME = r"^shot-[0-9]{13}\.png$"
+"""A preview screenshot's name, ``shot-{ms since the epoch}.png``: the only names the preview produces."""
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -176,6 +179,20 @@ class PreviewView(_View):
 
     url: str | None = None
     components: dict[str, str] = Field(default_factory=dict)
+
+
+class ScreenshotView(_View):
+    """One screenshot of the build's live preview (``GET /api/build/screenshots/{id}``, newest first)."""
+
+    name: str
+    """Fetch the PNG at ``/api/build/screenshots/{id}/{name}``."""
+    taken_at: float
+    size: int
+    """Bytes of the PNG."""
+    path: str = "/"
+    """The page of the preview it shows."""
+    tree: str = ""
+    """A short hash of the files the preview served then: equal hashes, same code ("" when unknown)."""
 
 
 class SandboxView(_View):

@@ -39,6 +39,7 @@ from coordinator.build.ports import CANCEL_REQUESTED
 from coordinator.clock import Clock
 from coordinator.contracts import IntentContract, load_contract, parse_contract
 from coordinator.plan import plan_fleet
+from coordinator.screenshots import check_name
 from coordinator.store.schema import BuildSession, SessionStatus
 from coordinator.store.store import Store
 from sandbox_agents.errors import InvalidInputError, LLMConfigError
@@ -103,6 +104,14 @@ class BuildRunners(Protocol):
 
     async def preview(self, build_id: str) -> dict[str, Any]:
         """The preview's URLs: ``{url, components}``."""
+        ...
+
+    async def screenshots(self, build_id: str) -> list[dict[str, Any]]:
+        """The preview's kept screenshots, newest first (``ScreenshotView`` as JSON)."""
+        ...
+
+    async def screenshot(self, build_id: str, name: str) -> bytes:
+        """The PNG of the preview's screenshot ``name``."""
         ...
 
     async def sandboxes(self, build_id: str) -> list[dict[str, Any]]:
@@ -250,6 +259,21 @@ class BuildControl:
     async def preview(self, user_id: str, build_id: str) -> dict[str, Any]:
         self.store.get_session(build_id, user_id)
         return await self.runners.preview(build_id)
+
+    async def screenshots(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
+        self.store.get_session(build_id, user_id)
+        return await self.runners.screenshots(build_id)
+
+    async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes:
+        """The PNG of one of the build's preview screenshots.
+
+        Raises:
+            BuildNotFoundError: An unknown build, or another user's (checked before the name).
+            InvalidInputError: ``name`` is not a screenshot's name.
+            ScreenshotNotFoundError: The preview keeps no screenshot of that name.
+        """
+        self.store.get_session(build_id, user_id)
+        return await self.runners.screenshot(build_id, check_name(name))
 
     async def sandboxes(self, user_id: str, build_id: str) -> list[dict[str, Any]]:
         self.store.get_session(build_id, user_id)

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator.api_models import (
+    SCREENSHOT_NAME,
     BudgetRaise,
     BudgetView,
     BuildCreated,
@@ -40,6 +41,7 @@ from coordinator.api_models import (
     Health,
     PreviewView,
     SandboxView,
+    ScreenshotView,
     TakeControlView,
 )
 from coordinator.bus.context_bus import ContextBus
@@ -214,6 +216,9 @@ def create_app(
 
     User = Annotated[Principal, Depends(principal)]
     BuildId = Annotated[str, Path(pattern=BUILD_ID, description="A build id from POST /api/builds.")]
+    ShotName = Annotated[
+        str, Path(pattern=SCREENSHOT_NAME, description="A name from GET /api/build/screenshots/{build_id}.")
+    ]
 
     def bus() -> ContextBus:
         if app.state.bus is None:
@@ -252,6 +257,23 @@ def create_app(
     async def preview(build_id: BuildId, who: User) -> PreviewView:
         """Preview URLs: the merged app and each component's dev server."""
         return await control.preview(who.user_id, build_id)
+
+    @app.get("/api/build/screenshots/{build_id}", response_model=list[ScreenshotView], tags=["builds"])
+    async def screenshots(build_id: BuildId, who: User) -> list[ScreenshotView]:
+        """Screenshots of the live preview, newest first (the last few the preview keeps)."""
+        return await control.screenshots(who.user_id, build_id)
+
+    @app.get(
+        "/api/build/screenshots/{build_id}/{name}",
+        tags=["builds"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "The PNG"}},
+    )
+    async def screenshot(build_id: BuildId, name: ShotName, who: User) -> Response:
+        """One screenshot of the live preview, as a PNG."""
+        png = await control.screenshot(who.user_id, build_id, name)
+        # A name is never reused for other bytes; the token's user alone may keep a copy.
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"})
 
     @app.post("/api/build/cancel/{build_id}", response_model=BuildStatus, tags=["builds"])
     async def cancel(build_id: BuildId, who: User) -> BuildStatus:

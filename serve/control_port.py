@@ -24,8 +24,10 @@ from coordinator.api_models import (
     BuildSummary,
     PreviewView,
     SandboxView,
+    ScreenshotView,
     TakeControlView,
 )
+from coordinator.screenshots import ScreenshotNotFoundError, check_name
 from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError, InvalidInputError, KriptikError
 
 
@@ -49,6 +51,8 @@ class ControlPort(Protocol):
     async def resume(self, user_id: str, build_id: str) -> BuildStatus: ...
     async def raise_budget(self, user_id: str, build_id: str, usd: float) -> BudgetView: ...
     async def preview(self, user_id: str, build_id: str) -> PreviewView: ...
+    async def screenshots(self, user_id: str, build_id: str) -> list[ScreenshotView]: ...
+    async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes: ...
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]: ...
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView: ...
 
@@ -135,6 +139,14 @@ class RayControlPort:
         answer = await self._answer(lambda control: control.preview.remote(user_id, build_id), "preview")
         return PreviewView.model_validate(answer)
 
+    async def screenshots(self, user_id: str, build_id: str) -> list[ScreenshotView]:
+        answer = await self._answer(lambda control: control.screenshots.remote(user_id, build_id), "screenshots")
+        return [ScreenshotView.model_validate(shot) for shot in answer]
+
+    async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes:
+        answer = await self._answer(lambda control: control.screenshot.remote(user_id, build_id, name), "screenshot")
+        return bytes(answer)
+
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]:
         answer = await self._answer(lambda control: control.sandboxes.remote(user_id, build_id), "sandboxes")
         return [SandboxView.model_validate(sandbox) for sandbox in answer]
@@ -156,6 +168,8 @@ class MemoryControl:
         self.id_prefix = id_prefix
         self.clock = clock
         self._ids = itertools.count(1)
+        self.pngs: dict[str, dict[str, bytes]] = {}
+        """Build id → screenshot name → PNG (see :meth:`add_screenshot`)."""
 
     def _own(self, user_id: str, build_id: str) -> dict[str, Any]:
         build = self.builds.get(build_id)
@@ -187,7 +201,9 @@ class MemoryControl:
             "error": None,
             "sandboxes": [],
             "preview": {"url": None, "components": {}},
+            "screenshots": [],
         }
+        self.pngs[build_id] = {}
         return build_id
 
     async def status(self, user_id: str, build_id: str) -> BuildStatus:
@@ -225,6 +241,16 @@ class MemoryControl:
     async def preview(self, user_id: str, build_id: str) -> PreviewView:
         return PreviewView.model_validate(self._own(user_id, build_id)["preview"])
 
+    async def screenshots(self, user_id: str, build_id: str) -> list[ScreenshotView]:
+        return [ScreenshotView.model_validate(shot) for shot in self._own(user_id, build_id)["screenshots"]]
+
+    async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes:
+        self._own(user_id, build_id)
+        png = self.pngs[build_id].get(check_name(name))
+        if png is None:
+            raise ScreenshotNotFoundError(f"no screenshot {name!r}", name=name)
+        return png
+
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]:
         return [SandboxView.model_validate(sandbox) for sandbox in self._own(user_id, build_id)["sandboxes"]]
 
@@ -243,3 +269,9 @@ class MemoryControl:
         build.update(fields)
         if fields.get("status") in FINAL_STATUSES and build["finished_at"] is None:
             build["finished_at"] = self.clock()
+
+    async def add_screenshot(self, build_id: str, name: str, png: bytes, *, tree: str = "") -> None:
+        """Make ``png`` the build's newest preview screenshot, called ``name`` (``shot-{ms}.png``)."""
+        self.pngs[build_id][check_name(name)] = png
+        view = ScreenshotView(name=name, taken_at=self.clock(), size=len(png), tree=tree)
+        self.builds[build_id]["screenshots"].insert(0, view.model_dump(mode="json"))

@@ -26,6 +26,7 @@ from coordinator.api_models import (
     BuildSummary,
     PreviewView,
     SandboxView,
+    ScreenshotView,
     TakeControlView,
 )
 from coordinator.control import status_view
@@ -92,6 +93,12 @@ class StoreFirstControl:
 
     async def preview(self, user_id: str, build_id: str) -> PreviewView:
         return await self.control.preview(user_id, build_id)
+
+    async def screenshots(self, user_id: str, build_id: str) -> list[ScreenshotView]:
+        return await self.control.screenshots(user_id, build_id)
+
+    async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes:
+        return await self.control.screenshot(user_id, build_id, name)
 
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]:
         return await self.control.sandboxes(user_id, build_id)

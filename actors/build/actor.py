@@ -39,6 +39,7 @@ from coordinator.build.run import BuildPorts, BuildRun
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.clock import SystemClock
 from coordinator.contracts import IntentContract
+from coordinator.screenshots import ScreenshotNotFoundError, check_name
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
 from sandbox_agents.errors import InvalidInputError
@@ -209,6 +210,29 @@ class BuildCoordinatorActor:
             except (InvalidInputError, RayError) as exc:  # not started, nothing to serve, or restarting
                 logger.info("build %s: no preview yet: %s", self.build_id, exc)
         return {"url": None, "components": {}}
+
+    async def screenshots(self) -> list[dict[str, Any]]:
+        """The preview's kept screenshots, newest first; none before it exists (or while it restarts)."""
+        preview = handles.find(preview_name(self.build_id))
+        if preview is not None:
+            try:
+                return list(await preview.screenshots.remote())
+            except RayError as exc:  # restarting: the next poll finds them again
+                logger.info("build %s: no screenshots yet: %s", self.build_id, exc)
+        return []
+
+    async def screenshot(self, name: str) -> bytes:
+        """The PNG of the preview's screenshot ``name`` (bytes travel back; the files stay on its host).
+
+        Raises:
+            InvalidInputError: ``name`` is not a screenshot's name.
+            ScreenshotNotFoundError: The preview does not exist or keeps no screenshot of that name.
+        """
+        check_name(name)
+        preview = handles.find(preview_name(self.build_id))
+        if preview is None:
+            raise ScreenshotNotFoundError(f"build {self.build_id} has no preview", name=name)
+        return bytes(await preview.screenshot_png.remote(name))
 
     async def sandboxes(self) -> list[dict[str, Any]]:
         backend = str(self.config.backend.get("type", "local"))

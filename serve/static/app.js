@@ -129,6 +129,68 @@ async function streamEvents(id, abort, onEvent) {
   }
 }
 
+// --- preview screenshots ---------------------------------------------------------------------
+// An <img src> cannot send the Authorization header, so each PNG is fetched with it and shown
+// through an object URL. A name always holds the same bytes, so each is fetched once; the URLs of
+// screenshots no longer listed are revoked, and all of them when the page leaves the build.
+
+async function blobUrl(path, signal) {
+  const res = await fetch(path, { headers: { Authorization: "Bearer " + token() }, signal });
+  if (!res.ok) throw new Error(res.statusText);
+  return URL.createObjectURL(await res.blob());
+}
+
+function shotCaption(s) { return `${fmtTime(s.taken_at)}${s.path !== "/" ? " · " + s.path : ""}${s.tree ? " · tree " + s.tree : ""}`; }
+
+function openShot(s, url) {
+  $("#shot-full img").src = url; $("#shot-full figcaption").textContent = shotCaption(s);
+  $("#shot-full").showModal();
+}
+
+function renderShots(list, urls) {
+  const latest = list[0];
+  $("#shot-latest").hidden = !latest; $("#shots-empty").hidden = Boolean(latest);
+  if (latest) {
+    $("#shot-latest img").src = urls.get(latest.name); $("#shot-latest").dataset.name = latest.name;
+    $("#shot-latest figcaption").textContent = "Latest screenshot: " + shotCaption(latest);
+    $("#shot-latest img").onclick = () => openShot(latest, urls.get(latest.name));
+  }
+  $("#shots").replaceChildren(...list.map((s) => {
+    const button = document.createElement("button");
+    button.type = "button"; button.className = "shot"; button.dataset.name = s.name; button.title = shotCaption(s);
+    const img = document.createElement("img"); img.src = urls.get(s.name); img.alt = "screenshot, " + fmtTime(s.taken_at);
+    button.appendChild(img); button.addEventListener("click", () => openShot(s, urls.get(s.name)));
+    return button;
+  }));
+}
+
+// Returns the function that brings the strip up to date (called with each status poll and on events).
+function screenshots(id, signal) {
+  const urls = new Map(); // name → object URL
+  const revokeAll = () => { for (const url of urls.values()) URL.revokeObjectURL(url); urls.clear(); };
+  signal.addEventListener("abort", revokeAll);
+  $("#shot-full").addEventListener("click", () => $("#shot-full").close());
+  let shown = null; let busy = false;
+  return async () => {
+    if (busy || signal.aborted) return;
+    busy = true;
+    try {
+      const list = await api(`/api/build/screenshots/${id}`);
+      await Promise.all(list.filter((s) => !urls.has(s.name)).map(async (s) => {
+        try { urls.set(s.name, await blobUrl(`/api/build/screenshots/${id}/${encodeURIComponent(s.name)}`, signal)); }
+        catch (_) { /* dropped meanwhile, or the page left: the next poll lists again */ }
+      }));
+      if (signal.aborted) { revokeAll(); return; }
+      const listed = new Set(list.map((s) => s.name));
+      for (const [name, url] of urls) if (!listed.has(name)) { URL.revokeObjectURL(url); urls.delete(name); }
+      const ready = list.filter((s) => urls.has(s.name));
+      const names = ready.map((s) => s.name).join(",");
+      if (names !== shown) { shown = names; renderShots(ready, urls); }
+    } catch (err) { if (!signal.aborted) $("#action-msg").textContent = err.message; }
+    finally { busy = false; }
+  };
+}
+
 async function showBuild(id) {
   $("#main").replaceChildren($("#build-view").content.cloneNode(true));
   $("#build-id").textContent = id;
@@ -147,12 +209,14 @@ async function showBuild(id) {
     try { const { url } = await api(`/api/build/take-control/${id}`, { method: "POST" }); window.open(url, "_blank", "noopener"); }
     catch (err) { $("#action-msg").textContent = err.message; }
   });
-  await refresh();
-  const timer = setInterval(() => (abort.signal.aborted ? clearInterval(timer) : refresh()), 5000);
+  const refreshShots = screenshots(id, abort.signal);
+  await refresh(); refreshShots();
+  const timer = setInterval(() => (abort.signal.aborted ? clearInterval(timer) : (refresh(), refreshShots())), 5000);
   streamEvents(id, abort, (ev) => {
     if (ev.event !== "end") logLine(ev);
     if (ev.event === "budget") { try { renderBudget(JSON.parse(ev.data).data); } catch (_) { /* a partial budget event */ } }
     if (["phase", "merge", "tournament", "sandbox", "build", "end"].includes(ev.event)) refresh();
+    if (["merge", "build", "end"].includes(ev.event)) refreshShots();
   });
 }
 

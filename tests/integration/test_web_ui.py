@@ -105,3 +105,59 @@ async def test_build_list_and_build_page_with_live_log_and_budget(site: dict[str
     finally:
         await bus.delete_build(build)
         await bus.aclose(flush_timeout=1.0)
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A plain PNG of one colour (no imaging library here)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+async def test_preview_screenshots_show_newest_first_and_open_full_size(site: dict[str, Any]) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    control = site["control"]
+    headers = {"Authorization": f"Bearer {site['token']}"}
+    async with httpx.AsyncClient(base_url=site["url"], headers=headers, timeout=30) as client:
+        build = (await client.post("/api/builds", json={"prompt": "an app with screenshots"})).json()["id"]
+    shots = [("shot-1800000000000.png", png(64, 36, (200, 0, 0))), ("shot-1800000060000.png", png(64, 36, (0, 0, 200)))]
+    for name, data in shots:
+        await asyncio.wrap_future(control.add_screenshot.remote(build, name, data, tree="abc123").future())
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page()
+        await page.goto(f"{site['url']}/ui/")
+        await page.fill("#token", site["token"])
+        await page.click("#token-form button")
+        await page.click(f"a[href='#/build/{build}']", timeout=20_000)
+
+        strip = page.locator("#shots button.shot")
+        await expect(strip).to_have_count(2, timeout=20_000)
+        assert await strip.evaluate_all("bs => bs.map(b => b.dataset.name)") == [shots[1][0], shots[0][0]]
+        # Fetched with the token and shown through object URLs: every image decodes to its 64 px.
+        decoded = "[...document.querySelectorAll('#shots img, #shot-latest img')].every(i => i.src.startsWith('blob:') && i.naturalWidth === 64)"  # noqa: E501
+        await page.wait_for_function(decoded, timeout=20_000)
+        await expect(page.locator("#shot-latest")).to_be_visible()
+        assert await page.locator("#shot-latest").get_attribute("data-name") == shots[1][0]
+        await expect(page.locator("#shot-latest figcaption")).to_contain_text("tree abc123")
+
+        await strip.nth(1).click()  # the older one, full size
+        await expect(page.locator("#shot-full")).to_be_visible()
+        older = await strip.nth(1).locator("img").get_attribute("src")
+        assert await page.locator("#shot-full img").get_attribute("src") == older
+        await page.locator("#shot-full").click()
+        await expect(page.locator("#shot-full")).to_be_hidden()
+
+        newest = ("shot-1800000120000.png", png(64, 36, (0, 160, 0)))  # taken while the page is open
+        await asyncio.wrap_future(control.add_screenshot.remote(build, *newest).future())
+        await expect(strip).to_have_count(3, timeout=20_000)
+        assert await strip.first.get_attribute("data-name") == newest[0]
+        await expect(page.locator("#shot-latest")).to_have_attribute("data-name", newest[0])
+        await browser.close()

@@ -22,6 +22,7 @@ from serve.control_port import ControlPort, ControlUnavailableError, MemoryContr
 from serve.limits import RateLimitedError, RateLimiter
 
 CONTRACT = examples_dir() / "intents" / "hello-calc.yaml"
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 class FakeClock:
@@ -93,6 +94,8 @@ BUILD_ROUTES = [
     ("POST", "/api/build/resume/{id}", None),
     ("GET", "/api/build/stream/{id}", None),
     ("GET", "/api/build/sandboxes/{id}", None),
+    ("GET", "/api/build/screenshots/{id}", None),
+    ("GET", "/api/build/screenshots/{id}/shot-1800000000000.png", None),
     ("GET", "/api/build/budget/{id}", None),
     ("POST", "/api/build/budget/{id}", {"usd": 5}),
     ("POST", "/api/build/take-control/{id}", None),
@@ -223,6 +226,39 @@ async def test_build_lifecycle_routes(client: httpx.AsyncClient, alice: dict[str
     assert cancelled.json()["finished_at"] is not None
     again = await client.post(f"/api/build/resume/{build}", headers=alice)
     assert again.status_code == 422 and again.json()["field"] == "build_id"
+
+
+async def test_screenshots_are_listed_newest_first_and_served_as_png(
+    client: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str], control: MemoryControl
+) -> None:
+    build = await submit(client, alice)
+    assert (await client.get(f"/api/build/screenshots/{build}", headers=alice)).json() == []
+    await control.add_screenshot(build, "shot-1800000000000.png", PNG + b"old", tree="aaa")
+    await control.add_screenshot(build, "shot-1800000060000.png", PNG + b"new", tree="bbb")
+    listed = (await client.get(f"/api/build/screenshots/{build}", headers=alice)).json()
+    assert [(s["name"], s["tree"], s["size"]) for s in listed] == [
+        ("shot-1800000060000.png", "bbb", len(PNG) + 3),
+        ("shot-1800000000000.png", "aaa", len(PNG) + 3),
+    ]
+    r = await client.get(f"/api/build/screenshots/{build}/shot-1800000000000.png", headers=alice)
+    assert r.status_code == 200 and r.content == PNG + b"old"
+    assert r.headers["content-type"] == "image/png" and r.headers["cache-control"].startswith("private")
+
+    unknown = await client.get(f"/api/build/screenshots/{build}/shot-1700000000000.png", headers=alice)
+    assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
+    theirs = await client.get(f"/api/build/screenshots/{build}/shot-1800000000000.png", headers=bob)
+    assert theirs.status_code == 404 and theirs.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["latest.png", "shot-1.png", "shot-1800000000000.jpg", "..shot-1800000000000.png", "shot-1800000000000.png%00"],
+)
+async def test_a_bad_screenshot_name_is_422(client: httpx.AsyncClient, alice: dict[str, str], name: str) -> None:
+    build = await submit(client, alice)
+    r = await client.get(f"/api/build/screenshots/{build}/{name}", headers=alice)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "path.name"
 
 
 async def test_submit_accepts_a_contract_or_an_example(client: httpx.AsyncClient, alice: dict[str, str]) -> None:
@@ -386,13 +422,15 @@ async def test_openapi_lists_every_route_and_model(client: httpx.AsyncClient) ->
         ("post", "/api/build/cancel/{build_id}"), ("post", "/api/build/resume/{build_id}"),
         ("get", "/api/build/stream/{build_id}"), ("get", "/api/build/sandboxes/{build_id}"),
         ("get", "/api/build/budget/{build_id}"), ("post", "/api/build/budget/{build_id}"),
-        ("post", "/api/build/take-control/{build_id}"),
+        ("post", "/api/build/take-control/{build_id}"), ("get", "/api/build/screenshots/{build_id}"),
+        ("get", "/api/build/screenshots/{build_id}/{name}"),
     }  # fmt: skip
     assert {(m, p) for p, ops in paths.items() for m in ops} == expected
     models = set(spec["components"]["schemas"])
     for name in (
         "BuildRequest", "BuildStatus", "BuildSummary", "BudgetView", "BudgetRaise", "BuildCreated", "PreviewView",
-        "SandboxView", "TakeControlView", "Health", "ErrorBody", "ComponentView", "TournamentView", "MergeView",
+        "SandboxView", "ScreenshotView", "TakeControlView", "Health", "ErrorBody", "ComponentView", "TournamentView",
+        "MergeView",
     ):  # fmt: skip
         assert name in models, name
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
@@ -426,4 +464,4 @@ def test_schemathesis_finds_no_500(store: Store, control: MemoryControl) -> None
 
         check()
         checked.append(f"{op.method.upper()} {op.path}")
-    assert len(checked) == 11
+    assert len(checked) == 13

@@ -24,6 +24,7 @@ from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
 
 EXAMPLES = examples_dir()
 LLM = {"type": "replay", "cassettes": []}
+SHOT = "shot-1800000000000.png"
 
 
 class FakeRunners:
@@ -65,6 +66,13 @@ class FakeRunners:
 
     async def preview(self, build_id: str) -> dict[str, Any]:
         return {"url": f"http://preview/{build_id}", "components": {}}
+
+    async def screenshots(self, build_id: str) -> list[dict[str, Any]]:
+        return [{"name": SHOT, "taken_at": 1.0, "size": 4, "path": "/", "tree": "abc"}]
+
+    async def screenshot(self, build_id: str, name: str) -> bytes:
+        self.calls.append(("screenshot", build_id))
+        return b"\x89PNG"
 
     async def sandboxes(self, build_id: str) -> list[dict[str, Any]]:
         return []
@@ -311,9 +319,13 @@ async def test_another_users_build_does_not_exist_for_you(
     assert control.status("alice", build).user_id == "alice"
     with pytest.raises(BuildNotFoundError):
         control.status("bob", build)
-    for command in (control.cancel, control.resume, control.preview, control.sandboxes, control.take_control):
+    for command in (
+        control.cancel, control.resume, control.preview, control.screenshots, control.sandboxes, control.take_control,
+    ):  # fmt: skip
         with pytest.raises(BuildNotFoundError):
             await command("bob", build)
+    with pytest.raises(BuildNotFoundError):
+        await control.screenshot("bob", build, SHOT)
     with pytest.raises(BuildNotFoundError):
         await control.raise_budget("bob", build, 1.0)
     assert control.list_builds("bob") == []
@@ -343,3 +355,16 @@ def test_the_status_view_shows_what_the_store_holds(store: Store) -> None:
     view = status_view(store, store.get_session(build))
     assert (view.status, view.phase, view.preview_url) == ("running", "build", "http://p")
     assert view.budget is not None and view.budget.spent_usd == 0.5 and view.budget.llm_tokens == 1200
+
+
+async def test_screenshots_reach_the_runner_for_the_owner_and_a_bad_name_never_does(
+    store: Store, runners: FakeRunners, clock: FakeClock, tmp_path: Path
+) -> None:
+    control = make_control(store, runners, clock, tmp_path)
+    build = await control.submit("alice", prompt())
+    assert [s["name"] for s in await control.screenshots("alice", build)] == [SHOT]
+    assert await control.screenshot("alice", build, SHOT) == b"\x89PNG"
+    for name in ("../store.db", "shot-1.png", "latest.png"):
+        with pytest.raises(InvalidInputError):
+            await control.screenshot("alice", build, name)
+    assert runners.calls.count(("screenshot", build)) == 1
