@@ -31,7 +31,7 @@ from actors.merge_gate import default_spec
 from actors.pools.proxies import release, start_owned_sandbox
 from actors.sandbox_proxy import start_proxy
 from coordinator.clock import SystemClock
-from coordinator.contracts import Component, IntentContract, parse_contract
+from coordinator.contracts import Component, IntentContract, parse_contract, primary_component
 from coordinator.merge import SandboxDevServers, is_junk, sha256_of
 from coordinator.screenshots import ScreenshotSeries, ShotSchedule, tree_digest
 from sandbox_agents.backends.base import SandboxSpec
@@ -73,8 +73,15 @@ class _PreviewState(SandboxOwnerState):
 
 def primary(contract: IntentContract) -> Component | None:
     """The component the preview URL shows: the first frontend with a dev server, else the first server."""
-    served = [c for c in contract.components if c.dev_server is not None]
-    return next((c for c in served if c.kind == "frontend"), served[0] if served else None)
+    return primary_component(contract)
+
+
+def origin_port(contract: IntentContract) -> int:
+    """The port the app is seen on: the origin router's (``contract.origin``), else the primary page's server."""
+    comp = primary(contract)
+    if comp is None or comp.dev_server is None:
+        raise InvalidInputError("no component of the contract has a dev server to preview", field="contract")
+    return contract.origin.port if contract.origin is not None else comp.dev_server.port
 
 
 class PreviewActor:
@@ -162,7 +169,7 @@ class PreviewActor:
         state.files = wanted
         contract = self._contract()
         serving = [c for c in contract.components if c.name in merged]
-        servers = SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s)
+        servers = SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s, contract=contract)
         for comp in contract.components:  # a server of a component not merged (any more) must not linger
             if comp.dev_server is not None and comp not in serving:
                 await servers.stop(comp.dev_server.port)
@@ -175,11 +182,8 @@ class PreviewActor:
         return await self.expose()
 
     async def expose(self) -> str:
-        """The ONE preview URL of the build: the primary UI component's port on the preview sandbox."""
-        comp = primary(self._contract())
-        if comp is None or comp.dev_server is None:
-            raise InvalidInputError("no component of the contract has a dev server to preview", field="contract")
-        return await self._ready()[1].expose(comp.dev_server.port)
+        """The ONE preview URL of the build: the origin router's port, else the primary UI component's."""
+        return await self._ready()[1].expose(origin_port(self._contract()))
 
     async def urls(self) -> dict[str, str]:
         """Component name → URL of each component with a dev server."""
@@ -265,11 +269,10 @@ class PreviewActor:
         contract = self._contract()
         sandbox = ProxySandbox(handle, sandbox_id, state.spec)
         serving = [c for c in contract.components if c.name in state.serving or (c.packages and c.dev_server is None)]
-        await SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s).restart(serving)
-        comp = primary(contract)
-        if comp is None or comp.dev_server is None:
-            raise InvalidInputError("no component of the contract has a dev server to preview", field="contract")
-        return await sandbox.expose(comp.dev_server.port)
+        await SandboxDevServers(sandbox, ready_timeout_s=self.config.ready_timeout_s, contract=contract).restart(
+            serving
+        )
+        return await sandbox.expose(origin_port(contract))
 
     async def takeovers(self) -> list[str]:
         """Proxy names of the take-over sandboxes (``build:{id}:sbx:takeover-{n}``)."""
