@@ -12,6 +12,9 @@ the kanban-vite example (its package.json and lockfile as the example's cassette
 - ``host_warm_install_s``: the same lockfile, ``npm ci --prefer-offline`` on the host (no
   sandbox) from the same warm download cache: the baseline.
 - ``warm_ratio`` = warm_install_s / host_warm_install_s.
+- ``create_offline_ms`` / ``create_networked_ms``: p50 of creating a sandbox (to its first command)
+  with network ``none`` and ``full`` (the filter and slirp4netns), interleaved;
+  ``network_overhead_ms`` is the difference.
 - ``hmr_ms``: with the preview actor serving the web app (Vite, ``hot_reload``) and a page open
   in Chromium, the preview's refresh with a one-line change of the page's heading (what an
   accepted merge sends it) until the open page shows it; ``hmr_navigations`` must stay 0 (the
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import emit, private_ray
+from bench.common import emit, p50, private_ray
 from coordinator.resources import examples_dir
 
 EXAMPLE = "kanban-vite"
@@ -103,6 +106,14 @@ async def _installs(files: dict[str, bytes], work: Path) -> dict[str, float]:
             capture_output=True,
         )
         host_times.append(time.perf_counter() - started)
+    offline, networked = [], []
+    for _ in range(10):  # interleaved, so that load changes hit both alike
+        for policy, into in (("none", offline), ("full", networked)):
+            started = time.perf_counter()
+            sandbox = await backend.create(SandboxSpec(network=policy))
+            await sandbox.exec(["true"])
+            into.append((time.perf_counter() - started) * 1000)
+            await sandbox.terminate()
     await backend.close()
     warm_s, host_s = sorted(warm)[1], sorted(host_times)[1]
     return {
@@ -111,6 +122,9 @@ async def _installs(files: dict[str, bytes], work: Path) -> dict[str, float]:
         "warm_install_s": round(warm_s, 3),
         "host_warm_install_s": round(host_s, 3),
         "warm_ratio": round(warm_s / host_s, 3),
+        "create_offline_ms": p50(offline),
+        "create_networked_ms": p50(networked),
+        "network_overhead_ms": round(p50(networked) - p50(offline), 3),
     }
 
 
