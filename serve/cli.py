@@ -26,7 +26,9 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INF
 
 @app.command()
 def demo(
-    example: str = typer.Option("todo-fullstack", help="The example to build: hello-calc or todo-fullstack."),
+    example: str = typer.Option(
+        "todo-fullstack", help="The example to build: hello-calc, todo-fullstack or kanban-vite (npm registry)."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     keep: bool = typer.Option(False, "--keep", help="Keep the preview running until Ctrl-C."),
     serve_api: bool = typer.Option(False, "--serve", help="Also start the HTTP API and web UI to watch the build."),
@@ -37,11 +39,12 @@ def demo(
 ) -> None:
     """Run the main job offline: an example app built by the fleet, replayed from its cassette."""
     from serve.demo import DemoOptions, run_demo, run_sandbox_demo
+    from serve.demo_build import EXAMPLES
 
     if sandboxes_only:
         raise typer.Exit(run_sandbox_demo(sandboxes=sandboxes, as_json=json_output))
-    if example not in ("hello-calc", "todo-fullstack"):
-        raise typer.BadParameter("one of hello-calc, todo-fullstack", param_hint="--example")
+    if example not in EXAMPLES:
+        raise typer.BadParameter(f"one of {', '.join(EXAMPLES)}", param_hint="--example")
     options = DemoOptions(
         example=example, keep=keep, serve_api=serve_api, api_port=port, home=Path(home) if home else None
     )

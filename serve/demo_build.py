@@ -31,7 +31,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 logger = logging.getLogger(__name__)
 
 USER = "demo"
-EXAMPLES = ("hello-calc", "todo-fullstack")
+EXAMPLES = ("hello-calc", "todo-fullstack", "kanban-vite")
+"""What ``kriptik demo --example`` builds; kanban-vite installs npm packages (the first run needs the registry)."""
 FINAL = ("completed", "failed", "cancelled", "paused")
 STEPS = ("build", "verify", "judge", "merge", "preview", "done")
 """A component's pipeline (``component.phase`` events); a bar per component walks it."""
