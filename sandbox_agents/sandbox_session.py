@@ -33,7 +33,17 @@ class SandboxEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["created", "reconnected", "restored", "snapshot", "exposed", "dead", "terminated", "keepalive_failed"]
+    kind: Literal[
+        "created",
+        "reconnected",
+        "restored",
+        "snapshot",
+        "exposed",
+        "installed",
+        "dead",
+        "terminated",
+        "keepalive_failed",
+    ]
     sandbox_id: str
     detail: dict[str, str] = Field(default_factory=dict)
     at: float = Field(default_factory=time.time)

@@ -55,6 +55,23 @@ async def test_proxy_runs_the_sandbox_operations(proxy) -> None:  # type: ignore
     assert [e.kind for e in events][:2] == ["created", "snapshot"]
 
 
+async def test_the_install_phase_runs_through_the_proxy_and_is_recorded(proxy) -> None:  # type: ignore[no-untyped-def]
+    # A manifest with no dependency: npm runs in the installer sandbox and reaches no registry.
+    await proxy.create.remote(SandboxSpec(profile="node", tags={"build": "t-proxy"}))
+    await proxy.write_file.remote("web/package.json", '{"name": "w", "version": "1.0.0", "private": true}')
+    result = await proxy.install.remote({"manager": "npm", "dir": "web"})
+    assert result.ok, result.output
+    again = await proxy.install.remote({"manager": "npm", "dir": "web"})
+    assert again.ok and not again.changed
+    _, events = await proxy.events.remote()
+    installs = [e.detail for e in events if e.kind == "installed"]
+    assert [d["ok"] for d in installs] == ["True", "True"] and installs[0]["dir"] == "web"
+    with pytest.raises(InvalidInputError):
+        await proxy.install.remote({"manager": "npm", "dir": "../etc"})
+    with pytest.raises(SandboxPathError, match="needs the manifest"):
+        await proxy.install.remote({"manager": "npm", "dir": "api"})
+
+
 async def test_errors_cross_the_actor_boundary_as_our_types(proxy) -> None:  # type: ignore[no-untyped-def]
     await proxy.create.remote({"memory_mb": 128})
     with pytest.raises(SandboxPathError) as info:
