@@ -41,7 +41,9 @@ HEADING = b"<h1>Kanban</h1>"
 
 
 async def test_kanban_vite_builds_serves_one_origin_and_hot_reloads_an_open_page(
-    runtime: Runtime, bus: ContextBus, kriptik_home: Path
+    runtime: Runtime,  # noqa: F811  (the shared module fixtures)
+    bus: ContextBus,  # noqa: F811
+    kriptik_home: Path,
 ) -> None:
     import ray
 
