@@ -141,7 +141,10 @@ async def _hmr(files: dict[str, bytes]) -> dict[str, float]:
     app = next((p for p, data in files.items() if HEADING.encode() in data), None)
     if app is None:
         raise SystemExit(f"no web file of the {EXAMPLE} cassette holds {HEADING}")
-    only_web = contract.model_copy(update={"components": (web,), "success_criteria": contract.criteria_of("web")})
+    alone = web.model_copy(update={"depends_on": ()})  # the page alone: HMR needs no API
+    only_web = contract.model_copy(
+        update={"components": (alone,), "success_criteria": tuple(contract.criteria_of("web"))}
+    )
     build_id = f"bench-hmr-{uuid.uuid4().hex[:6]}"
     preview = start_preview({"build_id": build_id, "ready_timeout_s": 60.0, "screenshot_every_s": 0})
     chromium = Chromium()
