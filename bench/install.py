@@ -60,7 +60,7 @@ def example_files(example: str = EXAMPLE, prefix: str = WEB) -> dict[str, bytes]
 
 
 async def _installs(files: dict[str, bytes], work: Path) -> dict[str, float]:
-    from sandbox_agents.backends.base import InstallRequest, SandboxSpec
+    from sandbox_agents.backends.base import InstallRequest, NetworkPolicy, SandboxSpec
     from sandbox_agents.backends.config import LocalBackendConfig
     from sandbox_agents.backends.local.backend import LocalBackend
     from sandbox_agents.backends.local.packages import PackageStore
@@ -106,9 +106,10 @@ async def _installs(files: dict[str, bytes], work: Path) -> dict[str, float]:
             capture_output=True,
         )
         host_times.append(time.perf_counter() - started)
-    offline, networked = [], []
+    offline: list[float] = []
+    networked: list[float] = []
     for _ in range(10):  # interleaved, so that load changes hit both alike
-        for policy, into in (("none", offline), ("full", networked)):
+        for policy, into in ((NetworkPolicy.NONE, offline), (NetworkPolicy.FULL, networked)):
             started = time.perf_counter()
             sandbox = await backend.create(SandboxSpec(network=policy))
             await sandbox.exec(["true"])
@@ -186,7 +187,7 @@ def main() -> None:
     files = example_files()
     with tempfile.TemporaryDirectory(prefix="bench-install-") as tmp:
         os.chmod(tmp, 0o711)  # the sandbox uid traverses it to its workspace
-        result = asyncio.run(_installs(files, Path(tmp)))
+        result: dict[str, object] = dict(asyncio.run(_installs(files, Path(tmp))))
     if not args.no_hmr:
         with private_ray():
             result.update(asyncio.run(_hmr(files)))
