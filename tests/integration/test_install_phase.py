@@ -97,3 +97,21 @@ async def test_the_store_drops_least_recently_used_trees_past_its_size(backend: 
     store.max_bytes = 900_000
     assert store.evict() == ["old"]
     assert sorted(p.name for p in store.trees.iterdir()) == ["mid.tar.zst", "new.tar.zst"]
+
+
+@pytest.mark.skipif(not registry_reachable("pypi.org"), reason="PyPI is unreachable from this host")
+async def test_a_requirements_file_becomes_a_venv_at_the_components_own_path(backend: LocalBackend) -> None:
+    sandbox = await backend.create(SandboxSpec())
+    await sandbox.write_file("api/requirements.txt", "six==1.16.0\n")
+    result = await sandbox.install(InstallRequest(manager="pip", dir="api"))
+    assert result.ok and not result.cached, result.output
+    probe = await sandbox.exec(
+        "api/.venv/bin/python -c 'import six; print(six.__version__)'; head -1 api/.venv/bin/pip"
+    )
+    assert probe.stdout.split("\n")[:2] == ["1.16.0", "#!/workspace/api/.venv/bin/python3"], probe
+
+    other = await backend.create(SandboxSpec())  # the same requirements elsewhere: a venv of its own path
+    await other.write_file("svc/requirements.txt", "six==1.16.0\n")
+    elsewhere = await other.install(InstallRequest(manager="pip", dir="svc"))
+    assert elsewhere.ok and elsewhere.key != result.key
+    assert (await other.exec("head -1 svc/.venv/bin/pip")).stdout.strip() == "#!/workspace/svc/.venv/bin/python3"

@@ -390,6 +390,9 @@ class _Installer:
     def write_host(self, rel: str, data: bytes) -> None:
         self._sandbox.write_host(rel, data)
 
+    def read_host(self, rel: str, *, cap: int) -> bytes:
+        return self._sandbox.read_host(rel, cap=cap)
+
     def run(self, command: str, *, cwd: str, timeout_s: float) -> tuple[int, str]:
         request = exec_request(command, cwd, None, timeout_s, None)
         out = self._sandbox.run_sync(request)

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest manifest or lockfile read from a sandbox.
 MANIFEST_CAP = 8 * 1024 * 1024
+#: The host's CA bundle (bound read-only into every sandbox with /etc/ssl).
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 #: Largest installed tree the store keeps (bytes on disk, before archiving).
 TREE_CAP = 2 * 1024 * 1024 * 1024
 #: The file in an unpacked tree naming its key: the same install again does nothing.
@@ -78,6 +80,8 @@ class InstallerSandbox(Protocol):
 
     def write_host(self, rel: str, data: bytes) -> None: ...
 
+    def read_host(self, rel: str, *, cap: int) -> bytes: ...
+
     def run(self, command: str, *, cwd: str, timeout_s: float) -> tuple[int, str]: ...
 
     def close(self) -> None: ...
@@ -103,11 +107,14 @@ class PackageStore:
 
     # --- keys and the store ------------------------------------------------------------
 
-    def key(self, manager: str, manifest: bytes, lockfile: bytes | None) -> str:
+    def key(self, manager: str, manifest: bytes, lockfile: bytes | None, directory: str = "") -> str:
+        """The tree's key. A venv holds its own absolute path (its scripts' ``#!`` lines), so a pip
+        tree is keyed by its directory too; ``node_modules`` is the same wherever it lies."""
         if manager not in self._versions:
             self._versions[manager] = toolchain_version(manager)
         digest = hashlib.sha256()
-        for part in (manager.encode(), self._versions[manager].encode(), manifest, lockfile or b"\0none"):
+        where = directory.encode() if manager == "pip" else b""
+        for part in (manager.encode(), self._versions[manager].encode(), manifest, lockfile or b"\0none", where):
             digest.update(hashlib.sha256(part).digest())
         return digest.hexdigest()[:32]
 
@@ -154,25 +161,29 @@ class PackageStore:
                 sandbox_id=sandbox.id,
             )
         lockfile = _read_optional(sandbox, base + lock_name) if lock_name else None
-        key = self.key(request.manager, manifest, lockfile)
+        key = self.key(request.manager, manifest, lockfile, base)
         marker = f"{base}{_TREE[request.manager]}/{MARKER}"
         if _read_optional(sandbox, marker) == key.encode():
             seconds = time.monotonic() - started
             return InstallResult(ok=True, cached=True, seconds=seconds, output="", key=key, changed=False)
         cached = self.has(key)
         output = ""
-        if not cached:
-            with self.cold_lock():
-                if not self.has(key):  # another process may have built it while this one waited
-                    ok, output = self._build(key, request, manifest, lockfile, make_installer)
-                    if not ok:
-                        return InstallResult(
-                            ok=False, cached=False, seconds=time.monotonic() - started, output=output, key=key
-                        )
-        self._unpack(sandbox, key, base, request.manager)
+        for attempt in range(2):
+            if attempt or not cached:
+                with self.cold_lock():
+                    if not self.has(key):  # another process may have built it while this one waited
+                        ok, output = self._build(key, request, base, manifest, lockfile, make_installer)
+                        if not ok:
+                            seconds = time.monotonic() - started
+                            return InstallResult(ok=False, cached=False, seconds=seconds, output=output, key=key)
+            try:
+                self._unpack(sandbox, key, base, request.manager)
+                break
+            except FileNotFoundError:  # evicted between the look and the unpack: build it again
+                cached = False
         os.utime(self.archive(key))  # recently used: evicted last
         if lock_name and lockfile is None and (written := _read_optional(sandbox, base + lock_name)) is not None:
-            key = self.key(request.manager, manifest, written)  # the workspace now holds npm's lockfile
+            key = self.key(request.manager, manifest, written, base)  # the workspace now holds npm's lockfile
         sandbox.write_host(marker, key.encode())
         return InstallResult(ok=True, cached=cached, seconds=time.monotonic() - started, output=output, key=key)
 
@@ -180,10 +191,12 @@ class PackageStore:
         self,
         key: str,
         request: InstallRequest,
+        base: str,
         manifest: bytes,
         lockfile: bytes | None,
         make_installer: Installer,
     ) -> tuple[bool, str]:
+        """Build the tree in an installer sandbox, at the same path as in the component's workspace."""
         name, lock_name = _MANIFESTS[request.manager]
         spec = SandboxSpec(
             profile="node" if request.manager == "npm" else "python",
@@ -193,21 +206,22 @@ class PackageStore:
             max_pids=512,
             disk_mb=4096,
             timeout_s=request.timeout_s + 120,
-            env={"npm_config_offline": "false"},  # the node profile's default is offline
+            # The node profile's npm is offline; pip's vendored CA list lacks the host's own CAs.
+            env={"npm_config_offline": "false", "PIP_CERT": SYSTEM_CA, "REQUESTS_CA_BUNDLE": SYSTEM_CA},
             tags={"kriptik.role": "installer"},
         )
         installer = make_installer(spec, self.cache)
         try:
             uid = installer.uid
             subprocess.run(["chown", "-R", f"{uid}:{uid}", str(self.cache)], check=True, capture_output=True)
-            installer.write_host("pkg/" + name, manifest)
+            installer.write_host(base + name, manifest)
             if lockfile is not None:
-                installer.write_host("pkg/" + lock_name, lockfile)
+                installer.write_host(base + lock_name, lockfile)
             command = install_command(request.manager, locked=lockfile is not None)
-            code, output = installer.run(command, cwd="pkg", timeout_s=request.timeout_s)
+            code, output = installer.run(command, cwd=base.rstrip("/") or ".", timeout_s=request.timeout_s)
             if code != 0:
                 return False, f"`{command}` failed (exit {code}):\n{output[-OUTPUT_TAIL:]}"
-            pkg = installer.workspace / "pkg"
+            pkg = installer.workspace / base if base else installer.workspace
             members = [_TREE[request.manager]]
             if lockfile is None and lock_name and (pkg / lock_name).is_file():
                 members.append(lock_name)  # the lockfile npm wrote goes back to the component
@@ -219,9 +233,9 @@ class PackageStore:
                 return False, f"the installed tree is {size >> 20} MiB, more than the store's cap of {cap} MiB"
             _archive(pkg, members, self.archive(key))
             if len(members) > 1:  # the next install keys on the lockfile npm wrote: the same tree
-                written = (pkg / lock_name).read_bytes()
+                written = installer.read_host(base + lock_name, cap=MANIFEST_CAP)
                 with contextlib.suppress(FileExistsError):
-                    os.link(self.archive(key), self.archive(self.key(request.manager, manifest, written)))
+                    os.link(self.archive(key), self.archive(self.key(request.manager, manifest, written, base)))
             self.evict()
             return True, output[-OUTPUT_TAIL:]
         finally:
@@ -234,11 +248,17 @@ class PackageStore:
         (``WorkspaceFS.open_dir``), as the sandbox's uid: a link the sandbox plants can send
         them nowhere that uid could not write anyway.
         """
-        fd = sandbox.open_dir(base.rstrip("/") or ".")
-        uid = str(sandbox.uid)
-        script = 'cd "/proc/self/fd/$2" && rm -rf -- "$1" && zstd -dcq | tar --no-same-owner -xf -'
+        archive = open(self.archive(key), "rb")  # FileNotFoundError here: evicted since the look (the caller rebuilds)
         try:
-            with open(self.archive(key), "rb") as archive:  # read by the host: the store is not the sandbox's
+            try:
+                fd = sandbox.open_dir(base.rstrip("/") or ".")
+            except FileNotFoundError:
+                raise SandboxPathError(
+                    f"{base or '.'}: the directory went away during the install", path=base, sandbox_id=sandbox.id
+                ) from None
+            uid = str(sandbox.uid)
+            script = 'cd "/proc/self/fd/$2" && rm -rf -- "$1" && zstd -dcq | tar --no-same-owner -xf -'
+            try:  # the host reads the archive: the store is not the sandbox's
                 proc = subprocess.run(
                     ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
                     + ["bash", "-c", f"set -o pipefail; {script}", "bash", _TREE[manager], str(fd)],
@@ -247,8 +267,10 @@ class PackageStore:
                     check=False,
                     pass_fds=(fd,),
                 )
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            archive.close()
         if proc.returncode != 0:
             raise SandboxError(
                 f"unpacking the dependency tree into {base or '.'} failed: "
