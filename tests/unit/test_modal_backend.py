@@ -355,3 +355,14 @@ async def test_deploy_rolls_back_on_failure(tmp_path: Path) -> None:
     code = await deploy(ModalBackendConfig(), sdk=backend.sdk, settings=settings, report=lines.append)
     assert code == 1 and any(line.startswith("[FAIL] deploy:") for line in lines)
     assert (tmp_path / "home" / "modal-image.json").read_text().strip() == "{}"
+
+
+async def test_a_profile_the_image_does_not_carry_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    from sandbox_agents.errors import InvalidInputError
+
+    backend = make_fake_modal_backend(tmp_path)
+    with pytest.raises(InvalidInputError, match="unknown sandbox profile 'ruby'"):
+        await backend.create(SandboxSpec(profile="ruby"))
+    assert fake(backend).sandboxes == {}
+    node = await backend.create(SandboxSpec(profile="node"))  # the one image carries Node and Python
+    await node.terminate()

@@ -52,6 +52,10 @@ from sandbox_agents.errors import (
 logger = logging.getLogger(__name__)
 
 
+#: The profiles a Modal sandbox serves: its one image carries both toolchains (Python 3.11, Node 20 + npm).
+MODAL_PROFILES = ("default", "python", "node")
+
+
 class ModalSandbox(ModalExec):
     """One Modal Sandbox, seen through the contract."""
 
@@ -270,6 +274,11 @@ class ModalBackend:
         Raises:
             BackendUnavailableError: no credentials or Modal unreachable.
         """
+        if spec.profile not in MODAL_PROFILES:
+            raise InvalidInputError(
+                f"unknown sandbox profile {spec.profile!r}; Modal sandboxes have {', '.join(MODAL_PROFILES)}",
+                field="profile",
+            )
         if self._image is None:
             self._image = build_image(self.sdk, self.config.image)
         return await self._create(spec, self._image)
