@@ -117,6 +117,64 @@ class Packages(_Model):
         return self
 
 
+class Endpoint(_Model):
+    """One HTTP endpoint a component serves: what its dependents may call, and what they get back."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(pattern=r"^/[^\s?#]*$", max_length=200)
+    """The route, with ``:name`` for path parameters (``/api/cards/:id``)."""
+    request: Any = None
+    """The JSON body it takes, as an example value (None: no body)."""
+    response: Any = None
+    """The JSON it answers with on success, as an example value."""
+    status: int = Field(default=200, ge=100, le=599)
+    """The success status (``201`` for a create)."""
+    errors: dict[int, str] = Field(default_factory=dict)
+    """Error statuses it answers and when (``{400: "empty title"}``)."""
+
+
+class Interface(_Model):
+    """What a component provides to the components that depend on it; locked with the contract.
+
+    Dependents are built against it (their agents are told it), and the provider's agents are
+    told they must keep to it.
+    """
+
+    http: tuple[Endpoint, ...] = Field(default=(), max_length=100)
+    tables: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Database tables: table → column → SQL type and constraints (``"INTEGER PRIMARY KEY"``)."""
+    modules: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Importable files (workspace paths) → the names they export (``{"db/index.js": ["openDb"]}``)."""
+
+    @model_validator(mode="after")
+    def _sound(self) -> Interface:
+        routes = [f"{e.method} {e.path}" for e in self.http]
+        if len(routes) != len(set(routes)):
+            raise ValueError(f"an endpoint is declared twice: {sorted(r for r in routes if routes.count(r) > 1)[0]}")
+        for path in self.modules:
+            if path.startswith("/") or ".." in path.split("/") or not path:
+                raise ValueError(f"module {path!r} must be a relative path inside the workspace")
+        return self
+
+    def describe(self) -> str:
+        """The interface in a few lines, for an agent's instructions."""
+        lines = []
+        for e in self.http:
+            line = f"- {e.method} {e.path} → {e.status}"
+            if e.request is not None:
+                line += f"; body {json.dumps(e.request)}"
+            if e.response is not None:
+                line += f"; answers {json.dumps(e.response)}"
+            if e.errors:
+                line += "; errors " + ", ".join(f"{code} ({why})" for code, why in sorted(e.errors.items()))
+            lines.append(line)
+        for table, columns in self.tables.items():
+            lines.append(f"- table {table}(" + ", ".join(f"{c} {t}" for c, t in columns.items()) + ")")
+        for module, names in self.modules.items():
+            lines.append(f"- module {module} exports {', '.join(names)}")
+        return "\n".join(lines)
+
+
 class DesignTokens(_Model):
     """Optional visual language the design-style verifier and frontend agents follow."""
 
@@ -133,6 +191,10 @@ class Component(_Model):
     description: str = Field(min_length=1)
     depends_on: tuple[str, ...] = ()
     """Components merged before this one (the frontend needs the backend's API)."""
+    provides: Interface | None = None
+    """What this component offers its dependents (endpoints, tables, modules)."""
+    uses: tuple[str, ...] = ()
+    """Components whose declared interface this one builds against (each among ``depends_on``)."""
     tasks: tuple[ContractTask, ...] = Field(min_length=1)
     check_command: Command | None = None
     """Build/test command; it must pass before the component may be merged."""
@@ -443,6 +505,11 @@ def contract_problems(contract: IntentContract) -> list[str]:
         if comp.name in comp.depends_on:
             problems.append(f"component {comp.name!r} depends on itself")
         problems += _task_problems(comp)
+        for used in comp.uses:
+            if used not in comp.depends_on:
+                problems.append(f"component {comp.name!r} uses {used!r} but does not depend on it")
+            elif used in known and next(c for c in contract.components if c.name == used).provides is None:
+                problems.append(f"component {comp.name!r} uses {used!r}, which declares no interface (provides)")
     cycle = find_cycle({c.name: [d for d in c.depends_on if d in known] for c in contract.components})
     if cycle and len(cycle) > 2:  # a self-dependency is reported above
         problems.append(f"dependency cycle among components: {' -> '.join(cycle)}")

@@ -141,7 +141,10 @@ SUBMIT_TOOL = ToolSpec(
 PLANNER_SYSTEM = """You turn a user's request for an app into an intent contract: the app's components \
 (frontend, backend, database, api-integrations, auth, payments, other), each with a description, the \
 components it depends on, small tasks (id, title, instructions, acceptance, check_command, depends_on), \
-a check command and, when it serves HTTP, a dev_server (command and port); success criteria a machine \
+a check command and, when it serves HTTP, a dev_server (command and port); the interface a component \
+provides to its dependents (provides: http endpoints with request/response examples, tables, modules) \
+and the components whose interface it uses; its dependency manifests (packages: npm or pip, and the \
+directory) and profile (python or node); success criteria a machine \
 can check (type: command | http | ui | file | route; a ui criterion may first run a user flow, steps of \
 action fill | click | press | drag | expect_text | expect_visible | expect_hidden | reload | goto); a \
 budget; constraints. Call submit_contract with the contract, or answer the contract as YAML or JSON in \

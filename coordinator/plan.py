@@ -74,6 +74,8 @@ class SlotPlan(BaseModel):
     check_command: list[str] | str | None = None
     packages: tuple[InstallRequest, ...] = ()
     """The component's dependency manifests (the install phase runs before each check)."""
+    interfaces: str = ""
+    """The locked interfaces the team keeps to: what it provides and what it builds against."""
     spec: SandboxSpec
 
     @property
@@ -82,9 +84,11 @@ class SlotPlan(BaseModel):
         return self.slot_id.replace(SLOT_SEPARATOR, ".")
 
     def work(self) -> ComponentWork:
-        """The team's work for this slot: tasks with their agent fixed and the strategy suffix appended."""
+        """The team's work for this slot: tasks with their agent fixed, the interfaces and strategy suffix appended."""
         agent_of = {tid: n for n, queue in enumerate(self.queues) for tid in queue}
-        suffix = self.candidate.prompt_suffix if self.candidate else ""
+        suffix = "\n\n".join(
+            part for part in (self.interfaces, self.candidate.prompt_suffix if self.candidate else "") if part
+        )
         tasks = tuple(
             TeamTask(
                 id=t.id,
@@ -210,6 +214,21 @@ def slot_spec(component: Component, settings: PlanSettings, slot_id: str, candid
     )
 
 
+def interface_note(contract: IntentContract, component: Component) -> str:
+    """The locked interfaces a component's agents are told: its own (to keep to) and those it uses."""
+    parts = []
+    if component.provides is not None:
+        parts.append(
+            f"Interface {component.name} provides (locked: dependents are built against it, keep to it exactly):\n"
+            + component.provides.describe()
+        )
+    for used in component.uses:
+        provider = contract.component(used)
+        if provider.provides is not None:
+            parts.append(f"Interface of {used}, which this component uses:\n" + provider.provides.describe())
+    return "\n\n".join(parts)
+
+
 def plan_fleet(contract: IntentContract, settings: PlanSettings | None = None) -> FleetPlan:
     """Plan the fleet of a contract (pass ``locked.contract`` for a locked one)."""
     settings = settings or PlanSettings()
@@ -234,6 +253,7 @@ def plan_fleet(contract: IntentContract, settings: PlanSettings | None = None) -
                     packages=tuple(
                         InstallRequest(manager=p.manager, dir=p.dir, timeout_s=p.timeout_s) for p in component.packages
                     ),
+                    interfaces=interface_note(contract, component),
                     spec=slot_spec(component, settings, slot_id, strategy.name if strategy else ""),
                 )
             )

@@ -144,3 +144,47 @@ def test_slots_with_packages_stay_offline_and_work_converts() -> None:
 def test_the_old_install_commands_field_is_refused_with_the_new_name() -> None:
     with pytest.raises(ContractError, match="replaced by `packages`"):
         contract(comp("web", tasks=1, install=["npm ci"]))
+
+
+def _with_interfaces(**web: Any) -> IntentContract:
+    api = comp("api", tasks=1)
+    api["provides"] = {
+        "http": [
+            {"method": "GET", "path": "/api/cards", "response": [{"id": 1, "title": "t"}]},
+            {
+                "method": "POST",
+                "path": "/api/cards",
+                "request": {"title": "t"},
+                "status": 201,
+                "errors": {400: "no title"},
+            },
+        ],
+        "tables": {"cards": {"id": "INTEGER PRIMARY KEY", "title": "TEXT NOT NULL"}},
+    }
+    return contract(api, comp("web", tasks=1, depends_on=["api"], **web))
+
+
+def test_a_dependent_is_told_the_interfaces_it_uses_and_a_provider_the_one_it_keeps() -> None:
+    plan = plan_fleet(_with_interfaces(uses=["api"]))
+    [provider] = plan.slot("api").work().tasks
+    [dependent] = plan.slot("web").work().tasks
+    assert "Interface api provides (locked" in provider.instructions
+    assert "Interface of api, which this component uses:" in dependent.instructions
+    assert '- POST /api/cards → 201; body {"title": "t"}; errors 400 (no title)' in dependent.instructions
+    assert "- table cards(id INTEGER PRIMARY KEY, title TEXT NOT NULL)" in dependent.instructions
+    assert "Interface" not in plan_fleet(_with_interfaces()).slot("web").work().tasks[0].instructions
+
+
+def test_interfaces_are_checked_with_the_contract() -> None:
+    with pytest.raises(ContractError, match="uses 'db' but does not depend on it"):
+        _with_interfaces(uses=["db"])
+    with pytest.raises(ContractError, match="declares no interface"):
+        contract(comp("api", tasks=1), comp("web", tasks=1, depends_on=["api"], uses=["api"]))
+    twice = comp("api", tasks=1)
+    twice["provides"] = {"http": [{"method": "GET", "path": "/a"}, {"method": "GET", "path": "/a"}]}
+    with pytest.raises(ContractError, match="declared twice: GET /a"):
+        contract(twice)
+    outside = comp("api", tasks=1)
+    outside["provides"] = {"modules": {"../x.js": ["f"]}}
+    with pytest.raises(ContractError, match="inside the workspace"):
+        contract(outside)
