@@ -81,6 +81,8 @@ class EventProgress:
         self.overall: TaskID | None = None
         self.components: dict[str, TaskID] = {}
         self.kinds: Counter[str] = Counter()
+        self.timeline: list[tuple[float, str, dict[str, Any]]] = []
+        """(publish time, kind, data) of every event, for the pipeline figures."""
 
     def __enter__(self) -> EventProgress:
         self.progress.__enter__()
@@ -224,14 +226,14 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
                 entries = await bus.read_events(build_id, after_id=last_id, count=500)
                 for entry_id, envelope in entries:
                     last_id = entry_id
-                    _feed(progress, envelope.message)
+                    _feed(progress, envelope.message, envelope.ts)
                 if not entries:
                     status = await control.status.remote(USER, build_id)
                     if status["status"] in FINAL:
                         # the log may still hold the last events: drain it once more
                         for entry_id, envelope in await bus.read_events(build_id, after_id=last_id, count=500):
                             last_id = entry_id
-                            _feed(progress, envelope.message)
+                            _feed(progress, envelope.message, envelope.ts)
                         break
                     if time.monotonic() > deadline:
                         await control.cancel.remote(USER, build_id)
@@ -245,6 +247,7 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
             "main_commit": None,
             "components": {c["slot"]: c["status"] for c in status.get("components", [])},
             "events": sum(progress.kinds.values()),
+            **pipeline_figures(progress.timeline),
         }
         if status.get("error"):
             summary["error"] = status["error"]
@@ -265,12 +268,42 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
             logger.warning("demo: closing the bus failed: %r", exc)
 
 
-def _feed(progress: EventProgress, message: Any) -> None:
+def _feed(progress: EventProgress, message: Any, ts: float = 0.0) -> None:
     """An entry of the event log to the progress display (only events: the log holds nothing else today)."""
     from coordinator.bus.models import Event
 
     if isinstance(message, Event):
         progress.feed(message.kind, dict(message.data))
+        progress.timeline.append((ts, message.kind, dict(message.data)))
+
+
+def pipeline_figures(timeline: list[tuple[float, str, dict[str, Any]]]) -> dict[str, float | None]:
+    """How parallel the build phase was, from the event log's publish times.
+
+    A component's pipeline runs from its first team start (``slot.building`` of any of its slots)
+    to its ``component.phase`` ``done`` (merged, previewed, released). ``build_phase_s`` runs from
+    the first team start to the last accepted merge; ``sum_component_s`` adds every component's
+    pipeline; ``parallelism`` is their ratio (1.0: one component at a time).
+    """
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    merges = [ts for ts, kind, _ in timeline if kind == "merge.accepted"]
+    for ts, kind, data in timeline:
+        if kind == "slot.building":
+            component = str(data.get("slot", "")).split("~", 1)[0]
+            started.setdefault(component, ts)
+        elif kind == "component.phase" and data.get("phase") == "done":
+            ended[str(data.get("component"))] = ts
+    spans = [ended[c] - started[c] for c in started if c in ended]
+    if not spans or not merges:
+        return {"build_phase_s": None, "sum_component_s": None, "parallelism": None}
+    phase = max(merges) - min(started.values())
+    total = sum(spans)
+    return {
+        "build_phase_s": round(phase, 2),
+        "sum_component_s": round(total, 2),
+        "parallelism": round(total / phase, 2) if phase > 0 else None,
+    }
 
 
 async def _main_commit(build_id: str) -> str | None:
