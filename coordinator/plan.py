@@ -10,7 +10,7 @@ From a (locked) intent contract, deterministically:
   dealt round-robin in dependency order, so a dependent task never precedes its dependency
   in any agent's queue;
 * a :class:`SandboxSpec` per slot: tags ``build``/``component``/``candidate``/``slot``, the
-  dev-server port, no network unless the component declares install commands;
+  dev-server port, no network at all (dependencies come through the install phase);
 * merge order = dependency order (a tournament's winner merges in its component's place).
 
 The plan is a pure function of the contract and settings: a restarted coordinator recomputes
