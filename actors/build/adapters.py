@@ -219,9 +219,7 @@ class RayTeams:
                 check_command=slot.check_command,
                 agent=0,
             )
-            work = ComponentWork(
-                component=work.component, tasks=(fix,), check_command=work.check_command, agents=work.agents
-            )
+            work = work.model_copy(update={"tasks": (fix,)})  # the same team, manifests and check; one task
         for tries in range(TEAM_RESTARTS + 1):
             if tries:
                 await self.stop(slot.slot_id)
