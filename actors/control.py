@@ -85,7 +85,7 @@ class RayBuildRunners:
     def __init__(self, config: ControlConfig) -> None:
         self.config = config
 
-    def register(self, build_id: str, llm: dict[str, Any]) -> None:
+    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True) -> None:
         cfg = self.config
         save_config(
             CoordinatorConfig(
@@ -95,7 +95,7 @@ class RayBuildRunners:
                 backend=cfg.backend,
                 llm=llm,
                 store_path=cfg.store_path,
-                **cfg.coordinator,
+                **{"parallel": parallel, **cfg.coordinator},
             )
         )
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,11 +94,16 @@ class _ProxyChecks:
     the manifest sees why (the install itself never runs with this sandbox's network).
     """
 
-    def __init__(self, proxy: Any, packages: tuple[InstallRequest, ...] = ()) -> None:
+    def __init__(
+        self, proxy: Any, packages: tuple[InstallRequest, ...] = (), fed: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.proxy = proxy
         self.packages = packages
+        self.fed = fed
 
     async def run_check(self, command: list[str] | str, timeout_s: float) -> ExecResult:
+        if self.fed is not None:
+            await self.fed()  # a parallel build's dependent: its providers' code is in before a check runs
         for request in self.packages:
             try:
                 result: InstallResult = await self.proxy.install.remote(request.model_dump())
@@ -126,6 +131,10 @@ class _BusEvents:
         await self.bus.publish(self.build_id, ErrorReport(source=key, message=message, resolved=resolved))
 
 
+FED_POLL_MS = 5000
+"""How long one blocking read of the event log waits for a ``component.fed`` (it returns at once on one)."""
+
+
 class SandboxTeamActor(WarmBound[TeamConfig]):
     """One sandbox's team. Construct through :func:`start_team` (cold), or warm + :meth:`bind`.
 
@@ -139,6 +148,9 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
         self._locks = FileLockService()
         self._agents: list[tuple[str, Any]] = []
         self._events: list[dict[str, Any]] = []
+        self._fed: set[str] = set()
+        """Providers that fed this team's component (parallel builds)."""
+        self._fed_after: str | None = None
         self._report: TeamReport | None = None
         if config is not None:
             self._bind(config, proxy)
@@ -146,6 +158,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
     def _bind(self, config: TeamConfig | dict[str, Any], proxy: Any) -> None:
         self.config = validated_arg(TeamConfig, config, "config")
         self._proxy = proxy
+        self._fed, self._fed_after = set(), None
         name = self.config.name
         self._bus = ContextBus(self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=name)
 
@@ -208,6 +221,31 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
             await stop_agent(handle)
         return [name for name, _ in self._agents]
 
+    async def _providers_fed(self) -> None:
+        """Return once every provider of the team's component has fed it (``component.fed`` on the log).
+
+        The log is read from its start, so a team started (or restarted) after the feed sees it.
+        """
+        cfg = self._bound()
+        wanted = set(cfg.work.providers) - self._fed
+        component = cfg.work.component.split(".", 1)[0]  # a candidate's team is `{component}.{strategy}`
+        while wanted:
+            entries = await self._bus.read_events(
+                cfg.build_id,
+                after_id=self._fed_after,
+                count=500,
+                block_ms=None if self._fed_after is None else FED_POLL_MS,
+            )
+            for entry_id, envelope in entries:
+                self._fed_after = entry_id
+                message = envelope.message
+                if isinstance(message, Event) and message.kind == "component.fed":
+                    if message.data.get("component") == component:
+                        self._fed.add(str(message.data.get("provider")))
+            if not entries and self._fed_after is None:
+                self._fed_after = "0-0"  # an empty log: wait on it from its start
+            wanted = set(cfg.work.providers) - self._fed
+
     async def run(self) -> TeamReport:
         """Build the component: every task with escalation, then the component check (see coordinator.team.runner)."""
         await self.start_agents()
@@ -218,7 +256,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
         runner = TeamRunner(
             cfg.work,
             [_AgentPort(name, handle) for name, handle in self._agents],
-            checks=_ProxyChecks(self._proxy, cfg.work.packages),
+            checks=_ProxyChecks(self._proxy, cfg.work.packages, self._providers_fed if cfg.work.providers else None),
             planner=planner,
             events=_BusEvents(self._bus, cfg.build_id, self._events),
             context=self._context,

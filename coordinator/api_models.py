@@ -54,6 +54,9 @@ class BuildRequest(_Request):
     """Most the build may spend, in dollars; the contract's budget (or the default) when unset."""
     priority: int = Field(default=0, ge=-100, le=100)
     """Queue priority: higher starts first among queued builds of the cluster."""
+    parallel: bool = True
+    """Every component's team starts at once (fed its providers' code as it is chosen); False: each
+    component starts only once its providers have merged."""
 
     @field_validator("contract")
     @classmethod

@@ -78,7 +78,7 @@ class BuildRunners(Protocol):
     from what :meth:`register` saved.
     """
 
-    def register(self, build_id: str, llm: dict[str, Any]) -> None:
+    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True) -> None:
         """Save what the build's runner is started from (and revived from), with the LLM it uses."""
         ...
 
@@ -192,7 +192,7 @@ class BuildControl:
         if contract is not None:
             self.store.update_session(session.id, contract=contract.model_dump(mode="json"))
         needed = len(plan_fleet(contract).slots) if contract is not None else 1
-        self.runners.register(session.id, llm)
+        self.runners.register(session.id, llm, parallel=request.parallel)
         admission = Admission(build_id=session.id, user_id=user_id, priority=request.priority, needed=needed)
         self._save_admission(admission)
         self._enqueue(admission)

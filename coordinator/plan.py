@@ -76,6 +76,8 @@ class SlotPlan(BaseModel):
     """The component's dependency manifests (the install phase runs before each check)."""
     interfaces: str = ""
     """The locked interfaces the team keeps to: what it provides and what it builds against."""
+    depends_on: tuple[str, ...] = ()
+    """The component's providers (the contract's ``depends_on``)."""
     spec: SandboxSpec
 
     @property
@@ -254,6 +256,7 @@ def plan_fleet(contract: IntentContract, settings: PlanSettings | None = None) -
                         InstallRequest(manager=p.manager, dir=p.dir, timeout_s=p.timeout_s) for p in component.packages
                     ),
                     interfaces=interface_note(contract, component),
+                    depends_on=component.depends_on,
                     spec=slot_spec(component, settings, slot_id, strategy.name if strategy else ""),
                 )
             )

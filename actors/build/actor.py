@@ -121,6 +121,7 @@ class BuildCoordinatorActor:
             checkpoint_interval_s=cfg.checkpoint_interval_s,
             max_merge_attempts=cfg.max_merge_attempts,
             backend=str(cfg.backend.get("type", "local")),
+            parallel=cfg.parallel,
         )
         run = BuildRun(self.build_id, ports, settings)
         return run

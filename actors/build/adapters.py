@@ -152,6 +152,15 @@ class RayFleet:
     async def snapshot(self, slot_id: str) -> SnapshotRef:
         return await self.handle(slot_id).snapshot.remote()
 
+    async def tree(self, slot_id: str) -> dict[str, bytes]:
+        handle = self.handle(slot_id)
+        sandbox = ProxySandbox(handle, await handle.sandbox_id.remote())
+        component = slot_id.split("~", 1)[0]
+        request = await request_from_sandbox(sandbox, build_id=self.build_id, component=component, slot=slot_id)
+        paths = sorted(request.files)  # what a merge of the slot would carry (no junk, no links)
+        blobs = await asyncio.gather(*(sandbox.read_file(p) for p in paths))
+        return dict(zip(paths, blobs, strict=True))
+
     async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
         handle = self.handle(slot_id)
         await asyncio.gather(*(handle.write_file.remote(p, data) for p, data in files.items()))
@@ -211,6 +220,8 @@ class RayTeams:
     async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
         await self.stop(slot.slot_id)
         work = slot.work()
+        if self.config.parallel:  # its checks wait until its providers fed it their code
+            work = work.model_copy(update={"providers": slot.depends_on})
         if feedback is not None:
             fix = TeamTask(
                 id=f"merge-fix-{attempt}",

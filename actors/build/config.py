@@ -37,6 +37,8 @@ class CoordinatorConfig(BaseModel):
     """Take proxies, teams, agents and swarms from the Control actor's warm pools (cold when it has none)."""
     checkpoint_interval_s: float = Field(default_factory=lambda: float(get_settings().build_checkpoint_interval))
     max_merge_attempts: int = Field(default=3, ge=1)
+    parallel: bool = True
+    """Every component starts at once, fed its providers' chosen code (``BuildSettings.parallel``)."""
     swarm_timeout_s: float = Field(default=120.0, gt=0)
     gate: dict[str, Any] = Field(default_factory=dict)
     """Extra GateConfig fields (``swarm_must_pass``, ``ready_timeout_s``…)."""

@@ -53,6 +53,10 @@ class BuildSettings(BaseModel):
     """Times one slot's dead sandbox is respawned before the build fails."""
     backend: str = "local"
     """Sandbox backend name, for pricing compute (``Rates.compute_cost``)."""
+    parallel: bool = True
+    """Every component's team starts at once; a dependent's checks wait until its providers' chosen
+    code has been copied in (``component.fed``), and merges keep dependency order. False: a component
+    starts only once its dependencies are merged."""
 
 
 class BuildCancelledError(BuildError):
@@ -122,6 +126,10 @@ class FleetPort(Protocol):
         ...
 
     async def snapshot(self, slot_id: str) -> SnapshotRef: ...
+
+    async def tree(self, slot_id: str) -> dict[str, bytes]:
+        """The slot's workspace files (junk left out): what a merge of it would carry."""
+        ...
 
     async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
         """Write main's tree into the slot's workspace (dependents start from merged code)."""

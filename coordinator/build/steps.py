@@ -26,6 +26,7 @@ from coordinator.build.ports import (
 from coordinator.build.state import LIVE, BuildState
 from coordinator.bus.events import (
     BuildErrorEvent,
+    ComponentFed,
     MergeAccepted,
     MergeRejected,
     PreviewRefreshed,
@@ -122,13 +123,20 @@ class ComponentSteps:
     # --- the pipeline ---------------------------------------------------------------------
 
     async def component(self, name: str) -> None:
-        """Build, verify, judge, merge and preview one component, after its dependencies merged."""
+        """Build, verify, judge, merge and preview one component.
+
+        In parallel (the default) its team starts at once: its checks wait in the team until every
+        provider has fed it (:meth:`feed_dependents`), and only its merge waits for their merges.
+        Sequential (``parallel: false``): nothing starts before its dependencies merged.
+        """
         state, host = self.state, self.host
         assert state.plan is not None and state.locked is not None
         if state.merged[name].is_set():
             return
-        for dep in state.locked.contract.component(name).depends_on:
-            await state.merged[dep].wait()
+        depends_on = state.locked.contract.component(name).depends_on
+        if not self.settings.parallel:
+            for dep in depends_on:
+                await state.merged[dep].wait()
         host.check_control()
         slots = state.plan.slots_of(name)
         status = {s.slot_id: state.slots[s.slot_id].status for s in slots}
@@ -147,6 +155,11 @@ class ComponentSteps:
                 winner = await self.tournament(name, slots, built, verdicts)
             else:
                 winner = built[0]
+        if self.settings.parallel:
+            await self.feed_dependents(name, winner)
+            for dep in depends_on:  # merges keep dependency order
+                await state.merged[dep].wait()
+            host.check_control()
         await host.set_component_phase(name, "merge")
         await self.merge(winner)
         await host.set_component_phase(name, "preview")
@@ -154,6 +167,26 @@ class ComponentSteps:
         await self.release(winner.slot_id)
         await host.set_component_phase(name, "done")
         state.merged[name].set()
+
+    async def feed_dependents(self, name: str, winner: SlotPlan) -> None:
+        """Copy the chosen code of ``name`` into the live sandboxes of every component that depends on it.
+
+        What is copied is what its merge will carry (the workspace without junk), which holds its
+        own providers' code too. Each dependent is told on the event log (``component.fed``); its
+        team's checks run once every provider has fed it. Idempotent: a resumed run feeds again.
+        """
+        state, host = self.state, self.host
+        assert state.plan is not None and state.locked is not None
+        dependents = [c.name for c in state.locked.contract.components if name in c.depends_on]
+        if not dependents:
+            return
+        files = await self.ports.fleet.tree(winner.slot_id)
+        for dependent in dependents:
+            slots = [s.slot_id for s in state.plan.slots_of(dependent) if state.slots[s.slot_id].status in LIVE]
+            for slot_id in slots:
+                await self.ensure_sandbox(state.plan.slot(slot_id))
+                await self.ports.fleet.seed(slot_id, files)
+            await host.emit(ComponentFed(component=dependent, provider=name, slots=slots, files=len(files)))
 
     # --- sandboxes --------------------------------------------------------------------------
 

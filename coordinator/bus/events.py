@@ -201,6 +201,20 @@ class SlotSeeded(RunEvent):
     files: int
 
 
+class ComponentFed(RunEvent):
+    """A provider's chosen code was copied into a dependent's sandboxes, before the provider merged.
+
+    The dependent's team runs its checks only once every provider it depends on has fed it.
+    """
+
+    kind: Literal["component.fed"] = "component.fed"
+    component: str
+    """The dependent that got the files."""
+    provider: str
+    slots: list[str]
+    files: int
+
+
 class SlotBuilding(RunEvent):
     kind: Literal["slot.building"] = "slot.building"
     slot: str
@@ -474,6 +488,7 @@ KnownEvent = Annotated[
     | SlotRespawned
     | SlotRestored
     | SlotSeeded
+    | ComponentFed
     | SlotBuilding
     | SlotBuilt
     | SlotBlocked

@@ -78,6 +78,8 @@ class ComponentWork(BaseModel):
     """Agents in the team (the plan's 3–5; fewer for small components and tests)."""
     packages: tuple[InstallRequest, ...] = ()
     """Dependency manifests: the install phase runs before every check, so checks see the dependencies."""
+    providers: tuple[str, ...] = ()
+    """Components whose code must have been fed in (``component.fed``) before a check runs (parallel builds)."""
 
     @model_validator(mode="after")
     def _plan_is_sound(self) -> ComponentWork:

@@ -31,6 +31,8 @@ from sandbox_agents.backends.local.state import LocalState, default_root
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 
 USER = "examples"
+TREES: dict[str, str] = {}
+"""main's tree hash of todo-fullstack built in parallel, for the sequential build to match."""
 EXAMPLES = examples_dir()
 
 
@@ -53,9 +55,11 @@ async def events(bus: ContextBus, build_id: str) -> list[tuple[str, dict[str, An
     return [(env.message.kind, env.message.data) for _, env in await bus.read_events(build_id, count=10_000)]
 
 
-async def build_to_the_end(rt: Runtime, example: str, timeout: float = 200.0) -> tuple[str, dict[str, Any]]:
+async def build_to_the_end(
+    rt: Runtime, example: str, timeout: float = 200.0, **request: Any
+) -> tuple[str, dict[str, Any]]:
     """Submit an example and poll (bounded) until the build ends; returns its id and final status."""
-    build_id = await rt.control.submit.remote(USER, {"example": example})
+    build_id = await rt.control.submit.remote(USER, {"example": example, **request})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = await rt.control.status.remote(USER, build_id)
@@ -112,6 +116,18 @@ async def test_todo_fullstack_completes_and_the_polished_candidate_wins(
         assert {("database", "db-migrate"), ("backend", "api-tests")} <= escalated, escalated
         assert sum(k == "task.recovered" for k in kinds) >= 2
 
+        # Parallel: the frontend's team works before the backend merges; each dependent was fed once.
+        first_frontend = next(
+            i for i, (k, d) in enumerate(evs) if k == "task.started" and d["component"].startswith("frontend")
+        )
+        backend_merged = next(
+            i for i, (k, d) in enumerate(evs) if k == "merge.accepted" and d["component"] == "backend"
+        )
+        assert first_frontend < backend_merged
+        fed = sorted((d["provider"], d["component"]) for k, d in evs if k == "component.fed")
+        assert fed == [("backend", "frontend"), ("database", "backend")], fed
+        TREES["parallel"] = [d for k, d in evs if k == "build.done"][-1]["tree_hash"]
+
         # The tournament: the judge names polished; minimal is snapshotted, then terminated.
         [decision] = [d for k, d in evs if k == "tournament.decision"]
         assert decision["component"] == "frontend" and decision["winner"] == "frontend~polished", decision
@@ -138,5 +154,26 @@ async def test_todo_fullstack_completes_and_the_polished_candidate_wins(
         assert b"<h1>Todos</h1>" in tree["web/index.html"] and b"innerHTML" not in tree["web/index.html"]
         done = [d for k, d in evs if k == "build.done"][-1]
         assert done["preview_url"], done
+    finally:
+        await cleanup(build_id)
+
+
+async def test_todo_fullstack_built_sequentially_gives_the_same_main(runtime: Runtime, bus: ContextBus) -> None:
+    if "parallel" not in TREES:
+        pytest.skip("needs the parallel todo-fullstack build of this module first")
+    build_id, status = await build_to_the_end(runtime, "todo-fullstack", parallel=False)
+    try:
+        assert status["status"] == "completed", status
+        evs = await events(bus, build_id)
+        assert not [d for k, d in evs if k == "component.fed"]
+        backend_merged = next(
+            i for i, (k, d) in enumerate(evs) if k == "merge.accepted" and d["component"] == "backend"
+        )
+        assert all(
+            i > backend_merged
+            for i, (k, d) in enumerate(evs)
+            if k == "task.started" and d["component"].startswith("frontend")
+        )
+        assert [d for k, d in evs if k == "build.done"][-1]["tree_hash"] == TREES["parallel"]
     finally:
         await cleanup(build_id)

@@ -129,6 +129,9 @@ class FakeFleet:
         self.w.log.append(("snapshot", slot_id))
         return SnapshotRef(backend="fake", id=snap, sandbox_id=self.w.slot_sandbox[slot_id], spec=SandboxSpec())
 
+    async def tree(self, slot_id: str) -> dict[str, bytes]:
+        return dict(self._box(slot_id)["files"])
+
     async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
         self._box(slot_id)["files"].update(files)
         self.w.seeded[slot_id] = sorted(files)
@@ -326,7 +329,9 @@ async def test_phases_in_order_and_the_build_completes(tmp_path: Path) -> None:
     assert session.phase == "done" and session.contract_hash
     phases = [d["phase"] for d in h.kinds("build.phase")]
     assert phases == ["intent", "fleet", "build", "verify", "judge", "merge", "preview", "satisfy", "done"]
-    assert h.world.merged == ["db", "util", "api", "web"] or h.world.merged[:2] in (["db", "util"], ["util", "db"])
+    merged = h.world.merged  # dependency order: db before api before web (util, independent, anywhere)
+    assert sorted(merged) == ["api", "db", "util", "web"]
+    assert merged.index("db") < merged.index("api") < merged.index("web")
     assert set(h.world.main) == {"db/main.py", "util/main.py", "api/main.py", "web/main.py"}
     assert h.kinds()[-1] == "build.done" and h.notes.sent == ["completed"]
     assert not h.world.sandboxes  # every sandbox released at the end
@@ -338,9 +343,9 @@ async def test_phases_in_order_and_the_build_completes(tmp_path: Path) -> None:
     assert costs.llm_tokens == 5 * 1100 + 550 and costs.compute_seconds > 0  # 5 team runs, the judge, compute
 
 
-async def test_dependents_start_after_their_dependencies_merged_seeded_with_main(tmp_path: Path) -> None:
+async def test_sequential_dependents_start_after_their_dependencies_merged_seeded_with_main(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    await h.run()
+    await h.run(BuildSettings(parallel=False))
     log = h.world.log
     assert index(log, "admit", "db") < index(log, "team", "api")
     assert index(log, "admit", "api") < index(log, "team", "web~minimal")
@@ -348,6 +353,31 @@ async def test_dependents_start_after_their_dependencies_merged_seeded_with_main
     assert "db/main.py" in h.world.seeded["api"]  # main as it was: db merged (util too, if it was first)
     assert h.world.seeded["web~polished"] == ["api/main.py", "db/main.py", "util/main.py"]
     assert "db" not in h.world.seeded and "util" not in h.world.seeded
+
+
+async def test_parallel_teams_start_at_once_are_fed_their_providers_and_merge_in_order(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.hold["db"] = asyncio.Event()  # the provider's team is slow
+    run = asyncio.create_task(h.run())
+    started: set[str] = set()
+    for _ in range(500):
+        started = {e[1] for e in h.world.log if e[0] == "team"}
+        if {"db", "util", "api", "web~minimal", "web~polished"} <= started:
+            break
+        await asyncio.sleep(0.01)
+    assert {"db", "util", "api", "web~minimal", "web~polished"} <= started  # all at once, db still building
+    assert "db" not in {d["component"] for d in h.kinds("merge.accepted")}
+    assert "db" not in {d["provider"] for d in h.kinds("component.fed")}
+    h.world.hold["db"].set()
+    session = await run
+    assert session.status is SessionStatus.COMPLETED, session.error
+    fed = {(d["provider"], d["component"]): d["slots"] for d in h.kinds("component.fed")}
+    assert len(h.kinds("component.fed")) == 2  # each provider fed its dependents once
+    assert fed[("db", "api")] == ["api"] and sorted(fed[("api", "web")]) == ["web~minimal", "web~polished"]
+    log = h.world.log
+    assert index(log, "admit", "db") < index(log, "admit", "api") < index(log, "admit", "web~polished")
+    assert "db/main.py" in h.world.seeded["api"] and "api/main.py" in h.world.seeded["web~minimal"]
+    assert set(h.world.main) == {"db/main.py", "util/main.py", "api/main.py", "web/main.py"}
 
 
 async def test_a_rejected_merge_goes_back_to_the_team_then_merges(tmp_path: Path) -> None:
@@ -382,7 +412,7 @@ async def test_tournament_judged_losers_snapshotted_then_terminated(tmp_path: Pa
 async def test_checkpoints_every_interval_on_the_injected_clock(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.world.hold["db"] = asyncio.Event()
-    run = h.run_obj(BuildSettings(checkpoint_interval_s=60))
+    run = h.run_obj(BuildSettings(checkpoint_interval_s=60, parallel=False))
     task = asyncio.create_task(run.run())
     await h.clock.wait_for_sleepers(1)
     before = len(h.store.list_checkpoints(h.session.id))

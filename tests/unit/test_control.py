@@ -38,7 +38,7 @@ class FakeRunners:
         """Builds whose runner is down: a cancel cannot reach it."""
         self.raised: dict[str, float] = {}
 
-    def register(self, build_id: str, llm: dict[str, Any]) -> None:
+    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True) -> None:
         self.registered[build_id] = llm
 
     def started(self) -> list[str]:
