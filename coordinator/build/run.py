@@ -6,9 +6,9 @@ The BuildCoordinator actor owns one :class:`BuildRun` and hands it its ports
 0. **intent** — the contract given with the build, or one planner turn from the prompt;
    locked, stored with its hash (a resumed run re-locks the stored contract and refuses drift);
 1. **fleet** — ``plan_fleet``; the MergeGate's main sandbox; one sandbox per slot;
-2. **build** — every component runs its own pipeline: it waits until its dependencies are
-   merged, seeds its sandbox with main's tree (dependents only), then its team builds it;
-   independent components build concurrently;
+2. **build** — every component runs its own pipeline, all at once: its team builds it, its
+   checks waiting until each provider's chosen code was fed into its sandbox, and it merges after
+   its providers (``parallel: false``: it starts only once its dependencies are merged);
 3. **verify** — the verification swarm on each built slot;
 4. **judge** — tournaments only: evidence per candidate, the judge's decision; losers are
    snapshotted, then terminated;
