@@ -137,6 +137,8 @@ class ComponentSteps:
         if not self.settings.parallel:
             for dep in depends_on:
                 await state.merged[dep].wait()
+        elif merged := [dep for dep in depends_on if state.merged[dep].is_set()]:
+            await self.feed_from_main(name, merged)
         host.check_control()
         slots = state.plan.slots_of(name)
         status = {s.slot_id: state.slots[s.slot_id].status for s in slots}
@@ -167,6 +169,22 @@ class ComponentSteps:
         await self.release(winner.slot_id)
         await host.set_component_phase(name, "done")
         state.merged[name].set()
+
+    async def feed_from_main(self, name: str, providers: list[str]) -> None:
+        """On a resume, feed ``name`` from main the providers that merged before: their code is there.
+
+        (A sandbox restored from a checkpoint older than the provider's feed lacks it otherwise.)
+        """
+        state = self.state
+        assert state.plan is not None
+        slots = [s for s in state.plan.slots_of(name) if state.slots[s.slot_id].status in LIVE]
+        files = await self.ports.gate.tree()
+        for slot in slots:
+            await self.ensure_sandbox(slot)
+            await self.ports.fleet.seed(slot.slot_id, files)
+        for provider in providers:
+            event = ComponentFed(component=name, provider=provider, slots=[s.slot_id for s in slots], files=len(files))
+            await self.host.emit(event)
 
     async def feed_dependents(self, name: str, winner: SlotPlan) -> None:
         """Copy the chosen code of ``name`` into the live sandboxes of every component that depends on it.

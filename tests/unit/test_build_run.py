@@ -524,6 +524,41 @@ async def test_restart_from_each_persisted_phase_gives_the_same_end_state(
     assert h.gate.starts >= 1
 
 
+async def test_a_resumed_dependent_is_fed_from_main_by_the_providers_that_merged_before(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.crash_at = ("merge.accepted", None)
+    original = FakeEvents.emit
+
+    async def crash_once_db_merged(self: FakeEvents, event: EventPayload) -> str | None:
+        if (
+            event.kind == "component.phase"
+            and event.data.get("component") == "db"
+            and event.data.get("phase") == "done"
+        ):
+            if not getattr(h, "crashed", False):
+                h.crashed = True  # type: ignore[attr-defined]
+                await original(self, event)
+                raise Crash("killed after db merged")
+        return await original(self, event)
+
+    h.world.crash_at = None
+    h.world.hold["api"] = asyncio.Event()  # api is still building when the coordinator dies
+    FakeEvents.emit = crash_once_db_merged  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Crash):
+            await h.run()
+        fed_before = len(h.kinds("component.fed"))
+        h.world.hold["api"].set()
+        session = await h.run()
+    finally:
+        FakeEvents.emit = original  # type: ignore[method-assign]
+    assert session.status is SessionStatus.COMPLETED, session.error
+    again = [d for d in h.kinds("component.fed")[fed_before:] if d["provider"] == "db"]
+    assert again and again[0]["component"] == "api" and again[0]["slots"] == ["api"]  # fed from main
+    assert "db/main.py" in h.world.seeded["api"]
+    assert h.world.merged.count("db") == 1
+
+
 async def test_a_merge_in_flight_when_the_coordinator_died_is_rechecked_not_repeated(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.world.crash_at = ("merge.accepted", None)  # the gate merged db; the coordinator died before recording it
