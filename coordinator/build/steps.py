@@ -115,6 +115,8 @@ class ComponentSteps:
         self.state = state
         self.ports = ports
         self.settings = settings
+        self._fed: dict[str, dict[str, bytes]] = {}
+        """What each provider last fed its dependents (parallel builds), to feed again only on a change."""
         self.host = host
         self._metered: dict[str, float] = {}
         self._spent: dict[str, float] = {}
@@ -164,6 +166,8 @@ class ComponentSteps:
             host.check_control()
         await host.set_component_phase(name, "merge")
         await self.merge(winner)
+        if self.settings.parallel:  # a rejected merge's fix changed what was fed: dependents get the merged code
+            await self.feed_dependents(name, winner, only_if_changed=True)
         await host.set_component_phase(name, "preview")
         await self.refresh_preview(name)
         await self.release(winner.slot_id)
@@ -186,12 +190,16 @@ class ComponentSteps:
             event = ComponentFed(component=name, provider=provider, slots=[s.slot_id for s in slots], files=len(files))
             await self.host.emit(event)
 
-    async def feed_dependents(self, name: str, winner: SlotPlan) -> None:
+    async def feed_dependents(self, name: str, winner: SlotPlan, *, only_if_changed: bool = False) -> None:
         """Copy the chosen code of ``name`` into the live sandboxes of every component that depends on it.
 
         What is copied is what its merge will carry (the workspace without junk), which holds its
         own providers' code too. Each dependent is told on the event log (``component.fed``); its
         team's checks run once every provider has fed it. Idempotent: a resumed run feeds again.
+
+        Args:
+            only_if_changed: Feed only if the code differs from what this run fed before (after a
+                merge whose rejection sent the team back: a dependent must not merge stale copies).
         """
         state, host = self.state, self.host
         assert state.plan is not None and state.locked is not None
@@ -199,6 +207,9 @@ class ComponentSteps:
         if not dependents:
             return
         files = await self.ports.fleet.tree(winner.slot_id)
+        if only_if_changed and self._fed.get(name) in (None, files):
+            return
+        self._fed[name] = files
         for dependent in dependents:
             slots = [s.slot_id for s in state.plan.slots_of(dependent) if state.slots[s.slot_id].status in LIVE]
             for slot_id in slots:

@@ -371,13 +371,27 @@ async def test_parallel_teams_start_at_once_are_fed_their_providers_and_merge_in
     h.world.hold["db"].set()
     session = await run
     assert session.status is SessionStatus.COMPLETED, session.error
-    fed = {(d["provider"], d["component"]): d["slots"] for d in h.kinds("component.fed")}
-    assert len(h.kinds("component.fed")) == 2  # each provider fed its dependents once
+    fed: dict[tuple[str, str], list[str]] = {}
+    for d in h.kinds("component.fed"):
+        fed.setdefault((d["provider"], d["component"]), d["slots"])  # each pair's first feed
+    assert set(fed) == {("db", "api"), ("api", "web")}
     assert fed[("db", "api")] == ["api"] and sorted(fed[("api", "web")]) == ["web~minimal", "web~polished"]
+    # (the fake api team does not wait for db's feed: api's merged tree has db's code, so web is fed again)
+    assert h.kinds("component.fed")[-1]["provider"] == "api" and "db/main.py" in h.world.seeded["web~polished"]
     log = h.world.log
     assert index(log, "admit", "db") < index(log, "admit", "api") < index(log, "admit", "web~polished")
     assert "db/main.py" in h.world.seeded["api"] and "api/main.py" in h.world.seeded["web~minimal"]
     assert set(h.world.main) == {"db/main.py", "util/main.py", "api/main.py", "web/main.py"}
+
+
+async def test_a_providers_fix_after_a_rejected_merge_is_fed_again_before_its_dependents_merge(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.reject["db"] = 1  # db's first admission is rejected; its team adds db/fix.py
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    from_db = [d for d in h.kinds("component.fed") if d["provider"] == "db"]
+    assert len(from_db) == 2 and from_db[1]["files"] == from_db[0]["files"] + 1
+    assert "db/fix.py" in h.world.seeded["api"]  # api merges the fixed db, not a stale copy
 
 
 async def test_a_rejected_merge_goes_back_to_the_team_then_merges(tmp_path: Path) -> None:
