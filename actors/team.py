@@ -131,8 +131,10 @@ class _BusEvents:
         await self.bus.publish(self.build_id, ErrorReport(source=key, message=message, resolved=resolved))
 
 
-FED_POLL_MS = 5000
-"""How long one blocking read of the event log waits for a ``component.fed`` (it returns at once on one)."""
+FED_POLL_MS = 1000
+"""How long one blocking read of the event log waits for a ``component.fed`` (it returns at once on one).
+
+Well under the bus client's socket timeout (5 s): a blocking read as long as that races it and fails."""
 
 
 class SandboxTeamActor(WarmBound[TeamConfig]):
