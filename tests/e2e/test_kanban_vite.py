@@ -102,7 +102,7 @@ async def test_kanban_vite_builds_serves_one_origin_and_hot_reloads_an_open_page
             # again), then the preview refreshed from main, as the coordinator does after a merge.
             fix = {**tree, app: tree[app].replace(HEADING, b"<h1>Kanban, hot</h1>")}
             accepted = await merge_a_change(build_id, gate, fix)
-            assert accepted.accepted and accepted.changed == [app], accepted
+            assert accepted.accepted and accepted.changed == [app], [f.message for f in accepted.findings]
             await preview.refresh.remote()
             await tab.wait_for_function(
                 "document.querySelector('h1')?.textContent === " + json.dumps("Kanban, hot"), timeout=15_000
