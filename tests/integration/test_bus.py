@@ -314,7 +314,9 @@ async def test_replay_after_subscriber_process_is_sigkilled(bus: ContextBus, bui
 async def test_redis_restart_mid_stream_loses_nothing(tmp_path: Path, build_id: str) -> None:
     server = ManagedRedis(tmp_path / "redis")
     await server.astart()
-    bus = ContextBus(server.url, fast_config())
+    # Paced (≤ 1 message a millisecond) and with room to buffer a minute of it: a restart that is
+    # slow under load must not fill the buffer (unpaced, 10 000 messages filled the default limit).
+    bus = ContextBus(server.url, fast_config(buffer_limit=100_000))
     try:
         rec = Recorder()
         sub = await bus.subscribe(build_id, ["progress"], group="g", handler=rec).start()
@@ -324,7 +326,7 @@ async def test_redis_restart_mid_stream_loses_nothing(tmp_path: Path, build_id: 
         while not restart.done() or i < 200:  # keep publishing while Redis goes down and comes back
             await bus.publish(build_id, progress(i))
             i += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
         await restart
         await bus.flush(20)
         await until(lambda: len(rec.seen) >= i, what=f"all {i} entries after the restart")
