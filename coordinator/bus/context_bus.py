@@ -63,6 +63,20 @@ class _Prepared:
     unified_value: bytes | None  # None with a field set means "delete the field"
 
 
+def decode_unified(raw: dict[bytes, bytes]) -> UnifiedContext:
+    """The unified context from its hash's fields as HGETALL returns them (``c:``, ``f:``, ``e:``)."""
+    context, files, errors = {}, {}, {}
+    for field, value in raw.items():
+        name, data = field.decode(), msgpack.unpackb(value)
+        if name.startswith("c:"):
+            context[name[2:]] = ContextValue(**data)
+        elif name.startswith("f:"):
+            files[name[2:]] = FileState(**data)
+        elif name.startswith("e:"):
+            errors[name[2:]] = KnownError(**data)
+    return UnifiedContext(context=context, files=files, errors=errors)
+
+
 def _mark_resent(prepared: Sequence[_Prepared]) -> None:
     """The batch may have reached Redis before the connection broke: flag its copies as re-sends."""
     for item in prepared:
@@ -315,16 +329,7 @@ class ContextBus:
             raw = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys(build_id).unified))
         except REDIS_DOWN as exc:
             raise BusUnavailableError(f"cannot read unified context of build {build_id}: {exc}") from exc
-        context, files, errors = {}, {}, {}
-        for field, value in raw.items():
-            name, data = field.decode(), msgpack.unpackb(value)
-            if name.startswith("c:"):
-                context[name[2:]] = ContextValue(**data)
-            elif name.startswith("f:"):
-                files[name[2:]] = FileState(**data)
-            elif name.startswith("e:"):
-                errors[name[2:]] = KnownError(**data)
-        return UnifiedContext(context=context, files=files, errors=errors)
+        return decode_unified(raw)
 
     async def read_dead(self, build_id: str, count: int = 100) -> list[DeadLetter]:
         """Dead letters of the build, oldest first."""
