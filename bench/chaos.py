@@ -9,6 +9,8 @@ An undisturbed run first gives the reference main tree hash (``build.done``'s ``
 then each of ``runs`` builds gets ONE fault at a random moment:
 
 * ``coordinator`` — SIGKILL of the BuildCoordinator's process (Ray re-creates it; it resumes);
+* ``merge_pending`` — the same, the moment a merge request lands on the bus's ``merge`` channel
+  (its consumer, the coordinator, has not acknowledged it: the next incarnation must merge it once);
 * ``sandbox`` — SIGKILL of the slot sandbox's launcher (the whole sandbox dies; respawn from a checkpoint);
 * ``agent`` — ``ray.kill`` of an Agent actor of the slot's team (the team escalates);
 * ``redis`` — ``ManagedRedis.restart()`` (SIGTERM, AOF fsynced, same port);
@@ -45,7 +47,7 @@ from bench.common import emit, private_ray
 
 logger = logging.getLogger("bench.chaos")
 
-FAULTS = ("coordinator", "sandbox", "agent", "redis", "serve_proxy")
+FAULTS = ("coordinator", "merge_pending", "sandbox", "agent", "redis", "serve_proxy")
 USER = "chaos"
 FINAL = ("completed", "failed", "cancelled", "paused")
 RUN_TIMEOUT_S = 240.0
@@ -193,6 +195,24 @@ async def _kill_coordinator(stack: Stack, build_id: str, rng: random.Random) -> 
     return {"pid": pid}
 
 
+async def _kill_coordinator_at_merge(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
+    from ray.exceptions import RayError
+
+    from actors.build.actor import get_coordinator
+
+    try:
+        pid = await asyncio.wait_for(get_coordinator(build_id).pid.remote(), 5)
+    except (ValueError, TimeoutError, RayError):
+        return None
+    stream = stack.bus.keys(build_id).stream("merge")
+    entries = await stack.bus.redis.xread({stream: "0"}, block=1000, count=1)
+    if not entries:
+        return None  # no request yet: look again
+    os.kill(pid, signal.SIGKILL)
+    request = entries[0][1][0][0]
+    return {"pid": pid, "request": request.decode() if isinstance(request, bytes) else request}
+
+
 async def _kill_sandbox(stack: Stack, build_id: str, rng: random.Random) -> dict[str, Any] | None:
     from sandbox_agents.backends.local.state import LocalState, default_root
 
@@ -240,6 +260,7 @@ async def _kill_serve_proxy(stack: Stack, build_id: str, rng: random.Random) -> 
 
 STRIKE = {
     "coordinator": _kill_coordinator,
+    "merge_pending": _kill_coordinator_at_merge,
     "sandbox": _kill_sandbox,
     "agent": _kill_agent,
     "redis": _restart_redis,
@@ -371,12 +392,15 @@ def fault_window(fault: str, reference: dict[str, Any]) -> tuple[str | None, flo
     """Where ``fault``'s target exists in an undisturbed run: (anchor event or None for submit, from s, to s).
 
     Agents and the slot's sandbox live while the team works: from ``slot.building`` for as long as
-    the reference team took to ``slot.built``. The coordinator, Redis and Serve's proxy live all along.
+    the reference team took to ``slot.built``. The coordinator, Redis and Serve's proxy live all along;
+    ``merge_pending`` is watched for from the start and strikes when the merge request appears.
     """
     timeline, wall = reference["timeline"] or {}, reference["wall_s"]
     if fault in ("agent", "sandbox"):
         span = timeline.get("slot.built", 0.0) - timeline.get("slot.building", 0.0)
         return "slot.building", 0.0, max(0.2, span)
+    if fault == "merge_pending":  # strikes when the request lands, watched from the start
+        return None, 0.5, 0.5
     return None, 0.5, 0.9 * wall
 
 

@@ -29,6 +29,7 @@ from actors.team import stop_build_teams
 from coordinator.budget import Budget, BudgetLedger
 from coordinator.build.adapters import (
     BusEvents,
+    BusMergeRequests,
     ProviderPlanner,
     SandboxSatisfaction,
     SessionNotifier,
@@ -108,6 +109,7 @@ class BuildCoordinatorActor:
             verify=SwarmVerify(contract, fleet.sandbox, swarms.run),
             judge=RayJudge(cfg),
             gate=gate,
+            merges=BusMergeRequests(self.bus, self.build_id),
             preview=gate,
             satisfaction=SandboxSatisfaction(gate.main_sandbox, gate.main_urls, fleet.sandbox, ui_checker(Chromium())),
             events=events,

@@ -6,13 +6,14 @@ carries on. It touches sandboxes, teams, the swarm, the judge, the gate and the 
 through the protocols of :mod:`.ports`, handed to it in :class:`BuildPorts` by the
 BuildCoordinator actor (``actors/build/``) or by a unit test's fakes. Each component's pipeline
 is in :mod:`.steps`, sharing the run's :class:`BuildState` (:mod:`.state`). :mod:`.adapters` holds the
-port implementations that need no Ray (bus events, planner, swarm over a sandbox,
+port implementations that need no Ray (bus events, the merge channel, planner, swarm over a sandbox,
 satisfaction, judge) and :mod:`.notify` the webhook notifier of ghost mode. See
 docs/coordinator.md.
 """
 
 from coordinator.build.adapters import (
     BusEvents,
+    BusMergeRequests,
     EvidenceJudge,
     ProviderPlanner,
     SandboxSatisfaction,
@@ -33,6 +34,7 @@ from coordinator.build.ports import (
     GatePort,
     JudgePort,
     MergeOutcome,
+    MergeRequestsPort,
     NotifierPort,
     PlannerPort,
     PreviewPort,
@@ -56,6 +58,7 @@ __all__ = [
     "BuildSettings",
     "BuildState",
     "BusEvents",
+    "BusMergeRequests",
     "DeliveryResult",
     "EventsPort",
     "EvidenceJudge",
@@ -63,6 +66,7 @@ __all__ = [
     "GatePort",
     "JudgePort",
     "MergeOutcome",
+    "MergeRequestsPort",
     "Notification",
     "NotifierPort",
     "PlannerPort",

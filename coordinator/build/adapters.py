@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from coordinator.build.notify import WebhookNotifier
-from coordinator.build.ports import SlotVerification
+from coordinator.build.ports import MergeHandler, SlotVerification
 from coordinator.bus.context_bus import ContextBus
 from coordinator.bus.events import EventPayload
-from coordinator.bus.models import Event
+from coordinator.bus.models import Envelope, Event, MergeRequest
+from coordinator.bus.subscription import Subscription
 from coordinator.contracts import Command, Component, IntentContract
 from coordinator.intent import LockedContract, SandboxCriterionRunner, SatisfactionReport, check_satisfaction
 from coordinator.judge import Decision, Evidence, judge
@@ -48,6 +49,44 @@ class BusEvents:
 
     async def emit(self, event: EventPayload) -> str | None:
         return await self.bus.publish(self.build_id, Event.of(event))
+
+
+MERGE_GROUP = "merge-gate"
+"""The one consumer group of a build's ``merge`` channel."""
+READY_TIMEOUT_S = 60.0
+"""How long a (resumed) coordinator waits for Redis to serve its merge consumer before failing."""
+
+
+class BusMergeRequests:
+    """The ``merge`` channel on the bus, consumed by the build's coordinator (one consumer).
+
+    Every incarnation of a build's coordinator consumes under the same group and consumer name,
+    so the requests a killed one had been handed but not acknowledged are replayed to the next one
+    first (the subscription's pending-entry recovery), then new ones are read.
+    """
+
+    def __init__(self, bus: ContextBus, build_id: str) -> None:
+        self.bus = bus
+        self.build_id = build_id
+        self._subscription: Subscription | None = None
+
+    async def send(self, request: MergeRequest) -> None:
+        await self.bus.publish(self.build_id, request)
+
+    async def start(self, handler: MergeHandler) -> None:
+        async def on_entry(envelope: Envelope) -> None:
+            if isinstance(envelope.message, MergeRequest):
+                await handler(envelope.message)
+
+        await self.stop()
+        self._subscription = await self.bus.subscribe(
+            self.build_id, ["merge"], group=MERGE_GROUP, consumer="coordinator", handler=on_entry
+        ).start(ready_timeout=READY_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            await subscription.stop()
 
 
 class SessionNotifier:

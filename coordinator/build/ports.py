@@ -12,6 +12,7 @@ never depends on the shape of another actor's reply.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.budget import BudgetLedger
 from coordinator.bus.events import EventPayload
+from coordinator.bus.models import MergeRequest
 from coordinator.clock import Clock
 from coordinator.contracts import IntentContract
 from coordinator.intent import LockedContract, SatisfactionReport
@@ -179,6 +181,30 @@ class GatePort(Protocol):
     async def tree_hash(self) -> str: ...
 
 
+MergeHandler = Callable[[MergeRequest], Awaitable[None]]
+"""Handles one merge request; a request is acknowledged only once its handler returned."""
+
+
+class MergeRequestsPort(Protocol):
+    """The build's ``merge`` channel: pipelines send requests, the run consumes them, at least once.
+
+    The channel outlives the coordinator: a request its consumer had not acknowledged when the
+    process died is delivered again to the next incarnation's consumer, before any new one.
+    """
+
+    async def send(self, request: MergeRequest) -> None:
+        """Publish a request (buffered while the bus is down; never dropped)."""
+        ...
+
+    async def start(self, handler: MergeHandler) -> None:
+        """Consume with ``handler`` until :meth:`stop`: unacknowledged requests first, then new ones."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop consuming; a request whose handler was interrupted stays unacknowledged."""
+        ...
+
+
 class PreviewPort(Protocol):
     async def refresh(self) -> str | None:
         """Serve main's code again after a merge; returns the preview URL (None if nothing serves)."""
@@ -218,6 +244,7 @@ class BuildPorts:
     verify: VerifyPort
     judge: JudgePort
     gate: GatePort
+    merges: MergeRequestsPort
     preview: PreviewPort
     satisfaction: SatisfactionPort
     events: EventsPort

@@ -12,16 +12,18 @@ The BuildCoordinator actor owns one :class:`BuildRun` and hands it its ports
 3. **verify** — the verification swarm on each built slot;
 4. **judge** — tournaments only: evidence per candidate, the judge's decision; losers are
    snapshotted, then terminated;
-5. **merge**/**preview** — the winner goes through the gate (a rejection goes back to the team
-   with the findings, then is admitted again); the preview is refreshed after each merge;
+5. **merge**/**preview** — the winner's merge request goes out on the bus's ``merge`` channel and
+   the run's one consumer admits it through the gate (a rejection goes back to the team with the
+   findings, then is requested again); the preview is refreshed after each merge;
 6. **satisfy**/**done** — every success criterion is checked against main.
 
 The build's phase (persisted in the session) is the least advanced phase of any component not
 yet merged, so it only moves forward. Everything needed to resume is persisted after every
 step: the phase, each slot's status and sandbox (``slots``), merges in flight
 (``pending_merges``), the last event id (``bus_offsets``) and checkpoints. A restarted run
-reads them and carries on: merged components stay merged, a pending merge is re-checked
-against the gate, a dead sandbox is restored from its newest checkpoint and its team re-run.
+reads them and carries on: merged components stay merged, a merge request the dead coordinator
+had not acknowledged is delivered to the new one and merged once, a dead sandbox is restored
+from its newest checkpoint and its team re-run.
 
 Step boundaries (after each team run, verification, decision, merge and phase change) honour a
 cancel (also one stored while the coordinator was down) and the budget: at 100 % the run
@@ -216,10 +218,12 @@ class BuildRun:
             else:
                 self.component_phase.setdefault(name, "build")
         await self._advance_phase()
+        await self.ports.merges.start(self.steps.handle_merge_request)
         ticker = asyncio.get_running_loop().create_task(self._checkpoint_ticker())
         try:
             await gather(*(self.steps.component(name) for name in plan.order))
         finally:
+            await self.ports.merges.stop()
             ticker.cancel()
             try:
                 await ticker

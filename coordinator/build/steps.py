@@ -20,6 +20,7 @@ from coordinator.build.ports import (
     BuildPausedError,
     BuildPorts,
     BuildSettings,
+    MergeOutcome,
     SlotVerification,
     TeamOutcome,
 )
@@ -42,6 +43,7 @@ from coordinator.bus.events import (
     TournamentDecision,
     TournamentEliminated,
 )
+from coordinator.bus.models import MergeRequest
 from coordinator.judge import Evidence
 from coordinator.plan import SlotPlan
 from coordinator.tournament import Tournament
@@ -121,6 +123,10 @@ class ComponentSteps:
         self._metered: dict[str, float] = {}
         self._spent: dict[str, float] = {}
         self._respawns: dict[str, int] = {}
+        self._merge_waiters: dict[int, asyncio.Future[MergeOutcome]] = {}
+        """Request id → the pipeline waiting for the consumer's outcome of that merge request."""
+        self._merge_outcomes: dict[int, MergeOutcome] = {}
+        """Outcomes the consumer reached, by request id (one may come before its pipeline asks)."""
 
     # --- the pipeline ---------------------------------------------------------------------
 
@@ -144,7 +150,7 @@ class ComponentSteps:
         host.check_control()
         slots = state.plan.slots_of(name)
         status = {s.slot_id: state.slots[s.slot_id].status for s in slots}
-        winner = next((s for s in slots if status[s.slot_id] in ("won", "merging")), None)
+        winner = next((s for s in slots if status[s.slot_id] in ("won", "merging", "merged")), None)
         if winner is None:
             await host.set_component_phase(name, "build")
             live = [s for s in slots if status[s.slot_id] in LIVE]
@@ -362,41 +368,36 @@ class ComponentSteps:
     # --- merge and preview ---------------------------------------------------------------------
 
     async def merge(self, slot: SlotPlan) -> None:
-        """Admit the slot through the gate; a rejection goes back to the team, then again."""
+        """Send the slot's merge request on the bus and act on the outcome.
+
+        The run's consumer (:meth:`handle_merge_request`) admits it through the gate. A rejection
+        goes back to the team with the findings, then the fix is requested again. A request still
+        pending from before a restart is sent again under its own id (the consumer merges it once).
+        """
         state, host, store = self.state, self.host, self.state.store
         name = slot.component
-        for pending in store.pending_merges(state.build_id):  # in flight when we went down
-            if pending.component != name:
-                continue
-            if name in await self.ports.gate.merged():
-                store.resolve_pending_merge(pending.id, "merged")
-                state.save_slot(slot.slot_id, status="merged")
-                await host.emit(MergeAccepted(component=name, slot=slot.slot_id, recovered=True))
-                return
-            store.resolve_pending_merge(pending.id, "abandoned")
         attempts = self.settings.max_merge_attempts
         for attempt in range(attempts):
-            await self.ensure_sandbox(slot)
-            record = state.slots[slot.slot_id]
-            pending = store.add_pending_merge(
-                state.build_id, name, {"slot": slot.slot_id, "sandbox_id": record.sandbox_id, "attempt": attempt}
-            )
-            state.save_slot(slot.slot_id, status="merging")
-            outcome = await self.with_respawn(
-                slot, lambda: self.ports.gate.admit(slot, state.slots[slot.slot_id].sandbox_id or "")
-            )
-            if outcome.accepted:
-                store.resolve_pending_merge(pending.id, "merged")
-                state.save_slot(slot.slot_id, status="merged")
-                await host.emit(MergeAccepted(component=name, slot=slot.slot_id, commit=outcome.commit))
-                await host.step()
+            if state.slots[slot.slot_id].status == "merged":  # the consumer finished a request from before a restart
                 return
-            store.resolve_pending_merge(pending.id, "rejected")
-            state.save_slot(slot.slot_id, status="built")
-            await host.emit(
-                MergeRejected(component=name, slot=slot.slot_id, reason=outcome.reason, findings=outcome.findings)
+            pending = next((p for p in store.pending_merges(state.build_id) if p.component == name), None)
+            if pending is None:
+                await self.ensure_sandbox(slot)
+                record = state.slots[slot.slot_id]
+                ref = {"slot": slot.slot_id, "sandbox_id": record.sandbox_id, "attempt": attempt}
+                pending = store.add_pending_merge(state.build_id, name, ref)
+                state.save_slot(slot.slot_id, status="merging")
+            request = MergeRequest(
+                component=name,
+                slot=slot.slot_id,
+                sandbox_id=state.slots[slot.slot_id].sandbox_id or "",
+                request_id=pending.id,
+                attempt=int(pending.ref.get("attempt", attempt)),
             )
+            outcome = await self._request_merge(request)
             await host.step()
+            if outcome.accepted:
+                return
             if attempt + 1 >= attempts:
                 break
             await host.set_component_phase(name, "build")
@@ -406,6 +407,75 @@ class ComponentSteps:
             await self.verify_slot(slot)
             await host.set_component_phase(name, "merge")
         raise BuildError(f"component {name}: merge rejected {attempts} times")
+
+    async def _request_merge(self, request: MergeRequest) -> MergeOutcome:
+        """Publish ``request`` and wait for the consumer's outcome of it (or of an earlier copy)."""
+        if (done := self._merge_outcomes.get(request.request_id)) is not None:
+            return done
+        waiter = self._merge_waiters.setdefault(request.request_id, asyncio.get_running_loop().create_future())
+        await self.ports.merges.send(request)
+        return await waiter
+
+    async def handle_merge_request(self, request: MergeRequest) -> None:
+        """The consumer of the ``merge`` channel: admit one request through the gate, exactly once.
+
+        The store's pending-merge row is the request's fate: a copy of a request already resolved is
+        skipped; a pending one whose component the gate already merged (the coordinator died after
+        the gate accepted it) is recorded as merged without a second admission. The outcome and its
+        event are persisted before the request is acknowledged (this handler returning), so a crash
+        in between only replays it into the first of those two cases.
+        """
+        state, store = self.state, self.state.store
+        assert state.plan is not None
+        pending = next((p for p in store.pending_merges(state.build_id) if p.id == request.request_id), None)
+        if pending is None or request.slot not in state.slots:  # resolved already (a copy), or not of this build
+            logger.info("build %s: merge request %d is resolved already", state.build_id, request.request_id)
+            return
+        slot = state.plan.slot(request.slot)
+        try:
+            if request.component in await self.ports.gate.merged():
+                outcome = MergeOutcome(accepted=True, reason="merged before the coordinator restarted")
+                recovered = True
+            else:
+                outcome = await self.with_respawn(
+                    slot, lambda: self.ports.gate.admit(slot, state.slots[slot.slot_id].sandbox_id or "")
+                )
+                recovered = False
+            await self._record_merge(request, outcome, recovered=recovered)
+        except Exception as exc:  # noqa: BLE001 - the waiting pipeline raises it (the build fails as before)
+            self._settle_merge(request.request_id, exc)
+            return
+        except BaseException as exc:  # cancelled (the request stays unacknowledged) or the process is going
+            self._settle_merge(request.request_id, exc)
+            raise
+        self._settle_merge(request.request_id, outcome)
+
+    async def _record_merge(self, request: MergeRequest, outcome: MergeOutcome, *, recovered: bool) -> None:
+        state, host, store = self.state, self.host, self.state.store
+        name = request.component
+        if outcome.accepted:
+            store.resolve_pending_merge(request.request_id, "merged")
+            state.save_slot(request.slot, status="merged")
+            commit = outcome.commit
+            event: RunEvent = MergeAccepted(component=name, slot=request.slot, commit=commit, recovered=recovered)
+        else:
+            store.resolve_pending_merge(request.request_id, "rejected")
+            state.save_slot(request.slot, status="built")
+            event = MergeRejected(component=name, slot=request.slot, reason=outcome.reason, findings=outcome.findings)
+        await host.emit(event)
+
+    def _settle_merge(self, request_id: int, result: MergeOutcome | BaseException) -> None:
+        waiter = self._merge_waiters.pop(request_id, None)
+        if isinstance(result, MergeOutcome):
+            self._merge_outcomes[request_id] = result
+        if waiter is None or waiter.done():
+            return
+        if isinstance(result, MergeOutcome):
+            waiter.set_result(result)
+        elif isinstance(result, asyncio.CancelledError):
+            waiter.cancel()
+        else:
+            waiter.set_exception(result)
 
     async def refresh_preview(self, name: str) -> None:
         state = self.state

@@ -85,15 +85,24 @@ class Progress(_Message):
 
 
 class MergeRequest(_Message):
-    """A sandbox asks the MergeGate to merge one component at a given commit."""
+    """A component's chosen candidate asks to be merged into main; the build's coordinator consumes it.
+
+    Sent on ``merge`` by the component's pipeline and consumed by the run's one consumer group
+    (``merge-gate``): a request left unacknowledged by a coordinator that died is delivered to its
+    next incarnation. A copy (re-sent on a resume) carries the same ``request_id`` and is merged once.
+    """
 
     type: Literal["merge_request"] = "merge_request"
-    component: str
+    component: str = Field(min_length=1)
     """Component of the intent contract being merged."""
+    slot: str = Field(min_length=1)
+    """The plan's slot holding the candidate (``web`` or ``web~polished``)."""
     sandbox_id: str
-    """Sandbox holding the candidate."""
-    ref: str
-    """Commit or ref in that sandbox's workspace."""
+    """Sandbox holding the candidate when the request was made."""
+    request_id: int = Field(ge=1)
+    """The store's pending-merge row of this admission: its identity across re-sends."""
+    attempt: int = Field(default=0, ge=0)
+    """Admission number of the component (a rejection's fix is admitted again)."""
 
 
 class Event(_Message):

@@ -276,6 +276,10 @@ class MergeGateCore:
                 **kw,
             )
 
+        if component in self.queue.merged and not (changed or links or deletes or refusals):
+            # the same candidate admitted again (a request re-sent by a restarted coordinator while
+            # the first admission was still running here): it is in main already, so no second commit
+            return await verdict(True, "already in main: nothing changed", commit=await self.repo.head())
         try:
             writes = await self._fetch(request, changed)
         except StaleRequestError as exc:

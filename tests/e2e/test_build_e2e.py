@@ -1,7 +1,8 @@
 """Whole builds of examples/intents/hello-calc.yaml: real Ray, real Redis, real local sandboxes, replay cassette.
 
 Through Control.submit to ``completed``; a SIGKILLed coordinator resumes and ends with the
-same main tree as an undisturbed run; a slot whose sandbox processes are killed is respawned
+same main tree as an undisturbed run, also when it dies with a merge request on the bus not yet
+acknowledged (merged once, after the restart); a slot whose sandbox processes are killed is respawned
 from its checkpoint; a cancel stored while the coordinator is down is honoured.
 """
 
@@ -151,6 +152,41 @@ async def test_a_sigkilled_coordinator_resumes_once_to_the_same_main_tree(
         # instead of killing the coordinator again while it came back.
         assert [k for _, k, _ in evs].count("coordinator.resumed") == 1
         assert build_id not in await runtime.control.restarts.remote()
+    finally:
+        await cleanup(build_id)
+
+
+async def test_a_coordinator_killed_with_a_merge_request_pending_merges_it_once_after_restart(
+    runtime: Runtime, bus: ContextBus, undisturbed: str
+) -> None:
+    build_id = await runtime.control.submit.remote(USER, {"example": "hello-calc"})
+    stream = bus.keys(build_id).stream("merge")
+    try:
+        await wait_for(lambda: seen(bus, build_id, "slot.building"), 60, "the team to start")
+        pid = await get_coordinator(build_id).pid.remote()
+        entries = await bus.redis.xread({stream: "0"}, block=120_000, count=1)
+        os.kill(pid, signal.SIGKILL)  # the gate's admission takes seconds: the request is not acknowledged yet
+        assert entries, "no merge request was sent"
+        request_id = entries[0][1][0][0]
+        group = next(g for g in await bus.redis.xinfo_groups(stream) if g["name"] in (b"merge-gate", "merge-gate"))
+        pending = await bus.redis.xpending_range(stream, "merge-gate", min="-", max="+", count=10)
+        assert request_id in [p["message_id"] for p in pending] or group["last-delivered-id"] < request_id
+
+        status = await final_status(runtime, build_id)
+        assert status["status"] == "completed", status
+        evs = await events(bus, build_id)
+        assert done_hash(evs) == undisturbed
+        kinds = [k for _, k, _ in evs]
+        resumed = kinds.index("coordinator.resumed")
+        commits = {d["commit"] for _, k, d in evs if k == "merge.accepted" and d.get("commit")}
+        assert len(commits) == 1, commits  # merged once: one commit in main, whatever was re-sent
+        assert "merge.accepted" in kinds[resumed:]  # the restarted coordinator took the request over
+        assert await bus.redis.xpending(stream, "merge-gate") == {
+            "pending": 0,
+            "min": None,
+            "max": None,
+            "consumers": [],
+        }
     finally:
         await cleanup(build_id)
 

@@ -259,7 +259,7 @@ async def test_trim_keeps_everything_a_group_still_needs(redis_server: ManagedRe
 def _merge(i: int):
     from coordinator.bus.models import MergeRequest
 
-    return MergeRequest(component=f"c{i}", sandbox_id="s", ref=str(i))
+    return MergeRequest(component=f"c{i}", slot=f"c{i}", sandbox_id="s", request_id=i + 1)
 
 
 CHILD = """

@@ -27,6 +27,7 @@ from coordinator.build.ports import (
 )
 from coordinator.build.run import BuildPorts, BuildRun
 from coordinator.bus.events import EventPayload, UnknownEvent, parse_event
+from coordinator.bus.models import MergeRequest
 from coordinator.clock import FakeClock
 from coordinator.contracts import IntentContract, parse_contract
 from coordinator.intent import CriterionResult, LockedContract, SatisfactionReport
@@ -93,6 +94,8 @@ class World:
         self.kill_during_team: set[str] = set()
         self.team_usd = 0.0
         self.seeded: dict[str, list[str]] = {}
+        self.merge_stream: list[MergeRequest] = []  # the bus's merge channel: it outlives a coordinator
+        self.merge_acked: set[int] = set()  # stream positions the consumer group acknowledged
 
 
 class FakeFleet:
@@ -225,6 +228,42 @@ class FakeGate:
         return hashlib.sha256(repr(sorted(self.w.main.items())).encode()).hexdigest()
 
 
+class FakeMerges:
+    """The ``merge`` channel with one consumer group: unacknowledged entries first, then new ones, in order."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+        self.new = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def send(self, request: MergeRequest) -> None:
+        self.w.merge_stream.append(request)
+        self.new.set()
+
+    async def start(self, handler: Any) -> None:
+        async def consume() -> None:
+            while True:
+                todo = [i for i in range(len(self.w.merge_stream)) if i not in self.w.merge_acked]
+                if not todo:
+                    self.new.clear()
+                    await self.new.wait()
+                    continue
+                await handler(self.w.merge_stream[todo[0]])  # raising (a crash): the entry stays unacknowledged
+                self.w.merge_acked.add(todo[0])
+
+        self.task = asyncio.get_running_loop().create_task(consume())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            except Crash:
+                pass  # the crash already reached the waiting pipeline
+
+
 class FakePreview:
     def __init__(self, world: World) -> None:
         self.w = world
@@ -296,6 +335,7 @@ class Harness:
             verify=FakeVerify(self.world),
             judge=FakeJudge(),
             gate=self.gate,
+            merges=FakeMerges(self.world),
             preview=FakePreview(self.world),
             satisfaction=FakeSatisfaction(self.world),
             events=events,
@@ -638,3 +678,51 @@ async def test_a_sandbox_whose_release_failed_is_logged_and_the_others_are_relea
     assert session.status is SessionStatus.CANCELLED
     assert list(h.world.sandboxes) == [db_sandbox]  # every other sandbox is released
     assert f"releasing sandbox {db_sandbox} of slot db failed" in caplog.text
+
+
+async def test_a_merge_request_left_unacknowledged_by_a_dead_coordinator_is_merged_once_after_restart(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    original = FakeGate.admit
+
+    async def die_in_the_first_api_admission(self: FakeGate, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
+        if slot.component == "api" and not getattr(h, "crashed", False):
+            h.crashed = True  # type: ignore[attr-defined]
+            raise Crash("coordinator killed while the gate admitted api")
+        return await original(self, slot, sandbox_id)
+
+    FakeGate.admit = die_in_the_first_api_admission  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Crash):
+            await h.run()
+        unacked = [r.component for i, r in enumerate(h.world.merge_stream) if i not in h.world.merge_acked]
+        assert unacked == ["api"]  # the request is still on the channel, handed out but not acknowledged
+        session = await h.run()
+    finally:
+        FakeGate.admit = original  # type: ignore[method-assign]
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert h.world.merged.count("api") == 1
+    assert len(h.world.merge_acked) == len(h.world.merge_stream)  # every request and its re-sent copy handled
+    api_requests = {r.request_id for r in h.world.merge_stream if r.component == "api"}
+    assert len(api_requests) == 1  # the restarted run re-sent the same request, not a new one
+    assert [d["component"] for d in h.kinds("merge.accepted")].count("api") == 1
+    assert h.store.pending_merges(session.id) == []
+
+
+async def test_every_merge_request_delivered_twice_still_merges_each_component_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    original = FakeMerges.send
+
+    async def at_least_once(self: FakeMerges, request: MergeRequest) -> None:
+        await original(self, request)
+        await original(self, request)  # the bus may deliver a copy (a batch re-sent after a broken connection)
+
+    FakeMerges.send = at_least_once  # type: ignore[method-assign]
+    try:
+        session = await h.run()
+    finally:
+        FakeMerges.send = original  # type: ignore[method-assign]
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert sorted(h.world.merged) == ["api", "db", "util", "web"]
+    assert len([e for e in h.world.log if e[0] == "admit"]) == 4

@@ -24,7 +24,7 @@ SAMPLES = [
     FileChange(path="old.py", sha256=None, sandbox_id="sbx-1"),
     ErrorReport(source="tsc", message="TS2304: cannot find name", file="a.ts", line=3),
     Progress(phase="build", message="compiling", fraction=0.5),
-    MergeRequest(component="auth", sandbox_id="sbx-2", ref="deadbeef"),
+    MergeRequest(component="auth", slot="auth~polished", sandbox_id="sbx-2", request_id=7, attempt=1),
     Event(kind="phase.started", data={"phase": 1, "names": ["a", "b"]}),
 ]
 

@@ -446,3 +446,14 @@ async def test_git_files_candidate_code_writes_in_the_sandbox_are_named_and_the_
     assert world.copy.resets == 0
     assert (await world.core.admit(world.request("api", {"api/server.py": b"v1"}))).accepted
     assert world.copy.resets == 1 and world.copy.stray == []
+
+
+async def test_the_same_candidate_admitted_twice_is_in_main_once_without_a_second_commit() -> None:
+    world = World()
+    files = {"db/schema.sql": b"create table t(x);"}
+    first = await world.core.admit(world.request("db", files))
+    again = await world.core.admit(world.request("db", files))  # a restarted coordinator's re-sent request
+    assert first.accepted and again.accepted, again.reason
+    assert again.commit == first.commit and again.changed == []
+    assert [c for _, c in world.repo.log] == ["db"]
+    assert world.core.merged() == ["db"]
