@@ -471,6 +471,31 @@ class VerifierReportEvent(EventPayload):
     """Error findings reported on the errors channel."""
 
 
+# --- where a component's time went (kriptik demo's overhead figure) --------------------------------
+
+
+class BusyReport(EventPayload):
+    """When a component's work was busy with real work: sandbox commands or model calls.
+
+    ``kriptik demo`` subtracts the union of a component's intervals from its pipeline time; what is
+    left is the pipeline's own overhead (actor hops and starts, seeding, waits, browser starts).
+    """
+
+    kind: Literal["busy.report"] = "busy.report"
+    component: str
+    """The component, as the reporter knows it: a tournament candidate's slot is ``{component}~{strategy}``,
+    its team ``{component}.{strategy}``."""
+    source: str
+    """``sandbox``: exec and install in the slot's sandbox; ``gate``: the merge gate's commands for the
+    component's merge; ``model``: the LLM calls of the slot's agents."""
+    slot: str = ""
+    """The slot the work was for (empty when the reporter does not know it)."""
+    intervals: list[tuple[float, float]]
+    """``(start, end)`` in seconds since the epoch (the reporter's clock), sorted and disjoint."""
+    seconds: float
+    """Their total length."""
+
+
 KnownEvent = Annotated[
     BuildPhase
     | BuildResumed
@@ -513,7 +538,8 @@ KnownEvent = Annotated[
     | BudgetWarning
     | BudgetExhausted
     | SwarmReportEvent
-    | VerifierReportEvent,
+    | VerifierReportEvent
+    | BusyReport,
     Field(discriminator="kind"),
 ]
 """Every kind this version emits, tagged on ``kind``."""
