@@ -8,13 +8,15 @@ of the event log has a typed payload in :mod:`.events`; its base models and
 :mod:`.connection` holds what publisher and subscriber share (config, client, backoff),
 :mod:`.codec` the wire format (msgpack, zstd over a threshold), :mod:`.scripts` the key layout
 and the Lua steps, and :mod:`.redis_server` the managed local ``redis-server`` used when
-``REDIS_URL`` is unset. See docs/bus.md.
+``REDIS_URL`` is unset. :mod:`.fanout` holds :class:`BusFanout`, one subscription per host and
+build that keeps the unified context live in memory and feeds in-process listeners. See docs/bus.md.
 """
 
 from coordinator.bus.codec import BusCodec
 from coordinator.bus.connection import REDIS_DOWN, BusConfig
 from coordinator.bus.context_bus import ContextBus
 from coordinator.bus.events import EVENT_TYPES, EventPayload, KnownEvent, RunEvent, UnknownEvent, parse_event
+from coordinator.bus.fanout import BusFanout, BusListenerOverflowError, Listener
 from coordinator.bus.models import (
     CHANNEL_OF,
     CHANNELS,
@@ -44,7 +46,9 @@ __all__ = [
     "REDIS_DOWN",
     "BusCodec",
     "BusConfig",
+    "BusFanout",
     "BusKeys",
+    "BusListenerOverflowError",
     "Channel",
     "ContextBus",
     "ContextUpdate",
@@ -59,6 +63,7 @@ __all__ = [
     "Handler",
     "KnownError",
     "KnownEvent",
+    "Listener",
     "ManagedRedis",
     "MergeRequest",
     "Message",
