@@ -5,8 +5,9 @@ from a config dict inside the actor (a replay config with cassette paths in test
 its sandbox only through the SandboxProxy handle it is given (``ProxySandbox``), and talks
 to the build through the context bus:
 
-- before every LLM turn it reads the build's unified context (``context_source``), so an
-  error any sandbox published is in its next system prompt;
+- before every LLM turn it reads the build's unified context (``context_source``) from its
+  node's ContextHub (:mod:`actors.hub`: the node's one subscriber of the build's bus, holding the
+  context live), so an error any sandbox published is in its next system prompt;
 - after every task it publishes a ``FileChange`` per file it changed and, when the run
   failed, an ``ErrorReport``; what the model ``publish``-es goes out at once as an
   ``ErrorReport`` (kind ``error``) or a ``ContextUpdate`` (``discovery``/``decision``).
@@ -33,10 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors import handles
 from actors.actor_args import validated_arg
 from actors.handles import RayActorError, agent_name
+from actors.hub import node_context
 from actors.pools.warm import Warm, WarmBound, aliased, bind_warm, forget_alias, named_actor
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.models import ContextUpdate, ErrorReport, FileChange
-from coordinator.team import agent_role, prompt_context
+from coordinator.team import agent_role
 from sandbox_agents.agent_loop import AgentLoop
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask, PublishedItem
 from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP
@@ -224,7 +226,8 @@ class AgentActor(WarmBound[AgentConfig]):
         return self._loop
 
     async def _context(self) -> Mapping[str, Any]:
-        return prompt_context(await self._bus.unified_context(self._bound().build_id))
+        cfg = self._bound()
+        return await node_context(cfg.build_id, cfg.redis_url, cfg.bus_prefix)
 
     @contextlib.asynccontextmanager
     async def _file_lock(self, path: str) -> AsyncIterator[None]:

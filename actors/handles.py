@@ -6,7 +6,8 @@ options of a named, detached or restartable actor, that look an actor up, and th
 The actor modules describe their own class (:func:`actor_class`) and call these; so does Serve.
 
 * **start** — :func:`start`: named in ``kriptik``; detached (it outlives its starter) unless
-  asked otherwise; ``get_if_exists`` for the singletons; custom ``resources`` for placement.
+  asked otherwise; ``get_if_exists`` for the singletons; custom ``resources`` or a ``node_id``
+  (hard node affinity: the per-node hubs) for placement; :func:`node_id`/:func:`node_ids` name the nodes.
   Restartable (``max_restarts=-1``) is a property of the class, given to :func:`actor_class`.
 * **get** — :func:`get` (``ValueError`` when there is none, as ``ray.get_actor``) and
   :func:`find` (``None`` instead).
@@ -26,7 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import ActorDiedError, RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ __all__ = [
     "MAIN_TEST_SID",
     "NAMESPACE",
     "PREVIEW_SID",
+    "ActorDiedError",
     "RayActorError",
     "RayError",
     "actor_class",
@@ -45,8 +48,11 @@ __all__ = [
     "find",
     "gate_name",
     "get",
+    "hub_name",
     "judge_name",
     "kill",
+    "node_id",
+    "node_ids",
     "preview_name",
     "proxy_name",
     "restart",
@@ -111,6 +117,11 @@ def preview_name(build_id: str) -> str:
     return f"build:{build_id}:preview"
 
 
+def hub_name(build_id: str, node: str) -> str:
+    """The ContextHub of a build on one node (its agents' bus subscriber): ``build:{id}:hub:{node}``."""
+    return f"build:{build_id}:hub:{node}"
+
+
 def warm_name(kind: str) -> str:
     """A generic name for a warm pooled actor of ``kind``: ``kriptik:{kind}:{uuid}`` (a name cannot change later)."""
     return f"kriptik:{kind}:{uuid.uuid4().hex[:12]}"
@@ -140,6 +151,7 @@ def start(
     detached: bool = True,
     get_if_exists: bool = False,
     resources: dict[str, float] | None = None,
+    node_id: str | None = None,
 ) -> Any:
     """Start an actor of ``cls`` (from :func:`actor_class`) named ``name`` in namespace ``kriptik``.
 
@@ -152,6 +164,7 @@ def start(
             named actor dies with its owner.
         get_if_exists: Answer the live actor of that name instead of refusing (the singletons).
         resources: Custom resources it needs (placement on a kind of host).
+        node_id: The node it must run on (hard affinity: it is not placed, nor restarted, elsewhere).
 
     Returns:
         The actor's handle (the constructor runs in the background).
@@ -163,6 +176,8 @@ def start(
         options["get_if_exists"] = True
     if resources:
         options["resources"] = resources
+    if node_id is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
     return cls.options(**options).remote(*args)
 
 
@@ -189,6 +204,16 @@ def find(name: str) -> Any | None:
 def current() -> Any:
     """The handle of the actor this code runs in (to hand itself to the actors it starts)."""
     return ray.get_runtime_context().current_actor
+
+
+def node_id() -> str:
+    """The id of the Ray node this code runs on (hex)."""
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def node_ids() -> list[str]:
+    """The ids of the cluster's live nodes."""
+    return [str(node["NodeID"]) for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
 
 
 # --- stop ----------------------------------------------------------------------------------------
