@@ -31,11 +31,12 @@ from actors import handles
 from actors.actor_args import validated_arg
 from actors.agent import AgentConfig, bind_agent, start_agent, stop_agent, stop_stray_agents
 from actors.handles import team_name
+from actors.hub import node_context, stop_build_hubs
 from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, bind_warm, forget_alias, named_actor, take_bound
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
 from coordinator.bus.models import ErrorReport, Event
-from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner, prompt_context
+from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, InstallRequest, InstallResult, SandboxSpec
 from sandbox_agents.errors import SandboxPathError, SandboxTimeoutError
@@ -299,7 +300,8 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
                 logger.warning("team %s: closing the bus failed: %r", self.config.sid, exc)
 
     async def _context(self) -> Mapping[str, Any]:
-        return prompt_context(await self._bus.unified_context(self._bound().build_id))
+        cfg = self._bound()
+        return await node_context(cfg.build_id, cfg.redis_url, cfg.bus_prefix)  # this node's hub holds it live
 
 
 SandboxTeam = handles.actor_class(SandboxTeamActor, restartable=False, max_concurrency=256)
@@ -365,11 +367,12 @@ async def stop_team(handle: Any, name: str | None = None) -> None:
 
 
 async def stop_build_teams(build_id: str) -> list[str]:
-    """Stop every pooled team of ``build_id`` still alive (with its agents); returns their build names.
+    """Stop every pooled team of ``build_id`` still alive (with its agents), then the build's hubs; returns the teams.
 
     A cold team is owned by its coordinator and dies with it; a pooled one is detached, so a
     restarted coordinator calls this first: a team of its previous incarnation must not go on
-    writing into a sandbox the new run restores or re-runs.
+    writing into a sandbox the new run restores or re-runs. The hubs (detached too) go after the
+    teams that read them; the next reader starts a fresh one, seeded.
     """
     stopped = []
     for name in aliased("team", f"build:{build_id}:team:"):
@@ -378,4 +381,5 @@ async def stop_build_teams(build_id: str) -> list[str]:
         except ValueError:  # dead already
             forget_alias("team", name)
         stopped.append(name)
+    await stop_build_hubs(build_id)
     return stopped
