@@ -22,6 +22,7 @@ from actors.actor_args import validated_arg
 from actors.build.adapters import RayFleet, RayGate, RayJudge, RaySwarms, RayTeams
 from actors.build.config import CoordinatorConfig, save_config
 from actors.handles import RayError, coordinator_name, gate_name, judge_name, preview_name
+from actors.hub import stop_build_hubs
 from actors.merge_gate import ui_checker
 from actors.pools.fleet import ControlWarmSource
 from actors.pools.proxies import ProxyPool
@@ -152,6 +153,10 @@ class BuildCoordinatorActor:
                 await self.bus.flush(timeout=5.0)
             except Exception as exc:  # noqa: BLE001 - the events not flushed are lost; the store has the outcome
                 logger.warning("build %s: flushing the bus failed: %r", self.build_id, exc)
+            try:  # the per-node hubs are detached: they go when the run that needed them ends
+                await stop_build_hubs(self.build_id)
+            except Exception as exc:  # noqa: BLE001 - a stray hub only reads; the next run's start stops it
+                logger.warning("build %s: stopping its hubs failed: %r", self.build_id, exc)
 
     def _running(self) -> bool:
         return self._task is not None and not self._task.done()
