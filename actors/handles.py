@@ -92,6 +92,14 @@ def agent_name(build_id: str, sid: str, index: int) -> str:
     return f"build:{build_id}:agent:{sid}:{index}"
 
 
+def agent_component(name: str) -> str | None:
+    """The component whose team the agent named ``name`` (:func:`agent_name`) belongs to; None for any other name."""
+    parts = name.split(":")
+    if len(parts) != 5 or parts[0] != "build" or parts[2] != "agent" or not parts[3]:
+        return None
+    return parts[3].split("~", 1)[0]  # a tournament candidate's slot is ``{component}~{strategy}``
+
+
 def team_name(build_id: str, sid: str) -> str:
     """The SandboxTeam of a sandbox: ``build:{id}:team:{sid}``."""
     return f"build:{build_id}:team:{sid}"

@@ -223,6 +223,9 @@ def interface_note(contract: IntentContract, component: Component) -> str:
         parts.append(
             f"Interface {component.name} provides (locked: dependents are built against it, keep to it exactly):\n"
             + component.provides.describe()
+            + f"\nIf it must change, `publish` a decision with key `interface.{component.name}` whose message is "
+            "the whole new interface as JSON (keys http, tables, modules, as above): its dependents are rebuilt "
+            "against it before they merge."
         )
     for used in component.uses:
         provider = contract.component(used)

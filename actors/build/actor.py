@@ -30,6 +30,7 @@ from actors.team import stop_build_teams
 from coordinator.budget import Budget, BudgetLedger
 from coordinator.build.adapters import (
     BusEvents,
+    BusInterfaces,
     BusMergeRequests,
     ProviderPlanner,
     SandboxSatisfaction,
@@ -111,6 +112,7 @@ class BuildCoordinatorActor:
             judge=RayJudge(cfg),
             gate=gate,
             merges=BusMergeRequests(self.bus, self.build_id),
+            interfaces=BusInterfaces(self.bus, self.build_id, handles.agent_component),
             preview=gate,
             satisfaction=SandboxSatisfaction(gate.main_sandbox, gate.main_urls, fleet.sandbox, ui_checker(Chromium())),
             events=events,

@@ -36,7 +36,7 @@ from actors.sandbox_proxy import forget_binding, start_proxy
 from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, target_json
 from actors.team import TeamConfig, get_team, launch_team, stop_team
 from coordinator.build.adapters import served
-from coordinator.build.ports import MergeOutcome, TeamOutcome
+from coordinator.build.ports import FixReason, MergeOutcome, TeamOutcome
 from coordinator.contracts import IntentContract
 from coordinator.judge import Decision, Evidence
 from coordinator.merge import is_junk
@@ -208,6 +208,12 @@ async def _agents_alive(team: Any, timeout_s: float = 10.0) -> bool:
     return all(answered)  # any agent that does not answer is dead for this run
 
 
+FIX_TITLES: dict[FixReason, str] = {
+    "merge": "Fix what the merge gate found in {component}",
+    "interface": "Adapt {component} to the new interfaces of the components it uses",
+}
+
+
 class RayTeams:
     """A SandboxTeam actor per slot run (owned by the coordinator, so it dies with it)."""
 
@@ -217,15 +223,17 @@ class RayTeams:
         self.swarms = swarms
         self.running: dict[str, Any] = {}
 
-    async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
+    async def run(
+        self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None, reason: FixReason = "merge"
+    ) -> TeamOutcome:
         await self.stop(slot.slot_id)
         work = slot.work()
         if self.config.parallel:  # its checks wait until its providers fed it their code
             work = work.model_copy(update={"providers": slot.depends_on})
         if feedback is not None:
             fix = TeamTask(
-                id=f"merge-fix-{attempt}",
-                title=f"Fix what the merge gate found in {slot.component}",
+                id=f"{reason}-fix-{attempt}",
+                title=FIX_TITLES[reason].format(component=slot.component),
                 instructions=feedback,
                 check_command=slot.check_command,
                 agent=0,

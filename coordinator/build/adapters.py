@@ -8,13 +8,14 @@ handles (:class:`~sandbox_agents.proxy_sandbox.ProxySandbox`), so they work on a
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from coordinator.build.notify import WebhookNotifier
-from coordinator.build.ports import MergeHandler, SlotVerification
+from coordinator.build.ports import MergeHandler, PublishedInterface, SlotVerification
 from coordinator.bus.context_bus import ContextBus
 from coordinator.bus.events import EventPayload
 from coordinator.bus.models import Envelope, Event, MergeRequest
@@ -87,6 +88,42 @@ class BusMergeRequests:
         if self._subscription is not None:
             subscription, self._subscription = self._subscription, None
             await subscription.stop()
+
+
+INTERFACE_KEY = "interface."
+"""Context key prefix of a published interface change: ``interface.{component}``."""
+
+
+class BusInterfaces:
+    """Interface changes as the build's agents published them: ``interface.{component}`` decisions
+    in the unified context (the latest per component).
+
+    Args:
+        component_of: The component whose team a publisher (sender name) belongs to, or None.
+    """
+
+    def __init__(self, bus: ContextBus, build_id: str, component_of: Callable[[str], str | None]) -> None:
+        self.bus = bus
+        self.build_id = build_id
+        self.component_of = component_of
+
+    async def published(self) -> list[PublishedInterface]:
+        unified = await self.bus.unified_context(self.build_id)
+        out = []
+        for key, entry in unified.context.items():
+            if not key.startswith(INTERFACE_KEY) or entry.kind != "decision":
+                continue
+            value = entry.value
+            text = value.get("message", "") if isinstance(value, dict) else value
+            out.append(
+                PublishedInterface(
+                    component=key[len(INTERFACE_KEY) :],
+                    text=text if isinstance(text, str) else json.dumps(text),
+                    by=entry.sender,
+                    by_component=self.component_of(entry.sender),
+                )
+            )
+        return out
 
 
 class SessionNotifier:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -148,10 +148,16 @@ class FleetPort(Protocol):
         ...
 
 
+FixReason = Literal["merge", "interface"]
+"""Why a built slot's team runs again: its merge was rejected, or an interface it uses changed."""
+
+
 class TeamsPort(Protocol):
-    async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
-        """Run the slot's team to the end. With ``feedback`` (a rejected merge), the team gets one
-        fix task ``merge-fix-{attempt}`` carrying it instead of the plan's tasks."""
+    async def run(
+        self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None, reason: FixReason = "merge"
+    ) -> TeamOutcome:
+        """Run the slot's team to the end. With ``feedback``, the team gets one fix task carrying it
+        instead of the plan's tasks: ``{reason}-fix-{attempt}`` (``merge-fix-1``, ``interface-fix-1``)."""
         ...
 
     async def stop(self, slot_id: str) -> None: ...
@@ -205,6 +211,26 @@ class MergeRequestsPort(Protocol):
         ...
 
 
+class PublishedInterface(BaseModel):
+    """An interface a component's agents published on the bus (the ``interface.{component}`` decision)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    component: str
+    text: str
+    """What was published, as published (the run parses it as JSON into an ``Interface``)."""
+    by: str = ""
+    """The publisher's name (an agent actor of the component's team, or someone else)."""
+    by_component: str | None = None
+    """The component whose team the publisher belongs to (None: not an agent of this build)."""
+
+
+class InterfacesPort(Protocol):
+    """Interface changes the build's agents published (latest per component)."""
+
+    async def published(self) -> list[PublishedInterface]: ...
+
+
 class PreviewPort(Protocol):
     async def refresh(self) -> str | None:
         """Serve main's code again after a merge; returns the preview URL (None if nothing serves)."""
@@ -245,6 +271,7 @@ class BuildPorts:
     judge: JudgePort
     gate: GatePort
     merges: MergeRequestsPort
+    interfaces: InterfacesPort
     preview: PreviewPort
     satisfaction: SatisfactionPort
     events: EventsPort

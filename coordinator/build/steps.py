@@ -15,11 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from pydantic import ValidationError
+
 from coordinator.build.ports import (
     BuildCancelledError,
     BuildPausedError,
     BuildPorts,
     BuildSettings,
+    FixReason,
     MergeOutcome,
     SlotVerification,
     TeamOutcome,
@@ -28,6 +31,7 @@ from coordinator.build.state import LIVE, BuildState
 from coordinator.bus.events import (
     BuildErrorEvent,
     ComponentFed,
+    InterfaceChanged,
     MergeAccepted,
     MergeRejected,
     PreviewRefreshed,
@@ -44,6 +48,7 @@ from coordinator.bus.events import (
     TournamentEliminated,
 )
 from coordinator.bus.models import MergeRequest
+from coordinator.contracts import Interface
 from coordinator.judge import Evidence
 from coordinator.plan import SlotPlan
 from coordinator.tournament import Tournament
@@ -126,6 +131,12 @@ class ComponentSteps:
         self._merge_waiters: dict[int, asyncio.Future[MergeOutcome]] = {}
         """Request id → the pipeline waiting for the consumer's outcome of that merge request."""
         self._merge_outcomes: dict[int, MergeOutcome] = {}
+        self._interfaces: dict[str, tuple[int, Interface]] = {}
+        """Provider → (version, interface) of the last change its agents published in this run."""
+        self._built_against: dict[str, dict[str, int]] = {}
+        """Slot → the interface versions known when its last team run started."""
+        self._fixes: dict[str, int] = {}
+        """Slot → fix runs given to its team (a rejected merge's, an interface change's): the fix task's number."""
         """Outcomes the consumer reached, by request id (one may come before its pipeline asks)."""
 
     # --- the pipeline ---------------------------------------------------------------------
@@ -170,6 +181,7 @@ class ComponentSteps:
             for dep in depends_on:  # merges keep dependency order
                 await state.merged[dep].wait()
             host.check_control()
+            await self.adapt_to_interface_changes(name, winner)
         await host.set_component_phase(name, "merge")
         await self.merge(winner)
         if self.settings.parallel:  # a rejected merge's fix changed what was fed: dependents get the merged code
@@ -212,6 +224,7 @@ class ComponentSteps:
         dependents = [c.name for c in state.locked.contract.components if name in c.depends_on]
         if not dependents:
             return
+        await self.note_interface_change(name, dependents)
         files = await self.ports.fleet.tree(winner.slot_id)
         if only_if_changed and self._fed.get(name) in (None, files):
             return
@@ -222,6 +235,78 @@ class ComponentSteps:
                 await self.ensure_sandbox(state.plan.slot(slot_id))
                 await self.ports.fleet.seed(slot_id, files)
             await host.emit(ComponentFed(component=dependent, provider=name, slots=slots, files=len(files)))
+
+    # --- interfaces changed mid-build -----------------------------------------------------------
+
+    async def note_interface_change(self, provider: str, dependents: list[str]) -> None:
+        """Take up a new interface ``provider``'s agents published (``interface.{provider}``), if any.
+
+        Only the provider's own agents may change its interface, and only to a valid ``Interface``;
+        anything else is reported (``build.error``, not fatal) and ignored. A change is announced
+        (``interface.changed``) and its dependents built before it adapt before they merge
+        (:meth:`adapt_to_interface_changes`).
+        """
+        state, host = self.state, self.host
+        assert state.locked is not None
+        published = [p for p in await self.ports.interfaces.published() if p.component == provider]
+        if not published:
+            return
+        item = published[-1]
+        if item.by_component != provider:
+            error = f"interface.{provider} published by {item.by or 'someone'} outside {provider}'s team: ignored"
+            await host.emit(BuildErrorEvent(component=provider, error=error, fatal=False))
+            return
+        try:
+            interface = Interface.model_validate_json(item.text)
+        except ValidationError as exc:
+            error = f"interface.{provider} is not a valid interface, ignored: {exc}"[:2000]
+            await host.emit(BuildErrorEvent(component=provider, error=error, fatal=False))
+            return
+        version, current = self._interfaces.get(provider, (0, state.locked.contract.component(provider).provides))
+        if interface == current:
+            return
+        self._interfaces[provider] = (version + 1, interface)
+        users = [d for d in dependents if provider in state.locked.contract.component(d).uses]
+        await host.emit(
+            InterfaceChanged(
+                component=provider,
+                interface=interface.model_dump(mode="json"),
+                version=version + 1,
+                by=item.by,
+                dependents=users,
+            )
+        )
+
+    async def adapt_to_interface_changes(self, name: str, winner: SlotPlan) -> None:
+        """Send ``name``'s chosen candidate back to its team if an interface it uses changed after it was built.
+
+        The team gets one fix task with the new interfaces; its check (the component's) runs again
+        against the providers' code fed since, then the candidate is verified again.
+        """
+        state, host = self.state, self.host
+        assert state.locked is not None
+        seen = self._built_against.get(winner.slot_id, {})
+        changed = [
+            (p, version, interface)
+            for p in state.locked.contract.component(name).uses
+            if p in self._interfaces
+            for version, interface in [self._interfaces[p]]
+            if version > seen.get(p, 0)
+        ]
+        if not changed:
+            return
+        feedback = "\n\n".join(
+            f"The interface of {p}, which {name} uses, changed while {name} was being built (version {v}). "
+            f"Build against it now:\n{interface.describe()}"
+            for p, v, interface in changed
+        )
+        feedback += "\n\nUpdate the code that uses it, then make sure the component's check passes."
+        await host.set_component_phase(name, "build")
+        self._fixes[winner.slot_id] = attempt = self._fixes.get(winner.slot_id, 0) + 1
+        if not await self.build_slot(winner, attempt=attempt, feedback=feedback, reason="interface"):
+            raise BuildError(f"component {name}: the team could not adapt to its providers' new interfaces")
+        await self.verify_slot(winner)
+        await host.set_component_phase(name, "merge")
 
     # --- sandboxes --------------------------------------------------------------------------
 
@@ -283,7 +368,9 @@ class ComponentSteps:
 
     # --- team, verification ------------------------------------------------------------------
 
-    async def build_slot(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> bool:
+    async def build_slot(
+        self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None, reason: FixReason = "merge"
+    ) -> bool:
         """Run the slot's team (seeding a dependent's fresh sandbox with main first); True when built."""
         state, host = self.state, self.host
         assert state.locked is not None
@@ -291,6 +378,7 @@ class ComponentSteps:
             return True
         await self.ensure_sandbox(slot)
         dependent = bool(state.locked.contract.component(slot.component).depends_on)
+        self._built_against[slot.slot_id] = {p: version for p, (version, _) in self._interfaces.items()}
 
         async def team() -> TeamOutcome:
             if state.slots[slot.slot_id].status == "ready" and dependent:
@@ -299,7 +387,7 @@ class ComponentSteps:
                 await host.emit(SlotSeeded(slot=slot.slot_id, files=len(files)))
             state.save_slot(slot.slot_id, status="building")
             await host.emit(SlotBuilding(slot=slot.slot_id, attempt=attempt))
-            return await self.ports.teams.run(slot, attempt=attempt, feedback=feedback)
+            return await self.ports.teams.run(slot, attempt=attempt, feedback=feedback, reason=reason)
 
         outcome = await self.with_respawn(slot, team)
         for role, model, usage in outcome.usage:
@@ -402,7 +490,8 @@ class ComponentSteps:
                 break
             await host.set_component_phase(name, "build")
             feedback = "\n".join([outcome.reason, *outcome.findings]).strip() or "the merge gate rejected the merge"
-            if not await self.build_slot(slot, attempt=attempt + 1, feedback=feedback):
+            self._fixes[slot.slot_id] = fix = self._fixes.get(slot.slot_id, 0) + 1
+            if not await self.build_slot(slot, attempt=fix, feedback=feedback):
                 raise BuildError(f"component {name}: the team could not fix the rejected merge")
             await self.verify_slot(slot)
             await host.set_component_phase(name, "merge")

@@ -215,6 +215,24 @@ class ComponentFed(RunEvent):
     files: int
 
 
+class InterfaceChanged(RunEvent):
+    """A provider's agents published a new version of its declared interface (``interface.{component}``).
+
+    Its dependents built before the change are sent back to their teams with it before they merge.
+    """
+
+    kind: Literal["interface.changed"] = "interface.changed"
+    component: str
+    interface: dict[str, Any]
+    """The new interface (a ``coordinator.contracts.Interface``, as JSON)."""
+    version: int
+    """1 for the first change of this component's interface in the build, then 2, …"""
+    by: str = ""
+    """Who published it (the agent actor)."""
+    dependents: list[str] = Field(default_factory=list)
+    """Components that use it and are rebuilt against it."""
+
+
 class SlotBuilding(RunEvent):
     kind: Literal["slot.building"] = "slot.building"
     slot: str
@@ -514,6 +532,7 @@ KnownEvent = Annotated[
     | SlotRestored
     | SlotSeeded
     | ComponentFed
+    | InterfaceChanged
     | SlotBuilding
     | SlotBuilt
     | SlotBlocked

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from coordinator.build.ports import (
     PAUSED_BUDGET,
     BuildSettings,
     MergeOutcome,
+    PublishedInterface,
     SlotVerification,
     TeamOutcome,
 )
@@ -96,6 +98,8 @@ class World:
         self.seeded: dict[str, list[str]] = {}
         self.merge_stream: list[MergeRequest] = []  # the bus's merge channel: it outlives a coordinator
         self.merge_acked: set[int] = set()  # stream positions the consumer group acknowledged
+        self.publish_interface: dict[tuple[str, int], PublishedInterface] = {}  # (component, team attempt) -> it
+        self.interfaces: dict[str, PublishedInterface] = {}  # interface.{component} decisions on the bus
 
 
 class FakeFleet:
@@ -156,8 +160,12 @@ class FakeTeams:
     def __init__(self, world: World) -> None:
         self.w = world
 
-    async def run(self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None) -> TeamOutcome:
-        self.w.log.append(("team", slot.slot_id, attempt, feedback))
+    async def run(
+        self, slot: SlotPlan, *, attempt: int = 0, feedback: str | None = None, reason: str = "merge"
+    ) -> TeamOutcome:
+        self.w.log.append(("team", slot.slot_id, attempt, feedback, reason))
+        if (published := self.w.publish_interface.get((slot.component, attempt))) is not None:
+            self.w.interfaces[slot.component] = published  # its agents publish it during this run
         if slot.slot_id in self.w.hold:
             await self.w.hold[slot.slot_id].wait()
         box = self.w.sandboxes[self.w.slot_sandbox[slot.slot_id]]
@@ -264,6 +272,14 @@ class FakeMerges:
                 pass  # the crash already reached the waiting pipeline
 
 
+class FakeInterfaces:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    async def published(self) -> list[PublishedInterface]:
+        return list(self.w.interfaces.values())
+
+
 class FakePreview:
     def __init__(self, world: World) -> None:
         self.w = world
@@ -336,6 +352,7 @@ class Harness:
             judge=FakeJudge(),
             gate=self.gate,
             merges=FakeMerges(self.world),
+            interfaces=FakeInterfaces(self.world),
             preview=FakePreview(self.world),
             satisfaction=FakeSatisfaction(self.world),
             events=events,
@@ -493,7 +510,7 @@ async def test_cancel_is_honoured_at_the_next_step_and_releases_everything(tmp_p
     task = asyncio.create_task(run.run())
     for _ in range(200):
         await asyncio.sleep(0)
-        if ("team", "db", 0, None) in h.world.log:
+        if ("team", "db", 0, None, "merge") in h.world.log:
             break
     run.request_cancel()
     h.world.hold["db"].set()
@@ -726,3 +743,60 @@ async def test_every_merge_request_delivered_twice_still_merges_each_component_o
     assert session.status is SessionStatus.COMPLETED, session.error
     assert sorted(h.world.merged) == ["api", "db", "util", "web"]
     assert len([e for e in h.world.log if e[0] == "admit"]) == 4
+
+
+ITEMS = {"http": [{"method": "GET", "path": "/api/items", "response": [{"id": 1}]}]}
+ITEMS_V2 = {"http": [{"method": "GET", "path": "/api/v2/items", "response": {"items": [{"id": 1}]}}]}
+
+
+def interface_contract() -> IntentContract:
+    """CONTRACT with api providing ITEMS, which web uses."""
+    data = CONTRACT.model_dump(mode="json")
+    for c in data["components"]:
+        if c["name"] == "api":
+            c["provides"] = ITEMS
+        if c["name"] == "web":
+            c["uses"] = ["api"]
+    return parse_contract(data)
+
+
+def interface_change(by: str, by_component: str | None, text: str = json.dumps(ITEMS_V2)) -> PublishedInterface:
+    return PublishedInterface(component="api", text=text, by=by, by_component=by_component)
+
+
+async def test_a_provider_changing_its_interface_in_a_fix_sends_its_built_dependent_back_before_it_merges(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, contract=interface_contract())
+    h.world.reject["api"] = 1  # api's fix run changes the interface
+    h.world.publish_interface[("api", 1)] = interface_change("build:b:agent:api:0", "api")
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    [changed] = h.kinds("interface.changed")
+    assert changed["component"] == "api" and changed["version"] == 1 and changed["dependents"] == ["web"]
+    assert changed["interface"]["http"][0]["path"] == "/api/v2/items"
+    winner = h.kinds("tournament.decision")[0]["winner"]
+    fixes = [e for e in h.world.log if e[0] == "team" and e[4] == "interface"]
+    assert [(e[1], e[2]) for e in fixes] == [(winner, 1)]
+    assert "/api/v2/items" in fixes[0][3]
+    assert index(h.world.log, "team", winner, 1) < index(h.world.log, "admit", winner)
+    assert not [e for e in h.world.log if e[0] == "team" and e[4] == "interface" and e[1] != winner]
+
+
+async def test_an_interface_unchanged_or_published_outside_the_providers_team_sends_no_one_back(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, contract=interface_contract())
+    h.world.interfaces["api"] = interface_change("build:b:agent:web~polished:0", "web")
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert h.kinds("interface.changed") == []
+    assert any("outside api's team" in e["error"] for e in h.kinds("build.error"))
+    assert not [e for e in h.world.log if e[0] == "team" and e[4] == "interface"]
+
+    h2 = Harness(tmp_path / "2", contract=interface_contract())
+    h2.world.interfaces["api"] = interface_change("build:b:agent:api:0", "api", json.dumps(ITEMS))  # the same
+    h2.world.publish_interface[("db", 0)] = interface_change("build:b:agent:api:1", "api", "{not json")
+    assert (await h2.run()).status is SessionStatus.COMPLETED
+    assert h2.kinds("interface.changed") == []
+    assert not [e for e in h2.world.log if e[0] == "team" and e[4] == "interface"]
