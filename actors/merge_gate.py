@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors import handles
 from actors.actor_args import validated_arg
 from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
-from actors.handles import MAIN_TEST_SID, gate_name
+from actors.handles import MAIN_TEST_SID, RayError, gate_name
 from actors.pools.proxies import get_proxy, release, start_owned_sandbox
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.events import EventPayload
+from coordinator.bus.events import BusyReport, EventPayload
 from coordinator.bus.models import ErrorReport, Event
 from coordinator.contracts import IntentContract, UiStep, parse_contract
 from coordinator.intent import UiChecker, UiStepError
@@ -46,6 +47,7 @@ from coordinator.merge import (
     sandbox_satisfy,
 )
 from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.busy import rounded
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.verifiers import (
@@ -331,7 +333,36 @@ class MergeGateActor:
 
     async def admit(self, request: MergeRequest | dict[str, Any]) -> MergeResult:
         """Merge a slot's component when its turn comes, only if the swarm and criteria pass."""
-        return await (await self._ready()).admit(validated_arg(MergeRequest, request, "request"))
+        checked = validated_arg(MergeRequest, request, "request")
+        result = await (await self._ready()).admit(checked)
+        await self._report_gate_time(checked, result)
+        return result
+
+    async def _report_gate_time(self, request: MergeRequest, result: MergeResult) -> None:
+        """``busy.report`` (source ``gate``): when commands ran in the main-test sandbox during this attempt.
+
+        Attempts run one at a time and the attempt's own duration bounds the window, so the
+        commands of a merge queued behind another are not counted twice.
+        """
+        if self._bus is None or self._proxy is None:
+            return
+        try:
+            intervals = await self._proxy.busy.remote(time.time() - result.duration_s)
+        except RayError as exc:  # the proxy restarted or is gone: a lost figure, not a failed merge
+            logger.info("gate %s: no busy intervals of the main-test sandbox: %s", self.config.build_id, exc)
+            return
+        seconds = round(sum(end - start for start, end in intervals), 3)
+        event = BusyReport(
+            component=request.component,
+            source="gate",
+            slot=request.slot,
+            intervals=rounded(intervals),
+            seconds=seconds,
+        )
+        try:
+            await self._bus.publish(self.config.build_id, Event.of(event))
+        except Exception as exc:  # noqa: BLE001 - the merge's outcome stands; only a figure is lost
+            logger.warning("gate %s: publishing the busy report failed: %r", self.config.build_id, exc)
 
     async def head(self) -> str:
         return await (await self._ready()).head()

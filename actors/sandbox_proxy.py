@@ -33,6 +33,7 @@ from sandbox_agents.backends.base import (
 )
 from sandbox_agents.backends.config import BackendConfig
 from sandbox_agents.backends.factory import make_backend
+from sandbox_agents.busy import BusyIntervals, Interval
 from sandbox_agents.errors import ConfigError, InvalidInputError, SandboxError
 from sandbox_agents.exec_channel import ExecChannelServer, channel_path
 from sandbox_agents.sandbox_session import Metering, SandboxEvent, SandboxSession
@@ -72,6 +73,8 @@ class SandboxProxyActor:
             self._binding = self._binding_file.load()
         self.restarted = self._binding is not None
         self._channel: ExecChannelServer | None = None
+        self._busy = BusyIntervals()
+        """When commands (exec, install) ran in the sandbox: what a build's overhead figure leaves out."""
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -200,6 +203,13 @@ class SandboxProxyActor:
         start = max(0, after - skipped)
         return self._event_count, list(self._events)[start:]
 
+    async def busy(self, after: float = 0.0) -> list[Interval]:
+        """When at least one command (exec, install) ran in this proxy's sandboxes, from ``after`` on.
+
+        Wall-clock ``(start, end)`` intervals, sorted and disjoint (this incarnation's only).
+        """
+        return self._busy.intervals(after)
+
     async def metering(self) -> Metering:
         await self._sandbox()
         return self._session.metering()
@@ -225,7 +235,8 @@ class SandboxProxyActor:
     ) -> ExecResult:
         sandbox = self._session.sandbox or await self._sandbox()
         self._session.count_exec()
-        return await sandbox.exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+        with self._busy.busy():
+            return await sandbox.exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
 
     async def exec_stream(
         self,
@@ -237,8 +248,9 @@ class SandboxProxyActor:
         """Call with ``.options(num_returns="streaming")``: yields chunks as output comes."""
         sandbox = await self._sandbox()
         self._session.count_exec()
-        async for chunk in sandbox.exec_stream(command, cwd=cwd, env=env, timeout=timeout):
-            yield chunk
+        with self._busy.busy():
+            async for chunk in sandbox.exec_stream(command, cwd=cwd, env=env, timeout=timeout):
+                yield chunk
 
     async def write_file(self, path: str, data: bytes | str, mode: int | None = None) -> None:
         await (await self._sandbox()).write_file(path, data, mode=mode)
@@ -266,7 +278,8 @@ class SandboxProxyActor:
         """The install phase for one manifest (``Sandbox.install``); bad input is an InvalidInputError."""
         checked = validated_arg(InstallRequest, request, "request")
         await self._sandbox()
-        return await self._session.install(checked)
+        with self._busy.busy():
+            return await self._session.install(checked)
 
     async def keepalive(self) -> None:
         await (await self._sandbox()).keepalive()

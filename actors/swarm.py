@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors import handles
 from actors.actor_args import validated_arg
 from actors.actor_state import StateFile
-from actors.handles import swarm_name
+from actors.handles import RayError, swarm_name
 from actors.pools.proxies import get_proxy
 from actors.pools.warm import Warm, WarmBound, WarmSource, bind_warm, forget_alias, named_actor, take_bound
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.events import SwarmReportEvent, VerifierReportEvent
+from coordinator.bus.events import BusyReport, SwarmReportEvent, VerifierReportEvent
 from coordinator.bus.models import ErrorReport, Event
 from sandbox_agents.backends.base import SandboxSpec
+from sandbox_agents.busy import rounded
 from sandbox_agents.proxy_sandbox import ProxySandbox
 from sandbox_agents.verifiers import (
     Chromium,
@@ -173,8 +174,32 @@ class SwarmActor(WarmBound[SwarmConfig]):
         if messages:
             await self._bus.publish_many(cfg.build_id, messages)
 
+    async def _report_sandbox_time(self) -> None:
+        """``busy.report`` (source ``sandbox``): when commands ran in the slot's sandbox, all its life so far.
+
+        Sent when the swarm is stopped, which is when its slot's team stops (the slot is released,
+        or its team runs again): by then every command of the slot's team, checks and swarm ran.
+        """
+        if self._bus is None or self.config is None:
+            return
+        cfg = self.config
+        try:
+            intervals = await self._proxy_handle().busy.remote()
+        except (RayError, ValueError) as exc:  # the proxy is gone: nothing to report
+            logger.info("swarm %s: no busy intervals of its sandbox: %s", cfg.name, exc)
+            return
+        seconds = round(sum(end - start for start, end in intervals), 3)
+        event = BusyReport(
+            component=cfg.sid, source="sandbox", slot=cfg.sid, intervals=rounded(intervals), seconds=seconds
+        )
+        await self._bus.publish(cfg.build_id, Event.of(event))
+
     async def close(self) -> None:
-        """Close Chromium and the bus and forget the saved binding (before the actor is killed)."""
+        """Report the sandbox's busy time, close Chromium and the bus, forget the saved binding (before the kill)."""
+        try:
+            await self._report_sandbox_time()
+        except Exception as exc:  # noqa: BLE001 - a lost report costs only a figure; closing goes on
+            logger.warning("swarm %s: reporting the sandbox's busy time failed: %r", self._name, exc)
         if self._name is not None:
             _binding_file(self._name).remove()
         try:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentStatus, AgentTask
 from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP, build_system_prompt, task_message
+from sandbox_agents.busy import BusyIntervals, rounded
 from sandbox_agents.errors import LLMError
 from sandbox_agents.llm.base import (
     AssistantTurn,
@@ -72,6 +74,7 @@ class AgentLoop:
         model: Override of the provider's model (tournament strategies).
         temperature: Sampling temperature of every request (tournament strategies); None keeps the provider's.
         workdir: The sandbox's workspace root, for the prompt.
+        clock: The wall clock the model's busy intervals are read on.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class AgentLoop:
         model: str | None = None,
         temperature: float | None = None,
         workdir: str = "/workspace",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.provider = provider
         self.tools = tools
@@ -96,6 +100,7 @@ class AgentLoop:
         self.model = model
         self.temperature = temperature
         self.workdir = workdir
+        self.clock = clock
         self._last_context: Mapping[str, Any] = {}
 
     async def run(self, task: AgentTask) -> AgentOutcome:
@@ -120,6 +125,7 @@ class AgentLoop:
         error: str | None = None
         last_call: tuple[str, str] | None = None
         repeats = 0
+        waiting = BusyIntervals(self.clock)
 
         while True:
             if turn >= limits.max_steps:
@@ -141,7 +147,8 @@ class AgentLoop:
                 temperature=self.temperature,
             )
             try:
-                reply = await self.provider.complete(request)
+                with waiting.busy():
+                    reply = await self.provider.complete(request)
             except asyncio.CancelledError:
                 raise
             except LLMError as exc:
@@ -192,6 +199,7 @@ class AgentLoop:
             tool_calls=tool_calls,
             exec_count=self.tools.exec_count,
             error=error,
+            model_busy=rounded(waiting.intervals()),
         )
 
     async def _read_context(self) -> Mapping[str, Any]:

@@ -98,6 +98,8 @@ class AgentOutcome(BaseModel):
     exec_count: int = 0
     error: str | None = None
     """Why the run failed or stopped early (LLM error text, stuck call, exhausted limit)."""
+    model_busy: list[tuple[float, float]] = Field(default_factory=list)
+    """When the run waited on the model: wall-clock ``(start, end)`` of its requests, sorted and disjoint."""
 
     @property
     def ok(self) -> bool:

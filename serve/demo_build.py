@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,6 +28,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from sandbox_agents.busy import Interval, covered, union
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class DemoOptions:
     api_port: int = 8000
     home: Path | None = None
     timeout_s: float = 600.0
+    breakdown: bool = False
+    """Add ``breakdown`` to the summary: where each component's time went (:func:`pipeline_breakdown`)."""
 
 
 @dataclass
@@ -249,6 +254,10 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
             "events": sum(progress.kinds.values()),
             **pipeline_figures(progress.timeline),
         }
+        breakdown = pipeline_breakdown(progress.timeline)
+        logger.info("where each component's time went:\n%s", format_breakdown(breakdown))
+        if options.breakdown:
+            summary["breakdown"] = breakdown
         if status.get("error"):
             summary["error"] = status["error"]
         if status["status"] == "completed":
@@ -277,33 +286,133 @@ def _feed(progress: EventProgress, message: Any, ts: float = 0.0) -> None:
         progress.timeline.append((ts, message.kind, dict(message.data)))
 
 
-def pipeline_figures(timeline: list[tuple[float, str, dict[str, Any]]]) -> dict[str, float | None]:
-    """How parallel the build phase was, from the event log's publish times.
+def _component_of(name: str) -> str:
+    """The component a slot (``frontend~minimal``) or a candidate's team (``frontend.minimal``) belongs to."""
+    return re.split(r"[~.]", name, maxsplit=1)[0]
 
-    A component's pipeline runs from its first team start (``slot.building`` of any of its slots)
-    to its ``component.phase`` ``done`` (merged, previewed, released). ``build_phase_s`` runs from
-    the first team start to the last accepted merge; ``sum_component_s`` adds every component's
-    pipeline; ``parallelism`` is their ratio (1.0: one component at a time).
-    """
+
+def component_spans(timeline: list[tuple[float, str, dict[str, Any]]]) -> dict[str, tuple[float, float]]:
+    """Each component's pipeline: from its first team start (``slot.building`` of any of its slots) to
+    its ``component.phase`` ``done`` (merged, previewed, released); components that did not end are left out."""
     started: dict[str, float] = {}
     ended: dict[str, float] = {}
-    merges = [ts for ts, kind, _ in timeline if kind == "merge.accepted"]
     for ts, kind, data in timeline:
         if kind == "slot.building":
-            component = str(data.get("slot", "")).split("~", 1)[0]
-            started.setdefault(component, ts)
+            started.setdefault(_component_of(str(data.get("slot", ""))), ts)
         elif kind == "component.phase" and data.get("phase") == "done":
             ended[str(data.get("component"))] = ts
-    spans = [ended[c] - started[c] for c in started if c in ended]
+    return {c: (started[c], ended[c]) for c in started if c in ended}
+
+
+def busy_intervals(timeline: list[tuple[float, str, dict[str, Any]]]) -> dict[str, list[Interval]]:
+    """Per component, when its real work ran (``busy.report``: sandbox commands, the gate's, model calls)."""
+    busy: dict[str, list[Interval]] = {}
+    for _, kind, data in timeline:
+        if kind == "busy.report":
+            intervals = [(float(a), float(b)) for a, b in data.get("intervals", [])]
+            busy.setdefault(_component_of(str(data.get("component", ""))), []).extend(intervals)
+    return {c: union(i) for c, i in busy.items()}
+
+
+def pipeline_figures(timeline: list[tuple[float, str, dict[str, Any]]]) -> dict[str, float | None]:
+    """How parallel the build phase was, and how much of each component's pipeline was overhead.
+
+    A component's pipeline runs from its first team start to its ``component.phase`` ``done``
+    (:func:`component_spans`). ``build_phase_s`` runs from the first team start to the last accepted
+    merge; ``sum_component_s`` adds every component's pipeline; ``parallelism`` is their ratio (1.0:
+    one component at a time). ``per_component_overhead_s`` is the mean over components of the
+    pipeline time in which none of its real work ran: no command in its slots' sandboxes (exec,
+    install), none of the merge gate's commands for its merge, no model call of its agents
+    (``busy.report``). What is left is actor starts and hops, seeding and copying files, waiting
+    on other components, dev servers coming up, browsers and polling.
+    """
+    spans = component_spans(timeline)
+    merges = [ts for ts, kind, _ in timeline if kind == "merge.accepted"]
     if not spans or not merges:
-        return {"build_phase_s": None, "sum_component_s": None, "parallelism": None}
-    phase = max(merges) - min(started.values())
-    total = sum(spans)
+        return {"build_phase_s": None, "sum_component_s": None, "parallelism": None, "per_component_overhead_s": None}
+    phase = max(merges) - min(start for start, _ in spans.values())
+    total = sum(end - start for start, end in spans.values())
+    busy = busy_intervals(timeline)
+    overheads = [(end - start) - covered(busy.get(c, []), start, end) for c, (start, end) in spans.items()]
     return {
         "build_phase_s": round(phase, 2),
         "sum_component_s": round(total, 2),
         "parallelism": round(total / phase, 2) if phase > 0 else None,
+        "per_component_overhead_s": round(sum(overheads) / len(overheads), 2),
     }
+
+
+_MILESTONES = frozenset(
+    {
+        "slot.building",
+        "team.started",
+        "team.check",
+        "slot.built",
+        "component.phase",
+        "swarm.report",
+        "slot.verified",
+        "component.fed",
+        "judge.decision",
+        "tournament.eliminated",
+        "merge.queued",
+        "merge.accepted",
+        "merge.rejected",
+        "preview.refreshed",
+    }
+)
+"""Events that mark a step of a component's pipeline in :func:`pipeline_breakdown`."""
+
+
+def _milestone(kind: str, data: dict[str, Any]) -> tuple[str, str] | None:
+    """``(component, label)`` when the event marks a step of a component's pipeline."""
+    if kind not in _MILESTONES:
+        return None
+    if kind == "component.fed":  # a step of the provider, whose code was copied
+        return str(data.get("provider", "")), f"fed {data.get('component')}"
+    if kind in ("merge.accepted", "merge.rejected") and "changed" not in data:
+        return None  # the run's echo of the gate's verdict
+    who = str(data.get("slot") or data.get("sid") or data.get("component") or "")
+    label = kind + (f" {data['phase']}" if kind == "component.phase" else "")
+    return _component_of(who), label + (f" ({who})" if "~" in who or "." in who else "")
+
+
+def pipeline_breakdown(timeline: list[tuple[float, str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Where each component's time went: the steps between its milestones, each with its busy share.
+
+    Each step runs from one milestone event of the component to the next (a team start, a check,
+    a verdict, a merge…) and says how long it took (``s``), how much of that its real work covered
+    (``busy_s``: commands in its sandboxes or the gate's, model calls) and the rest (``overhead_s``).
+    """
+    spans = component_spans(timeline)
+    busy = busy_intervals(timeline)
+    marks: dict[str, list[tuple[float, str]]] = {c: [] for c in spans}
+    for ts, kind, data in timeline:
+        found = _milestone(kind, data)
+        if found is not None and found[0] in spans and spans[found[0]][0] <= ts <= spans[found[0]][1]:
+            marks[found[0]].append((ts, found[1]))
+    steps: dict[str, list[dict[str, Any]]] = {}
+    for component, points in marks.items():
+        points.sort()
+        rows = []
+        for (t0, a), (t1, b) in zip(points, points[1:], strict=False):
+            worked = covered(busy.get(component, []), t0, t1)
+            step = {"step": f"{a} → {b}", "s": round(t1 - t0, 2), "busy_s": round(worked, 2)}
+            rows.append({**step, "overhead_s": round(t1 - t0 - worked, 2)})
+        steps[component] = rows
+    return steps
+
+
+def format_breakdown(breakdown: dict[str, list[dict[str, Any]]]) -> str:
+    """The breakdown as plain text, one line per step, the longest overheads easy to spot."""
+    lines = []
+    for component, rows in breakdown.items():
+        total = sum(r["s"] for r in rows)
+        overhead = sum(r["overhead_s"] for r in rows)
+        lines.append(f"{component}: {total:.2f} s, overhead {overhead:.2f} s")
+        lines += [
+            f"  {r['s']:6.2f} s  busy {r['busy_s']:5.2f}  overhead {r['overhead_s']:5.2f}  {r['step']}" for r in rows
+        ]
+    return "\n".join(lines)
 
 
 async def _main_commit(build_id: str) -> str | None:

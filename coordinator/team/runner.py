@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from coordinator.bus.events import (
+    BusyReport,
     EventPayload,
     TaskBlocked,
     TaskDone,
@@ -78,6 +80,7 @@ from coordinator.team.models import (
     topological,
 )
 from sandbox_agents.backends.base import ExecResult
+from sandbox_agents.busy import BusyIntervals, Interval, rounded, union
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.llm.metered import LLMCharge
 
@@ -107,6 +110,7 @@ class TeamRunner:
         events: Receives the team's events and error reports.
         context: Reads the build's unified context (at start, and for hand-offs).
         locks: The sandbox's per-file lock service; released for an agent after each of its attempts.
+        clock: The wall clock of the re-planner's busy intervals.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class TeamRunner:
         events: TeamEvents,
         context: ContextReader | None = None,
         locks: FileLockService | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if len(agents) != work.agents:
             raise InvalidInputError(
@@ -135,6 +140,9 @@ class TeamRunner:
         self._settled: dict[str, asyncio.Event] = {t.id: asyncio.Event() for t in work.tasks}
         self._changes: dict[str, str] = {}
         self._replaced: set[str] = set()
+        self._model_busy: list[Interval] = []
+        """When the agents (from their outcomes) and the re-planner waited on the model."""
+        self._replanning = BusyIntervals(clock)
         self.report = TeamReport(component=work.component, ready=False)
 
     async def run(self) -> TeamReport:
@@ -150,6 +158,7 @@ class TeamRunner:
         )
         queues = assign(self.work)
         await asyncio.gather(*(self._work_queue(n, queue) for n, queue in enumerate(queues)))
+        await self._report_model_time()  # every model call of the run is behind us (the checks ask none)
         report = self.report
         if not report.blocked:
             report.check = await self._component_check()
@@ -203,7 +212,9 @@ class TeamRunner:
             raise _Failed(failure)
         await self._escalated(task, 3, failure, task.id + REPLAN_SUFFIX)
         try:
-            replacements = self._checked_replacements(await self.planner.replan(task, _cap(failure)))
+            with self._replanning.busy():
+                replan = await self.planner.replan(task, _cap(failure))
+            replacements = self._checked_replacements(replan)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a planner miss or a bad plan leaves level 4
@@ -229,6 +240,7 @@ class TeamRunner:
             finally:
                 self.locks.release_all(agent.name)
         if outcome is not None:
+            self._model_busy += outcome.model_busy
             if outcome.usage.total_tokens or outcome.usage.cost_usd:
                 model = outcome.model or "unknown"
                 self.report.usage.append(LLMCharge(role=outcome.role or agent.name, model=model, usage=outcome.usage))
@@ -293,6 +305,14 @@ class TeamRunner:
                 next=next_attempt,
                 reason=_cap(failure, 1500),
             )
+        )
+
+    async def _report_model_time(self) -> None:
+        """``busy.report`` (source ``model``): when this run's agents and re-planner waited on the model."""
+        intervals = union([*self._model_busy, *self._replanning.intervals()])
+        seconds = round(sum(end - start for start, end in intervals), 3)
+        await self._emit(
+            BusyReport(component=self.work.component, source="model", intervals=rounded(intervals), seconds=seconds)
         )
 
     async def _component_check(self) -> ExecResult | None:

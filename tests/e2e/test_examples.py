@@ -154,6 +154,14 @@ async def test_todo_fullstack_completes_and_the_polished_candidate_wins(
         assert b"<h1>Todos</h1>" in tree["web/index.html"] and b"innerHTML" not in tree["web/index.html"]
         done = [d for k, d in evs if k == "build.done"][-1]
         assert done["preview_url"], done
+
+        # Where the time went: the commands of every slot's sandbox, of the gate for every merge, and
+        # the model calls of every team (kriptik demo subtracts them from each component's pipeline).
+        busy = {(d["source"], d["component"]) for k, d in evs if k == "busy.report"}
+        slots = {"database", "backend", "frontend~minimal", "frontend~polished"}
+        assert {("sandbox", s) for s in slots} <= busy, busy
+        assert {("gate", c) for c in ("database", "backend", "frontend")} <= busy, busy
+        assert {("model", s.replace("~", ".")) for s in slots} <= busy, busy
     finally:
         await cleanup(build_id)
 

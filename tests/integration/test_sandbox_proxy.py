@@ -55,6 +55,18 @@ async def test_proxy_runs_the_sandbox_operations(proxy) -> None:  # type: ignore
     assert [e.kind for e in events][:2] == ["created", "snapshot"]
 
 
+async def test_the_proxy_tells_when_commands_ran_in_its_sandbox(proxy) -> None:  # type: ignore[no-untyped-def]
+    await proxy.create.remote(SandboxSpec(tags={"build": "t-proxy"}))
+    await proxy.write_file.remote("a.txt", "file writes are no commands\n")
+    assert await proxy.busy.remote() == []
+    before = time.time()
+    await asyncio.gather(proxy.exec.remote("sleep 0.3"), proxy.exec.remote("sleep 0.2"))
+    [(start, end)] = await proxy.busy.remote()  # two commands at once: one interval
+    assert before <= start and end - start >= 0.3
+    await proxy.exec.remote("true")
+    assert len(await proxy.busy.remote()) == 2 and await proxy.busy.remote(end) == (await proxy.busy.remote())[1:]
+
+
 async def test_the_install_phase_runs_through_the_proxy_and_is_recorded(proxy) -> None:  # type: ignore[no-untyped-def]
     # A manifest with no dependency: npm runs in the installer sandbox and reaches no registry.
     await proxy.create.remote(SandboxSpec(profile="node", tags={"build": "t-proxy"}))

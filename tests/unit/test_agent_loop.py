@@ -283,3 +283,20 @@ def test_context_is_capped_with_a_marker() -> None:
 def test_prompt_without_context() -> None:
     prompt = build_system_prompt(ROLE, TASK, None)
     assert "(nothing shared yet)" in prompt and "Write app.py" in prompt
+
+
+async def test_the_outcome_says_when_the_run_waited_on_the_model(tools: AgentTools) -> None:
+    now = [50.0]
+
+    def answer(request: LLMRequest) -> AssistantTurn:
+        now[0] += 2.0  # the model takes 2 s; the tool call after it 1 s
+        return final_turn() if request.key.turn else tool_turn("write_file", path="a.py", content="a = 1\n")
+
+    class Timed(AgentTools):
+        async def call(self, call: ToolCall) -> Any:
+            now[0] += 1.0
+            return await super().call(call)
+
+    timed = Timed(tools.sandbox, publish=None)
+    outcome = await loop(ScriptedProvider(answer), timed, clock=lambda: now[0]).run(TASK)
+    assert outcome.model_busy == [(50.0, 52.0), (53.0, 55.0)]

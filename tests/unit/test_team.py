@@ -472,3 +472,21 @@ async def test_every_team_event_is_a_known_kind_naming_its_component() -> None:
     assert {d["component"] for _, d in events.events} == {"calc"}
     [escalated] = [p for p in payloads if isinstance(p, TaskEscalated)]
     assert escalated.level == 1 and escalated.next == "a#retry1"
+
+
+async def test_the_team_reports_when_its_agents_waited_on_the_model_once_every_task_ran() -> None:
+    world = World()
+    runner, agents, events, _ = team([task("a"), task("b")], world, agents=2)
+    busy = {"a": [(10.0, 12.0)], "b": [(11.0, 13.0), (20.0, 21.0)]}
+    for agent in agents:
+        run = agent.run_task
+
+        async def timed(t: AgentTask, run: Any = run) -> AgentOutcome:
+            return (await run(t)).model_copy(update={"model_busy": busy[t.id]})
+
+        agent.run_task = timed  # type: ignore[method-assign]
+    await runner.run()
+    assert events.of("busy.report") == [
+        {"component": "calc", "source": "model", "intervals": [[10.0, 13.0], [20.0, 21.0]], "seconds": 4.0}
+    ]
+    assert events.kinds().index("busy.report") < events.kinds().index("team.check")
