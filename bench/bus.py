@@ -6,6 +6,9 @@ prints one JSON object as its last line:
 * ``fanout_p50_ms`` / ``fanout_p99_ms`` — one publisher, ``--subscribers`` consumer groups
   each in its own process; latency from the publish call (the timestamp in the message) to
   the handler being called, over every (message, subscriber) pair;
+* ``fanout_hub_p50_ms`` / ``fanout_hub_p99_ms`` — the per-host subscriber: one process, one
+  consumer group (a ``BusFanout``) feeding ``--subscribers`` in-process listeners; latency from
+  the publish call to each listener getting the envelope, over every (message, listener) pair;
 * ``throughput_eps`` — messages/s through ``ContextBus.publish_many`` (models in, encoding
   and the unified-context path included), batches of ``--batch``;
 * ``fanout_floor_p50_ms`` / ``fanout_floor_p99_ms`` — the same fan-out through plain
@@ -27,9 +30,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from coordinator.bus import BusConfig, ContextBus, Envelope, Progress
+from coordinator.bus import BusConfig, BusFanout, ContextBus, Envelope, Listener, Progress
 from coordinator.bus.redis_server import ManagedRedis
 
 logger = logging.getLogger("bench.bus")
@@ -66,6 +69,44 @@ async def _subscriber(url: str, build_id: str, group: str, expect: int, warmup: 
     out.write_text(json.dumps({"lat": latencies, "cpu_ms": (cpu[-1] - cpu[0]) * 1000 / expect}))
 
 
+async def _hub_subscriber(
+    url: str, build_id: str, group: str, consumers: int, expect: int, warmup: int, out: Path
+) -> None:
+    """Child process: one consumer group through a BusFanout, ``consumers`` in-process listeners.
+
+    Each listener records publish→listener latency of ``expect`` messages after ``warmup``; the
+    CPU figure is the whole process's per message (one subscription and every listener).
+    """
+    bus = ContextBus(url, BusConfig(prefix="bench"))
+    fanout = await BusFanout(bus, build_id, group=group, channels=["progress"]).start()
+    cpu: list[float] = []
+
+    async def consume(listener: Listener, first: bool) -> list[float]:
+        latencies: list[float] = []
+        seen = 0
+        async for env in listener:
+            seen += 1
+            if seen <= warmup:
+                if seen == warmup and first:
+                    cpu.append(time.process_time())
+                continue
+            latencies.append((time.time() - env.ts) * 1000)
+            if len(latencies) >= expect:
+                break
+        return latencies
+
+    listeners = [fanout.listen(name=f"c{i}") for i in range(consumers)]
+    readers = [asyncio.create_task(consume(listener, i == 0)) for i, listener in enumerate(listeners)]
+    out.with_suffix(".ready").touch()
+    results = await asyncio.wait_for(asyncio.gather(*readers), 120)
+    cpu.append(time.process_time())
+    overflowed = sum(listener.overflowed for listener in listeners)
+    await fanout.stop(forget=True)
+    await bus.aclose()
+    lat = [x for r in results for x in r]
+    out.write_text(json.dumps({"lat": lat, "cpu_ms": (cpu[-1] - cpu[0]) * 1000 / expect, "overflowed": overflowed}))
+
+
 def _raw_subscriber(url: str, expect: int, warmup: int, out: Path) -> None:
     """Child process: the floor — plain redis-py ``XREAD BLOCK``, no groups, no acks.
 
@@ -75,7 +116,10 @@ def _raw_subscriber(url: str, expect: int, warmup: int, out: Path) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    last: bytes | str = "$"
+    # Where the stream ends now, not "$": a message published between "ready" and the first XREAD
+    # would be missed with "$", and the subscriber would wait for it until the run times out.
+    newest: Any = client.xrevrange("bench:raw-fanout", count=1)
+    last: bytes | str = newest[0][0] if newest else "0-0"
     latencies: list[float] = []
     cpu: list[float] = []
     seen = 0
@@ -111,20 +155,28 @@ async def _redis_cpu_s(bus: ContextBus) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def fanout(
-    url: str, work: Path, subscribers: int, messages: int, interval_s: float, warmup: int, *, raw: bool = False
-) -> dict[str, float]:
-    """Publish ``warmup`` + ``messages`` one by one to ``subscribers`` groups in other processes.
+Mode = Literal["raw", "bus", "hub"]
 
-    With ``raw``, the same bodies through plain XADD / XREAD BLOCK: the floor this machine allows.
-    Both modes use the same process count, payload, warm-up and pacing (sleep after each publish).
+
+async def fanout(
+    url: str, work: Path, subscribers: int, messages: int, interval_s: float, warmup: int, *, mode: Mode = "bus"
+) -> dict[str, float]:
+    """Publish ``warmup`` + ``messages`` one by one to ``subscribers`` consumers.
+
+    ``bus``: a consumer group per consumer, each in its own process. ``hub``: one process, one
+    group (a BusFanout), the consumers its in-process listeners. ``raw``: the same bodies through
+    plain XADD / XREAD BLOCK in ``subscribers`` processes, the floor this machine allows. Every mode
+    uses the same payload, warm-up and pacing (sleep after each publish).
     """
-    build_id, tag = "fanout", "raw" if raw else "bus"
-    outs = [work / f"{tag}{i}.json" for i in range(subscribers)]
+    raw = mode == "raw"
+    build_id = "fanout-hub" if mode == "hub" else "fanout"
+    outs = [work / f"{mode}{i}.json" for i in range(1 if mode == "hub" else subscribers)]
     procs = []
     for i, out in enumerate(outs):
         if raw:
             args = ["--raw-subscriber", url, str(messages), str(warmup)]
+        elif mode == "hub":
+            args = ["--hub-subscriber", url, build_id, "hub", str(subscribers), str(messages), str(warmup)]
         else:
             args = ["--subscriber", url, build_id, f"g{i}", str(messages), str(warmup)]
         procs.append(
@@ -159,8 +211,10 @@ async def fanout(
             except subprocess.TimeoutExpired:
                 proc.kill()
     results = [json.loads(out.read_text()) for out in outs]
+    if any(r.get("overflowed") for r in results):
+        raise RuntimeError("a hub listener fell behind and was cut off: its figures would be incomplete")
     samples = sorted(x for r in results for x in r["lat"])
-    prefix = "fanout_floor" if raw else "fanout"
+    prefix = {"raw": "fanout_floor", "bus": "fanout", "hub": "fanout_hub"}[mode]
     return {
         f"{prefix}_p50_ms": round(statistics.median(samples), 3),
         f"{prefix}_p99_ms": round(samples[math.ceil(len(samples) * 0.99) - 1], 3),
@@ -215,10 +269,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         async with ManagedRedis(Path(tmp) / "redis") as server:
             result: dict[str, float] = {"subscribers": args.subscribers}
             work, n, m, dt, w = Path(tmp), args.subscribers, args.messages, args.interval, args.warmup
-            if not args.no_floor:  # floor first, then ours: both right after a fresh server start
-                result |= await fanout(server.url, work, n, m, dt, w, raw=True)
+            if not args.no_floor:  # floor first, then ours: all right after a fresh server start
+                result |= await fanout(server.url, work, n, m, dt, w, mode="raw")
             if not args.no_bus:
-                result |= await fanout(server.url, work, n, m, dt, w)
+                result |= await fanout(server.url, work, n, m, dt, w, mode="bus")
+            if not args.no_hub:
+                result |= await fanout(server.url, work, n, m, dt, w, mode="hub")
             if not args.no_throughput:
                 result |= await throughput(server.url, args.total, args.batch, args.rounds)
             return result
@@ -235,11 +291,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=20, help="fan-out messages sent first and not counted")
     parser.add_argument("--no-floor", action="store_true", help="skip the raw XREAD fan-out floor")
-    parser.add_argument("--no-bus", action="store_true", help="skip the bus fan-out (floor only)")
+    parser.add_argument("--no-bus", action="store_true", help="skip the bus fan-out to subscriber processes")
+    parser.add_argument("--no-hub", action="store_true", help="skip the per-host (one process) fan-out")
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput rounds")
     parser.add_argument("--raw-subscriber", nargs=4, metavar=("URL", "N", "WARMUP", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--subscriber", nargs=6, metavar=("URL", "BUILD", "GROUP", "N", "WARMUP", "OUT"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--hub-subscriber",
+        nargs=7,
+        metavar=("URL", "BUILD", "GROUP", "CONSUMERS", "N", "WARMUP", "OUT"),
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -250,6 +313,10 @@ def main() -> None:
     if args.subscriber:
         url, build_id, group, n, warmup, out = args.subscriber
         asyncio.run(_subscriber(url, build_id, group, int(n), int(warmup), Path(out)))
+        return
+    if args.hub_subscriber:
+        url, build_id, group, consumers, n, warmup, out = args.hub_subscriber
+        asyncio.run(_hub_subscriber(url, build_id, group, int(consumers), int(n), int(warmup), Path(out)))
         return
     result = asyncio.run(run(args))
     if args.json:
