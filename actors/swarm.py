@@ -118,6 +118,19 @@ class SwarmActor(WarmBound[SwarmConfig]):
             _binding_file(self._name).save(SwarmBinding(config=self._bound()))
         return name
 
+    async def warm(self) -> bool:
+        """Start the browser now, so a swarm from a warm pool does not pay for it in a build; True if it runs.
+
+        A browser that cannot start here (no Chromium, not root) is left to the first visual check,
+        which reports why.
+        """
+        try:
+            await self._chromium.browser()
+        except Exception as exc:  # noqa: BLE001 - the visual verifier tries again and reports the failure
+            logger.warning("swarm %s: the browser did not start while warm: %r", self._name, exc)
+            return False
+        return True
+
     def _proxy_handle(self) -> Any:
         if self._proxy is None:
             cfg = self._bound()
@@ -227,6 +240,11 @@ def start_swarm(config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:
 def start_warm_swarm(name: str) -> Any:
     """Start an unbound, detached Swarm called ``name`` (``kriptik:swarm:{uuid}``) for a warm pool."""
     return handles.start(Swarm, name, None, None, name)
+
+
+async def warm_swarm(handle: Any) -> bool:
+    """A warm pool's readiness check of a new swarm: it answers and its browser runs (:meth:`SwarmActor.warm`)."""
+    return bool(await handle.warm.remote())
 
 
 async def bind_swarm(warm: Warm, config: SwarmConfig | dict[str, Any], proxy: Any) -> Any:

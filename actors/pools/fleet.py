@@ -4,9 +4,10 @@ The Control actor owns one :class:`FleetPools`, fills it in the background when 
 hands warm actors to every build's coordinator through ``Control.take_warm``; each pool refills
 itself as actors are taken, one actor start at a time across all the pools (a refill must not
 starve the builds running meanwhile: on 2 cores, seven concurrent starts delayed a crashed
-coordinator's restart from about 2.5 s to 5 s). A coordinator reaches it through :class:`ControlWarmSource`, which
-answers "none" when there is no Control (or it does not answer quickly), so a build then starts
-its actors cold, as before. Warm actors are detached (they must outlive the Control incarnation
+coordinator's restart from about 2.5 s to 5 s). A warm swarm has its browser started too. A
+coordinator (and a build's gate and preview, for their sandboxes' proxies) reaches the pools through
+:class:`~actors.pools.warm.ControlWarmSource` (re-exported here), which answers "none" when there is
+no Control (or it does not answer quickly), so a build then starts its actors cold, as before. Warm actors are detached (they must outlive the Control incarnation
 that started them, and a bound one belongs to its build); the pools' warm lists are saved under
 ``KRIPTIK_HOME/pools/`` so a restarted Control adopts them instead of leaking them.
 """
@@ -14,20 +15,18 @@ that started them, and a bound one belongs to its build); the pools' warm lists 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors import handles
 from actors.agent import start_warm_agent
 from actors.pools.proxies import ProxyPool
-from actors.pools.warm import KINDS, Warm, WarmPool
-from actors.swarm import start_warm_swarm, stop_swarm
+from actors.pools.warm import KINDS, ControlWarmSource, Warm, WarmPool
+from actors.swarm import start_warm_swarm, stop_swarm, warm_swarm
 from actors.team import start_warm_team, stop_team
 from sandbox_agents.errors import InvalidInputError
 
-logger = logging.getLogger(__name__)
+__all__ = ["ControlWarmSource", "FleetPoolConfig", "FleetPools"]
 
 
 class FleetPoolConfig(BaseModel):
@@ -44,7 +43,10 @@ class FleetPoolConfig(BaseModel):
     agents: int = Field(default=4, ge=0, le=256)
     """Agent actors (3–5 per slot)."""
     swarms: int = Field(default=1, ge=0, le=64)
-    """Verification Swarm actors (one per slot)."""
+    """Verification Swarm actors (one per slot), each with its browser started."""
+    refill: bool = True
+    """Top the pools up as builds take from them; False fills them once (``kriptik demo``: one build,
+    which refills would only slow down)."""
 
     def size(self, kind: str) -> int:
         return {"proxy": self.proxies, "team": self.teams, "agent": self.agents, "swarm": self.swarms}[kind]
@@ -73,13 +75,13 @@ class FleetPools:
         cfg = self.config
         self.pace = asyncio.Semaphore(1)
         """Every pool's background refill starts one actor at a time, all pools together."""
-        self.proxies = ProxyPool(backend, size=cfg.proxies, standby=cfg.standby, persist=persist, pace=self.pace)
-        common: dict[str, Any] = {"persist": persist, "pace": self.pace}
+        common: dict[str, Any] = {"persist": persist, "pace": self.pace, "refill": cfg.refill}
+        self.proxies = ProxyPool(backend, size=cfg.proxies, standby=cfg.standby, **common)
         self.pools: dict[str, WarmPool] = {
             "proxy": self.proxies.warm,
             "team": WarmPool("team", start_warm_team, size=cfg.teams, stop=_stop_team, **common),
             "agent": WarmPool("agent", start_warm_agent, size=cfg.agents, **common),
-            "swarm": WarmPool("swarm", start_warm_swarm, size=cfg.swarms, stop=_stop_swarm, **common),
+            "swarm": WarmPool("swarm", start_warm_swarm, size=cfg.swarms, ready=warm_swarm, stop=_stop_swarm, **common),
         }
 
     async def fill(self) -> None:
@@ -111,30 +113,3 @@ class FleetPools:
 def _same_backend(a: dict[str, Any], b: dict[str, Any]) -> bool:
     strip = {"standby"}
     return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
-
-
-class ControlWarmSource:
-    """A coordinator's way to the Control actor's pools; an empty answer means "start it cold".
-
-    Args:
-        backend: The build's backend (warm proxies of another backend are not handed out).
-        timeout_s: How long a take may wait for Control before the build goes cold.
-    """
-
-    def __init__(self, backend: dict[str, Any], *, timeout_s: float = 5.0) -> None:
-        self.backend = dict(backend)
-        self.timeout_s = timeout_s
-        self._control: Any = None
-
-    async def take(self, kind: str, count: int = 1) -> list[Warm]:
-        if count <= 0:
-            return []
-        try:
-            if self._control is None:
-                self._control = handles.get(handles.CONTROL_NAME)
-            taken = await asyncio.wait_for(self._control.take_warm.remote(kind, count, self.backend), self.timeout_s)
-            return [(str(name), handle) for name, handle in taken]
-        except Exception:  # noqa: BLE001 - no Control, or it is busy or restarting: cold actors do the job
-            self._control = None
-            logger.debug("no warm %s from control; starting cold", kind, exc_info=True)
-            return []

@@ -17,7 +17,7 @@ from typing import Any
 
 from actors import handles
 from actors.handles import proxy_name
-from actors.pools.warm import Warm, WarmPool, WarmSource, forget_alias, named_actor, set_alias, take_bound
+from actors.pools.warm import Warm, WarmPool, WarmSource, forget_alias, named_actor, resolve, set_alias, take_bound
 from actors.sandbox_proxy import forget_binding, start_proxy
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
@@ -37,20 +37,34 @@ def get_proxy(build_id: str, sid: str) -> Any:
 
 
 async def start_owned_sandbox(
-    build_id: str, sid: str, backend: dict[str, Any], spec: SandboxSpec, *, heartbeat_s: float
+    build_id: str,
+    sid: str,
+    backend: dict[str, Any],
+    spec: SandboxSpec,
+    *,
+    heartbeat_s: float,
+    source: WarmSource | None = None,
 ) -> tuple[str, Any, str]:
-    """Start the proxy ``build:{id}:sbx:{sid}``, create its sandbox and keep it alive while the build is.
+    """A proxy known as ``build:{id}:sbx:{sid}`` with a new sandbox, kept alive while the build is.
 
-    For an actor that owns one sandbox of its own (the merge gate's main-test, the preview).
+    For an actor that owns one sandbox of its own (the merge gate's main-test, the preview). The
+    proxy comes warm from ``source`` when it has one (no actor start in the build), else it is
+    started cold under that name; either way :func:`find_proxy` finds it by that name.
 
     Returns:
-        The proxy's name, its handle and the sandbox's id.
+        The proxy's build name, its handle and the sandbox's id.
     """
-    name = proxy_name(build_id, sid)
-    handle = start_proxy(name, backend, heartbeat_s=heartbeat_s)
-    sandbox_id = await handle.create.remote(spec, build_id, sid)
+    handle = await acquire_proxy(source, backend, build_id, sid, spec, component=sid, heartbeat_s=heartbeat_s)
     await handle.set_active.remote(True)
-    return name, handle, sandbox_id
+    return proxy_name(build_id, sid), handle, await handle.sandbox_id.remote()
+
+
+def find_proxy(name: str) -> Any | None:
+    """The proxy known as ``name`` (a build name ``build:{id}:sbx:{sid}``, pooled or cold), or None."""
+    try:
+        return named_actor("proxy", name)
+    except ValueError:
+        return None
 
 
 async def bind_proxy(warm: Warm, build_id: str, sid: str, spec: SandboxSpec, *, component: str | None = None) -> Any:
@@ -94,6 +108,8 @@ class ProxyPool:
         standby: started sandboxes each warm proxy keeps (local backend).
         heartbeat_s: the proxies' TTL heartbeat while their build is active.
         persist: keep the warm names on disk so a restarted owner adopts them (the Control actor).
+        pace: shared with other pools: their background refills start one actor at a time.
+        refill: top the pool up after takes (:class:`~actors.pools.warm.WarmPool`).
     """
 
     def __init__(
@@ -105,6 +121,7 @@ class ProxyPool:
         heartbeat_s: float = 30.0,
         persist: bool = False,
         pace: asyncio.Semaphore | None = None,
+        refill: bool = True,
     ) -> None:
         if size < 0 or standby < 0:
             raise InvalidInputError("pool size and standby must be >= 0", field="size")
@@ -120,6 +137,7 @@ class ProxyPool:
             stop=lambda handle, name: release(handle, name),
             persist=persist,
             pace=pace,
+            refill=refill,
         )
 
     async def fill(self) -> None:
@@ -146,7 +164,8 @@ async def release(handle: Any, name: str | None = None) -> None:
     A terminate that fails is logged with the proxy's name (:func:`actors.handles.stop`): the
     sandbox may then outlive its proxy until its TTL, and the log line is how it is found.
     """
+    actor = resolve("proxy", name) if name else None  # a pooled proxy's binding is kept under its own name
     await handles.stop(handle, handle.terminate.remote, handle.close_backend.remote, name=name)
-    if name:
-        forget_binding(name)
+    if name and actor:
+        forget_binding(actor)
         forget_alias("proxy", name)

@@ -155,6 +155,33 @@ async def take_bound(source: WarmSource | None, kind: str, bind: Callable[[Warm]
     return None
 
 
+class ControlWarmSource:
+    """A build's way to the Control actor's pools; an empty answer means "start it cold".
+
+    Args:
+        backend: The build's backend (warm proxies of another backend are not handed out).
+        timeout_s: How long a take may wait for Control before the build goes cold.
+    """
+
+    def __init__(self, backend: dict[str, Any], *, timeout_s: float = 5.0) -> None:
+        self.backend = dict(backend)
+        self.timeout_s = timeout_s
+        self._control: Any = None
+
+    async def take(self, kind: str, count: int = 1) -> list[Warm]:
+        if count <= 0:
+            return []
+        try:
+            if self._control is None:
+                self._control = handles.get(handles.CONTROL_NAME)
+            taken = await asyncio.wait_for(self._control.take_warm.remote(kind, count, self.backend), self.timeout_s)
+            return [(str(name), handle) for name, handle in taken]
+        except Exception:  # noqa: BLE001 - no Control, or it is busy or restarting: cold actors do the job
+            self._control = None
+            logger.debug("no warm %s from control; starting cold", kind, exc_info=True)
+            return []
+
+
 def aliased(kind: str, prefix: str) -> list[str]:
     """The build names of ``kind`` starting with ``prefix`` that have an alias (e.g. a slot's agents)."""
     stem = file_stem(prefix)
@@ -204,6 +231,8 @@ class WarmPool:
             ``Semaphore(1)`` refill one actor at a time between them, so a refill never takes
             every core from the builds running meanwhile (a coordinator coming back after a
             crash starts its own worker then). The first :meth:`fill` is not paced.
+        refill: Top the pool up after takes. False fills it once: for one build (``kriptik demo``),
+            where replacing what the build took would only compete with the build for the cores.
     """
 
     def __init__(
@@ -217,6 +246,7 @@ class WarmPool:
         persist: bool = False,
         refill_delay_s: float = 1.0,
         pace: asyncio.Semaphore | None = None,
+        refill: bool = True,
     ) -> None:
         if size < 0:
             raise InvalidInputError(f"{kind} pool size must be >= 0", field="size")
@@ -232,6 +262,7 @@ class WarmPool:
         self._closed = False
         self._refill_delay_s = refill_delay_s
         self._pace = pace
+        self._refills = refill
 
     def __len__(self) -> int:
         return len(self._warm)
@@ -316,8 +347,8 @@ class WarmPool:
         self._save()
 
     def refill_soon(self) -> None:
-        """Top the pool up in the background (one fill at a time)."""
-        if self._closed:
+        """Top the pool up in the background (one fill at a time; never when the pool does not refill)."""
+        if self._closed or not self._refills:
             return
         if self._filling is None or self._filling.done():
             self._filling = asyncio.get_running_loop().create_task(self._refill())
