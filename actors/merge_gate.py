@@ -13,6 +13,7 @@ where it was; a merge cut short is rolled back and must be submitted again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -30,6 +31,7 @@ from actors.actor_args import validated_arg
 from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
 from actors.handles import MAIN_TEST_SID, RayError, gate_name
 from actors.pools.proxies import get_proxy, release, start_owned_sandbox
+from actors.pools.warm import ControlWarmSource
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import BusyReport, EventPayload
 from coordinator.bus.models import ErrorReport, Event
@@ -86,6 +88,8 @@ class GateConfig(BaseModel):
     swarm_must_pass: bool = True
     """False: swarm errors are reported but only failing criteria reject."""
     heartbeat_s: float = Field(default=30.0, gt=0)
+    warm_pools: bool = True
+    """Take the main-test sandbox's proxy from the Control actor's warm pools (cold when it has none)."""
 
 
 def default_spec(contract: IntentContract, build_id: str, role: str) -> SandboxSpec:
@@ -255,6 +259,7 @@ class MergeGateActor:
             else None
         )
         self._chromium = Chromium()
+        self._browser: asyncio.Task[None] | None = None
         self._proxy: Any = None
         self._state: SandboxOwnerState | None = None
         self._core: MergeGateCore | None = None
@@ -264,7 +269,7 @@ class MergeGateActor:
     async def _wire(self, state: SandboxOwnerState) -> MergeGateCore:
         cfg = self.config
         if self._proxy is None:
-            self._proxy = handles.get(state.proxy)
+            self._proxy = get_proxy(cfg.build_id, MAIN_TEST_SID)
         sandbox = MainTestSandbox(ProxySandbox(self._proxy, state.sandbox_id, state.spec))
         swarm = VerificationSwarm(default_verifiers(self._chromium), timeout_s=cfg.swarm_timeout_s)
 
@@ -286,7 +291,16 @@ class MergeGateActor:
         self._state = state  # before start(): a restarted gate renews its sandbox there
         await core.start()
         self._core = core
+        if _shows_pages(contract) and self._browser is None:
+            self._browser = asyncio.get_running_loop().create_task(self._start_browser())
         return core
+
+    async def _start_browser(self) -> None:
+        """Start Chromium while the build's teams work, so the first merge with a page does not wait for it."""
+        try:
+            await self._chromium.browser()
+        except Exception as exc:  # noqa: BLE001 - the first check that needs it starts it again and reports why
+            logger.warning("gate %s: the browser did not start ahead of the merges: %r", self.config.build_id, exc)
 
     async def _renew(self) -> ProxySandbox:
         """A brand-new main-test sandbox from the same proxy (the old one ends, and every process in it)."""
@@ -320,8 +334,9 @@ class MergeGateActor:
         contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
         cfg = self.config
         spec = cfg.spec or default_spec(contract, cfg.build_id, MAIN_TEST_SID)
+        source = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
         name, self._proxy, sandbox_id = await start_owned_sandbox(
-            cfg.build_id, MAIN_TEST_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s
+            cfg.build_id, MAIN_TEST_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s, source=source
         )
         state = SandboxOwnerState(
             contract=contract.model_dump(mode="json"), proxy=name, sandbox_id=sandbox_id, spec=spec
@@ -392,12 +407,16 @@ class MergeGateActor:
             state = None
         if state is not None:
             try:
-                await release(self._proxy or handles.get(state.proxy), state.proxy)
+                await release(self._proxy or get_proxy(build_id, MAIN_TEST_SID), state.proxy)
             except ValueError:  # its proxy is gone already; the sandbox ends with its TTL
                 logger.warning("gate %s: proxy %s of sandbox %s is gone", build_id, state.proxy, state.sandbox_id)
         self._state_file.remove()
         HostGitRepo(repo_dir(build_id)).destroy()
         self._core = self._state = self._proxy = None
+        if self._browser is not None:
+            self._browser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # the start logs its own failure
+                await self._browser
         try:
             await self._chromium.close()
         except Exception as exc:  # noqa: BLE001 - the gate is killed next, and Chromium with it
@@ -407,6 +426,13 @@ class MergeGateActor:
                 await self._bus.aclose(flush_timeout=2.0)
             except Exception as exc:  # noqa: BLE001 - what the bus still held is lost
                 logger.warning("gate %s: closing the bus failed: %r", build_id, exc)
+
+
+def _shows_pages(contract: IntentContract) -> bool:
+    """Whether merges of the contract load pages in Chromium (a frontend's visual check, UI criteria)."""
+    return any(c.kind == "frontend" for c in contract.components) or any(
+        c.type == "ui" for c in contract.success_criteria
+    )
 
 
 def repo_dir(build_id: str) -> Path:

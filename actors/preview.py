@@ -28,7 +28,8 @@ from actors.actor_args import validated_arg
 from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
 from actors.handles import PREVIEW_SID, gate_name, preview_name, proxy_name
 from actors.merge_gate import default_spec
-from actors.pools.proxies import release, start_owned_sandbox
+from actors.pools.proxies import find_proxy, get_proxy, release, start_owned_sandbox
+from actors.pools.warm import ControlWarmSource
 from actors.sandbox_proxy import start_proxy
 from coordinator.clock import SystemClock
 from coordinator.contracts import Component, IntentContract, parse_contract, primary_component
@@ -60,6 +61,8 @@ class PreviewConfig(BaseModel):
     """Screenshots kept per build (``screenshots()``); the oldest goes past it."""
     viewport: tuple[int, int] = (1280, 720)
     heartbeat_s: float = Field(default=30.0, gt=0)
+    warm_pools: bool = True
+    """Take the preview sandbox's proxy from the Control actor's warm pools (cold when it has none)."""
 
 
 class _PreviewState(SandboxOwnerState):
@@ -118,7 +121,7 @@ class PreviewActor:
                     "the preview is not started: call start(contract_json)", field="preview"
                 ) from None
         if self._proxy is None:
-            self._proxy = handles.get(self._state.proxy)
+            self._proxy = get_proxy(self.config.build_id, PREVIEW_SID)
         return self._state, ProxySandbox(self._proxy, self._state.sandbox_id, self._state.spec)
 
     def _contract(self) -> IntentContract:
@@ -133,8 +136,9 @@ class PreviewActor:
         contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
         cfg = self.config
         spec = cfg.spec or default_spec(contract, cfg.build_id, PREVIEW_SID)
+        source = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
         name, self._proxy, sandbox_id = await start_owned_sandbox(
-            cfg.build_id, PREVIEW_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s
+            cfg.build_id, PREVIEW_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s, source=source
         )
         self._state = _PreviewState(
             contract=contract.model_dump(mode="json"), proxy=name, sandbox_id=sandbox_id, spec=spec
@@ -293,7 +297,7 @@ class PreviewActor:
         except (FileNotFoundError, ValueError):  # never started (or the state is unreadable): no sandbox of ours
             state = None
         for name in [state.proxy, *state.takeovers] if state is not None else []:
-            handle = handles.find(name)
+            handle = find_proxy(name)
             if handle is None:  # its proxy is gone already; the sandbox ends with its TTL
                 logger.warning("preview of %s: proxy %s is gone; its sandbox was not terminated", build_id, name)
                 continue
