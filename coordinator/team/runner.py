@@ -14,7 +14,8 @@ What a run does:
 3. runs each task's ``check_command`` in the sandbox after the agent finished it;
 4. escalates a failed task, level by level, until it passes or is reported blocked;
 5. runs the component's check; ``team.ready_to_merge`` only when every task is done and
-   that check passes.
+   that check passes. A check runs once per change: one that passed with no agent run ending
+   since it started is not run again (the component check is often the last task's).
 
 Escalation levels and the task ids (the ``task`` of every TurnKey, so a cassette can script
 each attempt — e.g. a failing first attempt and a passing retry):
@@ -140,6 +141,10 @@ class TeamRunner:
         self._settled: dict[str, asyncio.Event] = {t.id: asyncio.Event() for t in work.tasks}
         self._changes: dict[str, str] = {}
         self._replaced: set[str] = set()
+        self._runs_ended = 0
+        """Agent runs that ended: each may have changed the sandbox, so a passed check holds until the next."""
+        self._passed: dict[str | tuple[str, ...], tuple[int, ExecResult]] = {}
+        """Check command → runs ended when it last started, and its passing result."""
         self._model_busy: list[Interval] = []
         """When the agents (from their outcomes) and the re-planner waited on the model."""
         self._replanning = BusyIntervals(clock)
@@ -238,6 +243,7 @@ class TeamRunner:
                 failure = f"agent {agent.name} failed: {type(exc).__name__}: {exc}"
                 outcome = None
             finally:
+                self._runs_ended += 1
                 self.locks.release_all(agent.name)
         if outcome is not None:
             self._model_busy += outcome.model_busy
@@ -249,7 +255,7 @@ class TeamRunner:
             if not outcome.ok:
                 failure = f"the agent stopped with status {outcome.status}: {outcome.error or outcome.final_text}"
             elif task.check_command:
-                result = await self.checks.run_check(task.check_command, task.check_timeout_s)
+                result = await self._check(task.check_command, task.check_timeout_s)
                 if not result.ok:
                     failure = f"the task's check `{_command_text(task.check_command)}` failed:\n{_result_text(result)}"
         self.report.attempts.append(
@@ -318,7 +324,20 @@ class TeamRunner:
     async def _component_check(self) -> ExecResult | None:
         if not self.work.check_command:
             return None
-        return await self.checks.run_check(self.work.check_command, self.work.check_timeout_s)
+        return await self._check(self.work.check_command, self.work.check_timeout_s)
+
+    async def _check(self, command: list[str] | str, timeout_s: float) -> ExecResult:
+        """Run a check once per change: a command that passed with no agent run ending since it started
+        passes again without running (the component check is often the last task's check)."""
+        key = command if isinstance(command, str) else tuple(command)
+        passed = self._passed.get(key)
+        if passed is not None and passed[0] == self._runs_ended:
+            return passed[1]
+        started = self._runs_ended
+        result = await self.checks.run_check(command, timeout_s)
+        if result.ok:
+            self._passed[key] = (started, result)
+        return result
 
     async def _read_context(self) -> Mapping[str, Any]:
         if self.context is None:

@@ -490,3 +490,20 @@ async def test_the_team_reports_when_its_agents_waited_on_the_model_once_every_t
         {"component": "calc", "source": "model", "intervals": [[10.0, 13.0], [20.0, 21.0]], "seconds": 4.0}
     ]
     assert events.kinds().index("busy.report") < events.kinds().index("team.check")
+
+
+async def test_a_component_check_that_just_passed_as_the_last_tasks_check_is_not_run_again() -> None:
+    world = World()
+    last = TeamTask(id="a", title="do a", check_command="component-check")
+    runner, _, events, checks = team([last], world, agents=1)
+    report = await runner.run()
+    assert report.ready and checks.commands == ["component-check"]
+    assert events.of("team.check")[0]["ok"] is True
+
+
+async def test_a_check_runs_again_once_an_agent_run_ended_after_it_passed() -> None:
+    world = World()
+    first = TeamTask(id="a", title="do a", check_command="component-check")
+    runner, _, _, checks = team([first, task("b", "a")], world, agents=2)
+    report = await runner.run()
+    assert report.ready and checks.commands == ["component-check", "check b", "component-check"]
