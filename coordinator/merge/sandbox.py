@@ -224,7 +224,7 @@ class SandboxDevServers:
         sandbox: Sandbox,
         *,
         ready_timeout_s: float = 30.0,
-        poll_s: float = 0.1,
+        poll_s: float = 0.05,
         contract: IntentContract | None = None,
     ) -> None:
         self.sandbox = sandbox
@@ -238,7 +238,7 @@ class SandboxDevServers:
         pid = f"{self.RUN_DIR}/{port}.pid"
         script = (
             f'[ -f {pid} ] || exit 0; g=$(cat {pid}); kill -TERM -"$g" 2>/dev/null; i=0; '
-            f'while kill -0 -"$g" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; '
+            f'while kill -0 -"$g" 2>/dev/null && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done; '
             f'kill -KILL -"$g" 2>/dev/null; rm -f {pid}; exit 0'
         )
         await self.sandbox.exec(script, timeout=30)
