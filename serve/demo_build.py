@@ -24,12 +24,15 @@ from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from sandbox_agents.busy import Interval, covered, union
+
+if TYPE_CHECKING:
+    from actors.pools.fleet import FleetPoolConfig
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +165,7 @@ async def run_build_demo(options: DemoOptions, console: Console) -> dict[str, An
     result: dict[str, Any] = {"status": "failed", "example": options.example}
     try:
         await _start(options, owned, console)
+        result["startup_s"] = round(time.perf_counter() - started, 2)  # Ray, Redis, Control, warm pools
         result.update(await _build(options, owned, console))
         if options.keep and result.get("status") == "completed":
             await _hold(result, console)
@@ -187,14 +191,51 @@ async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
         start_local_ray(owned.ray_tmp, num_cpus=4, env={"KRIPTIK_HOME": str(owned.home)})
         owned.redis = ManagedRedis(owned.home / "redis")
         await owned.redis.astart()
-        runtime = await start_runtime(owned.home, redis_url=owned.redis.url, admit_poll_s=0.3, heartbeat_s=10.0)
+        pools = pools_for(options.example)
+        runtime = await start_runtime(
+            owned.home, redis_url=owned.redis.url, admit_poll_s=0.1, heartbeat_s=10.0, pools=pools
+        )
         owned.control = runtime.control
+    with console.status(f"warming {pools.proxies} proxies, {pools.teams} teams, {pools.agents} agents…"):
+        await _pools_warm(owned.control, pools)
     console.print(
         f"home {owned.home}  ·  redis {owned.redis.display_url}  ·  "
         f"replay cassette examples/cassettes/{options.example}.yaml"
     )
     if options.serve_api:
         _serve_api(options, owned, console)
+
+
+def pools_for(example: str) -> FleetPoolConfig:
+    """Warm pools holding one build of ``example``: what a control plane keeps ready for the builds it expects.
+
+    A proxy per slot, plus the merge gate's main-test sandbox and the preview's; a team, its agents
+    and a swarm per slot. They are filled once, before the build is submitted, and not refilled:
+    the demo runs one build, and starting replacements would only compete with it for the cores.
+    """
+    from actors.pools.fleet import FleetPoolConfig
+    from coordinator.contracts import load_contract
+    from coordinator.plan import plan_fleet
+    from coordinator.resources import examples_dir
+
+    plan = plan_fleet(load_contract(examples_dir() / "intents" / f"{example}.yaml"))
+    slots = len(plan.slots)
+    agents = sum(s.agents for s in plan.slots)
+    return FleetPoolConfig(proxies=slots + 2, teams=slots, agents=agents, swarms=slots, refill=False)
+
+
+async def _pools_warm(control: Any, pools: FleetPoolConfig, timeout_s: float = 120.0) -> None:
+    """Wait (bounded) until Control's pools hold what ``pools`` asks; a build started before would start cold."""
+    wanted = {"proxy": pools.proxies, "team": pools.teams, "agent": pools.agents, "swarm": pools.swarms}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        warm = await control.warm_pools.remote()
+        if all(warm.get(kind, 0) >= n for kind, n in wanted.items()):
+            return
+        if time.monotonic() > deadline:  # a start that failed: the build starts what is missing cold
+            logger.warning("demo: the warm pools hold %s of %s after %.0fs", warm, wanted, timeout_s)
+            return
+        await asyncio.sleep(0.1)
 
 
 def _serve_api(options: DemoOptions, owned: _Owned, console: Console) -> None:
@@ -363,17 +404,18 @@ _MILESTONES = frozenset(
 """Events that mark a step of a component's pipeline in :func:`pipeline_breakdown`."""
 
 
-def _milestone(kind: str, data: dict[str, Any]) -> tuple[str, str] | None:
-    """``(component, label)`` when the event marks a step of a component's pipeline."""
+def _milestones(kind: str, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(component, label)`` of each component whose pipeline the event marks a step of."""
     if kind not in _MILESTONES:
-        return None
-    if kind == "component.fed":  # a step of the provider, whose code was copied
-        return str(data.get("provider", "")), f"fed {data.get('component')}"
+        return []
+    if kind == "component.fed":  # a step of both: the provider's code was copied, the dependent may check
+        provider, dependent = str(data.get("provider", "")), str(data.get("component", ""))
+        return [(provider, f"fed {dependent}"), (dependent, f"fed by {provider}")]
     if kind in ("merge.accepted", "merge.rejected") and "changed" not in data:
-        return None  # the run's echo of the gate's verdict
+        return []  # the run's echo of the gate's verdict
     who = str(data.get("slot") or data.get("sid") or data.get("component") or "")
     label = kind + (f" {data['phase']}" if kind == "component.phase" else "")
-    return _component_of(who), label + (f" ({who})" if "~" in who or "." in who else "")
+    return [(_component_of(who), label + (f" ({who})" if "~" in who or "." in who else ""))]
 
 
 def pipeline_breakdown(timeline: list[tuple[float, str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
@@ -387,9 +429,9 @@ def pipeline_breakdown(timeline: list[tuple[float, str, dict[str, Any]]]) -> dic
     busy = busy_intervals(timeline)
     marks: dict[str, list[tuple[float, str]]] = {c: [] for c in spans}
     for ts, kind, data in timeline:
-        found = _milestone(kind, data)
-        if found is not None and found[0] in spans and spans[found[0]][0] <= ts <= spans[found[0]][1]:
-            marks[found[0]].append((ts, found[1]))
+        for component, label in _milestones(kind, data):
+            if component in spans and spans[component][0] <= ts <= spans[component][1]:
+                marks[component].append((ts, label))
     steps: dict[str, list[dict[str, Any]]] = {}
     for component, points in marks.items():
         points.sort()

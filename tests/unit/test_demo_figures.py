@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.demo_build import pipeline_breakdown, pipeline_figures
+from serve.demo_build import pipeline_breakdown, pipeline_figures, pools_for
 
 
 def test_a_chain_built_one_component_at_a_time_has_a_parallelism_of_one() -> None:
@@ -96,3 +96,9 @@ def test_the_breakdown_splits_a_pipeline_at_its_milestones_with_the_busy_share_o
         (1.0, 0.0, 1.0),
         (1.0, 0.0, 1.0),
     ]
+
+
+def test_the_demo_keeps_one_build_of_its_example_warm_and_does_not_refill() -> None:
+    pools = pools_for("todo-fullstack")  # database, backend, and a 2-candidate frontend tournament
+    assert (pools.proxies, pools.teams, pools.swarms) == (4 + 2, 4, 4)  # + the gate's and the preview's proxies
+    assert pools.agents == 4 * 3 and not pools.refill
