@@ -251,7 +251,11 @@ class ModalBackend:
             kwargs["idle_timeout"] = max(1, int(min(spec.idle_timeout_s, MAX_TTL_S)))
         if spec.secrets:
             kwargs["secrets"] = [self.sdk.Secret.from_dict(dict(spec.secrets))]
-        if spec.network is NetworkPolicy.NONE:
+        if spec.network is NetworkPolicy.NONE and spec.ports:
+            # The SDK refuses open ports with block_network; an empty CIDR allowlist also allows
+            # no egress at all and keeps the tunnels. See docs/modal.md.
+            kwargs["outbound_cidr_allowlist"] = []
+        elif spec.network is NetworkPolicy.NONE:
             kwargs["block_network"] = True
         elif spec.network is NetworkPolicy.INSTALL:
             # Modal filters egress per sandbox, not per command: an install sandbox may reach the
