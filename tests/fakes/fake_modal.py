@@ -1,18 +1,29 @@
 """A faithful in-process fake of the ``modal`` SDK surface the Modal backend uses (SDK 1.6.4).
 
-Modelled on the real signatures (same parameter names; an unknown keyword raises TypeError
-as the real function would) and on the real calling convention (``obj.method.aio(...)`` in
-async code). Behind it is real work: each exec is a real local subprocess (its own process
-group), each sandbox a real temp directory onto which the sandbox ``workdir`` maps (the exec
-``cwd`` is set accordingly; nothing else is rewritten, so a command naming ``/workspace/…``
-literally sees the host path). ``snapshot_filesystem`` copies the workspace into an Image;
-``tunnels()`` returns URLs that really reach the port on the host loopback.
+Modelled on the real signatures and calling convention: every SDK call the backend makes
+exists here with the SDK's parameter names, kinds and defaults, async ones are called as
+``obj.method.aio(...)``, and an unknown or misplaced argument raises TypeError as the real
+function would. ``tests/unit/test_fake_modal_signatures.py`` checks all of that against the
+installed ``modal``, so the fake cannot drift from the SDK. The fake imitates only what the
+backend calls; anything else is absent rather than approximated.
+
+Behind it is real work: each exec is a real local subprocess (its own process group), each
+sandbox a real temp directory onto which the sandbox ``workdir`` maps (the exec ``cwd`` is set
+accordingly; nothing else is rewritten, so a command naming ``/workspace/…`` literally sees the
+host path). ``snapshot_filesystem`` copies the workspace into an Image that ``Sandbox.create``
+(``image=``) restores; ``tunnels()`` returns URLs that really reach the port on the host
+loopback. ``timeout`` and ``idle_timeout`` end a sandbox as Modal does (checked whenever the
+sandbox is used or polled); idle means no exec running and no file call or stdin write since.
+The client-side checks of the SDK's ``Sandbox.create``/``exec`` are mirrored (an App is
+required, absolute workdirs, no open ports or allowlists with ``block_network``, valid names).
 
 What it does not do: isolation and network policy (``block_network`` and allowlists are
-recorded, not enforced), resource limits, GPUs, volumes, PTYs. Every call is recorded in
-``FakeModal.calls`` as ``(name, kwargs)`` for translation tests; ``inject`` makes the next
-call of a name raise, ``authenticated=False`` and ``unreachable=True`` mimic a missing token
-(``AuthError: Token missing`` at once) and an unreachable server (the SDK retries ~60 s).
+recorded, not enforced), resource limits, GPUs, volumes, PTYs; connections through a tunnel do
+not count as activity. Every async SDK call (and ``Image.from_id``) is logged in
+``FakeModal.calls`` as a :class:`Call`, with its arguments as passed and as bound; ``inject``
+makes the next call of a name raise, ``authenticated=False`` and ``unreachable=True`` mimic a
+missing token (``AuthError: Token missing`` at once) and an unreachable server (the SDK retries
+~60 s).
 """
 
 from __future__ import annotations
@@ -21,8 +32,9 @@ import asyncio
 import codecs
 import contextlib
 import errno
-import functools
+import inspect
 import os
+import re
 import shutil
 import signal
 import stat
@@ -32,6 +44,15 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: What ``poll()`` reports for a sandbox past its ``timeout`` (the SDK maps Modal's timeout status
+#: to 124). Modal does not document what an ``idle_timeout`` end reports; the fake reports the same.
+TIMED_OUT = 124
+#: What ``poll()`` reports for a terminated sandbox (the SDK maps Modal's terminated status to 137).
+TERMINATED = 137
+
+#: Sandbox names the SDK accepts (``modal._utils.name_utils.is_valid_object_name``).
+_VALID_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class exception:  # noqa: N801 - mirrors the ``modal.exception`` module
@@ -113,26 +134,99 @@ class exception:  # noqa: N801 - mirrors the ``modal.exception`` module
         pass
 
 
-# --- the SDK's calling convention ------------------------------------------------------
+# --- the SDK's calling convention and the call log --------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One SDK call as the code under test made it.
+
+    ``args`` and ``kwargs`` are what the caller passed (``self``/``cls`` left out), so that a test
+    can bind them to the real SDK's signature; ``arguments`` names every parameter, defaults
+    filled in, for asserting on what the call asked for.
+    """
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    arguments: dict[str, Any]
+
+
+class sdk_call:  # noqa: N801 - used as a decorator
+    """An async SDK method of the fake, called as ``x.method.aio(...)`` (a blocking call is refused).
+
+    A call binds its arguments to the method's own signature first, so a wrong argument raises
+    TypeError as the SDK does; then it is logged in ``FakeModal.calls`` and may fail as injected
+    (or as an unauthenticated/unreachable Modal would) before it runs. On a class it binds the
+    class (``Sandbox.create``). ``__wrapped__`` is the implementation, whose signature
+    ``tests/unit/test_fake_modal_signatures.py`` compares with the SDK's.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.__wrapped__ = fn
+        self.signature = inspect.signature(fn)
+        self.name = fn.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = f"{owner._sdk_name}.{name}"  # type: ignore[attr-defined]
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        return _Bound(self, owner if obj is None else obj)
+
+    def bind(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+        """Bind a call as Python would (TypeError if the SDK would refuse it) and log it."""
+        bound = self.signature.bind(target, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(list(bound.arguments.items())[1:])  # without self/cls
+        target._modal.calls.append(Call(self.name, args, kwargs, arguments))
+        return bound
+
+
+class lazy_sdk_call(sdk_call):  # noqa: N801
+    """A synchronous SDK call that only names a Modal object (``Image.from_id``): logged, never gated.
+
+    The SDK resolves such an object on first use, so an unknown id fails where it is used.
+    """
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        target = owner if obj is None else obj
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            bound = self.bind(target, args, kwargs)
+            return self.__wrapped__(*bound.args, **bound.kwargs)
+
+        return call
 
 
 class _Bound:
-    def __init__(self, fn: Callable[..., Any], name: str) -> None:
-        self.aio = fn
-        self._name = name
+    """``x.method`` for an async SDK call: ``.aio(...)`` runs it, a blocking call is refused."""
+
+    def __init__(self, call: sdk_call, target: Any) -> None:
+        self._call = call
+        self._target = target
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"fake modal: use `{self._name}.aio(...)` from async code")
+        raise RuntimeError(f"fake modal: use `{self._call.name}.aio(...)` from async code")
+
+    def aio(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self._call.bind(self._target, args, kwargs)
+        modal, name, fn = self._target._modal, self._call.name, self._call.__wrapped__
+        if inspect.isasyncgenfunction(fn):
+            return _gated_items(modal, name, fn, bound)
+        return _gated(modal, name, fn, bound)
 
 
-class _synced:  # noqa: N801
-    """A method called as ``x.method.aio(...)``; on a class it binds the class (classmethod-like)."""
+async def _gated(modal: FakeModal, name: str, fn: Callable[..., Any], bound: inspect.BoundArguments) -> Any:
+    await modal._gate(name)
+    return await fn(*bound.args, **bound.kwargs)
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self._fn = fn
 
-    def __get__(self, obj: Any, owner: type) -> _Bound:
-        return _Bound(functools.partial(self._fn, obj if obj is not None else owner), self._fn.__name__)
+async def _gated_items(
+    modal: FakeModal, name: str, fn: Callable[..., Any], bound: inspect.BoundArguments
+) -> AsyncIterator[Any]:
+    await modal._gate(name)
+    async for item in fn(*bound.args, **bound.kwargs):
+        yield item
 
 
 # --- small value types -----------------------------------------------------------------
@@ -140,7 +234,7 @@ class _synced:  # noqa: N801
 
 @dataclass(frozen=True)
 class Tunnel:
-    """Like ``modal._tunnel.Tunnel``; ``url`` is plain HTTP on the host loopback in the fake."""
+    """Like ``modal.Tunnel``; ``url`` is plain HTTP to the port on the host loopback in the fake."""
 
     host: str
     port: int
@@ -178,6 +272,7 @@ class Client:
 class Image:
     """Builder steps are recorded; a snapshot Image carries a copy of the files (``files_dir``)."""
 
+    _sdk_name = "Image"
     _modal: FakeModal
 
     def __init__(self, steps: tuple[tuple[str, Any], ...] = (), files_dir: Path | None = None) -> None:
@@ -212,18 +307,16 @@ class Image:
     def workdir(self, path: str) -> Image:
         return self._then("workdir", str(path))
 
-    @_synced
+    @sdk_call
     async def build(self, app: App | None = None) -> Image:
-        self._modal._record("Image.build", {"app": app})
-        await self._modal._gate("Image.build")
         self.object_id = self.object_id or f"im-{uuid.uuid4().hex[:20]}"
         self._modal.images[self.object_id] = self
         return self
 
-    @classmethod
+    @lazy_sdk_call
     def from_id(cls, image_id: str, client: Client | None = None) -> Image:
         image = cls()
-        image.object_id = image_id  # lazy, as in the SDK: an unknown id fails where it is used
+        image.object_id = image_id
         return image
 
 
@@ -231,6 +324,8 @@ class Image:
 
 
 class StreamReader:
+    """``proc.stdout``/``proc.stderr``: iterated with ``async for`` as Modal delivers the output."""
+
     def __init__(self, reader: asyncio.StreamReader, text: bool) -> None:
         self._reader = reader
         self._text = text
@@ -245,14 +340,15 @@ class StreamReader:
         if self._text and (tail := decoder.decode(b"", final=True)):
             yield tail
 
-    @_synced
-    async def read(self) -> Any:
-        parts = [c async for c in self._chunks()]
-        return ("" if self._text else b"").join(parts)
-
 
 class StreamWriter:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    """``proc.stdin``: ``write``/``write_eof`` buffer, ``drain`` sends (a write counts as activity)."""
+
+    _sdk_name = "StreamWriter"
+
+    def __init__(self, modal: FakeModal, state: _State, proc: asyncio.subprocess.Process) -> None:
+        self._modal = modal
+        self._state = state
         self._proc = proc
         self._buffer = bytearray()
         self._eof = False
@@ -269,12 +365,13 @@ class StreamWriter:
     def write_eof(self) -> None:
         self._eof = True
 
-    @_synced
+    @sdk_call
     async def drain(self) -> None:
         stdin = self._proc.stdin
         assert stdin is not None
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             if self._buffer:
+                self._state.last_active = time.monotonic()
                 stdin.write(bytes(self._buffer))
                 self._buffer.clear()
                 await stdin.drain()
@@ -283,38 +380,36 @@ class StreamWriter:
 
 
 class ContainerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, timeout: int | None, text: bool) -> None:
+    """What ``Sandbox.exec`` returns; killed at its ``timeout``, when ``wait()`` reports -1 like the SDK."""
+
+    _sdk_name = "ContainerProcess"
+
+    def __init__(
+        self, modal: FakeModal, state: _State, proc: asyncio.subprocess.Process, timeout: int | None, text: bool
+    ) -> None:
         assert proc.stdout is not None and proc.stderr is not None
+        self._modal = modal
         self._proc = proc
         self.stdout = StreamReader(proc.stdout, text)
         self.stderr = StreamReader(proc.stderr, text)
-        self.stdin = StreamWriter(proc)
-        self._returncode: int | None = None
-        self._waiter = asyncio.ensure_future(self._watch(timeout))
+        self.stdin = StreamWriter(modal, state, proc)
+        self._waiter = asyncio.ensure_future(self._watch(state, timeout))
 
-    async def _watch(self, timeout: int | None) -> int:
+    async def _watch(self, state: _State, timeout: int | None) -> int:
         try:
             code = await asyncio.wait_for(self._proc.wait(), timeout)
         except TimeoutError:
             _kill_group(self._proc.pid)
             await self._proc.wait()
             return -1  # what the SDK's wait() reports for an exec past its deadline
+        finally:
+            state.running.discard(self._proc.pid)
+            state.last_active = time.monotonic()
         return 128 - code if code < 0 else code
 
-    @_synced
+    @sdk_call
     async def wait(self) -> int:
-        self._returncode = await asyncio.shield(self._waiter)
-        return self._returncode
-
-    @_synced
-    async def poll(self) -> int | None:
-        return self._waiter.result() if self._waiter.done() else None
-
-    @property
-    def returncode(self) -> int:
-        if self._returncode is None:
-            raise exception.InvalidError("You must call wait() before accessing the returncode.")
-        return self._returncode
+        return await asyncio.shield(self._waiter)
 
 
 def _kill_group(pid: int) -> None:
@@ -334,13 +429,17 @@ class _State:
     workdir: str
     env: dict[str, str]
     tags: dict[str, str]
-    timeout: int | None
+    timeout: int
     idle_timeout: int | None
     encrypted_ports: list[int]
     created: float = field(default_factory=time.monotonic)
+    #: When the sandbox was last active: an exec ended, a file call or a stdin write was made.
     last_active: float = field(default_factory=time.monotonic)
     returncode: int | None = None
-    pids: set[int] = field(default_factory=set)
+    #: The process group of every exec (all are killed when the sandbox ends).
+    groups: set[int] = field(default_factory=set)
+    #: Execs still running: while there is one, the sandbox is not idle.
+    running: set[int] = field(default_factory=set)
 
     @property
     def workspace(self) -> Path:
@@ -348,15 +447,22 @@ class _State:
 
 
 class Filesystem:
-    """``sb.filesystem``: absolute in-sandbox paths under the workdir, mapped onto the temp dir."""
+    """``sb.filesystem``: absolute in-sandbox paths under the workdir, mapped onto the temp dir.
+
+    Each call counts as activity: the SDK runs file calls as execs in the sandbox.
+    """
+
+    _sdk_name = "filesystem"
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._sb = sandbox
+        self._modal = sandbox._modal
 
     def _host(self, remote_path: str, op: str) -> Path:
         if not remote_path.startswith("/"):
             raise exception.InvalidError(f"{op}: remote_path must be an absolute path, got {remote_path!r}")
         state = self._sb._live()
+        state.last_active = time.monotonic()
         rel = os.path.relpath(os.path.normpath(remote_path), state.workdir)
         if rel.startswith(".."):
             raise exception.SandboxFilesystemPermissionError(f"fake modal: {remote_path} is outside the workdir")
@@ -385,20 +491,14 @@ class Filesystem:
                 raise exception.SandboxFilesystemDirectoryNotEmptyError(f"{remote_path}: not empty") from None
             raise exception.SandboxFilesystemError(f"{remote_path}: {exc}") from None
 
-    async def _op(self, name: str, kwargs: dict[str, Any]) -> None:
-        self._sb._modal._record(f"filesystem.{name}", kwargs)
-        await self._sb._modal._gate(f"filesystem.{name}")
-        self._sb._live().last_active = time.monotonic()
-
-    @_synced
+    @sdk_call
     async def read_bytes(self, remote_path: str) -> bytes:
-        await self._op("read_bytes", {"remote_path": remote_path})
+        host = self._host(remote_path, "read_bytes")
         with self._os_errors(remote_path):
-            return self._host(remote_path, "read_bytes").read_bytes()
+            return host.read_bytes()
 
-    @_synced
+    @sdk_call
     async def write_bytes(self, data: bytes | bytearray | memoryview, remote_path: str) -> None:
-        await self._op("write_bytes", {"remote_path": remote_path, "size": len(data)})
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError("data must be bytes-like")
         host = self._host(remote_path, "write_bytes")
@@ -406,30 +506,8 @@ class Filesystem:
             host.parent.mkdir(parents=True, exist_ok=True)
             host.write_bytes(bytes(data))
 
-    @_synced
-    async def make_directory(self, remote_path: str, *, create_parents: bool = True) -> None:
-        await self._op("make_directory", {"remote_path": remote_path, "create_parents": create_parents})
-        with self._os_errors(remote_path):
-            self._host(remote_path, "make_directory").mkdir(parents=create_parents, exist_ok=create_parents)
-
-    @_synced
-    async def list_files(self, remote_path: str) -> list[dict[str, Any]]:
-        await self._op("list_files", {"remote_path": remote_path})
-        with self._os_errors(remote_path):
-            host = self._host(remote_path, "list_files")
-            return [
-                {
-                    "name": p.name,
-                    "path": f"{remote_path.rstrip('/')}/{p.name}",
-                    "size": p.lstat().st_size,
-                    "type": "directory" if p.is_dir() else "file",
-                }  # fmt: skip
-                for p in sorted(host.iterdir())
-            ]
-
-    @_synced
+    @sdk_call
     async def remove(self, remote_path: str, *, recursive: bool = False) -> None:
-        await self._op("remove", {"remote_path": remote_path, "recursive": recursive})
         host = self._host(remote_path, "remove")
         with self._os_errors(remote_path):
             if host.is_dir() and not host.is_symlink():
@@ -441,6 +519,7 @@ class Filesystem:
 class Sandbox:
     """A handle on a fake sandbox; several handles (``from_id``) share one state."""
 
+    _sdk_name = "Sandbox"
     _modal: FakeModal
 
     def __init__(self, state: _State) -> None:
@@ -461,7 +540,7 @@ class Sandbox:
             raise exception.SandboxTerminatedError(f"Sandbox {state.object_id} has already finished")
         return state
 
-    @_synced
+    @sdk_call
     async def create(
         cls,
         *args: str,
@@ -505,14 +584,23 @@ class Sandbox:
         cidr_allowlist: Sequence[str] | None = None,
     ) -> Sandbox:
         modal = cls._modal
-        recorded = {k: v for k, v in locals().items() if k not in {"cls", "modal", "args"}}
-        modal._record("Sandbox.create", {"args": args, **recorded})
-        await modal._gate("Sandbox.create")
+        # The SDK's own checks, made before anything is sent (modal/sandbox/_common.py).
         if app is None:
             raise exception.InvalidError("Sandboxes require an App when created outside of a Modal container.")
-        if block_network and (outbound_cidr_allowlist or outbound_domain_allowlist):
-            raise exception.InvalidError("`block_network` cannot be combined with an outbound allowlist.")
-        if name is not None and any(s.name == name and s.returncode is None for s in modal.sandboxes.values()):
+        if timeout is None:
+            raise exception.InvalidError("`timeout=None` is only supported for experimental persistent Sandboxes.")
+        if not all(isinstance(a, str) for a in args):
+            raise exception.InvalidError("All entrypoint arguments must be strings")
+        if name is not None and not _VALID_NAME.fullmatch(name):
+            raise exception.InvalidError(f"Invalid Sandbox name: '{name}'.")
+        if workdir is not None and not workdir.startswith("/"):
+            raise exception.InvalidError(f"workdir must be an absolute path, got: {workdir}")
+        if block_network and (encrypted_ports or h2_ports or unencrypted_ports):
+            raise exception.InvalidError("Cannot specify open ports when `block_network` is enabled")
+        if block_network and (outbound_cidr_allowlist is not None or outbound_domain_allowlist is not None):
+            raise exception.InvalidError("an outbound allowlist cannot be used when `block_network` is enabled")
+        live = (s for s in modal.sandboxes.values() if s.returncode is None and s.app.app_id == app.app_id)
+        if name is not None and any(s.name == name for s in live):
             raise exception.AlreadyExistsError(f"Sandbox with name {name!r} already exists")
         if image is not None and image.object_id is not None and image.files_dir is None:
             known = modal.images.get(image.object_id)
@@ -543,21 +631,17 @@ class Sandbox:
         modal.sandboxes[object_id] = state
         return cls(state)
 
-    @_synced
+    @sdk_call
     async def from_id(cls, sandbox_id: str, client: Client | None = None) -> Sandbox:
-        cls._modal._record("Sandbox.from_id", {"sandbox_id": sandbox_id})
-        await cls._modal._gate("Sandbox.from_id")
         state = cls._modal.sandboxes.get(sandbox_id)
         if state is None:
             raise exception.NotFoundError(f"Sandbox with id {sandbox_id} not found")
         return cls(state)
 
-    @_synced
+    @sdk_call
     async def list(
         cls, *, app_id: str | None = None, tags: dict[str, str] | None = None, client: Client | None = None
     ) -> AsyncIterator[Sandbox]:
-        cls._modal._record("Sandbox.list", {"app_id": app_id, "tags": tags})
-        await cls._modal._gate("Sandbox.list")
         for state in list(cls._modal.sandboxes.values()):
             cls._modal._expire(state)
             if state.returncode is not None or (app_id is not None and state.app.app_id != app_id):
@@ -565,7 +649,7 @@ class Sandbox:
             if all(state.tags.get(k) == v for k, v in (tags or {}).items()):
                 yield cls(state)
 
-    @_synced
+    @sdk_call
     async def exec(
         self,
         *args: str,
@@ -581,8 +665,8 @@ class Sandbox:
         _pty_info: Any = None,
         pty_info: Any = None,
     ) -> ContainerProcess:
-        self._modal._record("Sandbox.exec", {"args": args, "timeout": timeout, "workdir": workdir, "env": env})
-        await self._modal._gate("Sandbox.exec")
+        if workdir is not None and not workdir.startswith("/"):
+            raise exception.InvalidError(f"workdir must be an absolute path, got: {workdir}")
         if not args or not all(isinstance(a, str) for a in args):
             raise exception.InvalidError("exec needs a command of strings")
         state = self._live()
@@ -606,53 +690,44 @@ class Sandbox:
             *args, cwd=cwd, env=full_env, start_new_session=True,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        state.pids.add(proc.pid)
-        return ContainerProcess(proc, timeout, text)
+        state.groups.add(proc.pid)
+        state.running.add(proc.pid)
+        return ContainerProcess(self._modal, state, proc, timeout, text)
 
-    @_synced
+    @sdk_call
     async def snapshot_filesystem(self, timeout: int = 55, *, ttl: int | None = 2592000) -> Image:
-        self._modal._record("Sandbox.snapshot_filesystem", {"timeout": timeout, "ttl": ttl})
-        await self._modal._gate("Sandbox.snapshot_filesystem")
+        if ttl is not None and ttl <= 0:
+            raise exception.InvalidError("ttl must be positive, or None to disable expiry")
         state = self._live()
         image_id = f"im-{uuid.uuid4().hex[:20]}"
         target = self._modal.root / "images" / image_id
         shutil.copytree(state.workspace, target, symlinks=True, ignore=_special_files)
-        image = Image(files_dir=target)
+        image = self._modal.Image(files_dir=target)
         image.object_id = image_id
         self._modal.images[image_id] = image
         return image
 
-    @_synced
+    @sdk_call
     async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
-        self._modal._record("Sandbox.tunnels", {"timeout": timeout})
-        await self._modal._gate("Sandbox.tunnels")
         state = self._live()
         return {port: Tunnel("127.0.0.1", port) for port in state.encrypted_ports}
 
-    @_synced
+    @sdk_call
     async def set_tags(self, tags: dict[str, str], *, client: Client | None = None) -> None:
-        self._modal._record("Sandbox.set_tags", {"tags": tags})
-        await self._modal._gate("Sandbox.set_tags")
         self._state.tags = dict(tags)
 
-    @_synced
+    @sdk_call
     async def get_tags(self) -> dict[str, str]:
-        self._modal._record("Sandbox.get_tags", {})
-        await self._modal._gate("Sandbox.get_tags")
         return dict(self._state.tags)
 
-    @_synced
+    @sdk_call
     async def poll(self) -> int | None:
-        self._modal._record("Sandbox.poll", {})
-        await self._modal._gate("Sandbox.poll")
         self._modal._expire(self._state)
         return self._state.returncode
 
-    @_synced
+    @sdk_call
     async def terminate(self, *, wait: bool = False) -> int | None:
-        self._modal._record("Sandbox.terminate", {"wait": wait})
-        await self._modal._gate("Sandbox.terminate")
-        self._modal._end(self._state, 137)
+        self._modal._end(self._state, TERMINATED)
         return self._state.returncode if wait else None
 
 
@@ -679,7 +754,7 @@ class FakeModal:
         self.root.mkdir(parents=True, exist_ok=True)
         self.authenticated = authenticated
         self.unreachable = unreachable
-        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.calls: list[Call] = []
         self.sandboxes: dict[str, _State] = {}
         self.images: dict[str, Image] = {}
         self.apps: dict[str, App] = {}
@@ -693,12 +768,9 @@ class FakeModal:
         self.App = type("App", (_AppApi,), {"_modal": self})
         self.Client = type("Client", (_ClientApi,), {"_modal": self})
 
-    def _record(self, name: str, kwargs: dict[str, Any]) -> None:
-        self.calls.append((name, kwargs))
-
     def calls_of(self, name: str) -> list[dict[str, Any]]:
-        """The kwargs of every recorded call named ``name``, in order."""
-        return [kwargs for n, kwargs in self.calls if n == name]
+        """The bound arguments (defaults filled in) of every logged call named ``name``, in order."""
+        return [call.arguments for call in self.calls if call.name == name]
 
     def inject(self, name: str, error: BaseException) -> None:
         """Make the next call named ``name`` (e.g. ``"Sandbox.create"``) raise ``error``."""
@@ -713,37 +785,39 @@ class FakeModal:
             raise self._injected.pop(name)
 
     def _end(self, state: _State, code: int) -> None:
-        for pid in state.pids:
+        for pid in state.groups:
             _kill_group(pid)
-        state.pids.clear()
+        state.groups.clear()
+        state.running.clear()
         if state.returncode is None:
             state.returncode = code
             shutil.rmtree(state.workspace, ignore_errors=True)
 
     def _expire(self, state: _State) -> None:
+        """End the sandbox if its ``timeout`` has passed, or its ``idle_timeout`` with nothing running."""
+        if state.returncode is not None:
+            return
         now = time.monotonic()
-        if state.returncode is None and state.timeout is not None and now - state.created >= state.timeout:
-            self._end(state, 0)
         idle = state.idle_timeout
-        if state.returncode is None and idle is not None and now - state.last_active >= idle:
-            self._end(state, 0)
+        if now - state.created >= state.timeout or (
+            idle is not None and not state.running and now - state.last_active >= idle
+        ):
+            self._end(state, TIMED_OUT)
 
     def kill(self, sandbox_id: str) -> None:
         """End a sandbox as if its container was lost (no terminate, no tag change)."""
-        self._end(self.sandboxes[sandbox_id], 137)
+        self._end(self.sandboxes[sandbox_id], TERMINATED)
 
 
 class _AppApi:
+    _sdk_name = "App"
     _modal: FakeModal
 
-    @_synced
+    @sdk_call
     async def lookup(
         cls, name: str, *, client: Client | None = None, environment_name: str | None = None,
         create_if_missing: bool = False,
     ) -> App:  # fmt: skip
-        cls._modal._record("App.lookup", {"name": name, "environment_name": environment_name,
-                                          "create_if_missing": create_if_missing})  # fmt: skip
-        await cls._modal._gate("App.lookup")
         if name not in cls._modal.apps:
             if not create_if_missing:
                 raise exception.NotFoundError(f"App {name!r} not found")
@@ -752,12 +826,11 @@ class _AppApi:
 
 
 class _ClientApi:
+    _sdk_name = "Client"
     _modal: FakeModal
 
-    @_synced
+    @sdk_call
     async def from_credentials(cls, token_id: str, token_secret: str) -> Client:
-        cls._modal._record("Client.from_credentials", {"token_id": token_id})
-        await cls._modal._gate("Client.from_credentials")
         return Client(token_id=token_id)
 
 
