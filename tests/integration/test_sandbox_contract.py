@@ -171,10 +171,8 @@ async def test_exec_past_its_timeout_is_killed_with_its_tree_and_reported(but: B
     # A duration no other process on the host sleeps for: the Modal fake has no pid namespace, so
     # `ps` there sees every process of the host, other tests' sleeps included.
     naptime = f"30.{secrets.randbelow(10**6):06d}"
-    started = time.monotonic()
-    with pytest.raises(SandboxTimeoutError) as info:
+    with pytest.raises(SandboxTimeoutError) as info:  # without the timeout the sleep would end with exit 0
         await sandbox.exec(f"echo before; (sleep {naptime} &); sleep {naptime}", timeout=1.0)
-    assert time.monotonic() - started < 10
     assert info.value.timeout_s == 1.0 and "before" in info.value.stdout
 
     async def tree_gone() -> bool:  # SIGKILLed processes disappear asynchronously: poll with a bound

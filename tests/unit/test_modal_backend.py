@@ -171,10 +171,8 @@ def test_credentials_found_in_modal_toml(tmp_path: Path, no_credentials: Setting
 async def test_unreachable_modal_fails_within_connect_timeout(tmp_path: Path) -> None:
     backend = make_fake_modal_backend(tmp_path, unreachable=True)
     backend.config = ModalBackendConfig(connect_timeout_s=0.3)
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailableError, match="did not answer"):
+    with pytest.raises(BackendUnavailableError, match="did not answer"):  # an unreachable fake never answers
         await backend.create(SandboxSpec())
-    assert time.monotonic() - started < 3
 
 
 async def test_refused_token_is_backend_unavailable(tmp_path: Path) -> None:
@@ -199,10 +197,8 @@ async def test_exec_collects_output_exit_code_and_stdin(backend: ModalBackend) -
 
 async def test_exec_timeout_raises_with_partial_output(backend: ModalBackend) -> None:
     sandbox = await backend.create(SandboxSpec())
-    started = time.monotonic()
-    with pytest.raises(SandboxTimeoutError) as info:
+    with pytest.raises(SandboxTimeoutError) as info:  # without the timeout, `sleep 30` would end with exit 0
         await sandbox.exec("echo started; sleep 30", timeout=1)
-    assert time.monotonic() - started < 5
     assert info.value.stdout == "started\n" and info.value.timeout_s == 1
     assert fake(backend).calls_of("Sandbox.exec")[-1]["timeout"] == 1
 
@@ -215,12 +211,14 @@ async def test_output_past_the_cap_is_cut_and_marked(backend: ModalBackend) -> N
 
 async def test_exec_stream_yields_output_as_it_comes(backend: ModalBackend) -> None:
     sandbox = await backend.create(SandboxSpec())
-    started = time.monotonic()
     seen = []
-    async for chunk in sandbox.exec_stream("echo one; sleep 1; echo two >&2; exit 4"):
-        seen.append((chunk, time.monotonic() - started))
-    assert seen[0][0].data == "one\n" and seen[0][1] < 0.9
-    assert [c.stream for c, _ in seen] == ["stdout", "stderr", "exit"] and seen[-1][0].exit_code == 4
+    # `two` waits for a file written only once `one` arrived: output delivered in one lump at the end never gets there
+    async for chunk in sandbox.exec_stream("echo one; until [ -e go ]; do sleep 0.02; done; echo two >&2; exit 4"):
+        seen.append(chunk)
+        if chunk.stream == "stdout" and chunk.data == "one\n":
+            await sandbox.write_file("go", "")
+    assert seen[0].data == "one\n"
+    assert [c.stream for c in seen] == ["stdout", "stderr", "exit"] and seen[-1].exit_code == 4
 
 
 # --- files, snapshots, tunnels, lifecycle ---------------------------------------------
