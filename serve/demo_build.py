@@ -210,8 +210,8 @@ def pools_for(example: str) -> FleetPoolConfig:
     """Warm pools holding one build of ``example``: what a control plane keeps ready for the builds it expects.
 
     A proxy per slot, plus the merge gate's main-test sandbox and the preview's; a team, its agents
-    and a swarm per slot. They are filled once, before the build is submitted, and not refilled:
-    the demo runs one build, and starting replacements would only compete with it for the cores.
+    and a swarm per slot. They are filled once, as the build starts (:func:`_pools_warm`), and not
+    refilled: the demo runs one build, and starting replacements would only compete with it for the cores.
     """
     from actors.pools.fleet import FleetPoolConfig
     from coordinator.contracts import load_contract
@@ -225,8 +225,12 @@ def pools_for(example: str) -> FleetPoolConfig:
 
 
 async def _pools_warm(control: Any, pools: FleetPoolConfig, timeout_s: float = 120.0) -> None:
-    """Wait (bounded) until Control's pools hold what ``pools`` asks; a build started before would start cold."""
-    wanted = {"proxy": pools.proxies, "team": pools.teams, "agent": pools.agents, "swarm": pools.swarms}
+    """Wait (bounded) until Control's pools hold the actors a build takes first: its proxies, teams and agents.
+
+    A build started before would start them cold. The swarms (and their browsers) finish warming
+    while the teams work: a slot takes its swarm only once it is built.
+    """
+    wanted = {"proxy": pools.proxies, "team": pools.teams, "agent": pools.agents}
     deadline = time.monotonic() + timeout_s
     while True:
         warm = await control.warm_pools.remote()

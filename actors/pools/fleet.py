@@ -7,9 +7,10 @@ starve the builds running meanwhile: on 2 cores, seven concurrent starts delayed
 coordinator's restart from about 2.5 s to 5 s). A warm swarm has its browser started too. A
 coordinator (and a build's gate and preview, for their sandboxes' proxies) reaches the pools through
 :class:`~actors.pools.warm.ControlWarmSource` (re-exported here), which answers "none" when there is
-no Control (or it does not answer quickly), so a build then starts its actors cold, as before. Warm actors are detached (they must outlive the Control incarnation
-that started them, and a bound one belongs to its build); the pools' warm lists are saved under
-``KRIPTIK_HOME/pools/`` so a restarted Control adopts them instead of leaking them.
+no Control (or it does not answer quickly), so a build then starts its actors cold, as before.
+Warm actors are detached (they must outlive the Control incarnation that started them, and a bound
+one belongs to its build); the pools' warm lists are saved under ``KRIPTIK_HOME/pools/`` so a
+restarted Control adopts them instead of leaking them.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ class FleetPools:
         }
 
     async def fill(self) -> None:
-        """Bring every pool to its size (the smaller, fastest-needed kinds first: proxies, teams, agents, swarms)."""
-        for kind in KINDS:
-            await self.pools[kind].fill()
+        """Bring every pool to its size, all kinds at once: the starts are asked for in the order builds
+        need them (proxies, teams, agents, swarms), and one kind's readiness work (standby sandboxes,
+        browsers) overlaps the next kind's process starts."""
+        await asyncio.gather(*(self.pools[kind].fill() for kind in KINDS))
 
     async def take(self, kind: str, count: int = 1, backend: dict[str, Any] | None = None) -> list[Warm]:
         """Up to ``count`` warm actors of ``kind`` (none when ``backend`` is not the proxies' backend).
