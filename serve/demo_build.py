@@ -273,11 +273,14 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
     try:
         with EventProgress(console) as progress:
             while True:
-                entries = await bus.read_events(build_id, after_id=last_id, count=500)
+                # A blocking read: it answers as soon as an event comes (no polling interval to wait out).
+                entries = await bus.read_events(build_id, after_id=last_id, count=500, block_ms=300)
+                ended = False
                 for entry_id, envelope in entries:
                     last_id = entry_id
                     _feed(progress, envelope.message, envelope.ts)
-                if not entries:
+                    ended = ended or _ends_build(envelope.message)
+                if not entries or ended:
                     status = await control.status.remote(USER, build_id)
                     if status["status"] in FINAL:
                         # the log may still hold the last events: drain it once more
@@ -288,7 +291,6 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
                     if time.monotonic() > deadline:
                         await control.cancel.remote(USER, build_id)
                         raise TimeoutError(f"build {build_id} did not end within {options.timeout_s:.0f}s")
-                    await asyncio.sleep(0.3)
             progress.finish(status["status"])
         summary: dict[str, Any] = {
             "status": status["status"],
@@ -320,6 +322,17 @@ async def _build(options: DemoOptions, owned: _Owned, console: Console) -> dict[
             await bus.aclose(flush_timeout=1.0)
         except Exception as exc:  # noqa: BLE001 - the demo only read from it
             logger.warning("demo: closing the bus failed: %r", exc)
+
+
+def _ends_build(message: Any) -> bool:
+    """Whether an entry of the event log says the build ended (its status is worth asking now)."""
+    from coordinator.bus.models import Event
+
+    if not isinstance(message, Event):
+        return False
+    return message.kind in ("build.done", "build.cancelled", "build.paused") or (
+        message.kind == "build.error" and message.data.get("fatal", True)
+    )
 
 
 def _feed(progress: EventProgress, message: Any, ts: float = 0.0) -> None:
