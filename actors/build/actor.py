@@ -22,7 +22,7 @@ from actors.actor_args import validated_arg
 from actors.build.adapters import RayFleet, RayGate, RayJudge, RaySwarms, RayTeams
 from actors.build.config import CoordinatorConfig, save_config
 from actors.handles import RayError, coordinator_name, gate_name, judge_name, preview_name
-from actors.hub import stop_build_hubs
+from actors.hub import start_hub, stop_build_hubs
 from actors.merge_gate import ui_checker
 from actors.pools.fleet import ControlWarmSource
 from actors.pools.proxies import ProxyPool
@@ -68,6 +68,7 @@ class BuildCoordinatorActor:
             self.config.redis_url, BusConfig(prefix=self.config.bus_prefix), sender=coordinator_name(self.build_id)
         )
         self._pool: ProxyPool | None = None
+        self._judge = RayJudge(self.config)
         self._run: BuildRun | None = None
         self._task: asyncio.Task[Any] | None = None
         if self.store.get_session(self.build_id).status is SessionStatus.RUNNING:
@@ -109,7 +110,7 @@ class BuildCoordinatorActor:
             fleet=fleet,
             teams=teams,
             verify=SwarmVerify(contract, fleet.sandbox, swarms.run),
-            judge=RayJudge(cfg),
+            judge=self._judge,
             gate=gate,
             merges=BusMergeRequests(self.bus, self.build_id),
             interfaces=BusInterfaces(self.bus, self.build_id, handles.agent_component),
@@ -137,6 +138,7 @@ class BuildCoordinatorActor:
             await stop_build_teams(self.build_id)
         except Exception as exc:  # noqa: BLE001 - the run goes on; a stray team is logged, not fatal
             logger.warning("build %s: stopping the teams of a previous incarnation failed: %r", self.build_id, exc)
+        self._start_early()
         if self._pool is not None:
             try:
                 await self._pool.fill()
@@ -159,6 +161,23 @@ class BuildCoordinatorActor:
                 await stop_build_hubs(self.build_id)
             except Exception as exc:  # noqa: BLE001 - a stray hub only reads; the next run's start stops it
                 logger.warning("build %s: stopping its hubs failed: %r", self.build_id, exc)
+
+    def _start_early(self) -> None:
+        """Start the actors the run will need later now, so their processes start while the fleet does.
+
+        The node's context hub (the teams' agents read it before their first turn) and, when the
+        contract holds a tournament, the judge. Creating an actor returns at once.
+        """
+        cfg = self.config
+        try:
+            start_hub(self.build_id, cfg.redis_url, cfg.bus_prefix)
+            contract = self.store.get_session(self.build_id).contract
+            if contract is not None and any(
+                (c.get("tournament") or {}).get("candidates", 1) > 1 for c in contract.get("components", [])
+            ):
+                self._judge.handle()
+        except (RayError, ValueError) as exc:  # they start on first use instead
+            logger.warning("build %s: starting the hub or the judge early failed: %r", self.build_id, exc)
 
     def _running(self) -> bool:
         return self._task is not None and not self._task.done()

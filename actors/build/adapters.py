@@ -332,6 +332,8 @@ class RayGate:
 
     async def start(self, contract: IntentContract) -> str:
         self.contract = contract
+        if served(contract):  # its process starts while the gate and the fleet do, not at the first merge
+            self.preview_actor()
         return await self.gate().start.remote(contract.model_dump_json())
 
     async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
@@ -408,13 +410,14 @@ class RaySwarms:
 
 
 class RayJudge:
-    """The build's Judge actor ``build:{id}:judge`` (started on the first tournament)."""
+    """The build's Judge actor ``build:{id}:judge`` (started with the run when the contract holds a tournament)."""
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self._handle: Any = None
 
-    async def decide(self, evidence: list[Evidence], component: str) -> Decision:
+    def handle(self) -> Any:
+        """The Judge actor, started if it is not running (actor creation returns at once; its process starts behind)."""
         if self._handle is None:
             self._handle = handles.find(judge_name(self.config.build_id))
             if self._handle is None:
@@ -423,4 +426,7 @@ class RayJudge:
                 self._handle = start_judge(
                     JudgeConfig(build_id=cfg.build_id, llm=llm, redis_url=cfg.redis_url, bus_prefix=cfg.bus_prefix)
                 )
-        return await self._handle.decide.remote(evidence, component)
+        return self._handle
+
+    async def decide(self, evidence: list[Evidence], component: str) -> Decision:
+        return await self.handle().decide.remote(evidence, component)

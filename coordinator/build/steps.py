@@ -170,7 +170,8 @@ class ComponentSteps:
             if not built:
                 raise BuildError(f"component {name}: no candidate could be built")
             await host.set_component_phase(name, "verify")
-            verdicts = {s.slot_id: await self.verify_slot(s) for s in built}
+            results = await gather(*(self.verify_slot(s) for s in built))  # candidates verified side by side
+            verdicts = dict(zip([s.slot_id for s in built], results, strict=True))
             if len(slots) > 1:
                 await host.set_component_phase(name, "judge")
                 winner = await self.tournament(name, slots, built, verdicts)

@@ -40,7 +40,7 @@ DRIVER = textwrap.dedent(
     from actors.build.actor import get_coordinator, stop_coordinator
     from actors.control import stop_control
     from actors.runtime import start_runtime
-    from actors.handles import NAMESPACE, proxy_name
+    from actors.handles import NAMESPACE
     from actors.pools.proxies import get_proxy
 
     def node_of(handle):
@@ -68,8 +68,7 @@ DRIVER = textwrap.dedent(
                 if status["status"] in ("completed", "failed", "cancelled", "paused"):
                     break
                 await asyncio.sleep(0.2)
-            gate_proxy = ray.get_actor(proxy_name(build, "main-test"), namespace=NAMESPACE)
-            placed["main-test"] = await node_of(gate_proxy)
+            placed["main-test"] = await node_of(get_proxy(build, "main-test"))  # warm (aliased) or cold
             for a in ray.util.list_named_actors(all_namespaces=True):
                 if a["name"].startswith("kriptik:proxy:"):
                     placed["warm:" + a["name"]] = await node_of(ray.get_actor(a["name"], namespace=NAMESPACE))
