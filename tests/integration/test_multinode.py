@@ -84,8 +84,10 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _ray_processes(marker: str) -> list[int]:
-    """Pids whose command line names ``marker`` (our temp dir): the two nodes' Ray processes.
+def _our_processes(marker: str, home: str) -> list[int]:
+    """Pids whose command line names ``marker`` (our temp dir: the two nodes' Ray processes) or whose
+    working directory is inside ``home`` (the managed ``redis-server`` the driver's runtime started,
+    left behind when the driver is killed on its timeout).
 
     Read from ``/proc`` rather than ``ps``, whose output is cut to the terminal's width.
     """
@@ -95,16 +97,17 @@ def _ray_processes(marker: str) -> list[int]:
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if marker in cmdline:
+        if marker in cmdline or cwd == home or cwd.startswith(home + "/"):
             found.append(int(proc.name))
     return found
 
 
-def _kill_tree(marker: str, timeout: float = 20.0) -> None:
+def _kill_tree(marker: str, home: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while (pids := _ray_processes(marker)) and time.monotonic() < deadline:
+    while (pids := _our_processes(marker, home)) and time.monotonic() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -187,7 +190,7 @@ def two_nodes() -> Iterator[dict[str, str]]:
         assert worker.returncode == 0, worker.stderr[-2000:]
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{head_port}", "MARKER": tmp}
     finally:
-        _kill_tree(tmp)
+        _kill_tree(tmp, home)
         _purge_sandboxes(home)
         if previous is not None:  # `ray start --head` points plain `ray.init()` at itself: undo that
             current.write_text(previous)
