@@ -84,10 +84,11 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _our_processes(marker: str, home: str) -> list[int]:
-    """Pids whose command line names ``marker`` (our temp dir: the two nodes' Ray processes) or whose
-    working directory is inside ``home`` (the managed ``redis-server`` the driver's runtime started,
-    left behind when the driver is killed on its timeout).
+def _our_processes(marker: str, home: str | None = None) -> list[int]:
+    """Pids whose command line or environment names ``marker`` (our temp dir: the nodes' Ray processes,
+    also those that retitle themselves, like ``ray::DashboardAgent``), or that run in ``home`` if given
+    (their working directory is inside it, like the managed ``redis-server`` of the driver's runtime,
+    left behind when the driver is killed on its timeout, or their ``KRIPTIK_HOME`` is it).
 
     Read from ``/proc`` rather than ``ps``, whose output is cut to the terminal's width.
     """
@@ -97,15 +98,17 @@ def _our_processes(marker: str, home: str) -> list[int]:
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace") + "\0"
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if marker in cmdline or cwd == home or cwd.startswith(home + "/"):
+        inside_home = home is not None and (cwd == home or cwd.startswith(home + "/") or f"={home}\0" in environ)
+        if marker in cmdline or marker in environ or inside_home:
             found.append(int(proc.name))
     return found
 
 
-def _kill_tree(marker: str, home: str, timeout: float = 20.0) -> None:
+def _kill_tree(marker: str, home: str | None = None, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while (pids := _our_processes(marker, home)) and time.monotonic() < deadline:
         for pid in pids:
