@@ -303,11 +303,15 @@ class ComponentSteps:
         )
         feedback += "\n\nUpdate the code that uses it, then make sure the component's check passes."
         await host.set_component_phase(name, "build")
-        self._fixes[winner.slot_id] = attempt = self._fixes.get(winner.slot_id, 0) + 1
-        if not await self.build_slot(winner, attempt=attempt, feedback=feedback, reason="interface"):
+        if not await self.build_slot(winner, attempt=self._next_fix(winner), feedback=feedback, reason="interface"):
             raise BuildError(f"component {name}: the team could not adapt to its providers' new interfaces")
         await self.verify_slot(winner)
         await host.set_component_phase(name, "merge")
+
+    def _next_fix(self, slot: SlotPlan) -> int:
+        """The number of the slot's next fix run (``merge-fix-N``/``interface-fix-N`` share the count)."""
+        self._fixes[slot.slot_id] = self._fixes.get(slot.slot_id, 0) + 1
+        return self._fixes[slot.slot_id]
 
     # --- sandboxes --------------------------------------------------------------------------
 
@@ -491,8 +495,7 @@ class ComponentSteps:
                 break
             await host.set_component_phase(name, "build")
             feedback = "\n".join([outcome.reason, *outcome.findings]).strip() or "the merge gate rejected the merge"
-            self._fixes[slot.slot_id] = fix = self._fixes.get(slot.slot_id, 0) + 1
-            if not await self.build_slot(slot, attempt=fix, feedback=feedback):
+            if not await self.build_slot(slot, attempt=self._next_fix(slot), feedback=feedback):
                 raise BuildError(f"component {name}: the team could not fix the rejected merge")
             await self.verify_slot(slot)
             await host.set_component_phase(name, "merge")

@@ -6,8 +6,6 @@ Waits poll with a bound or wait on the fan-out's own fence (``caught_up``); noth
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -16,19 +14,11 @@ from coordinator.bus.fanout import BusFanout, BusListenerOverflowError, Listener
 from coordinator.bus.models import ContextUpdate, Envelope, ErrorReport, FileChange, Message, Progress
 from sandbox_agents.errors import InvalidInputError
 from tests.integration.conftest_bus import fast_config
+from tests.integration.test_bus import until
 
 pytestmark = pytest.mark.timeout(120)
 
 SHA = {n: f"{n:064x}" for n in range(10)}
-
-
-async def until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def take(listener: Listener, n: int) -> list[Envelope]:
