@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,12 @@ from coordinator.api_models import BuildRequest
 from coordinator.clock import SystemClock
 from coordinator.control import BuildControl, Quotas
 from coordinator.heartbeat import MissedHeartbeats
+from coordinator.placement import Placement, default_backend, place, uses_modal
 from coordinator.resources import examples_dir
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
-from sandbox_agents.errors import BuildNotFoundError
+from sandbox_agents.backends.modal.support import find_credentials, missing_credentials_message
+from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
 from sandbox_agents.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,13 @@ class ControlConfig(BaseModel):
 
     redis_url: str
     bus_prefix: str = "kriptik"
-    backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    backend: dict[str, Any] = Field(default_factory=lambda: default_backend())
+    """The server's default backend (``KRIPTIK_BACKEND``): builds that name no mode run here, and the
+    warm pools hold proxies of it."""
+    local_backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    """The backend of ``local`` sandboxes when the default is not local (``hybrid``, ``--on local``)."""
+    modal_backend: dict[str, Any] = Field(default_factory=lambda: {"type": "modal"})
+    """The backend of Modal sandboxes when the default is not Modal (``hybrid``, ``--on modal``)."""
     llm: dict[str, Any] | None = None
     """Provider config for prompt/contract builds; None: replay of ``KRIPTIK_CASSETTES``."""
     max_sandboxes_per_user: int = Field(default_factory=lambda: get_settings().modal_max_concurrent, ge=1)
@@ -85,14 +94,27 @@ class RayBuildRunners:
     def __init__(self, config: ControlConfig) -> None:
         self.config = config
 
-    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True) -> None:
+    def place(self, mode: str | None, runs_on: Mapping[str, str | None]) -> Placement:
+        cfg = self.config
+        placement = place(mode, default=cfg.backend, local=cfg.local_backend, modal=cfg.modal_backend, runs_on=runs_on)
+        if uses_modal(placement) and find_credentials(get_settings()) is None:
+            where = f"build_mode {mode}" if mode else f"the server's backend ({cfg.backend.get('type')})"
+            raise InvalidInputError(
+                f"{where} runs sandboxes on Modal, and this cluster has {missing_credentials_message()} "
+                "(read when `kriptik up` starts Ray)",
+                field="build_mode",
+            )
+        return placement
+
+    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True, placement: Placement) -> None:
         cfg = self.config
         save_config(
             CoordinatorConfig(
                 build_id=build_id,
                 redis_url=cfg.redis_url,
                 bus_prefix=cfg.bus_prefix,
-                backend=cfg.backend,
+                backend=placement.slot,
+                placement=placement,
                 llm=llm,
                 store_path=cfg.store_path,
                 **{"parallel": parallel, **cfg.coordinator},

@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BuildMode = Literal["local", "modal", "hybrid"]
-"""Where sandboxes run: bubblewrap on the head node, Modal, or Modal with a local coordinator."""
+from coordinator.placement import BuildMode
 
 BuildStatusName = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
 """Life of a build, as ``coordinator.store.schema.SessionStatus``."""
@@ -48,8 +47,9 @@ class BuildRequest(_Request):
     """A ready IntentContract (as JSON); validated here, so a bad one is a 422 listing every problem."""
     example: str | None = Field(default=None, pattern=EXAMPLE_NAME)
     """Name of an intent under ``examples/intents`` (``hello-calc``)."""
-    build_mode: BuildMode = "local"
-    """Where the sandboxes run."""
+    build_mode: BuildMode | None = None
+    """Where the sandboxes run: ``local``, ``modal`` or ``hybrid`` (``coordinator/placement.py``);
+    None: the contract's ``build_mode``, else the server's default backend (``KRIPTIK_BACKEND``)."""
     budget_usd: float | None = Field(default=None, gt=0, le=100_000)
     """Most the build may spend, in dollars; the contract's budget (or the default) when unset."""
     priority: int = Field(default=0, ge=-100, le=100)

@@ -208,6 +208,9 @@ class Component(_Model):
     """Team size wish; the plan clamps it (default: one per task, 3–5)."""
     design: DesignTokens | None = None
     tournament: TournamentSettings = Field(default_factory=TournamentSettings)
+    runs_on: Literal["local", "modal"] | None = None
+    """Where this component's sandboxes run in a ``hybrid`` build (default: Modal); a ``local`` or
+    ``modal`` build puts every sandbox there (``coordinator/placement.py``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -457,6 +460,9 @@ class IntentContract(_Model):
     """Things the build must (not) do, in words (e.g. "stdlib only")."""
     origin: Origin | None = None
     """A router giving the page and its API one origin; None: the page's own server is the origin."""
+    build_mode: Literal["local", "modal", "hybrid"] | None = None
+    """Where the build's sandboxes run (``coordinator/placement.py``) when the request names no mode;
+    None: the server's default backend (``KRIPTIK_BACKEND``)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ from coordinator.budget import budget_status
 from coordinator.build.ports import CANCEL_REQUESTED
 from coordinator.clock import Clock
 from coordinator.contracts import IntentContract, load_contract, parse_contract
+from coordinator.placement import Placement
 from coordinator.plan import plan_fleet
 from coordinator.screenshots import check_name
 from coordinator.store.schema import BuildSession, SessionStatus
@@ -78,8 +80,16 @@ class BuildRunners(Protocol):
     from what :meth:`register` saved.
     """
 
-    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True) -> None:
-        """Save what the build's runner is started from (and revived from), with the LLM it uses."""
+    def place(self, mode: str | None, runs_on: Mapping[str, str | None]) -> Placement:
+        """Where a build in ``mode`` runs its sandboxes (:func:`coordinator.placement.place`).
+
+        Raises:
+            InvalidInputError: An unknown mode, or a mode this cluster cannot serve (Modal without credentials).
+        """
+        ...
+
+    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True, placement: Placement) -> None:
+        """Save what the build's runner is started from (and revived from): its LLM and its placement."""
         ...
 
     async def start(self, build_id: str) -> None:
@@ -186,13 +196,16 @@ class BuildControl:
                 "the examples, which bring their cassettes), or set KRIPTIK_LLM=anthropic|openai with its API key",
                 field="llm",
             )
+        mode = request.build_mode or (contract.build_mode if contract is not None else None)
+        runs_on = {c.name: c.runs_on for c in contract.components} if contract is not None else {}
+        placement = self.runners.place(mode, runs_on)  # refused here, before anything is stored
         prompt = request.prompt or (contract.summary if contract else "")
         budget = {"max_usd": request.budget_usd} if request.budget_usd else None
         session = self.store.create_session(user_id, prompt, budget=budget)
         if contract is not None:
             self.store.update_session(session.id, contract=contract.model_dump(mode="json"))
         needed = len(plan_fleet(contract).slots) if contract is not None else 1
-        self.runners.register(session.id, llm, parallel=request.parallel)
+        self.runners.register(session.id, llm, parallel=request.parallel, placement=placement)
         admission = Admission(build_id=session.id, user_id=user_id, priority=request.priority, needed=needed)
         self._save_admission(admission)
         self._enqueue(admission)

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,24 @@ def events(build_id: str, *, follow: bool) -> Iterator[dict[str, Any]]:
 # --- commands ------------------------------------------------------------------------------
 
 
+class BuildOn(StrEnum):
+    """``kriptik build --on``: the build modes of ``coordinator/placement.py``."""
+
+    local = "local"
+    modal = "modal"
+    hybrid = "hybrid"
+
+
+_ON = typer.Option(
+    None,
+    "--on",
+    "--mode",
+    case_sensitive=False,
+    help="Where its sandboxes run: local, modal, or hybrid (components on Modal, the gate and preview here). "
+    "Default: the contract's build_mode, else the server's KRIPTIK_BACKEND.",
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add the API commands to the ``kriptik`` app."""
     token_app = typer.Typer(help="API tokens.")
@@ -134,11 +153,13 @@ def register(app: typer.Typer) -> None:
         what: str = typer.Argument(None, help="A prompt, or a contract file (YAML/JSON)."),
         example: str = typer.Option(None, help="Build one of examples/ (with its cassette), e.g. hello-calc."),
         budget: float = typer.Option(None, help="Budget in dollars."),
-        mode: str = typer.Option("local", help="local, modal or hybrid."),
+        on: BuildOn = _ON,
         detach: bool = typer.Option(False, "--detach", "-d", help="Print the id and return."),
     ) -> None:
         """Start a build and show its progress live."""
-        body: dict[str, Any] = {"build_mode": mode, "budget_usd": budget}
+        body: dict[str, Any] = {"budget_usd": budget}
+        if on is not None:
+            body["build_mode"] = on.value
         if (what is None) == (example is None):
             raise typer.BadParameter("give a prompt or a contract file, or --example NAME (one of them)")
         if example is not None:

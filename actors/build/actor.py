@@ -24,7 +24,6 @@ from actors.build.config import CoordinatorConfig, save_config
 from actors.handles import RayError, coordinator_name, gate_name, judge_name, preview_name
 from actors.hub import start_hub, stop_build_hubs
 from actors.merge_gate import ui_checker
-from actors.pools.fleet import ControlWarmSource
 from actors.pools.proxies import ProxyPool
 from actors.team import stop_build_teams
 from coordinator.budget import Budget, BudgetLedger
@@ -77,10 +76,10 @@ class BuildCoordinatorActor:
 
     def _ports(self) -> BuildRun:
         cfg = self.config
+        where = cfg.where()
         if self._pool is None and cfg.pool_size:
-            self._pool = ProxyPool(cfg.backend, size=cfg.pool_size)
-        warm = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
-        fleet = RayFleet(self.build_id, cfg.backend, self._pool, warm)
+            self._pool = ProxyPool(where.slot, size=cfg.pool_size)
+        fleet = RayFleet(self.build_id, where, self._pool, warm_pools=cfg.warm_pools)
         gate = RayGate(cfg, fleet)
         events = BusEvents(self.bus, self.build_id)
         session = self.store.get_session(self.build_id)
@@ -126,7 +125,8 @@ class BuildCoordinatorActor:
         settings = BuildSettings(
             checkpoint_interval_s=cfg.checkpoint_interval_s,
             max_merge_attempts=cfg.max_merge_attempts,
-            backend=str(cfg.backend.get("type", "local")),
+            backend=str(where.slot.get("type", "local")),
+            component_backends={name: str(config.get("type")) for name, config in where.components.items()},
             parallel=cfg.parallel,
         )
         run = BuildRun(self.build_id, ports, settings)
@@ -264,9 +264,15 @@ class BuildCoordinatorActor:
         return bytes(await preview.screenshot_png.remote(name))
 
     async def sandboxes(self) -> list[dict[str, Any]]:
-        backend = str(self.config.backend.get("type", "local"))
+        where = self.config.where()
         return [
-            {"id": s.sandbox_id, "slot": s.slot, "component": s.component, "backend": backend, "status": s.status}
+            {
+                "id": s.sandbox_id,
+                "slot": s.slot,
+                "component": s.component,
+                "backend": str(where.backend("slot", s.component).get("type", "local")),
+                "status": s.status,
+            }
             for s in self.store.list_slots(self.build_id)
             if s.sandbox_id
         ]

@@ -30,7 +30,7 @@ from actors.handles import (
 from actors.judge import JudgeConfig, start_judge
 from actors.merge_gate import GateConfig, start_gate
 from actors.pools.proxies import ProxyPool, acquire_proxy, get_proxy, release
-from actors.pools.warm import WarmSource, forget_alias
+from actors.pools.warm import ControlWarmSource, WarmSource, forget_alias
 from actors.preview import PreviewConfig, start_preview
 from actors.sandbox_proxy import forget_binding, start_proxy
 from actors.swarm import SwarmConfig, get_swarm, launch_swarm, stop_swarm, target_json
@@ -42,6 +42,7 @@ from coordinator.judge import Decision, Evidence
 from coordinator.merge import is_junk
 from coordinator.merge.models import MergeRequest
 from coordinator.merge.sandbox import request_from_sandbox
+from coordinator.placement import Placement
 from coordinator.plan import SlotPlan
 from coordinator.team import ComponentWork, TeamTask
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
@@ -55,12 +56,13 @@ class RayFleet:
     """One SandboxProxy per slot, named (or aliased) ``build:{id}:sbx:{slot}``."""
 
     def __init__(
-        self, build_id: str, backend: dict[str, Any], pool: ProxyPool | None, warm: WarmSource | None = None
+        self, build_id: str, placement: Placement, pool: ProxyPool | None, *, warm_pools: bool = False
     ) -> None:
         self.build_id = build_id
-        self.backend = backend
+        self.placement = placement
         self.pool = pool
-        self.warm = warm
+        """The coordinator's own proxy pool (of the placement's slot backend)."""
+        self.warm: WarmSource | None = ControlWarmSource(placement.slot) if warm_pools else None
         """Where warm actors come from (the Control actor's pools); the teams and swarms take from it too."""
         self.handles: dict[str, Any] = {}
         self.specs: dict[str, SandboxSpec] = {}
@@ -84,14 +86,26 @@ class RayFleet:
         if leftover is not None:
             await self._recreate(leftover, spec, slot.component)
             handle = leftover
-        elif self.pool is not None:
+        elif self.pool is not None and self.backend_of(slot.slot_id) == self.placement.slot:
             handle = await self.pool.acquire(self.build_id, slot.slot_id, spec, component=slot.component)
         else:
-            slot_id, component = slot.slot_id, slot.component
-            handle = await acquire_proxy(self.warm, self.backend, self.build_id, slot_id, spec, component=component)
+            slot_id, component, backend = slot.slot_id, slot.component, self.backend_of(slot.slot_id)
+            handle = await acquire_proxy(
+                self._warm_for(backend), backend, self.build_id, slot_id, spec, component=component
+            )
         self.handles[slot.slot_id] = handle
         await handle.set_active.remote(True)
         return await handle.sandbox_id.remote()
+
+    def backend_of(self, slot_id: str) -> dict[str, Any]:
+        """The backend of a slot's sandbox (its component's, by the placement)."""
+        return self.placement.backend("slot", slot_id.split("~", 1)[0])
+
+    def _warm_for(self, backend: dict[str, Any]) -> WarmSource | None:
+        """Warm proxies of ``backend`` (Control hands none of another backend's)."""
+        if self.warm is None or backend == self.placement.slot:
+            return self.warm
+        return ControlWarmSource(backend)
 
     async def _leftover(self, slot_id: str) -> Any:
         """A live proxy of the slot that a previous incarnation started but never recorded, or None.
@@ -143,7 +157,7 @@ class RayFleet:
             name = proxy_name(self.build_id, slot.slot_id)
             forget_binding(name)
             forget_alias("proxy", name)
-            handle = start_proxy(name, self.backend)
+            handle = start_proxy(name, self.backend_of(slot.slot_id))
             self.handles[slot.slot_id] = handle
         sandbox_id = await handle.restore.remote(ref)
         await handle.set_active.remote(True)
@@ -315,7 +329,7 @@ class RayGate:
             if self._gate is None:
                 cfg = GateConfig(
                     build_id=self.config.build_id,
-                    backend=self.config.backend,
+                    backend=self.config.where().backend("main"),
                     redis_url=self.config.redis_url,
                     bus_prefix=self.config.bus_prefix,
                     **self.config.gate,
@@ -327,7 +341,8 @@ class RayGate:
         if self._preview is None:
             self._preview = handles.find(preview_name(self.config.build_id))
             if self._preview is None:
-                self._preview = start_preview(PreviewConfig(build_id=self.config.build_id, backend=self.config.backend))
+                backend = self.config.where().backend("preview")
+                self._preview = start_preview(PreviewConfig(build_id=self.config.build_id, backend=backend))
         return self._preview
 
     async def start(self, contract: IntentContract) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.placement import Placement
 from sandbox_agents.private_files import write_private
 from sandbox_agents.settings import get_settings
 
@@ -27,6 +28,9 @@ class CoordinatorConfig(BaseModel):
     redis_url: str
     bus_prefix: str = "kriptik"
     backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})
+    """The components' sandboxes' backend when there is no ``placement``."""
+    placement: Placement | None = None
+    """Where each kind of sandbox runs (``coordinator/placement.py``); None: everything on ``backend``."""
     llm: dict[str, Any] = Field(default_factory=lambda: {"type": "replay", "cassettes": []})
     """Provider config of agents, planner and judge."""
     judge_llm: bool = False
@@ -46,6 +50,10 @@ class CoordinatorConfig(BaseModel):
     """A ``WebhookConfig`` for ghost-mode notifications."""
     store_path: str | None = None
     """The store (``KRIPTIK_HOME/store.db`` when unset)."""
+
+    def where(self) -> Placement:
+        """The build's placement: every creator of its sandboxes takes its backend from here."""
+        return self.placement if self.placement is not None else Placement.single(self.backend)
 
 
 def builds_dir() -> Path:

@@ -54,11 +54,17 @@ class BuildSettings(BaseModel):
     max_respawns: int = Field(default=3, ge=0, le=20)
     """Times one slot's dead sandbox is respawned before the build fails."""
     backend: str = "local"
-    """Sandbox backend name, for pricing compute (``Rates.compute_cost``)."""
+    """Sandbox backend name of the components' sandboxes, for pricing compute (``Rates.compute_cost``)."""
+    component_backends: dict[str, str] = Field(default_factory=dict)
+    """A component whose sandboxes run elsewhere (a ``hybrid`` build's ``runs_on``): its backend name."""
     parallel: bool = True
     """Every component's team starts at once; a dependent's checks wait until its providers' chosen
     code has been copied in (``component.fed``), and merges keep dependency order. False: a component
     starts only once its dependencies are merged."""
+
+    def backend_of(self, slot_id: str) -> str:
+        """The backend name of a slot's sandbox (``web~polished`` is component ``web``'s)."""
+        return self.component_backends.get(slot_id.split("~", 1)[0], self.backend)
 
 
 class BuildCancelledError(BuildError):

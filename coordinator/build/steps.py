@@ -594,5 +594,5 @@ class ComponentSteps:
         if delta <= 0:
             return
         self._metered[slot_id] = seconds
-        entry = await self.ports.ledger.record_compute(slot_id, delta, self.settings.backend)
+        entry = await self.ports.ledger.record_compute(slot_id, delta, self.settings.backend_of(slot_id))
         self._spent[slot_id] = self._spent.get(slot_id, 0.0) + entry.estimated_cost

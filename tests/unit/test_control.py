@@ -6,7 +6,7 @@ SQLite file and time a :class:`FakeClock`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from coordinator.build.ports import CANCEL_REQUESTED
 from coordinator.clock import FakeClock
 from coordinator.contracts import load_contract
 from coordinator.control import Admission, BuildControl, Quotas, status_view
+from coordinator.placement import Placement, place
 from coordinator.resources import examples_dir
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
@@ -37,9 +38,14 @@ class FakeRunners:
         self.down: set[str] = set()
         """Builds whose runner is down: a cancel cannot reach it."""
         self.raised: dict[str, float] = {}
+        self.placements: dict[str, Placement] = {}
 
-    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True) -> None:
+    def place(self, mode: str | None, runs_on: Mapping[str, str | None]) -> Placement:
+        return place(mode, default={"type": "local"}, runs_on=runs_on)
+
+    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True, placement: Placement) -> None:
         self.registered[build_id] = llm
+        self.placements[build_id] = placement
 
     def started(self) -> list[str]:
         return [build for call, build in self.calls if call == "start"]
@@ -231,6 +237,27 @@ async def test_submit_refuses_an_unknown_example_and_a_missing_llm(
         await control.submit("alice", prompt())
     assert info.value.field == "llm"
     assert store.list_sessions("alice") == [] and runners.registered == {}
+
+
+async def test_the_requests_build_mode_wins_over_the_contracts_and_the_server_default_applies_without_either(
+    store: Store, runners: FakeRunners, clock: FakeClock, tmp_path: Path
+) -> None:
+    control = make_control(store, runners, clock, tmp_path)
+    contract = load_contract(EXAMPLES / "intents" / "todo-fullstack.yaml").model_dump(mode="json")
+    pinned = {**contract, "build_mode": "hybrid"}
+    pinned["components"] = [{**c, "runs_on": "local"} if c["name"] == "database" else c for c in contract["components"]]
+    by_contract = await control.submit("alice", BuildRequest(contract=pinned))
+    by_request = await control.submit("alice", BuildRequest(contract=pinned, build_mode="modal"))
+    by_default = await control.submit("alice", BuildRequest(contract=contract))
+    hybrid = runners.placements[by_contract]
+    assert hybrid.mode == "hybrid"
+    assert (
+        hybrid.backend("slot", "backend")["type"] == "modal" and hybrid.backend("slot", "database")["type"] == "local"
+    )
+    assert hybrid.backend("main")["type"] == "local" and hybrid.backend("preview")["type"] == "local"
+    modal = runners.placements[by_request]
+    assert {c["type"] for c in modal.backends()} == {"modal"}  # a modal build puts everything there, runs_on aside
+    assert runners.placements[by_default] == Placement.single({"type": "local"})
 
 
 # --- revival -------------------------------------------------------------------------------------

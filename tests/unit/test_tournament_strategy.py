@@ -13,6 +13,7 @@ from actors.build.adapters import RayFleet, RayTeams
 from actors.build.config import CoordinatorConfig
 from actors.team import TeamConfig
 from coordinator.contracts import load_contract
+from coordinator.placement import Placement
 from coordinator.plan import PlanSettings, plan_fleet
 from coordinator.resources import examples_dir
 from coordinator.team import agent_role
@@ -56,7 +57,10 @@ def test_the_team_config_carries_the_strategy_model_and_temperature() -> None:
     inline = plan.slot("frontend~polished").model_copy(
         update={"candidate": BUILTIN_STRATEGIES["polished"].model_copy(update={"model": "big-model"})}
     )
-    teams = RayTeams(CoordinatorConfig(build_id="b1", redis_url="redis://x"), RayFleet("b1", {"type": "fake"}, None))
+    teams = RayTeams(
+        CoordinatorConfig(build_id="b1", redis_url="redis://x"),
+        RayFleet("b1", Placement.single({"type": "fake"}), None),
+    )
     minimal = teams.team_config(plan.slot("frontend~minimal"), plan.slot("frontend~minimal").work())
     assert (minimal.model, minimal.temperature) == (None, BUILTIN_STRATEGIES["minimal"].temperature)
     polished = teams.team_config(inline, inline.work())
