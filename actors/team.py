@@ -2,8 +2,9 @@
 
 Thin over :class:`coordinator.team.runner.TeamRunner`: it starts the team's Agent actors, hands
 the runner its ports — the agents' handles, checks run through the SandboxProxy, an
-:class:`~coordinator.team.runner.LLMPlanner`, events and errors to the context bus, the unified
-context from the bus — and serves the sandbox's per-file lock service to its agents
+:class:`~coordinator.team.runner.LLMPlanner`, events and errors to the context bus (and, on its
+``progress`` channel, a line as each task starts and ends: :class:`~coordinator.team.progress.TaskProgress`),
+the unified context from the bus — and serves the sandbox's per-file lock service to its agents
 (``acquire(path, holder)``/``release(path, holder)``), so two agents in one sandbox never
 clobber one file. Named ``build:{id}:team:{sid}`` in namespace ``kriptik`` — or, when it came
 from a warm pool, ``kriptik:team:{uuid}`` with that name as its alias (:func:`get_team`).
@@ -35,8 +36,9 @@ from actors.hub import node_context, stop_build_hubs
 from actors.pools.warm import Warm, WarmBound, WarmSource, aliased, bind_warm, forget_alias, named_actor, take_bound
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import EventPayload
-from coordinator.bus.models import ErrorReport, Event
+from coordinator.bus.models import ErrorReport, Event, Progress
 from coordinator.team import ComponentWork, FileLockService, LLMPlanner, TeamReport, TeamRunner
+from coordinator.team.progress import TaskProgress
 from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask
 from sandbox_agents.backends.base import ExecResult, InstallRequest, InstallResult, SandboxSpec
 from sandbox_agents.errors import SandboxPathError, SandboxTimeoutError
@@ -119,14 +121,28 @@ class _ProxyChecks:
 
 
 class _BusEvents:
-    def __init__(self, bus: ContextBus, build_id: str, log: list[dict[str, Any]]) -> None:
+    """The runner's events onto the build's event log, and the progress lines they make onto ``progress``."""
+
+    def __init__(
+        self, bus: ContextBus, build_id: str, log: list[dict[str, Any]], progress: TaskProgress | None = None
+    ) -> None:
         self.bus = bus
         self.build_id = build_id
         self.log = log
+        self.progress = progress
 
     async def emit(self, event: EventPayload) -> None:
         self.log.append({"kind": event.kind, **event.data})
+        line = self.progress.observe(event) if self.progress is not None else None
+        if line is not None:
+            await self._publish_progress(line)
         await self.bus.publish(self.build_id, Event.of(event))
+
+    async def _publish_progress(self, line: Progress) -> None:
+        try:
+            await self.bus.publish(self.build_id, line)
+        except Exception:  # a progress line only informs: the team's run goes on without it
+            logger.warning("team %s: publishing progress of %s failed", line.component, line.phase, exc_info=True)
 
     async def report_error(self, key: str, message: str, *, resolved: bool = False) -> None:
         await self.bus.publish(self.build_id, ErrorReport(source=key, message=message, resolved=resolved))
@@ -261,7 +277,7 @@ class SandboxTeamActor(WarmBound[TeamConfig]):
             [_AgentPort(name, handle) for name, handle in self._agents],
             checks=_ProxyChecks(self._proxy, cfg.work.packages, self._providers_fed if cfg.work.providers else None),
             planner=planner,
-            events=_BusEvents(self._bus, cfg.build_id, self._events),
+            events=_BusEvents(self._bus, cfg.build_id, self._events, TaskProgress(cfg.work, slot=cfg.sid)),
             context=self._context,
             locks=self._locks,
         )

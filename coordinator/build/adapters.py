@@ -1,5 +1,5 @@
-"""Concrete build ports that need no Ray: events on the bus, webhooks, the planner, the swarm
-over a slot's sandbox, satisfaction in main and in a candidate, and the judge.
+"""Concrete build ports that need no Ray: events, merge requests and progress on the bus, webhooks,
+the planner, the swarm over a slot's sandbox, satisfaction in main and in a candidate, and the judge.
 
 The BuildCoordinator actor builds these around sandboxes it reaches through SandboxProxy
 handles (:class:`~sandbox_agents.proxy_sandbox.ProxySandbox`), so they work on any
@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from coordinator.build.notify import WebhookNotifier
-from coordinator.build.ports import MergeHandler, PublishedInterface, SlotVerification
+from coordinator.build.ports import MergeHandler, ProgressHandler, PublishedInterface, SlotVerification
 from coordinator.bus.context_bus import ContextBus
 from coordinator.bus.events import EventPayload
-from coordinator.bus.models import Envelope, Event, MergeRequest
+from coordinator.bus.models import Channel, Envelope, Event, MergeRequest, Progress
 from coordinator.bus.subscription import Subscription
 from coordinator.contracts import Command, Component, IntentContract
 from coordinator.intent import LockedContract, SandboxCriterionRunner, SatisfactionReport, check_satisfaction
@@ -54,22 +54,45 @@ class BusEvents:
 
 MERGE_GROUP = "merge-gate"
 """The one consumer group of a build's ``merge`` channel."""
+PROGRESS_GROUP = "progress-log"
+"""The one consumer group of a build's ``progress`` channel (the run, relaying it into the event log)."""
 READY_TIMEOUT_S = 60.0
-"""How long a (resumed) coordinator waits for Redis to serve its merge consumer before failing."""
+"""How long a (resumed) coordinator waits for Redis to serve its consumers before failing."""
 
 
-class BusMergeRequests:
-    """The ``merge`` channel on the bus, consumed by the build's coordinator (one consumer).
+class _CoordinatorConsumer:
+    """One channel of a build, consumed by the build's coordinator (one consumer).
 
     Every incarnation of a build's coordinator consumes under the same group and consumer name,
-    so the requests a killed one had been handed but not acknowledged are replayed to the next one
+    so the entries a killed one had been handed but not acknowledged are replayed to the next one
     first (the subscription's pending-entry recovery), then new ones are read.
     """
+
+    channel: Channel
+    group: str
 
     def __init__(self, bus: ContextBus, build_id: str) -> None:
         self.bus = bus
         self.build_id = build_id
         self._subscription: Subscription | None = None
+
+    async def _consume(self, on_entry: Callable[[Envelope], Awaitable[None]]) -> None:
+        await self.stop()
+        self._subscription = await self.bus.subscribe(
+            self.build_id, [self.channel], group=self.group, consumer="coordinator", handler=on_entry
+        ).start(ready_timeout=READY_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            await subscription.stop()
+
+
+class BusMergeRequests(_CoordinatorConsumer):
+    """The ``merge`` channel on the bus, consumed by the build's coordinator (group ``merge-gate``)."""
+
+    channel: Channel = "merge"
+    group = MERGE_GROUP
 
     async def send(self, request: MergeRequest) -> None:
         await self.bus.publish(self.build_id, request)
@@ -79,15 +102,36 @@ class BusMergeRequests:
             if isinstance(envelope.message, MergeRequest):
                 await handler(envelope.message)
 
-        await self.stop()
-        self._subscription = await self.bus.subscribe(
-            self.build_id, ["merge"], group=MERGE_GROUP, consumer="coordinator", handler=on_entry
-        ).start(ready_timeout=READY_TIMEOUT_S)
+        await self._consume(on_entry)
 
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            subscription, self._subscription = self._subscription, None
-            await subscription.stop()
+
+class BusProgress(_CoordinatorConsumer):
+    """The ``progress`` channel on the bus, relayed by the build's run into its event log (group ``progress-log``).
+
+    A line is acknowledged once the handler returned, i.e. once its ``team.progress`` event is in the
+    log; a handler that raises leaves it to the subscription's retries (then the dead letters). So
+    lines are relayed at least once: one a killed coordinator had relayed but not yet acknowledged is
+    relayed again by the next incarnation (a duplicate line, never a lost one). A malformed entry, or
+    one past :class:`~coordinator.bus.models.Progress`'s bounds, never reaches the handler: the
+    subscription dead-letters it and logs an error. An entry of another kind is dropped with a warning.
+    """
+
+    channel: Channel = "progress"
+    group = PROGRESS_GROUP
+
+    async def start(self, handler: ProgressHandler) -> None:
+        async def on_entry(envelope: Envelope) -> None:
+            if isinstance(envelope.message, Progress):
+                await handler(envelope.message)
+            else:
+                logger.warning(
+                    "build %s: dropped %s entry %s on the progress channel",
+                    self.build_id,
+                    envelope.message.type,
+                    envelope.id,
+                )
+
+        await self._consume(on_entry)
 
 
 INTERFACE_KEY = "interface."

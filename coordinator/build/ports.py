@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.budget import BudgetLedger
 from coordinator.bus.events import EventPayload
-from coordinator.bus.models import MergeRequest
+from coordinator.bus.models import MergeRequest, Progress
 from coordinator.clock import Clock
 from coordinator.contracts import IntentContract
 from coordinator.intent import LockedContract, SatisfactionReport
@@ -217,6 +217,23 @@ class MergeRequestsPort(Protocol):
         ...
 
 
+ProgressHandler = Callable[[Progress], Awaitable[None]]
+"""Relays one progress line; the line is acknowledged only once its handler returned."""
+
+
+class ProgressPort(Protocol):
+    """The build's ``progress`` channel: teams publish a line per task start and end, the run relays
+    each into its event log (``team.progress``), at least once."""
+
+    async def start(self, handler: ProgressHandler) -> None:
+        """Consume with ``handler`` until :meth:`stop`: unacknowledged lines first, then new ones."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop consuming; a line whose handler was interrupted stays unacknowledged."""
+        ...
+
+
 class PublishedInterface(BaseModel):
     """An interface a component's agents published on the bus (the ``interface.{component}`` decision)."""
 
@@ -286,3 +303,5 @@ class BuildPorts:
     clock: Clock
     planner: PlannerPort | None = None
     notifier: NotifierPort | None = None
+    progress: ProgressPort | None = None
+    """None: the teams' progress lines stay on the bus, unrelayed."""

@@ -8,7 +8,8 @@ The BuildCoordinator actor owns one :class:`BuildRun` and hands it its ports
 1. **fleet** — ``plan_fleet``; the MergeGate's main sandbox; one sandbox per slot;
 2. **build** — every component runs its own pipeline, all at once: its team builds it, its
    checks waiting until each provider's chosen code was fed into its sandbox, and it merges after
-   its providers (``parallel: false``: it starts only once its dependencies are merged);
+   its providers (``parallel: false``: it starts only once its dependencies are merged); meanwhile
+   the teams' progress lines (the bus's ``progress`` channel) are relayed into the log as ``team.progress``;
 3. **verify** — the verification swarm on each built slot;
 4. **judge** — tournaments only: evidence per candidate, the judge's decision; losers are
    snapshotted, then terminated;
@@ -64,7 +65,9 @@ from coordinator.bus.events import (
     FleetReady,
     IntentLocked,
     RunEvent,
+    TeamProgress,
 )
+from coordinator.bus.models import Progress
 from coordinator.clock import SystemClock
 from coordinator.contracts import parse_contract
 from coordinator.intent import ContractDriftError, LockedContract, lock
@@ -221,9 +224,13 @@ class BuildRun:
         await self.ports.merges.start(self.steps.handle_merge_request)
         ticker = asyncio.get_running_loop().create_task(self._checkpoint_ticker())
         try:
+            if self.ports.progress is not None:
+                await self.ports.progress.start(self.relay_progress)
             await gather(*(self.steps.component(name) for name in plan.order))
         finally:
             await self.ports.merges.stop()
+            if self.ports.progress is not None:
+                await self.ports.progress.stop()
             ticker.cancel()
             try:
                 await ticker
@@ -393,6 +400,17 @@ class BuildRun:
             return
         if entry:
             self.store.set_offset(self.build_id, "events", "coordinator", entry)
+
+    async def relay_progress(self, line: Progress) -> None:
+        """A team's progress line into the build's log as ``team.progress``.
+
+        Straight to the events port, not through :meth:`emit`: a failure raises, so the line stays
+        unacknowledged on the ``progress`` channel and is relayed again.
+        """
+        event = TeamProgress(
+            component=line.component, slot=line.slot, task=line.phase, message=line.message, fraction=line.fraction
+        )
+        await self.ports.events.emit(event)
 
     def describe(self) -> dict[str, Any]:
         """The run's state for ``status()``: session, slots, merges, budget, preview."""

@@ -385,6 +385,26 @@ class TeamFinished(EventPayload):
     blocked: list[str]
 
 
+class TeamProgress(EventPayload):
+    """A team's progress line, relayed into the log by the build's run from the bus's ``progress`` channel.
+
+    Relayed at least once: a line a killed coordinator had relayed but not acknowledged appears again
+    after its restart. Readers keep the latest per slot (the web UI shows it in the fleet table).
+    """
+
+    kind: Literal["team.progress"] = "team.progress"
+    component: str
+    """The component as its team knows it (a candidate's team: ``{component}.{strategy}``)."""
+    slot: str = ""
+    """The plan's slot (``web~polished``); empty when the team did not say."""
+    task: str
+    """The task the line is about (``check`` for the component's check): the message's ``phase``."""
+    message: str
+    """One human line, e.g. ``task api-tests: check passed``."""
+    fraction: float | None = None
+    """Tasks done / tasks of the team's run, in [0, 1]."""
+
+
 class TaskStarted(EventPayload):
     kind: Literal["task.started"] = "task.started"
     component: str
@@ -548,6 +568,7 @@ KnownEvent = Annotated[
     | TeamCheck
     | TeamReadyToMerge
     | TeamFinished
+    | TeamProgress
     | TaskStarted
     | TaskDone
     | TaskRecovered

@@ -72,16 +72,29 @@ class ErrorReport(_Message):
         return f"{self.source}|{self.file or ''}|{'' if self.line is None else self.line}"
 
 
+PROGRESS_TEXT_MAX = 8192
+"""Most characters of a progress line: a status line, not a log (a longer one is refused, and dead-lettered)."""
+
+
 class Progress(_Message):
-    """How far a phase or a task has got; ephemeral, never compacted."""
+    """How far a phase or a task has got; ephemeral, never compacted.
+
+    A team publishes one when a task starts and when it ends (``coordinator/team/progress.py``); the
+    build's run relays each into its event log as ``team.progress`` (``BusProgress``).
+    """
 
     type: Literal["progress"] = "progress"
-    phase: str
+    phase: str = Field(max_length=512)
     """Build phase or task name."""
-    message: str = ""
+    message: str = Field(default="", max_length=PROGRESS_TEXT_MAX)
     """Human-readable status line."""
     fraction: float | None = Field(default=None, ge=0.0, le=1.0)
     """Completed share in [0, 1], when known."""
+    component: str = Field(default="", max_length=200)
+    """The component whose work this is, as its team knows it (a candidate's team: ``{component}.{strategy}``);
+    empty when the publisher does not say (older messages)."""
+    slot: str = Field(default="", max_length=200)
+    """The plan's slot of that work (``web~polished``); empty when the publisher does not say."""
 
 
 class MergeRequest(_Message):

@@ -20,6 +20,7 @@ from actors.pools.proxies import release
 from actors.sandbox_proxy import start_proxy
 from actors.team import TeamConfig, start_team, stop_team
 from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.models import Progress
 from coordinator.resources import examples_dir
 from coordinator.team import ComponentWork, TeamReport
 from sandbox_agents.agent_models import AgentTask
@@ -97,6 +98,13 @@ async def test_team_of_three_agents_builds_the_calculator(ray_cluster, bus: Cont
         for kind in ("team.started", "task.started", "task.escalated", "task.recovered", "task.done"):
             assert kind in kinds
         assert kinds[-2:] == ["team.ready_to_merge", "team.finished"]
+        stream = bus.keys(build_id).stream("progress")  # a line per task start and end (relayed by a build's run)
+        lines = [bus.envelope(stream, rid, fields).message for rid, fields in await bus.redis.xrange(stream)]
+        said = [(p.phase, p.message) for p in lines if isinstance(p, Progress)]
+        assert ("calc-core", "task calc-core: running again after a failure") in said
+        assert lines[-1] == Progress(
+            phase="check", message="component check passed", fraction=1.0, component=work.component, slot="sbx-calc"
+        )
         unified = await bus.unified_context(build_id)
         assert {"calc.py", "cli.py", "test_calc.py"} <= set(unified.files)  # FileChange from the agents
         assert unified.context["calc.sub"].kind == "discovery"  # the model's publish, as a ContextUpdate
