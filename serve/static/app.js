@@ -8,6 +8,7 @@
 const PHASES = ["intent", "fleet", "build", "verify", "merge", "preview", "done"];
 const $ = (sel, root = document) => root.querySelector(sel);
 let current = null; // {id, abort: AbortController}
+let progress = new Map(); // the open build's latest team.progress per slot (per component when a line names no slot)
 
 function token() { return localStorage.getItem("kriptik.token") || ""; }
 
@@ -57,9 +58,12 @@ function renderStatus(s) {
   }));
   renderBudget(s.budget);
   fill($("#fleet tbody"), s.components || [], (tr, c) => {
+    tr.dataset.slot = c.slot; tr.dataset.component = c.component;
     cell(tr, c.slot); cell(tr, c.component); cell(tr, c.sandbox_id); cell(tr, c.status);
     cell(tr, (c.agents || []).join(", ")); cell(tr, c.swarm_score == null ? "" : c.swarm_score.toFixed(2));
+    cell(tr, "").className = "progress-line";
   });
+  renderProgress();
   fill($("#tournaments tbody"), s.tournaments || [], (tr, t) => {
     cell(tr, t.component); cell(tr, t.status);
     cell(tr, Object.entries(t.scores || {}).map(([k, v]) => k + ": " + v.toFixed(2)).join(", ")); cell(tr, t.winner);
@@ -81,6 +85,23 @@ function renderBudget(b) {
   $("#budget-meter .fill").style.width = pct + "%";
   const tokens = b.llm_tokens ? ` · ${b.llm_tokens.toLocaleString("en-US")} LLM tokens` : "";
   $("#budget-text").textContent = `$${b.spent_usd.toFixed(2)} of $${b.limit_usd.toFixed(2)} (${b.status})${tokens}`;
+}
+
+// Each fleet row shows its slot's latest progress line ("50% · task api-tests: check passed"), kept
+// from the team.progress events of the live log: the status polls re-render the rows, the map stays.
+function showProgress(line) {
+  progress.set(line.slot || line.component, line);
+  renderProgress();
+}
+
+function renderProgress() {
+  for (const tr of document.querySelectorAll("#fleet tbody tr")) {
+    const line = progress.get(tr.dataset.slot) || progress.get(tr.dataset.component);
+    const td = tr.querySelector(".progress-line");
+    if (!line || !td) continue;
+    const pct = line.fraction == null ? "" : Math.round(100 * line.fraction) + "% · ";
+    td.textContent = td.title = pct + (line.message || "");
+  }
 }
 
 function logLine(ev) {
@@ -194,7 +215,7 @@ function screenshots(id, signal) {
 async function showBuild(id) {
   $("#main").replaceChildren($("#build-view").content.cloneNode(true));
   $("#build-id").textContent = id;
-  const abort = new AbortController(); current = { id, abort };
+  const abort = new AbortController(); current = { id, abort }; progress = new Map();
   const refresh = async () => { try { renderStatus(await api(`/api/build/status/${id}`)); } catch (err) { $("#action-msg").textContent = err.message; } };
   const act = (path, body) => async (e) => {
     e.preventDefault();
@@ -214,6 +235,9 @@ async function showBuild(id) {
   const timer = setInterval(() => (abort.signal.aborted ? clearInterval(timer) : (refresh(), refreshShots())), 5000);
   streamEvents(id, abort, (ev) => {
     if (ev.event !== "end") logLine(ev);
+    if (ev.event === "event") {
+      try { const body = JSON.parse(ev.data); if (body.kind === "team.progress") showProgress(body.data); } catch (_) { /* not JSON */ }
+    }
     if (ev.event === "budget") { try { renderBudget(JSON.parse(ev.data).data); } catch (_) { /* a partial budget event */ } }
     if (["phase", "merge", "tournament", "sandbox", "build", "end"].includes(ev.event)) refresh();
     if (["merge", "build", "end"].includes(ev.event)) refreshShots();

@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from coordinator.bus.context_bus import ContextBus
+from coordinator.bus.events import TeamProgress
+from coordinator.bus.models import Event
 from coordinator.bus.redis_server import ManagedRedis, free_port
 from coordinator.store.store import Store
 from serve.auth import create_token
@@ -101,6 +103,45 @@ async def test_build_list_and_build_page_with_live_log_and_budget(site: dict[str
 
             await bus.publish_event(build, "budget.updated", {"limit_usd": 10.0, "spent_usd": 7.5, "status": "warning"})
             await expect(page.locator("#budget-text")).to_contain_text("$7.50 of $10.00", timeout=20_000)
+            await browser.close()
+    finally:
+        await bus.delete_build(build)
+        await bus.aclose(flush_timeout=1.0)
+
+
+async def test_the_fleet_table_shows_each_slots_latest_progress_line(site: dict[str, Any]) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    headers = {"Authorization": f"Bearer {site['token']}"}
+    async with httpx.AsyncClient(base_url=site["url"], headers=headers, timeout=30) as client:
+        build = (await client.post("/api/builds", json={"prompt": "an app with progress"})).json()["id"]
+    slots = [{"slot": "api", "component": "api", "status": "building"}]
+    web = {"slot": "web~polished", "component": "web", "candidate": 1, "status": "building"}
+    set_status = site["control"].set_status
+    await asyncio.wrap_future(set_status.remote(build, status="running", phase="build", components=slots).future())
+    bus = ContextBus(site["redis"], fast_config(), sender="test")
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = await browser.new_page()
+            await page.goto(f"{site['url']}/ui/")
+            await page.fill("#token", site["token"])
+            await page.click("#token-form button")
+            await page.click(f"a[href='#/build/{build}']", timeout=20_000)
+            await expect(page.locator("#fleet tbody tr")).to_have_count(1, timeout=20_000)
+
+            api = page.locator("#fleet tr[data-slot='api'] .progress-line")
+            for message, fraction in [("task api-tests: running", 0.0), ("task api-tests: check passed", 0.5)]:
+                line = TeamProgress(component="api", slot="api", task="api-tests", message=message, fraction=fraction)
+                await bus.publish(build, Event.of(line))
+            await expect(api).to_have_text("50% · task api-tests: check passed", timeout=20_000)
+
+            # The status re-renders the rows (a new slot here); each keeps its latest line.
+            await asyncio.wrap_future(set_status.remote(build, components=[*slots, web]).future())
+            await bus.publish_event(build, "build.phase", {"phase": "build", "previous": "fleet"})  # asks for status
+            await expect(page.locator("#fleet tbody tr")).to_have_count(2, timeout=20_000)
+            await expect(api).to_have_text("50% · task api-tests: check passed")
+            await expect(page.locator("#fleet tr[data-slot='web~polished'] .progress-line")).to_have_text("")
             await browser.close()
     finally:
         await bus.delete_build(build)
