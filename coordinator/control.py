@@ -193,7 +193,9 @@ class BuildControl:
         if llm is None:  # refuse now, with the fix, rather than fail deep inside the build's agents
             raise InvalidInputError(
                 "no LLM is configured for this build: KRIPTIK_LLM=replay needs KRIPTIK_CASSETTES (or submit one of "
-                "the examples, which bring their cassettes), or set KRIPTIK_LLM=anthropic|openai with its API key",
+                "the examples, which bring their cassettes), or set KRIPTIK_LLM=anthropic|openai with its API key; "
+                "these are read by `kriptik up` when it starts the cluster (set them there and restart it), not by "
+                "`kriptik build`",
                 field="llm",
             )
         mode = request.build_mode or (contract.build_mode if contract is not None else None)

@@ -14,7 +14,12 @@ app = typer.Typer(help="KripTik Fleet: sandboxed agent fleets that build apps.",
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks behind error messages (KRIPTIK_DEBUG=1)."),
+) -> None:
+    if debug:
+        os.environ["KRIPTIK_DEBUG"] = "1"
     # Ray reads RAY_AUTH_MODE when it is imported, and every command imports it later than this: a
     # value set after the import is not seen, and the token-authenticated head refuses the driver.
     for key, value in RAY_AUTH_ENV.items():

@@ -7,13 +7,15 @@ or ``~/.kriptik/token``, at ``KRIPTIK_API_URL`` (default ``http://KRIPTIK_API_HO
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -22,6 +24,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console()
+EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DOWN = 0, 1, 2, 3
+"""Exit codes: the build completed (or the command did its job); the build failed, was cancelled,
+paused or blocked (or the API answered with a server error); the input was bad (an unknown build,
+an invalid contract, a missing file, a refused token); the system is not up (no API to talk to)."""
+FINAL = {"completed": EXIT_COMPLETED, "failed": EXIT_FAILED, "cancelled": EXIT_FAILED, "paused": EXIT_FAILED}
+CONTRACT_SUFFIXES = (".yaml", ".yml", ".json")
 PHASES = ("intent", "fleet", "build", "verify", "merge", "preview", "done")
 REDIS_KEEPER = "kriptik-redis"
 UP_MARKER = "up.json"
@@ -44,7 +52,7 @@ def token() -> str:
     value = os.environ.get("KRIPTIK_TOKEN") or _read(Path("~/.kriptik/token").expanduser())
     if not value:
         console.print("[red]no token: set KRIPTIK_TOKEN or write ~/.kriptik/token (kriptik token create USER)")
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_BAD_INPUT)
     return value
 
 
@@ -57,18 +65,37 @@ def client(timeout: float | httpx.Timeout = 30.0) -> httpx.Client:
 
 
 def call(method: str, path: str, **kwargs: Any) -> Any:
-    """One API call; an error answer is printed and exits with 1."""
+    """One API call. No API: exit 3; a refused request (4xx): its message, exit 2; a server error: exit 1."""
     try:
         with client() as c:
             r = c.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach the API at {api_url()}: {exc} (is `kriptik up` running?)")
-        raise typer.Exit(1) from None
+        _not_up(exc)
     if r.is_error:
-        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-        console.print(f"[red]{r.status_code} {body.get('error', '')}: {body.get('message', r.text)}")
-        raise typer.Exit(1)
+        _refused(r)
     return r.json()
+
+
+def _not_up(exc: Exception) -> NoReturn:
+    console.print(f"[red]cannot reach the API at {api_url()}: {exc} (is `kriptik up` running?)")
+    raise typer.Exit(EXIT_DOWN) from None
+
+
+def _refused(r: httpx.Response) -> NoReturn:
+    """Print an error answer (its message, and each invalid field's path) and exit 2 (4xx) or 1."""
+    try:
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    except ValueError:
+        body = {}
+    problems = [str(p) for p in body.get("problems") or []]
+    if len(problems) > 1:  # one line per invalid field, its path first
+        console.print(f"[red]{r.status_code} {body.get('error', '')}: {len(problems)} problems")
+        for problem in problems:
+            console.print(f"[red]  {problem}")
+    else:
+        field = f" ({body['field']})" if body.get("field") and body["field"] not in str(body.get("message")) else ""
+        console.print(f"[red]{r.status_code} {body.get('error', '')}{field}: {body.get('message', r.text)}")
+    raise typer.Exit(EXIT_BAD_INPUT if r.status_code < 500 else EXIT_FAILED)
 
 
 def events(build_id: str, *, follow: bool) -> Iterator[dict[str, Any]]:
@@ -81,8 +108,7 @@ def events(build_id: str, *, follow: bool) -> Iterator[dict[str, Any]]:
             with client(timeout) as c, c.stream("GET", f"/api/build/stream/{build_id}", headers=headers) as r:
                 if r.is_error:
                     r.read()
-                    console.print(f"[red]{r.status_code}: {r.json().get('message', r.text)}")
-                    raise typer.Exit(1)
+                    _refused(r)
                 event: dict[str, Any] = {}
                 for line in r.iter_lines():
                     if line == "":
@@ -97,6 +123,11 @@ def events(build_id: str, *, follow: bool) -> Iterator[dict[str, Any]]:
                         event[key] = value.removeprefix(" ")
         except httpx.ReadTimeout:
             return  # backlog read (not following)
+        except httpx.ConnectError as exc:
+            if not follow or last_id is None:  # never connected: the system is not up
+                _not_up(exc)
+            console.print(f"[yellow]the API went away ({exc}); reconnecting after {last_id}")
+            time.sleep(1.0)
         except httpx.TransportError as exc:
             if not follow:
                 raise
@@ -164,17 +195,14 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("give a prompt or a contract file, or --example NAME (one of them)")
         if example is not None:
             body["example"] = example
-        elif len(what) < 4096 and "\n" not in what and Path(what).is_file():
-            path = Path(what)
-            from coordinator.contracts import load_contract
-
-            body["contract"] = load_contract(path).model_dump(mode="json")
+        elif _path_like(what):
+            body["contract"] = _read_contract(Path(what).expanduser())
         else:
             body["prompt"] = what
         created = call("POST", "/api/builds", json=body)
         console.print(f"build [bold]{created['id']}[/] queued")
         if not detach:
-            _follow_progress(created["id"])
+            raise typer.Exit(_follow_progress(created["id"]))
 
     @app.command()
     def status(build_id: str, json_output: bool = typer.Option(False, "--json")) -> None:
@@ -205,11 +233,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(build_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming.")) -> None:
-        """Print a build's event log (with -f, follow it until the build ends)."""
+        """Print a build's event log (with -f, follow it until the build ends; the exit code is then its outcome)."""
         for event in events(build_id, follow=follow):
             if event.get("event") == "end":
                 console.print(f"[bold]end[/] {event['data']}")
-                continue
+                raise typer.Exit(_ended(build_id, event["data"]))
             body = json.loads(event["data"])
             console.print(f"[dim]{event.get('id', '')}[/] [bold]{body['kind']}[/] {json.dumps(body['data'])}")
 
@@ -227,22 +255,72 @@ def register(app: typer.Typer) -> None:
     def preview(build_id: str) -> None:
         """Print the build's preview URLs."""
         p = call("GET", f"/api/build/preview/{build_id}")
+        if not p.get("url"):
+            s = call("GET", f"/api/build/status/{build_id}")
+            if s["status"] in FINAL:  # it will never have one (or not until it is resumed)
+                reason = f": {s['error']}" if s.get("error") else ""
+                console.print(f"[red]build {build_id} {s['status']}{reason}; it has no preview")
+                raise typer.Exit(FINAL[s["status"]] or EXIT_FAILED)
         console.print(f"app: {p.get('url') or '(not yet)'}")
         for name, url in p.get("components", {}).items():
             console.print(f"  {name}: {url}")
 
 
-def _follow_progress(build_id: str) -> None:
-    """Progress bars fed by SSE: one per phase, plus the latest message."""
+def _path_like(what: str) -> bool:
+    """Whether ``kriptik build WHAT`` names a contract file (rather than being a prompt)."""
+    if len(what) >= 4096 or "\n" in what:
+        return False
+    one_word = not any(c.isspace() for c in what.strip())
+    return Path(what).expanduser().is_file() or (one_word and what.lower().endswith(CONTRACT_SUFFIXES))
+
+
+def _read_contract(path: Path) -> dict[str, Any]:
+    """The contract file as JSON for the API; a missing or invalid file exits 2 with what to fix."""
+    from coordinator.contracts import load_contract
+    from sandbox_agents.errors import ContractError
+
+    if not path.is_file():
+        parent = path.parent if path.parent.is_dir() else None
+        siblings = [p.name for p in parent.iterdir() if p.suffix.lower() in CONTRACT_SUFFIXES] if parent else []
+        near = difflib.get_close_matches(path.name, siblings)
+        hint = f" (did you mean {path.parent / near[0]}?)" if near else ""
+        console.print(f"[red]no contract file {path}{hint}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        return load_contract(path).model_dump(mode="json")
+    except ContractError as exc:  # every problem with its field path; the traceback only with --debug
+        console.print(f"[red]invalid contract {path}:[/]\n{exc}")
+        if os.environ.get("KRIPTIK_DEBUG"):
+            console.print_exception()
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _ended(build_id: str, data: str) -> int:
+    """The exit code of a build that ended (the status of the stream's ``end`` event); prints why it failed."""
+    try:
+        status = str(json.loads(data).get("status"))
+    except (ValueError, AttributeError):
+        status = "unknown"
+    if status != "completed":
+        error = call("GET", f"/api/build/status/{build_id}").get("error")
+        if error:
+            console.print(f"[red]why: {error}")
+    return FINAL.get(status, EXIT_FAILED)
+
+
+def _follow_progress(build_id: str) -> int:
+    """Progress bars fed by SSE: one per phase, plus the latest message; returns the build's exit code."""
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console) as progress:  # fmt: skip
         tasks = {p: progress.add_task(p, total=1.0, note="", start=False) for p in PHASES}
+        ended = "{}"
         for event in events(build_id, follow=True):
             if event.get("event") == "end":
-                status = json.loads(event["data"])["status"]
+                ended = event["data"]
+                status = json.loads(ended)["status"]
                 colour = "green" if status == "completed" else "red"
                 progress.console.print(f"[{colour}]build {build_id} {status}")
-                return
+                break
             body = json.loads(event["data"])
             data = body.get("data") or {}
             phase = data.get("phase") or body["kind"].split(".")[0]
@@ -258,6 +336,7 @@ def _follow_progress(build_id: str) -> None:
                             note=str(data.get("message", body["kind"]))[:60])  # fmt: skip
             if event.get("event") == "error":
                 progress.console.print(f"[red]{body['kind']}[/] {json.dumps(data)}")
+    return _ended(build_id, ended)
 
 
 # --- up / down -----------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""``kriptik build|logs|preview`` tell the truth: exit codes, mistyped paths, invalid contracts, why a build failed.
+
+Exit codes: 0 completed, 1 failed (or cancelled, paused), 2 bad input, 3 the system is not up. The
+API side is a small HTTP server on 127.0.0.1 answering what the real one answers for a build that
+failed (the CLI is what is under test; the real API's answers are tested in tests/integration).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from coordinator.resources import examples_dir
+from serve.cli import app
+
+FAILED_WHY = "task api-tests blocked: no recorded turn for role='agent:api:0', task='api-tests', turn=0"
+
+
+class _FakeApi(BaseHTTPRequestHandler):
+    status = "failed"
+
+    def _json(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.path == "/api/builds":
+            self._json(201, {"id": "b1", "status": "queued"})
+        else:
+            self._json(404, {"error": "not_found", "message": "build b1 not found"})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.startswith("/api/build/stream/"):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            event = {"kind": "build.phase", "data": {"phase": "build"}}
+            self.wfile.write(f"id: 1-0\nevent: event\ndata: {json.dumps(event)}\n\n".encode())
+            self.wfile.write(f"id: 2-0\nevent: end\ndata: {json.dumps({'status': self.status})}\n\n".encode())
+            self.wfile.flush()
+        elif self.path.startswith("/api/build/status/"):
+            error = None if self.status == "completed" else FAILED_WHY
+            self._json(200, {"id": "b1", "status": self.status, "phase": "build", "error": error, "components": []})
+        elif self.path.startswith("/api/build/preview/"):
+            self._json(200, {"url": None, "components": {}})
+        else:
+            self._json(404, {"error": "not_found", "message": f"no route {self.path}"})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_FakeApi]]:
+    handler = type("Api", (_FakeApi,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("KRIPTIK_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("KRIPTIK_TOKEN", "test-token")
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_a_mistyped_contract_path_is_an_error_naming_the_file_it_meant_not_a_prompt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KRIPTIK_TOKEN", "test-token")
+    monkeypatch.setenv("KRIPTIK_API_URL", "http://127.0.0.1:9")  # never reached: the CLI stops first
+    (tmp_path / "notes.yaml").write_text("name: notes\n")
+    result = run("build", str(tmp_path / "notes.yml"))
+    assert result.exit_code == 2, result.output
+    assert "no contract file" in result.output and "notes.yaml" in result.output
+
+
+def test_an_invalid_contract_lists_each_field_without_a_traceback_unless_debug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KRIPTIK_TOKEN", "test-token")
+    monkeypatch.delenv("KRIPTIK_DEBUG", raising=False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsummary: s\n")
+    result = run("build", str(bad))
+    assert result.exit_code == 2
+    assert "components: Field required" in result.output and "success_criteria" in result.output
+    assert "Traceback" not in result.output
+    debug = run("--debug", "build", str(bad))
+    assert debug.exit_code == 2 and "ContractInvalidError" in debug.output
+
+
+def test_no_api_to_talk_to_exits_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KRIPTIK_API_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("KRIPTIK_TOKEN", "test-token")
+    for args in (("build", "a todo app"), ("status", "b1"), ("logs", "b1")):
+        result = run(*args)
+        assert result.exit_code == 3, (args, result.output)
+        assert "kriptik up" in result.output
+
+
+def test_a_failed_build_exits_1_with_its_reason_from_build_logs_and_preview(api: type[_FakeApi]) -> None:
+    contract = examples_dir() / "intents" / "hello-calc.yaml"
+    for args in (("build", str(contract)), ("logs", "-f", "b1")):
+        result = run(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert FAILED_WHY[:60] in result.output.replace("\n", "")
+    preview = run("preview", "b1")
+    assert preview.exit_code == 1 and "failed" in preview.output and "(not yet)" not in preview.output
+
+
+def test_a_completed_build_exits_0(api: type[_FakeApi]) -> None:
+    api.status = "completed"
+    assert run("build", "--example", "hello-calc").exit_code == 0
+    assert run("logs", "-f", "b1").exit_code == 0
+
+
+def test_a_refused_request_exits_2(api: type[_FakeApi]) -> None:
+    result = run("cancel", "b1")  # 404: no such build
+    assert result.exit_code == 2 and "404" in result.output
