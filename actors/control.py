@@ -243,6 +243,9 @@ class ControlActor:
 
     # --- warm pools -------------------------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Answers while the control plane serves (health checks)."""
+
     async def take_warm(self, kind: str, count: int = 1, backend: dict[str, Any] | None = None) -> list[Warm]:
         """Up to ``count`` warm, unbound ``kind`` actors (proxy, team, agent, swarm) for a build to bind.
 

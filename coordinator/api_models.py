@@ -217,10 +217,14 @@ class TakeControlView(_View):
 
 
 class Health(_View):
-    """Liveness of the API replica (no auth, no Control call)."""
+    """Liveness of the API replica and of what it needs (no auth)."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"
+    """``degraded`` when a part does not answer (see ``parts``)."""
     version: str = ""
+    parts: dict[str, str] = Field(default_factory=dict)
+    """Each part the API depends on → ``ok``, or why it is not: ``redis`` (the event bus), ``control``
+    (the control plane on Ray)."""
     sandbox_limits: Literal["cgroups", "unlimited", "refused"] | None = None
     """Local sandboxes on this replica's host: cgroup-limited, ``unlimited`` (the operator opted
     in on a host without writable cgroups: one sandbox can exhaust the host) or ``refused``

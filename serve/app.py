@@ -87,6 +87,8 @@ class ApiSettings(BaseSettings):
     """Seconds between SSE heartbeat comments."""
     sse_block_ms: int = Field(default=1000, ge=10, le=4000)
     """Longest blocking read of the event log before the stream re-checks the build's status."""
+    sse_unavailable_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long an event stream retries an unreadable event log (Redis down) before it sends ``error`` and closes."""
     control_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for one Control call before a 503."""
     status_from_store: bool = True
@@ -227,13 +229,22 @@ def create_app(
 
     @app.get("/api/health", response_model=Health, tags=["meta"])
     async def health() -> Health:
-        """Liveness of this replica: no token, no Control call; how local sandboxes are limited here."""
+        """This replica and its parts (Redis, the control plane), each checked with a short timeout; no token.
+        Also how local sandboxes are limited here."""
         limits = None
         if get_settings().kriptik_backend == "local":
             from sandbox_agents.backends.local.backend import host_sandbox_limits
 
             limits = await asyncio.to_thread(host_sandbox_limits)
-        return Health(version=VERSION, sandbox_limits=limits)
+
+        async def redis_ok() -> None:
+            await bus().ping()
+
+        checks = {"redis": redis_ok(), "control": control.ping()}
+        answers = await asyncio.gather(*checks.values(), return_exceptions=True)
+        parts = {name: "ok" if answer is None else str(answer) for name, answer in zip(checks, answers, strict=True)}
+        healthy = all(v == "ok" for v in parts.values())
+        return Health(status="ok" if healthy else "degraded", version=VERSION, sandbox_limits=limits, parts=parts)
 
     @app.post("/api/builds", response_model=BuildCreated, status_code=202, tags=["builds"])
     async def submit(body: BuildRequest, who: User) -> BuildCreated:
@@ -325,6 +336,7 @@ def create_app(
         events = build_events(
             bus(), control, who.user_id, build_id, after,
             initial_status=current.status, block_ms=settings.sse_block_ms,
+            unavailable_s=settings.sse_unavailable_s,
         )  # fmt: skip
         return stream_response(events, heartbeat_s=settings.heartbeat_s)
 

@@ -114,6 +114,7 @@ def events(build_id: str, *, follow: bool) -> Iterator[dict[str, Any]]:
                     if line == "":
                         if "data" in event:
                             last_id = event.get("id", last_id)
+                            _stop_if_unavailable(event)
                             yield event
                             if event.get("event") == "end":
                                 return
@@ -132,6 +133,19 @@ def events(build_id: str, *, follow: bool) -> Iterator[dict[str, Any]]:
             if not follow:
                 raise
             console.print(f"[yellow]stream dropped ({exc}); resuming after {last_id}")
+
+
+def _stop_if_unavailable(event: dict[str, Any]) -> None:
+    """The API closes a stream whose event log (Redis) it cannot read: say so and exit 3."""
+    if event.get("event") != "error":
+        return
+    try:
+        body = json.loads(event["data"])
+    except ValueError:
+        return
+    if body.get("kind") == "stream.unavailable":
+        console.print(f"[red]{body['data'].get('error')} (is `kriptik up` healthy? see `kriptik status`)")
+        raise typer.Exit(EXIT_DOWN)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -225,7 +239,11 @@ def register(app: typer.Typer) -> None:
             console.print(table)
         if s.get("error"):
             console.print(f"[red]{s['error']}")
-        if call("GET", "/api/health").get("sandbox_limits") == "unlimited":
+        health = call("GET", "/api/health")
+        for name, state in health.get("parts", {}).items():
+            if state != "ok":
+                console.print(f"[bold red]{name} does not answer:[/] {state}")
+        if health.get("sandbox_limits") == "unlimited":
             console.print(
                 "[bold red]sandboxes on this host run WITHOUT memory, process or CPU limits[/] "
                 "(no writable cgroups; KRIPTIK_ALLOW_UNLIMITED_SANDBOXES=1 opted in)"
@@ -401,6 +419,12 @@ def _up(port: int | None) -> int:
         control = start_control(ControlConfig(redis_url=redis_url, store_path=str(home / "store.db")))
         ray.get(control.queued.remote(), timeout=120)  # answers once revival of active builds is under way
     url = run_api(redis_url, str(home / "store.db"), api)
+    parts = _wait_healthy(url)
+    if parts is not None:
+        for name, state in parts.items():
+            console.print(f"[{'green' if state == 'ok' else 'red'}]{name:<10} {state}")
+        console.print("[red]kriptik up: not every part answers; see the lines above (and `kriptik down` to stop)")
+        return EXIT_DOWN
     # 0600: the Redis URL carries the managed server's password.
     write_private(home / UP_MARKER, json.dumps({"started_ray": started, "api": url, "redis": redis_url}))
     console.print(f"API        {url}/api   (docs {url}/docs)")
@@ -409,6 +433,22 @@ def _up(port: int | None) -> int:
     console.print(f"Redis      {redact_url(redis_url)}")
     console.print("token      kriptik token create USER > ~/.kriptik/token")
     return 0
+
+
+def _wait_healthy(url: str, timeout_s: float = 60.0) -> dict[str, str] | None:
+    """Wait until ``/api/health`` says every part answers; None then, else the parts as last seen."""
+    deadline = time.monotonic() + timeout_s
+    parts: dict[str, str] = {"api": "no answer"}
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{url}/api/health", timeout=5).json()
+            parts = {"api": "ok", **health.get("parts", {})}
+            if health.get("status") == "ok":
+                return None
+        except (httpx.HTTPError, ValueError) as exc:
+            parts = {"api": f"no answer: {exc}"}
+        time.sleep(0.5)
+    return parts
 
 
 def _control_running() -> bool:
@@ -425,6 +465,7 @@ class _RedisKeeper:
 
         self.server = ManagedRedis(data_dir)
         self.server.start()
+        self.server.keep_alive()  # killed (e.g. by the OOM killer): back on the same URL, its events reloaded
 
     def url(self) -> str:
         return self.server.url

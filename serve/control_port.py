@@ -55,6 +55,9 @@ class ControlPort(Protocol):
     async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes: ...
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]: ...
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView: ...
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        """Raise ControlUnavailableError unless the control plane answers within ``timeout_s`` (health)."""
+        ...
 
 
 class RayControlPort:
@@ -155,6 +158,16 @@ class RayControlPort:
         answer = await self._answer(lambda control: control.take_control.remote(user_id, build_id), "take_control")
         return TakeControlView.model_validate(answer)
 
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        import ray.exceptions as rex
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._actor().ping.remote()
+        except (rex.RayActorError, TimeoutError) as exc:
+            self._handle = None
+            raise ControlUnavailableError(f"control actor does not answer: {exc!r}") from exc
+
 
 class MemoryControl:
     """An in-memory :class:`ControlPort` that runs no builds: for tests, benchmarks and UI work.
@@ -176,6 +189,9 @@ class MemoryControl:
         if build is None or build["user_id"] != user_id:
             raise BuildNotFoundError(f"no build {build_id!r}")
         return build
+
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        return None
 
     async def submit(self, user_id: str, request: BuildRequest | dict[str, Any]) -> str:
         req = BuildRequest.model_validate(request)

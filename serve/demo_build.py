@@ -191,6 +191,7 @@ async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
         start_local_ray(owned.ray_tmp, num_cpus=4, env={"KRIPTIK_HOME": str(owned.home)})
         owned.redis = ManagedRedis(owned.home / "redis")
         await owned.redis.astart()
+        owned.redis.keep_alive()  # a Redis killed mid-build comes back on its URL with its events
         pools = pools_for(options.example)
         runtime = await start_runtime(
             owned.home, redis_url=owned.redis.url, admit_poll_s=0.1, heartbeat_s=10.0, pools=pools

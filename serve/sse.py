@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -83,6 +84,12 @@ def _end(status: str, last_id: str | None) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps({"status": status, "last_id": last_id}), event="end")
 
 
+def _unavailable(message: str, last_id: str | None) -> ServerSentEvent:
+    """The stream's last event when the event log cannot be read: ``error`` (not ``end``: the build goes on)."""
+    body = {"kind": "stream.unavailable", "data": {"error": message, "last_id": last_id}}
+    return ServerSentEvent(data=json.dumps(body), event="error")
+
+
 async def build_events(
     bus: ContextBus,
     control: ControlPort,
@@ -94,21 +101,35 @@ async def build_events(
     block_ms: int = 1000,
     batch: int = 200,
     retry_s: float = 0.5,
+    unavailable_s: float = 30.0,
 ) -> AsyncIterator[ServerSentEvent]:
     """The build's events after ``after_id`` as they are published, then ``end`` when final.
 
     Waits on the log with a blocking XREAD of ``block_ms``; after each empty wait it asks the
-    Control actor whether the build is final. A final build is drained without blocking.
+    Control actor whether the build is final. A final build is drained without blocking. When the
+    bus cannot be read for ``unavailable_s`` in a row, it sends an ``error`` event (what failed, and
+    the last id delivered, to resume from with ``Last-Event-ID``) and closes the stream, instead of
+    sending heartbeats over a dead event log forever.
     """
     last = after_id
     final_status = initial_status if initial_status in FINAL_STATUSES else None
+    failing_since: float | None = None
     while True:
         try:
             rows = await bus.read_events(build_id, last, count=batch, block_ms=None if final_status else block_ms)
         except BusUnavailableError as exc:
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since >= unavailable_s:
+                logger.error(
+                    "stream of build %s: the event log is unreadable for %.0fs: %s", build_id, now - failing_since, exc
+                )
+                yield _unavailable(f"the build's event log (Redis) cannot be read: {exc}", last)
+                return
             logger.warning("stream of build %s: %s; retrying", build_id, exc)
             await asyncio.sleep(retry_s)
             continue
+        failing_since = None
         for rid, envelope in rows:
             event, kind = to_sse(rid, envelope)
             last = rid

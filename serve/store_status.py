@@ -105,3 +105,6 @@ class StoreFirstControl:
 
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView:
         return await self.control.take_control(user_id, build_id)
+
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        await self.control.ping(timeout_s)

@@ -41,6 +41,7 @@ from coordinator.bus.models import (
     Message,
     UnifiedContext,
 )
+from coordinator.bus.redis_server import redact_url
 from coordinator.bus.scripts import BusKeys
 from coordinator.bus.subscription import Subscription
 from sandbox_agents.errors import BusBufferFullError, BusMalformedEntryError, BusUnavailableError
@@ -312,6 +313,18 @@ class ContextBus:
             if envelope is not None:
                 out.append((envelope.id, envelope))
         return out
+
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        """Check that Redis answers (health checks).
+
+        Raises:
+            BusUnavailableError: It does not answer within ``timeout_s`` (or refuses the connection).
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.redis.ping()
+        except (*REDIS_DOWN, TimeoutError) as exc:
+            raise BusUnavailableError(f"redis at {redact_url(self.url)} does not answer: {exc!r}") from exc
 
     def envelope(self, stream: str, rid: bytes | str, fields: dict[bytes, bytes]) -> Envelope | None:
         """Decode one raw entry; ``None`` (with a warning) if it is malformed."""

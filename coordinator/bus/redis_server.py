@@ -138,6 +138,10 @@ class ManagedRedis:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
         self._password: str | None = None
+        self._watcher: threading.Thread | None = None
+        self._watching = threading.Event()
+        self.restarts = 0
+        """Times :meth:`keep_alive` brought the server back after it died."""
 
     @property
     def url(self) -> str:
@@ -185,8 +189,39 @@ class ManagedRedis:
         """:meth:`start` without blocking the event loop while Redis loads."""
         await asyncio.to_thread(self.start)
 
+    def keep_alive(self, interval_s: float = 0.5) -> None:
+        """Restart the server whenever it dies, until :meth:`stop`: same port, password and data dir,
+        so clients reconnect to the same URL and the AOF brings the event log back (up to the last
+        second of writes with ``everysec``). A restart that fails is logged and tried again."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._watching.set()
+        self._watcher = threading.Thread(target=self._watch, args=(interval_s,), name="redis-keep-alive", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, interval_s: float) -> None:
+        while self._watching.is_set():
+            proc = self._proc
+            if proc is not None and proc.poll() is not None and self._watching.is_set():
+                logger.error(
+                    "managed redis-server pid %s died (exit %s); restarting it on port %s (log %s)",
+                    proc.pid, proc.returncode, self.port, self.data_dir / "redis.log",
+                )  # fmt: skip
+                self._proc = None
+                self._release()
+                try:
+                    self.start()
+                    self.restarts += 1
+                except (RedisStartError, ConfigError) as exc:
+                    logger.error("restarting the managed redis-server failed: %s; trying again", exc)
+            time.sleep(interval_s)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server cleanly (SIGTERM: AOF fsynced), SIGKILL after ``timeout``; idempotent."""
+        self._watching.clear()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout)
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -248,8 +283,9 @@ class ManagedRedis:
             "--databases", "1",
         ]  # fmt: skip
         # Die with us even when we are SIGKILLed (no atexit then). PDEATHSIG fires when the spawning
-        # *thread* ends, so it is only set when spawning from the main thread.
-        on_main = threading.current_thread() is threading.main_thread()
+        # *thread* ends, so it is only set when spawning from the main thread or the keep-alive
+        # watcher (which lives until stop()).
+        on_main = threading.current_thread() in (threading.main_thread(), self._watcher)
         self._proc = subprocess.Popen(
             args,
             stdin=subprocess.PIPE,

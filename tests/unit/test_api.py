@@ -136,9 +136,12 @@ def test_memory_control_is_a_control_port() -> None:
 # --- auth and scoping ------------------------------------------------------------------------
 
 
-async def test_health_needs_no_token(client: httpx.AsyncClient) -> None:
+async def test_health_needs_no_token_and_names_the_part_that_does_not_answer(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/health")
-    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.status_code == 200
+    health = r.json()  # these tests have a control plane (in memory) and no bus
+    assert health["status"] == "degraded" and health["parts"]["control"] == "ok"
+    assert "do not stream from a bus" in health["parts"]["redis"]
 
 
 @pytest.mark.parametrize(
