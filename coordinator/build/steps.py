@@ -135,6 +135,8 @@ class ComponentSteps:
         """Provider → (version, interface) of the last change its agents published in this run."""
         self._built_against: dict[str, dict[str, int]] = {}
         """Slot → the interface versions known when its last team run started."""
+        self._blocked: dict[str, dict[str, str]] = {}
+        """Slot → task → why it is blocked, from the slot's last team run (the build's error names them)."""
         self._fixes: dict[str, int] = {}
         """Slot → fix runs given to its team (a rejected merge's, an interface change's): the fix task's number."""
         """Outcomes the consumer reached, by request id (one may come before its pipeline asks)."""
@@ -168,7 +170,7 @@ class ComponentSteps:
             await gather(*(self.build_slot(s) for s in live))
             built = [s for s in live if state.slots[s.slot_id].status == "built"]
             if not built:
-                raise BuildError(f"component {name}: no candidate could be built")
+                raise BuildError(f"component {name}: no candidate could be built{self._why_blocked(live)}")
             await host.set_component_phase(name, "verify")
             results = await gather(*(self.verify_slot(s) for s in built))  # candidates verified side by side
             verdicts = dict(zip([s.slot_id for s in built], results, strict=True))
@@ -399,11 +401,21 @@ class ComponentSteps:
             await self.ports.ledger.record_llm(role, model, usage)
         await self.meter(slot.slot_id)
         report = outcome.report
+        self._blocked[slot.slot_id] = dict(report.blocked)
         state.save_slot(slot.slot_id, status="built" if report.ready else "blocked")
         ended = SlotBuilt if report.ready else SlotBlocked
         await host.emit(ended(slot=slot.slot_id, done=report.done, blocked=report.blocked, attempt=attempt))
         await host.step()
         return report.ready
+
+    def _why_blocked(self, slots: list[SlotPlan], cap: int = 600) -> str:
+        """Why the slots' last team runs ended blocked: each blocked task's reason, its root cause first."""
+        reasons = [
+            f"{slot.slot_id}: task {task} blocked: {why[:cap]}"
+            for slot in slots
+            for task, why in self._blocked.get(slot.slot_id, {}).items()
+        ]
+        return ("\n" + "\n".join(reasons[:4])) if reasons else ""
 
     async def verify_slot(self, slot: SlotPlan) -> SlotVerification:
         verdict = await self.with_respawn(slot, lambda: self.ports.verify.verify(slot))

@@ -203,6 +203,7 @@ class TeamRunner:
         failure = await self._attempt(task, index, task.id, level=0)
         if not failure:
             return 0
+        first = failure  # the root cause: later levels often fail on what it left (or on the same cause)
         await self._escalated(task, 1, failure, task.id + RETRY_SUFFIX)
         note = f"Your previous attempt at this task failed. Fix this:\n{_cap(failure)}"
         failure = await self._attempt(task, index, task.id + RETRY_SUFFIX, level=1, note=note)
@@ -214,7 +215,7 @@ class TeamRunner:
         if not failure:
             return 2
         if not allow_replan:
-            raise _Failed(failure)
+            raise _Failed(_with_first(failure, first))
         await self._escalated(task, 3, failure, task.id + REPLAN_SUFFIX)
         try:
             with self._replanning.busy():
@@ -223,7 +224,8 @@ class TeamRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a planner miss or a bad plan leaves level 4
-            raise _Failed(f"re-plan failed: {type(exc).__name__}: {exc}; last failure: {_cap(failure, 1000)}") from exc
+            last = f"re-plan failed: {type(exc).__name__}: {exc}; last failure: {_cap(failure, 1000)}"
+            raise _Failed(_with_first(last, first)) from exc
         for k, sub in enumerate(replacements):
             await self._escalate(sub, (index + k) % len(self.agents), allow_replan=False)
         return 3
@@ -356,6 +358,13 @@ class TeamRunner:
             await self.events.emit(event)
         except Exception:  # a lost event must not stop the build
             logger.warning("team %s: event %s not delivered", self.work.component, event.kind, exc_info=True)
+
+
+def _with_first(last: str, first: str) -> str:
+    """A blocked task's reason: its first failure (the root cause, e.g. the cassette key that is missing) first."""
+    if first.strip() == last.strip():
+        return last
+    return f"first failure: {_cap(first, 1000)}\nlast failure: {last}"
 
 
 def _cap(text: str, cap: int = FAILURE_CAP) -> str:

@@ -227,6 +227,24 @@ async def test_level_4_when_the_planner_fails() -> None:
     assert "re-plan failed: RuntimeError: no plan" in report.blocked["a"] and report.done == ["c"]
 
 
+async def test_a_blocked_tasks_reason_leads_with_its_first_failure_the_root_cause() -> None:
+    miss = "CassetteMissError: no recorded turn for role='agent:calc:0', task='a', turn=0"
+
+    class MissingTurnAgent(FakeAgent):
+        async def run_task(self, task: AgentTask) -> AgentOutcome:
+            if task.id == "a":  # level 0 meets the missing turn; later levels fail on its leftovers
+                return AgentOutcome(task_id=task.id, status="error", error=miss, role=self.name)
+            return await super().run_task(task)
+
+    world = World(broken={"a#retry1", "a#handoff"})
+    runner, agents, _, _ = team([task("a")], world, planner=FakePlanner(RuntimeError("no plan")))
+    runner.agents[0] = MissingTurnAgent(agents[0].name, world)
+    report = await runner.run()
+    reason = report.blocked["a"]
+    assert reason.startswith("first failure:") and miss in reason.split("last failure:")[0]
+    assert "re-plan failed: RuntimeError: no plan" in reason
+
+
 async def test_replacement_ids_must_not_clash() -> None:
     world = World(broken={"a", "a#retry1", "a#handoff"})
     runner, _, _, _ = team([task("a"), task("c")], world, planner=FakePlanner([task("c")]))
