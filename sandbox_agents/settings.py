@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     """Seconds an idle build session is kept before it is ended."""
     build_checkpoint_interval: int = 300
     """Seconds between checkpoints of a running build's sandboxes."""
+
+    @field_validator("kriptik_home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        """Resolved when read: a relative ``KRIPTIK_HOME`` is relative to the reader's working directory."""
+        return value.expanduser().resolve()
 
     def home(self) -> Path:
         """The state directory, expanded and created."""

@@ -400,6 +400,10 @@ def _up(port: int | None) -> int:
 
     settings = get_settings()
     home = settings.home()
+    problem = _export_resolved_paths(home)
+    if problem:
+        console.print(f"[red]{problem}")
+        return EXIT_BAD_INPUT
     api = ApiSettings(port=port) if port else ApiSettings()
     started = False
     token_file = ensure_ray_token()
@@ -433,6 +437,25 @@ def _up(port: int | None) -> int:
     console.print(f"Redis      {redact_url(redis_url)}")
     console.print("token      kriptik token create USER > ~/.kriptik/token")
     return 0
+
+
+def _export_resolved_paths(home: Path) -> str | None:
+    """Put absolute paths in the environment Ray and Control inherit (their working directory is not ours).
+
+    ``KRIPTIK_HOME`` and each file of ``KRIPTIK_CASSETTES`` are resolved against the directory
+    ``kriptik up`` runs in. Returns what is wrong (a cassette file that does not exist), else None.
+    """
+    from sandbox_agents.llm.config import CASSETTES_ENV
+
+    os.environ["KRIPTIK_HOME"] = str(home)
+    raw = os.environ.get(CASSETTES_ENV, "")
+    paths = [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return f"{CASSETTES_ENV} names cassette files that do not exist: {', '.join(missing)}"
+    if paths:
+        os.environ[CASSETTES_ENV] = os.pathsep.join(str(p) for p in paths)
+    return None
 
 
 def _wait_healthy(url: str, timeout_s: float = 60.0) -> dict[str, str] | None:

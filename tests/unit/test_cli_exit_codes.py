@@ -8,6 +8,7 @@ failed (the CLI is what is under test; the real API's answers are tested in test
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -139,3 +140,22 @@ def test_a_completed_build_exits_0(api: type[_FakeApi]) -> None:
 def test_a_refused_request_exits_2(api: type[_FakeApi]) -> None:
     result = run("cancel", "b1")  # 404: no such build
     assert result.exit_code == 2 and "404" in result.output
+
+
+def test_up_refuses_a_missing_cassette_and_exports_paths_resolved_where_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox_agents.settings import get_settings
+    from serve.cli_commands import _export_resolved_paths
+
+    monkeypatch.setenv("KRIPTIK_HOME", str(tmp_path / "home"))  # restored after the test, like the rest
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sandbox_agents.settings.get_settings", get_settings.__wrapped__)  # no cached settings
+    (tmp_path / "mine.yaml").write_text("version: 1\nturns: []\n")
+    monkeypatch.setenv("KRIPTIK_CASSETTES", "mine.yaml")
+    assert _export_resolved_paths(tmp_path / "home") is None
+    assert os.environ["KRIPTIK_CASSETTES"] == str(tmp_path / "mine.yaml")  # Ray's workers run elsewhere
+    assert os.environ["KRIPTIK_HOME"] == str(tmp_path / "home")
+    monkeypatch.setenv("KRIPTIK_CASSETTES", "typo.yaml")
+    result = run("up")
+    assert result.exit_code == 2 and "typo.yaml" in result.output and "do not exist" in result.output

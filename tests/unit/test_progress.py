@@ -121,7 +121,7 @@ async def test_a_blocked_task_says_why_in_one_short_line_and_the_share_stays() -
     await team_run([task("a"), task("c")], world, bus, planner=planner).run()
     blocked = [(m, f) for p, m, f in bus.lines() if p == "a" and "blocked" in m]
     assert len(blocked) == 1
-    assert blocked == [("task a: blocked: re-plan failed: RuntimeError: no plan", 0.0)]
+    assert blocked == [("task a: blocked: first failure: the task's check `check a` failed:", 0.0)]  # root cause
     assert bus.lines()[-1] == ("c", "task c: check passed", 0.5)  # a blocked task never counts; no component check
     long = TaskProgress(ComponentWork(component="calc", tasks=(task("a"),), agents=1))
     line = long.observe(TaskStarted(component="calc", task="a", attempt="a", agent="x" * 500, level=2))
