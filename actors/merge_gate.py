@@ -30,7 +30,7 @@ from actors import handles
 from actors.actor_args import validated_arg
 from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
 from actors.handles import MAIN_TEST_SID, RayError, gate_name
-from actors.pools.proxies import get_proxy, release, start_owned_sandbox
+from actors.pools.proxies import get_proxy, live_or_new_sandbox, release, start_owned_sandbox
 from actors.pools.warm import ControlWarmSource
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.events import BusyReport, EventPayload
@@ -268,8 +268,14 @@ class MergeGateActor:
 
     async def _wire(self, state: SandboxOwnerState) -> MergeGateCore:
         cfg = self.config
-        if self._proxy is None:
-            self._proxy = get_proxy(cfg.build_id, MAIN_TEST_SID)
+        if self._proxy is None:  # a restarted gate: its proxy may have died with the Ray it ran on
+            source = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
+            self._proxy, renewed = await live_or_new_sandbox(
+                cfg.build_id, MAIN_TEST_SID, cfg.backend, state.spec, heartbeat_s=cfg.heartbeat_s, source=source
+            )
+            if renewed is not None:  # main is written into it from the repo when the core starts (_restore)
+                state = state.model_copy(update={"sandbox_id": renewed})
+                self._state_file.save(state)
         sandbox = MainTestSandbox(ProxySandbox(self._proxy, state.sandbox_id, state.spec))
         swarm = VerificationSwarm(default_verifiers(self._chromium), timeout_s=cfg.swarm_timeout_s)
 

@@ -28,7 +28,7 @@ from actors.actor_args import validated_arg
 from actors.actor_state import SandboxOwnerState, StateFile, file_stem, state_dir
 from actors.handles import PREVIEW_SID, gate_name, preview_name, proxy_name
 from actors.merge_gate import default_spec
-from actors.pools.proxies import find_proxy, get_proxy, release, start_owned_sandbox
+from actors.pools.proxies import find_proxy, get_proxy, live_or_new_sandbox, release, start_owned_sandbox
 from actors.pools.warm import ControlWarmSource
 from actors.sandbox_proxy import start_proxy
 from coordinator.clock import SystemClock
@@ -112,7 +112,7 @@ class PreviewActor:
         assert self._state is not None
         self._state_file.save(self._state)
 
-    def _ready(self) -> tuple[_PreviewState, ProxySandbox]:
+    def _ready_state(self) -> _PreviewState:
         if self._state is None:
             try:
                 self._state = self._state_file.load()
@@ -120,6 +120,11 @@ class PreviewActor:
                 raise InvalidInputError(
                     "the preview is not started: call start(contract_json)", field="preview"
                 ) from None
+        return self._state
+
+    def _ready(self) -> tuple[_PreviewState, ProxySandbox]:
+        self._ready_state()
+        assert self._state is not None
         if self._proxy is None:
             self._proxy = get_proxy(self.config.build_id, PREVIEW_SID)
         return self._state, ProxySandbox(self._proxy, self._state.sandbox_id, self._state.spec)
@@ -129,9 +134,24 @@ class PreviewActor:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    async def _reconnect(self) -> None:
+        """Reach the saved sandbox's proxy, or a new sandbox when it died with its Ray (then empty: the
+        next refresh writes all of main and starts the servers again)."""
+        if self._proxy is not None:
+            return
+        state, cfg = self._ready_state(), self.config
+        source = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
+        self._proxy, renewed = await live_or_new_sandbox(
+            cfg.build_id, PREVIEW_SID, cfg.backend, state.spec, heartbeat_s=cfg.heartbeat_s, source=source
+        )
+        if renewed is not None:
+            self._state = state.model_copy(update={"sandbox_id": renewed, "files": {}, "serving": []})
+            self._save()
+
     async def start(self, contract_json: str) -> str:
         """Create (or reconnect to) the preview sandbox; returns its id."""
         if self._state_file.exists():
+            await self._reconnect()
             return self._ready()[0].sandbox_id
         contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
         cfg = self.config
@@ -156,6 +176,7 @@ class PreviewActor:
         Returns:
             The preview URL (stable for the build).
         """
+        await self._reconnect()
         state, sandbox = self._ready()
         if tree is None or merged is None:
             gate = handles.get(gate_name(self.config.build_id))

@@ -59,6 +59,39 @@ async def start_owned_sandbox(
     return proxy_name(build_id, sid), handle, await handle.sandbox_id.remote()
 
 
+async def live_or_new_sandbox(
+    build_id: str,
+    sid: str,
+    backend: dict[str, Any],
+    spec: SandboxSpec,
+    *,
+    heartbeat_s: float,
+    source: WarmSource | None = None,
+) -> tuple[Any, str | None]:
+    """The live proxy of an owned sandbox (the gate's, the preview's), or a new proxy with a new sandbox.
+
+    A proxy and its sandbox die with their Ray (``kriptik down``, a lost node) while their owner's
+    saved state still names them; the owner comes back through here instead of failing on the name.
+
+    Returns:
+        The proxy's handle and, when the sandbox is new, its id (None: the old one is still served).
+    """
+    try:
+        handle = get_proxy(build_id, sid)
+    except ValueError:
+        handle = None
+    if handle is not None and await handles.answers(handle):
+        return handle, None
+    name = proxy_name(build_id, sid)
+    logger.warning("build %s: the proxy of %s is gone; starting a new sandbox for it", build_id, sid)
+    forget_binding(name)
+    forget_alias("proxy", name)
+    _, handle, sandbox_id = await start_owned_sandbox(
+        build_id, sid, backend, spec, heartbeat_s=heartbeat_s, source=source
+    )
+    return handle, sandbox_id
+
+
 def find_proxy(name: str) -> Any | None:
     """The proxy known as ``name`` (a build name ``build:{id}:sbx:{sid}``, pooled or cold), or None."""
     try:
