@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -63,6 +64,7 @@ __all__ = [
     "MergeQueue",
     "changed_files",
     "criteria_for",
+    "failure_reason",
     "verify_target",
 ]
 
@@ -204,6 +206,8 @@ class MergeGateCore:
         self._started = False
         self._copy_dirty = False
         """The main-test copy may hold more than ``main`` (an attempt ran there): reset before trusting it."""
+        self._copy_checked = False
+        """An accepted merge's checks ran in the copy: what they wrote is undone before the next attempt."""
 
     async def start(self) -> None:
         """Initialise (or recover) the main repo and learn what is merged already.
@@ -223,7 +227,9 @@ class MergeGateCore:
         """Merge ``request`` when its turn comes, only if everything passes.
 
         Returns:
-            The verdict; on rejection ``main`` is unchanged and ``findings`` say why.
+            The verdict; on rejection ``main`` is unchanged and ``findings`` say why. An attempt
+            that fails (git, the main-test sandbox, the swarm) is a rejection of this candidate
+            whose reason names the error: the build goes on, and the next request is tried.
 
         Raises:
             InvalidInputError: The component is not in the contract.
@@ -235,7 +241,7 @@ class MergeGateCore:
         await self.queue.acquire(request.component)
         accepted = False
         try:
-            result = await self._attempt(request)
+            result = await self._attempt_or_reject(request)
             accepted = result.accepted
         finally:
             await self.queue.release(request.component, merged=accepted)
@@ -253,12 +259,36 @@ class MergeGateCore:
             await self.events.report_findings(request.component, [] if result.accepted else result.findings)
         return result
 
+    async def _attempt_or_reject(self, request: MergeRequest) -> MergeResult:
+        """:meth:`_attempt`, or a rejection naming the error that broke it (``main`` stays as it was)."""
+        started = self.clock()
+        try:
+            return await self._attempt(request)
+        except Exception as exc:  # noqa: BLE001 - one broken attempt rejects its candidate, not the build
+            logger.warning("merge of %s from %s failed", request.component, request.slot, exc_info=True)
+            reason = f"the merge gate failed while checking it: {failure_reason(exc)}"
+            try:
+                tree_hash = await self.repo.tree_hash()
+            except Exception:  # noqa: BLE001 - the verdict stands without it
+                tree_hash = ""
+            return MergeResult(
+                tree_hash=tree_hash,
+                component=request.component,
+                slot=request.slot,
+                accepted=False,
+                findings=[Finding(message=reason, rule="merge.gate_error")],
+                reason=reason,
+                duration_s=round(self.clock() - started, 3),
+            )
+
     async def _attempt(self, request: MergeRequest) -> MergeResult:
         started = self.clock()
         component = request.component
         branch = f"merge/{component}"
         if self._copy_dirty:  # a reset that failed before, or strays an accepted candidate wrote
             await self._restore()
+        elif self._copy_checked:
+            await self._tidy()
         screened = await self._screen(request)
         changed, links, deletes = screened.files, screened.links, screened.deleted
         refusals = screened.findings
@@ -307,7 +337,8 @@ class MergeGateCore:
             reason = f"{len(findings)} finding(s): " + "; ".join(f.message.splitlines()[0][:160] for f in findings[:3])
             return await verdict(False, reason, [*findings, *strays], criteria=criteria, swarm=swarm)
         commit = await self.repo.accept(branch)
-        self._copy_dirty = bool(strays)  # the copy is main now, unless the candidate left git files in it
+        self._copy_dirty = bool(strays)  # git files the candidate left: renew the sandbox before the next attempt
+        self._copy_checked = True  # else the copy is main plus what the checks wrote: tidied before the next one
         return await verdict(True, "all checks passed", strays, commit=commit, criteria=criteria, swarm=swarm)
 
     async def _screen(self, request: MergeRequest) -> Screened:
@@ -325,11 +356,33 @@ class MergeGateCore:
             for p in paths[:50]
         ]
 
+    async def _tidy(self) -> None:
+        """Undo in the copy what an accepted merge's checks wrote, as ``git checkout -f`` and ``git clean`` would.
+
+        A component's own tests may store data next to its code (a JSON file, a database): the next
+        merge's checks start from ``main`` as it is, not from that data. Installed dependencies and
+        other junk stay; the dev servers are restarted by the checks anyway. If this fails, the
+        sandbox is renewed instead.
+        """
+        try:
+            stale, extra = await self.copy.drift(await self.repo.files())
+            if stale or extra:
+                tree = await self.repo.tree(MAX_TREE_BYTES)
+                await self.copy.apply({p: tree[p] for p in stale if p in tree}, {}, extra)
+                logger.info(
+                    "main-test copy: %d file(s) of main put back, %d left by checks removed", len(stale), len(extra)
+                )
+        except Exception:  # noqa: BLE001 - a fresh sandbox holding main does the same
+            logger.warning("tidying the main-test sandbox failed; renewing it", exc_info=True)
+            await self._restore()
+            return
+        self._copy_checked = False
+
     async def _restore(self) -> None:
         """Replace the main-test sandbox by a fresh one holding ``main``, and serve the merged components there."""
         files, links = await asyncio.gather(self.repo.tree(MAX_TREE_BYTES), self.repo.links())
         await self.copy.reset(files, links)
-        self._copy_dirty = False
+        self._copy_dirty = self._copy_checked = False
         serving = [c for c in self.contract.components if c.name in self.queue.merged]
         if serving:
             _, problems = await self.servers.restart(serving)
@@ -392,6 +445,26 @@ class MergeGateCore:
 
     def held(self) -> dict[str, list[str]]:
         return self.queue.held()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def failure_reason(exc: BaseException, limit: int = 1000) -> str:
+    """An error as a team or a user reads it: its type and message, no colour codes, no traceback.
+
+    An error raised in another process (Ray's ``RayTaskError``) carries the original as ``cause``
+    and the remote traceback in its own text: the original is the one told.
+    """
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [line.rstrip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if any(line.startswith(_TRACEBACK) for line in lines):
+        lines = lines[-1:]  # the traceback's last line is the error itself
+    text = f"{type(exc).__name__}: " + "\n".join(lines)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _refused_note(screened: Screened) -> str:

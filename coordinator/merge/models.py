@@ -183,6 +183,10 @@ class MainCopy(Protocol):
         """A fresh sandbox holding exactly ``main``: no file or process a candidate left behind."""
         ...
 
+    async def drift(self, files: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """Paths of ``files`` (``main``'s, by sha256) that checks changed or removed; files they added (no junk)."""
+        ...
+
     async def strays(self) -> list[str]:
         """Paths in the copy where git would look for metadata or rules that the tree does not hold."""
         ...

@@ -6,7 +6,7 @@ candidate code runs; it holds no ``.git`` (the repository is on the gate's host:
 (:class:`MainTestSandbox` lets every port keep one object across that). :class:`SandboxDevServers`
 (re)starts components' dev servers there, each in its own process group;
 :func:`sandbox_satisfy` checks success criteria against them; and :func:`request_from_sandbox`
-hashes a slot's workspace into a :class:`MergeRequest`. Any
+hashes what ``git add`` would take of a slot's workspace into a :class:`MergeRequest`. Any
 :class:`~sandbox_agents.backends.base.Sandbox` will do, so the integration tests run them on
 the local backend.
 """
@@ -25,6 +25,7 @@ import httpx
 
 from coordinator.contracts import Component, IntentContract, primary_component
 from coordinator.intent import SatisfactionReport, check_satisfaction, lock
+from coordinator.merge.ignore import ignored_paths, is_ignore_file
 from coordinator.merge.models import MergeRequest, Satisfy, is_junk, sha256_of
 from coordinator.merge.router import router_argv
 from coordinator.merge.screen import CONTROL_FILES, SUBMODULES_FILE, is_git_metadata_name
@@ -185,6 +186,27 @@ class SandboxMainCopy:
         self.sandbox.swap(await self.renew())
         self._links, self._controls = set(), set()
         await self.apply(files, links, [])
+
+    async def drift(self, files: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """How the copy differs from ``files`` (path → sha256 of ``main``'s regular files) now that checks ran.
+
+        Returns:
+            Paths of ``main`` whose file checks changed or removed, and files checks added that are
+            not junk (installed dependencies, build output and caches stay, as ``git clean`` without
+            ``-x`` would leave them); ``main``'s symlinks are not looked at.
+        """
+        found = await self.sandbox.list_files("**/*")
+        present = {f.path for f in found if not f.is_dir and f.path not in self._links}
+
+        async def read(path: str) -> bytes:
+            async with self._limit:
+                return await self.sandbox.read_file(path)
+
+        kept = sorted(p for p in files if p in present)
+        blobs = await asyncio.gather(*(read(p) for p in kept))
+        stale = {p for p, data in zip(kept, blobs, strict=True) if sha256_of(data) != files[p]}
+        stale |= {p for p in files if p not in present}
+        return sorted(stale), sorted(p for p in present if p not in files and not is_junk(p))
 
     async def strays(self) -> list[str]:
         """Git metadata (``.git`` at any depth) and git rule files in the copy that the tree does not hold."""
@@ -369,14 +391,26 @@ async def _answers(url: str, timeout_s: float, poll_s: float) -> bool:
 async def request_from_sandbox(
     sandbox: Sandbox, *, build_id: str, component: str, slot: str, message: str = ""
 ) -> MergeRequest:
-    """A merge request for everything (but junk) in a slot's workspace, hashed as it is now; symlinks by target."""
+    """A merge request for what ``git add`` would take of a slot's workspace, hashed as it is now.
+
+    Junk is left out, and so is whatever the workspace's own ``.gitignore`` files ignore (the data
+    a component's checks write next to its code); symlinks go by target.
+    """
     links = {p: t for p, t in (await _symlinks(sandbox)).items() if not is_junk(p)}
     paths = [
         i.path for i in await sandbox.list_files("**/*") if not i.is_dir and not is_junk(i.path) and i.path not in links
     ]
-    blobs = await asyncio.gather(*(sandbox.read_file(p) for p in paths))
+    rules = [p for p in paths if is_ignore_file(p)]
+    ignored = await ignored_paths([*paths, *links], dict(zip(rules, await _read_all(sandbox, rules), strict=True)))
+    links = {p: t for p, t in links.items() if p not in ignored}
+    paths = [p for p in paths if p not in ignored]
+    blobs = await _read_all(sandbox, paths)
     files = {p: sha256_of(b) for p, b in zip(paths, blobs, strict=True)}
     return MergeRequest(build_id=build_id, component=component, slot=slot, files=files, links=links, message=message)
+
+
+async def _read_all(sandbox: Sandbox, paths: Sequence[str]) -> list[bytes]:
+    return list(await asyncio.gather(*(sandbox.read_file(p) for p in paths)))
 
 
 async def _symlinks(sandbox: Sandbox) -> dict[str, str]:

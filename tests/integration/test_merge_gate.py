@@ -330,3 +330,75 @@ async def test_a_hostile_candidate_cannot_alter_main_through_hooks_attributes_or
         await stop_gate(gate)
         await slots.close()
     assert not repo_dir(build_id).exists()  # closing the gate removes main's repository
+
+
+# The Notes case: the component's own check stores notes in a file next to the code. It passes on a fresh
+# tree only (the file starts empty), so it fails if main holds the file or the last merge's checks left it.
+# (Not named test*.py: the swarm's unittest run would store a note before the criterion runs.)
+NOTES_STORE = '''"""Notes kept in a JSON file next to the code."""
+
+import json
+import pathlib
+
+FILE = pathlib.Path(__file__).with_name("notes.json")
+
+
+def all_notes() -> list[str]:
+    return json.loads(FILE.read_text()) if FILE.exists() else []
+
+
+def add(text: str) -> None:
+    FILE.write_text(json.dumps([*all_notes(), text]))
+'''
+NOTES_CHECK = "from store import add, all_notes\n\nadd('buy milk')\nassert all_notes() == ['buy milk'], all_notes()\n"
+NOTES: dict[str, Any] = {
+    "name": "notes",
+    "summary": "Notes in a file store, and a CLI that uses them.",
+    "components": [
+        {"name": "backend", "kind": "backend", "description": "store", "tasks": [{"id": "s", "title": "Store"}]},
+        {
+            "name": "cli",
+            "kind": "other",
+            "description": "CLI",
+            "depends_on": ["backend"],
+            "tasks": [{"id": "c", "title": "CLI"}],
+        },
+    ],
+    "success_criteria": [
+        {"id": "store", "type": "command", "command": "cd backend && python3 check_store.py", "component": "backend"},
+        {"id": "cli", "type": "command", "command": "python3 cli/notes.py", "component": "cli"},
+    ],
+}
+
+
+async def test_a_data_file_the_components_own_test_writes_is_neither_merged_nor_seen_by_the_next_merge(
+    ray_cluster, build_id: str
+) -> None:  # noqa: F811
+    slots = Slots(build_id)
+    gate = start_gate(GateConfig(build_id=build_id))
+    try:
+        await gate.start.remote(json.dumps(NOTES))
+        files = {
+            "backend/store.py": NOTES_STORE,
+            "backend/check_store.py": NOTES_CHECK,
+            "backend/.gitignore": "*.json\n",
+        }
+        backend = await slots.open("backend", files)
+        ran = await backend.exec("cd backend && python3 check_store.py", timeout=30)  # the team's own check
+        assert ran.exit_code == 0 and "backend/notes.json" in [f.path for f in await backend.list_files()]
+        request = await slots.request("backend", "backend")
+        assert "backend/notes.json" not in request.files
+
+        merged = await asyncio.wait_for(gate.admit.remote(request), 120)
+        assert merged.accepted, merged.reason
+        assert merged.changed == ["backend/.gitignore", "backend/check_store.py", "backend/store.py"]
+
+        # the next merge checks backend's criterion again, on main: the notes the last check stored are gone
+        await slots.open("cli", {**files, "cli/notes.py": "print('notes')\n"})
+        cli = await asyncio.wait_for(gate.admit.remote(await slots.request("cli", "cli")), 120)
+        assert cli.accepted, cli.reason
+        assert {r.id: r.passed for r in cli.criteria} == {"store": True, "cli": True}
+        assert "backend/notes.json" not in await gate.tree.remote()
+    finally:
+        await stop_gate(gate)
+        await slots.close()

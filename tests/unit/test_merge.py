@@ -21,7 +21,9 @@ from coordinator.merge import (
     is_junk,
     verify_target,
 )
-from sandbox_agents.errors import InvalidInputError
+from coordinator.merge.gate import failure_reason
+from coordinator.merge.host_repo import MergeGitError
+from sandbox_agents.errors import InvalidInputError, SandboxError
 from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport, VerifierReport
 
 
@@ -154,6 +156,10 @@ class FakeCopy:
 
     async def strays(self) -> list[str]:
         return list(self.stray)
+
+    async def drift(self, main: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        stale = sorted(p for p, h in main.items() if p not in self.files or sha(self.files[p]) != h)
+        return stale, sorted(p for p in self.files if p not in main and not is_junk(p))
 
 
 class FakeServers:
@@ -402,17 +408,56 @@ async def test_a_stale_request_leaves_the_main_test_sandbox_alone() -> None:
     assert world.copy.resets == 0 and world.copy.files == {}
 
 
-async def test_an_attempt_that_fails_midway_discards_the_branch_and_renews_the_sandbox() -> None:
+async def test_an_attempt_that_fails_midway_is_a_rejection_that_discards_the_branch_and_renews_the_sandbox() -> None:
     world = World()
 
     def boom() -> None:
         raise RuntimeError("swarm died")
 
     world.on_verify = boom
-    with pytest.raises(RuntimeError, match="swarm died"):
-        await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    result = await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    assert not result.accepted and "RuntimeError: swarm died" in result.reason
     assert world.repo.main == {} and world.repo.branch is None and world.copy.resets == 1
     assert world.copy.files == {}
+    assert world.events.kinds[-1] == ("merge.rejected", "db") and world.core.held() == {}
+    world.on_verify = lambda: None
+    assert (await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))).accepted
+
+
+async def test_a_git_failure_on_one_candidate_is_a_readable_rejection_for_its_team() -> None:
+    world = World()
+    await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))
+    head = await world.core.head()
+    stage = world.repo.stage
+
+    async def refuse(*args: Any, **kw: Any) -> str:
+        output = "\x1b[31merror:\x1b[0m Your local changes to the following files would be overwritten"
+        raise MergeGitError(f"git update-index failed (128): {output}", command=("update-index",), output=output)
+
+    world.repo.stage = refuse  # type: ignore[method-assign]
+    result = await world.core.admit(world.request("api", {"api/server.py": b"ok"}))
+    assert not result.accepted and result.commit is None and await world.core.head() == head
+    assert "MergeGitError: git update-index failed (128): error: Your local changes" in result.reason
+    assert "\x1b" not in result.reason and "Traceback" not in result.reason
+    assert [f.rule for f in world.events.findings["api"]] == ["merge.gate_error"]
+    assert world.events.kinds[-1] == ("merge.rejected", "api")
+    world.repo.stage = stage  # type: ignore[method-assign]
+    assert (await world.core.admit(world.request("api", {"api/server.py": b"ok"}))).accepted
+
+
+async def test_what_an_accepted_merges_checks_wrote_is_undone_before_the_next_merge_is_checked() -> None:
+    world = World()
+    seen: list[dict[str, bytes]] = []
+
+    def checks_write_data() -> None:  # the component's own test stores what it wrote next to the code
+        seen.append(dict(world.copy.files))
+        world.copy.files.update({"db/notes.json": b'["buy milk"]', "db/schema.sql": b"rewritten"})
+
+    world.on_verify = checks_write_data
+    assert (await world.core.admit(world.request("db", {"db/schema.sql": b"v1"}))).accepted
+    assert (await world.core.admit(world.request("api", {"api/server.py": b"ok"}))).accepted
+    assert seen[1] == {"db/schema.sql": b"v1", "api/server.py": b"ok"}  # main, as the api merge writes it
+    assert world.repo.main == {"db/schema.sql": b"v1", "api/server.py": b"ok"} and world.copy.resets == 0
 
 
 async def test_a_restarted_gate_renews_the_main_test_sandbox_before_anything_else() -> None:
@@ -457,3 +502,14 @@ async def test_the_same_candidate_admitted_twice_is_in_main_once_without_a_secon
     assert again.commit == first.commit and again.changed == []
     assert [c for _, c in world.repo.log] == ["db"]
     assert world.core.merged() == ["db"]
+
+
+def test_a_failure_reason_tells_the_original_error_without_colour_codes_or_a_traceback() -> None:
+    class RemoteError(Exception):  # as Ray raises what another process raised: its traceback in the text
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("\x1b[36mray::Proxy.exec()\x1b[39m\nTraceback (most recent call last):\n  File ...")
+            self.cause = cause
+
+    assert failure_reason(RemoteError(SandboxError("sandbox sbx-1 is gone"))) == "SandboxError: sandbox sbx-1 is gone"
+    assert failure_reason(RuntimeError("\x1b[1mbold\x1b[0m\n\nsecond line")) == "RuntimeError: bold\nsecond line"
+    assert failure_reason(RuntimeError("x" * 2000), limit=50) == "RuntimeError: " + "x" * 35 + "…"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.merge.host_repo import HostGitRepo, MergeGitError
-from coordinator.merge.sandbox import MainTestSandbox, SandboxMainCopy
+from coordinator.merge.sandbox import MainTestSandbox, SandboxMainCopy, request_from_sandbox
 from sandbox_agents.backends.base import Sandbox, SandboxSpec
 from sandbox_agents.backends.fake import FakeBackend
 
@@ -166,3 +166,45 @@ async def test_the_copy_applies_changes_and_a_reset_renews_the_sandbox_with_main
     assert renew.made == [fresh] and fresh.id != first.id
     assert [f.path for f in await fresh.list_files() if not f.is_dir] == ["api/s.py"]
     assert await fresh.read_file("api/s.py") == b"main" and await copy.strays() == []
+
+
+async def test_the_copy_names_the_files_checks_changed_added_or_removed_and_leaves_junk_alone() -> None:
+    backend = FakeBackend()
+    sandbox = await backend.create(SandboxSpec())
+    copy = SandboxMainCopy(MainTestSandbox(sandbox), Renewer(backend))
+    main = {"api/s.py": b"x", "api/store.py": b"y", "api/gone.py": b"z"}
+    await copy.apply(main, {}, [])
+    await sandbox.write_file("api/store.py", b"rewritten by a check")
+    await sandbox.remove("api/gone.py")
+    await sandbox.write_file("api/notes.json", b'["buy milk"]')
+    await sandbox.write_file("node_modules/x/index.js", b"installed")
+    stale, extra = await copy.drift({p: sha(b) for p, b in main.items()})
+    assert (stale, extra) == (["api/gone.py", "api/store.py"], ["api/notes.json"])
+
+
+# --- merge requests --------------------------------------------------------------------------
+
+
+async def test_a_merge_request_leaves_out_what_the_workspaces_gitignore_files_ignore() -> None:
+    sandbox = await FakeBackend().create(SandboxSpec())
+    workspace = {
+        ".gitignore": b"*.sqlite\n",
+        "backend/.gitignore": b"*.json\n!package.json\ndata/\n",
+        "backend/server.py": b"print(1)\n",
+        "backend/package.json": b"{}",
+        "backend/notes.json": b'["written by the unit test"]',
+        "backend/data/cache.json": b"{}",
+        "backend/app.sqlite": b"db",
+        "web/notes.json": b"[]",  # backend/.gitignore does not reach web/
+    }
+    for path, data in workspace.items():
+        await sandbox.write_file(path, data)
+    request = await request_from_sandbox(sandbox, build_id="b1", component="backend", slot="backend")
+    assert sorted(request.files) == [
+        ".gitignore",
+        "backend/.gitignore",
+        "backend/package.json",
+        "backend/server.py",
+        "web/notes.json",
+    ]
+    assert request.files["backend/server.py"] == sha(b"print(1)\n")
