@@ -33,7 +33,7 @@ from actors.handles import MAIN_TEST_SID, RayError, gate_name
 from actors.pools.proxies import get_proxy, live_or_new_sandbox, release, start_owned_sandbox
 from actors.pools.warm import ControlWarmSource
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.events import BusyReport, EventPayload
+from coordinator.bus.events import BusyReport, EventPayload, RunEvent
 from coordinator.bus.models import ErrorReport, Event
 from coordinator.contracts import IntentContract, UiStep, parse_contract
 from coordinator.intent import UiChecker, UiStepError
@@ -221,7 +221,10 @@ class _Events:
         self._open: dict[str, list[ErrorReport]] = {}
 
     async def emit(self, event: EventPayload) -> None:
+        """Publish ``event``; a verdict carries the build's id, as the run's own events do."""
         if self.bus is not None:
+            if isinstance(event, RunEvent):
+                event = event.for_build(self.build_id)
             await self.bus.publish(self.build_id, Event.of(event))
 
     async def report_findings(self, component: str, findings: list[Finding]) -> None:

@@ -410,10 +410,19 @@ def status_view(store: Store, session: BuildSession) -> BuildStatus:
     budget = session.budget or {}
     totals = store.cost_totals(session.id)
     spent = totals.estimated_cost
+    history = store.merges(session.id)
     merges = [
-        {"component": m.component, "status": m.status, "slot": m.ref.get("slot"), "at": m.created_at}
-        for m in store.pending_merges(session.id)
+        {
+            "component": m.component,
+            "status": m.status,
+            "slot": m.ref.get("slot"),
+            "commit": m.commit,
+            "at": m.resolved_at or m.created_at,
+            "message": m.reason,
+        }
+        for m in history
     ]
+    commits = [m.commit for m in history if m.status == "merged" and m.commit]
     return BuildStatus.model_validate(
         {
             "id": session.id,
@@ -431,6 +440,7 @@ def status_view(store: Store, session: BuildSession) -> BuildStatus:
                 for s in store.list_slots(session.id)
             ],
             "preview_url": session.preview_url,
+            "main_commit": commits[-1] if commits else None,
             "budget": {
                 "limit_usd": budget.get("max_usd") or 0.0,
                 "spent_usd": round(spent, 6),

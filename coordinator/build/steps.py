@@ -32,7 +32,6 @@ from coordinator.bus.events import (
     BuildErrorEvent,
     ComponentFed,
     InterfaceChanged,
-    MergeAccepted,
     MergeRejected,
     PreviewRefreshed,
     RunEvent,
@@ -556,18 +555,24 @@ class ComponentSteps:
         self._settle_merge(request.request_id, outcome)
 
     async def _record_merge(self, request: MergeRequest, outcome: MergeOutcome, *, recovered: bool) -> None:
-        state, host, store = self.state, self.host, self.state.store
+        """Persist the gate's verdict (status lists it); a rejection is also told on the log with its findings.
+
+        An accepted merge is announced by the gate itself (``merge.accepted``, with the commit and the
+        files), also one it accepted while this coordinator was down: no second announcement here.
+        """
+        state, store = self.state, self.state.store
         name = request.component
         if outcome.accepted:
-            store.resolve_pending_merge(request.request_id, "merged")
+            store.resolve_pending_merge(request.request_id, "merged", commit=outcome.commit, reason=outcome.reason)
             state.save_slot(request.slot, status="merged")
-            commit = outcome.commit
-            event: RunEvent = MergeAccepted(component=name, slot=request.slot, commit=commit, recovered=recovered)
-        else:
-            store.resolve_pending_merge(request.request_id, "rejected")
-            state.save_slot(request.slot, status="built")
-            event = MergeRejected(component=name, slot=request.slot, reason=outcome.reason, findings=outcome.findings)
-        await host.emit(event)
+            if recovered:
+                logger.info("build %s: %s was merged before the coordinator restarted", state.build_id, name)
+            return
+        store.resolve_pending_merge(request.request_id, "rejected", reason=outcome.reason)
+        state.save_slot(request.slot, status="built")
+        await self.host.emit(
+            MergeRejected(component=name, slot=request.slot, reason=outcome.reason, findings=outcome.findings)
+        )
 
     def _settle_merge(self, request_id: int, result: MergeOutcome | BaseException) -> None:
         waiter = self._merge_waiters.pop(request_id, None)

@@ -9,9 +9,9 @@ Two rules keep the wire shape what readers (the web UI, ``kriptik logs``, the de
 benches) have always seen:
 
 * ``data`` holds the fields the emitter gave, and only those: an optional field left out is absent
-  from ``data`` (it is not written as its default). So the coordinator's ``merge.accepted``
-  (``commit`` or ``recovered``) and the gate's (``commit``, ``changed``, ``reason``) keep their
-  own keys, and a reader tells them apart as before.
+  from ``data`` (it is not written as its default). So the coordinator's ``merge.rejected``
+  (``reason``, ``findings``) and the gate's (``commit``, ``changed``, ``reason``) keep their own
+  keys, and a reader tells them apart as before.
 * A kind this version does not know (an older stream, a test or a bench writing its own kinds),
   or data that does not fit its kind's model, decodes as :class:`UnknownEvent` instead of failing.
 
@@ -318,8 +318,11 @@ class MergeQueued(EventPayload):
 
 
 class MergeAccepted(RunEvent):
-    """A component is in main: the gate's event has ``commit``, ``changed``, ``reason``; the run's has
-    ``commit``, or ``recovered`` for a merge that was in flight while the coordinator was down."""
+    """A component is in main, announced once, by the gate: ``commit``, ``changed``, ``reason``.
+
+    Runs of older versions echoed it with ``commit``, or ``recovered`` for a merge that was in flight
+    while the coordinator was down; ``recovered`` is kept so their logs still decode.
+    """
 
     kind: Literal["merge.accepted"] = "merge.accepted"
     component: str

@@ -149,8 +149,14 @@ class ResumeQueries:
             id=int(cursor.lastrowid or 0), session_id=session_id, component=component, ref=ref, created_at=now
         )
 
-    def resolve_pending_merge(self, merge_id: int, status: MergeStatus) -> PendingMerge:
+    def resolve_pending_merge(
+        self, merge_id: int, status: MergeStatus, *, commit: str | None = None, reason: str = ""
+    ) -> PendingMerge:
         """Close a pending merge; resolving it again with the same status is a no-op.
+
+        Args:
+            commit: ``main``'s commit after an accepted merge.
+            reason: Why the gate rejected it (or how it was resolved).
 
         Raises:
             InvalidInputError: ``status`` is ``pending``, or the merge was resolved differently.
@@ -167,10 +173,10 @@ class ResumeQueries:
                 return merge
             if merge.status != "pending":
                 raise InvalidInputError(f"merge {merge_id} is already {merge.status}", field="status")
-            merge.status, merge.resolved_at = status, self.clock.now()
+            merge.status, merge.resolved_at, merge.commit, merge.reason = status, self.clock.now(), commit, reason
             conn.execute(
-                "UPDATE pending_merges SET status = ?, resolved_at = ? WHERE id = ?",
-                (status, merge.resolved_at, merge_id),
+                "UPDATE pending_merges SET status = ?, resolved_at = ?, commit_id = ?, reason = ? WHERE id = ?",
+                (status, merge.resolved_at, commit, reason, merge_id),
             )
         return merge
 
@@ -179,6 +185,11 @@ class ResumeQueries:
         rows = self._db().execute(
             "SELECT * FROM pending_merges WHERE session_id = ? AND status = 'pending' ORDER BY id", (session_id,)
         )
+        return [merge_from_row(row) for row in rows]
+
+    def merges(self, session_id: str) -> list[PendingMerge]:
+        """Every admission of a build to the merge gate, resolved or pending, oldest first."""
+        rows = self._db().execute("SELECT * FROM pending_merges WHERE session_id = ? ORDER BY id", (session_id,))
         return [merge_from_row(row) for row in rows]
 
     def mark_processed(self, session_id: str, message_id: str) -> bool:

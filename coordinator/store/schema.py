@@ -115,6 +115,14 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "the build's preview URL, so status is answered from the store alone",
         ("ALTER TABLE build_sessions ADD COLUMN preview_url TEXT",),
     ),
+    (
+        3,
+        "each resolved merge's commit or rejection reason, so status lists the build's merges",
+        (
+            "ALTER TABLE pending_merges ADD COLUMN commit_id TEXT",
+            "ALTER TABLE pending_merges ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 """(version, description, statements), in the order they are applied."""
 
@@ -222,7 +230,10 @@ MergeStatus = Literal["pending", "merged", "rejected", "abandoned"]
 
 
 class PendingMerge(_Row):
-    """A merge request the gate accepted but has not finished; re-verified after a restart."""
+    """One admission of a component to the merge gate: pending (re-verified after a restart) until resolved.
+
+    Resolved rows stay: they are the build's merge history that status shows.
+    """
 
     id: int
     session_id: str
@@ -232,6 +243,10 @@ class PendingMerge(_Row):
     status: MergeStatus = "pending"
     created_at: float
     resolved_at: float | None = None
+    commit: str | None = None
+    """``main``'s commit once merged (None while pending, when rejected, or when recovered without it)."""
+    reason: str = ""
+    """The gate's reason: why it rejected the merge, or how it was resolved."""
 
 
 class Slot(_Row):
@@ -317,6 +332,7 @@ def checkpoint_from_row(row: sqlite3.Row) -> Checkpoint:
 def merge_from_row(row: sqlite3.Row) -> PendingMerge:
     data = dict(row)
     data["ref"] = json.loads(data.pop("ref_json"))
+    data["commit"] = data.pop("commit_id")
     return PendingMerge(**data)
 
 

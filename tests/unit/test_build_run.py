@@ -28,10 +28,11 @@ from coordinator.build.ports import (
     TeamOutcome,
 )
 from coordinator.build.run import BuildPorts, BuildRun
-from coordinator.bus.events import EventPayload, UnknownEvent, parse_event
+from coordinator.bus.events import EventPayload, MergeAccepted, UnknownEvent, parse_event
 from coordinator.bus.models import MergeRequest
 from coordinator.clock import FakeClock
 from coordinator.contracts import IntentContract, parse_contract
+from coordinator.control import status_view
 from coordinator.intent import CriterionResult, LockedContract, SatisfactionReport
 from coordinator.judge import Decision, Evidence, judge
 from coordinator.plan import SlotPlan
@@ -208,8 +209,11 @@ class FakeJudge:
 
 
 class FakeGate:
-    def __init__(self, world: World) -> None:
+    """Merges into ``world.main``; like the real gate, it announces each accepted merge on the build's log."""
+
+    def __init__(self, world: World, build_id: str) -> None:
         self.w = world
+        self.build_id = build_id
         self.starts = 0
 
     async def start(self, contract: IntentContract) -> str:
@@ -222,9 +226,13 @@ class FakeGate:
             self.w.reject[slot.component] -= 1
             return MergeOutcome(accepted=False, reason="tests fail in main", findings=["api/main.py: boom"])
         files = self.w.sandboxes[sandbox_id]["files"]
-        self.w.main.update({p: b for p, b in files.items() if p.startswith(f"{slot.component}/")})
+        changed = {p: b for p, b in files.items() if p.startswith(f"{slot.component}/")}
+        self.w.main.update(changed)
         self.w.merged.append(slot.component)
-        return MergeOutcome(accepted=True, commit=f"c{len(self.w.merged)}")
+        commit = f"c{len(self.w.merged)}"
+        event = MergeAccepted(component=slot.component, slot=slot.slot_id, commit=commit, changed=sorted(changed))
+        self.w.events.append((f"{len(self.w.events) + 1}-0", event.kind, event.for_build(self.build_id).data))
+        return MergeOutcome(accepted=True, commit=commit)
 
     async def merged(self) -> list[str]:
         return list(self.w.merged)
@@ -336,7 +344,7 @@ class Harness:
         self.session = self.store.create_session("alice", "a shop", budget=budget)
         self.store.update_session(self.session.id, contract=contract.model_dump(mode="json"))
         self.world = World()
-        self.gate = FakeGate(self.world)
+        self.gate = FakeGate(self.world, self.session.id)
         self.notes = Notes()
 
     def run_obj(self, settings: BuildSettings | None = None) -> BuildRun:
@@ -449,6 +457,27 @@ async def test_a_providers_fix_after_a_rejected_merge_is_fed_again_before_its_de
     from_db = [d for d in h.kinds("component.fed") if d["provider"] == "db"]
     assert len(from_db) == 2 and from_db[1]["files"] == from_db[0]["files"] + 1
     assert "db/fix.py" in h.world.seeded["api"]  # api merges the fixed db, not a stale copy
+
+
+async def test_each_merge_is_announced_once_by_the_gate_with_its_commit_and_files(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert (await h.run()).status is SessionStatus.COMPLETED
+    accepted = h.kinds("merge.accepted")
+    assert sorted(d["component"] for d in accepted) == ["api", "db", "util", "web"]
+    assert all(d["commit"] and d["changed"] == [f"{d['component']}/main.py"] for d in accepted)
+
+
+async def test_status_after_the_build_lists_every_merge_with_its_commit_and_mains_last_commit(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.reject["api"] = 1
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    status = status_view(h.store, session)
+    merged = [(m.component, m.commit) for m in status.merges if m.status == "merged"]
+    assert merged == [(c, f"c{i}") for i, c in enumerate(h.world.merged, 1)]  # in the order main got them
+    api = [(m.status, m.commit, m.message) for m in status.merges if m.component == "api"]
+    assert api == [("rejected", None, "tests fail in main"), ("merged", dict(merged)["api"], "")]
+    assert status.main_commit == f"c{len(h.world.merged)}"
 
 
 async def test_a_rejected_merge_goes_back_to_the_team_then_merges(tmp_path: Path) -> None:
@@ -658,7 +687,9 @@ async def test_a_merge_in_flight_when_the_coordinator_died_is_rechecked_not_repe
         FakeEvents.emit = original  # type: ignore[method-assign]
     assert session.status is SessionStatus.COMPLETED, session.error
     assert h.world.merged.count("db") == 1
-    assert any(d.get("recovered") for d in h.kinds("merge.accepted"))
+    assert [d["component"] for d in h.kinds("merge.accepted")].count("db") == 1  # the gate's, from before the crash
+    db = [m for m in status_view(h.store, session).merges if m.component == "db"]
+    assert [(m.status, m.message) for m in db][-1] == ("merged", "merged before the coordinator restarted")
 
 
 async def test_every_event_of_a_build_is_a_known_kind_carrying_the_build_id(tmp_path: Path) -> None:

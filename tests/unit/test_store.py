@@ -196,6 +196,22 @@ def test_pending_merges(store: Store) -> None:
     assert [(m.id, m.ref) for m in store.pending_merges(s.id)] == [(second.id, {"candidate": 1})]
 
 
+def test_resolved_merges_keep_their_commit_or_reason_in_the_builds_merge_history(store: Store) -> None:
+    s = store.create_session("u", "p")
+    rejected = store.add_pending_merge(s.id, "api", {"slot": "api"})
+    store.resolve_pending_merge(rejected.id, "rejected", reason="1 finding(s): criterion api-ok failed")
+    merged = store.add_pending_merge(s.id, "api", {"slot": "api"})
+    assert store.resolve_pending_merge(merged.id, "merged", commit="c1").commit == "c1"
+    waiting = store.add_pending_merge(s.id, "web", {"slot": "web"})
+    history = [(m.id, m.component, m.status, m.commit, m.reason) for m in store.merges(s.id)]
+    assert history == [
+        (rejected.id, "api", "rejected", None, "1 finding(s): criterion api-ok failed"),
+        (merged.id, "api", "merged", "c1", ""),
+        (waiting.id, "web", "pending", None, ""),
+    ]
+    assert [m.id for m in store.pending_merges(s.id)] == [waiting.id]
+
+
 def test_latest_checkpoint_per_slot(store: Store, clock: FakeClock) -> None:
     s = store.create_session("u", "p")
     assert store.latest_checkpoint(s.id, "api#0") is None
