@@ -19,6 +19,7 @@ the same plan and finds its sandboxes again by their tags.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -76,6 +77,8 @@ class SlotPlan(BaseModel):
     """The component's dependency manifests (the install phase runs before each check)."""
     interfaces: str = ""
     """The locked interfaces the team keeps to: what it provides and what it builds against."""
+    brief: str = ""
+    """The app and this component's part of it (:func:`app_brief`), in every agent's system prompt."""
     depends_on: tuple[str, ...] = ()
     """The component's providers (the contract's ``depends_on``)."""
     spec: SandboxSpec
@@ -110,6 +113,7 @@ class SlotPlan(BaseModel):
             check_command=self.check_command,
             agents=self.agents,
             packages=self.packages,
+            brief=self.brief,
         )
 
 
@@ -234,6 +238,53 @@ def interface_note(contract: IntentContract, component: Component) -> str:
     return "\n\n".join(parts)
 
 
+BRIEF_CAP = 6000
+"""Most characters of an app brief (a whole contract's criteria can be long; the prompt has a budget)."""
+
+
+def app_brief(contract: IntentContract, component: Component, *, cap: int = BRIEF_CAP) -> str:
+    """What a component's agents are told about the app they build, before their task.
+
+    The app's summary and constraints; the component's description, stack (profile, packages, dev
+    server and port, check); its neighbours (the providers it builds against and what runs them,
+    the dependents built against it) and the one origin the preview serves; and the success
+    criteria that concern it, which the merge gate runs against main.
+    """
+    lines = [f"App {contract.name}: {contract.summary.strip()}"]
+    lines += [f"- constraint: {c}" for c in contract.constraints]
+    lines.append(f"\nYour component: {component.name} ({component.kind}) — {component.description.strip()}")
+    lines.append(f"- sandbox profile: {component.profile or 'default'}")
+    for pkg in component.packages:
+        lines.append(f"- dependencies: the {pkg.manager} manifest in {pkg.dir} (installed by the install phase)")
+    if component.dev_server is not None:
+        server = component.dev_server
+        command = server.command if isinstance(server.command, str) else " ".join(server.command)
+        lines.append(f"- dev server: `{command}` listening on port {server.port} (ready at {server.ready_path})")
+    if component.check_command is not None:
+        check = component.check_command
+        check_text = check if isinstance(check, str) else " ".join(check)
+        lines.append(f"- component check (must pass before it merges): `{check_text}`")
+    for name in dict.fromkeys((*component.depends_on, *component.uses)):
+        provider = contract.component(name)
+        port = f", its server on port {provider.dev_server.port}" if provider.dev_server else ""
+        lines.append(f"- builds on {name} ({provider.kind}{port}): {provider.description.strip()}")
+    dependents = [c.name for c in contract.components if component.name in (*c.depends_on, *c.uses)]
+    if dependents:
+        lines.append(f"- built on by: {', '.join(dependents)} (they rely on what this component provides)")
+    if contract.origin is not None:
+        routes = ", ".join(f"{prefix} → {name}" for prefix, name in contract.origin.routes.items())
+        lines.append(f"- the preview serves the app on one origin (port {contract.origin.port}): {routes}")
+    criteria = [c for c in contract.success_criteria if c.component in (None, component.name)]
+    if criteria:
+        lines.append("\nSuccess criteria the merge gate checks on main (yours, and the app's):")
+        for criterion in criteria:
+            exclude = {"component", "id", "type"}
+            fields = criterion.model_dump(mode="json", exclude_none=True, exclude_defaults=True, exclude=exclude)
+            lines.append(f"- {criterion.id} ({criterion.type}): " + json.dumps(fields, separators=(",", ":")))
+    text = "\n".join(lines)
+    return text if len(text) <= cap else text[: cap - 20].rstrip() + "\n…(brief cut)"
+
+
 def plan_fleet(contract: IntentContract, settings: PlanSettings | None = None) -> FleetPlan:
     """Plan the fleet of a contract (pass ``locked.contract`` for a locked one)."""
     settings = settings or PlanSettings()
@@ -259,6 +310,7 @@ def plan_fleet(contract: IntentContract, settings: PlanSettings | None = None) -
                         InstallRequest(manager=p.manager, dir=p.dir, timeout_s=p.timeout_s) for p in component.packages
                     ),
                     interfaces=interface_note(contract, component),
+                    brief=app_brief(contract, component),
                     depends_on=component.depends_on,
                     spec=slot_spec(component, settings, slot_id, strategy.name if strategy else ""),
                 )

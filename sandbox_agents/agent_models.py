@@ -37,6 +37,8 @@ class AgentTask(BaseModel):
     """A command whose exit code 0 shows the task is done (the agent runs it before finishing)."""
     files: tuple[str, ...] = ()
     """Files the task is expected to touch, as a hint to the agent (not enforced)."""
+    brief: str = Field(default="", max_length=20_000)
+    """The app being built and this agent's part of it (summary, component, stack, neighbours, criteria)."""
 
 
 class AgentLimits(BaseModel):

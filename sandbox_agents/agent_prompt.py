@@ -79,6 +79,7 @@ def build_system_prompt(
     parts = [
         f"You are {role}, one agent of a team building an app in an isolated sandbox. Other agents work in the "
         "same workspace and in other sandboxes at the same time; the build context below is what they shared.",
+        *(["# The app you are building\n" + task.brief.strip()] if task.brief.strip() else []),
         "# Your task\n" + _render_task(task),
         "# How to work\n"
         f"- Paths are relative to the workspace root {workdir}; nothing outside it is reachable.\n"

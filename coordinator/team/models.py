@@ -48,8 +48,8 @@ class TeamTask(BaseModel):
     agent: int | None = Field(default=None, ge=0)
     """Index of the agent that must run it; round-robin when unset."""
 
-    def agent_task(self, attempt_id: str, note: str = "") -> AgentTask:
-        """The :class:`AgentTask` of one attempt, with ``note`` appended to the instructions."""
+    def agent_task(self, attempt_id: str, note: str = "", brief: str = "") -> AgentTask:
+        """The :class:`AgentTask` of one attempt, with ``note`` appended to the instructions and the app's ``brief``."""
         instructions = self.instructions + (f"\n\n{note}" if note else "")
         return AgentTask(
             id=attempt_id,
@@ -58,6 +58,7 @@ class TeamTask(BaseModel):
             acceptance=self.acceptance,
             check_command=self.check_command,
             files=self.files,
+            brief=brief,
         )
 
 
@@ -78,6 +79,8 @@ class ComponentWork(BaseModel):
     """Agents in the team (the plan's 3–5; fewer for small components and tests)."""
     packages: tuple[InstallRequest, ...] = ()
     """Dependency manifests: the install phase runs before every check, so checks see the dependencies."""
+    brief: str = ""
+    """The app and this component's part of it (``coordinator.plan.app_brief``), in every agent's system prompt."""
     providers: tuple[str, ...] = ()
     """Components whose code must have been fed in (``component.fed``) before a check runs (parallel builds)."""
 

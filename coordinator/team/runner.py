@@ -238,7 +238,7 @@ class TeamRunner:
             await self._emit(TaskStarted(**ids, agent=agent.name, level=level))
             failure = ""
             try:
-                outcome = await agent.run_task(task.agent_task(attempt_id, note))
+                outcome = await agent.run_task(task.agent_task(attempt_id, note, self.work.brief))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a dead agent is one more failure to escalate

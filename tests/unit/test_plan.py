@@ -188,3 +188,34 @@ def test_interfaces_are_checked_with_the_contract() -> None:
     outside["provides"] = {"modules": {"../x.js": ["f"]}}
     with pytest.raises(ContractError, match="inside the workspace"):
         contract(outside)
+
+
+def test_every_agents_system_prompt_carries_the_app_its_component_port_neighbours_and_criteria() -> None:
+    from sandbox_agents.agent_prompt import build_system_prompt
+
+    contract = load_contract(examples_dir() / "intents" / "todo-fullstack.yaml")
+    plan = plan_fleet(contract)
+    web = next(s for s in plan.slots if s.component == "frontend")
+    work = web.work()
+    prompt = build_system_prompt("agent:frontend:0", work.tasks[0].agent_task("t1", brief=work.brief))
+    app = prompt.split("# The app you are building\n", 1)[1].split("# Your task", 1)[0]
+    assert contract.summary.strip() in app and all(c in app for c in contract.constraints)
+    assert "frontend (frontend)" in app and "port 5173" in app  # its component, its dev server's port
+    assert "builds on backend (backend, its server on port 8000)" in app  # its neighbour and how to reach it
+    own = {c.id for c in contract.success_criteria if c.component in (None, "frontend")}
+    others = {c.id for c in contract.success_criteria} - own
+    assert own and all(f"- {i} (" in app for i in own) and not any(f"- {i} (" in app for i in others)
+    backend = next(s for s in plan.slots if s.component == "backend")
+    assert "built on by: frontend" in backend.brief
+
+
+def test_the_agent_prompt_stays_within_its_budget_on_the_largest_example() -> None:
+    from sandbox_agents.agent_prompt import build_system_prompt
+
+    contract = load_contract(examples_dir() / "intents" / "kanban-vite.yaml")
+    budget_tokens = 12_000  # issue 19's p95 target; ~4 characters a token (docs/agents.md)
+    for slot in plan_fleet(contract).slots:
+        work = slot.work()
+        for task in work.tasks:
+            prompt = build_system_prompt("agent:x:0", task.agent_task(task.id, brief=work.brief))
+            assert len(prompt) / 4 <= budget_tokens, (slot.slot_id, task.id, len(prompt))
