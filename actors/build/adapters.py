@@ -13,6 +13,8 @@ import asyncio
 import logging
 from typing import Any
 
+from ray.exceptions import RayTaskError
+
 from actors import handles
 from actors.build.config import DETERMINISTIC_ENV, CoordinatorConfig
 from actors.handles import (
@@ -40,6 +42,7 @@ from coordinator.build.ports import FixReason, MergeOutcome, TeamOutcome
 from coordinator.contracts import IntentContract
 from coordinator.judge import Decision, Evidence
 from coordinator.merge import is_junk
+from coordinator.merge.gate import failure_reason
 from coordinator.merge.models import MergeRequest
 from coordinator.merge.sandbox import request_from_sandbox
 from coordinator.placement import Placement
@@ -353,7 +356,11 @@ class RayGate:
 
     async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
         request = await self.fleet.merge_request(slot, sandbox_id)
-        result = await self.gate().admit.remote(request)
+        try:
+            result = await self.gate().admit.remote(request)
+        except RayTaskError as exc:  # the gate failed on this candidate: a rejection the team can act on
+            reason = f"the merge gate failed while checking it: {failure_reason(exc)}"
+            return MergeOutcome(accepted=False, reason=reason)
         findings = [f"{getattr(f, 'file', '') or ''}: {getattr(f, 'message', f)}".lstrip(": ") for f in result.findings]
         return MergeOutcome(accepted=result.accepted, commit=result.commit, reason=result.reason, findings=findings)
 

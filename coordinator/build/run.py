@@ -71,6 +71,7 @@ from coordinator.bus.models import Progress
 from coordinator.clock import SystemClock
 from coordinator.contracts import parse_contract
 from coordinator.intent import ContractDriftError, LockedContract, lock
+from coordinator.merge.gate import failure_reason
 from coordinator.plan import PlanSettings, plan_fleet
 from coordinator.store.schema import BuildSession, SessionStatus, Slot
 from sandbox_agents.errors import BuildError
@@ -371,7 +372,7 @@ class BuildRun:
         await self.emit(BuildCancelled(phase=self.phase))
 
     async def _fail(self, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"
+        message = failure_reason(exc, limit=2000)  # the error itself, not a remote traceback with colour codes
         await self.emit(BuildErrorEvent(error=message[:2000], phase=self.phase))
         try:
             await self.release_all()

@@ -101,6 +101,7 @@ class World:
         self.merge_acked: set[int] = set()  # stream positions the consumer group acknowledged
         self.publish_interface: dict[tuple[str, int], PublishedInterface] = {}  # (component, team attempt) -> it
         self.interfaces: dict[str, PublishedInterface] = {}  # interface.{component} decisions on the bus
+        self.blocked: dict[str, dict[str, str]] = {}  # slot -> task -> why its team run ends blocked
 
 
 class FakeFleet:
@@ -182,7 +183,9 @@ class FakeTeams:
         usage = [(f"agent:{slot.team_name}:0", "claude-sonnet-4", Usage(input_tokens=1000, output_tokens=100))]
         if self.w.team_usd:
             usage = [(f"agent:{slot.team_name}:0", "priced", Usage(cost_usd=self.w.team_usd))]
-        report = TeamReport(component=slot.team_name, ready=True, done=[t.id for t in slot.tasks])
+        blocked = self.w.blocked.get(slot.slot_id, {})
+        done = [t.id for t in slot.tasks if t.id not in blocked]
+        report = TeamReport(component=slot.team_name, ready=not blocked, done=done, blocked=blocked)
         return TeamOutcome(report=report, usage=usage)
 
     async def stop(self, slot_id: str) -> None:
@@ -406,6 +409,19 @@ async def test_phases_in_order_and_the_build_completes(tmp_path: Path) -> None:
     assert h.store.get_offsets(session.id)[("events", "coordinator")] == h.world.events[-1][0]
     costs = h.store.cost_totals(session.id)
     assert costs.llm_tokens == 5 * 1100 + 550 and costs.compute_seconds > 0  # 5 team runs, the judge, compute
+
+
+async def test_a_component_no_candidate_could_build_fails_the_build_naming_each_blocked_task_and_why(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    miss = "first failure: CassetteMissError: no recorded turn for role='agent:util:0', task='util-1', turn=0"
+    task_id = CONTRACT.component("util").tasks[0].id
+    h.world.blocked["util"] = {task_id: miss + "\nlast failure: re-plan failed"}
+    session = await h.run()
+    assert session.status is SessionStatus.FAILED
+    assert "component util: no candidate could be built" in (session.error or "")
+    assert f"util: task {task_id} blocked: {miss}" in (session.error or "")  # the root cause, in status
 
 
 async def test_sequential_dependents_start_after_their_dependencies_merged_seeded_with_main(tmp_path: Path) -> None:
