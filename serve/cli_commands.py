@@ -237,6 +237,12 @@ def register(app: typer.Typer) -> None:
                           ", ".join(c.get("agents", [])), score)  # fmt: skip
         if s.get("components"):
             console.print(table)
+        for m in s.get("merges", []):
+            colour = {"merged": "green", "rejected": "red"}.get(m["status"], "yellow")
+            what = (m.get("commit") or "")[:10] if m["status"] == "merged" else (m.get("message") or "")[:100]
+            console.print(f"[{colour}]merge {m['component']}: {m['status']}[/] {what}")
+        if s.get("main_commit"):
+            console.print(f"main {s['main_commit']}")
         if s.get("error"):
             console.print(f"[red]{s['error']}")
         health = call("GET", "/api/health")
