@@ -59,6 +59,10 @@ class ModalBackendConfig(BaseModel):
     """Modal environment (``MODAL_WORKSPACE``)."""
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """Bound on the first call to Modal; past it BackendUnavailableError (the SDK itself retries ~60 s)."""
+    sdk_module: str = Field(default="modal", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    """Import path of the SDK module the backend calls (imported on first use, in whichever process
+    holds the backend). The real ``modal`` unless a test points it at the fake: ``tests.fakes.modal_sdk``
+    lets the Ray workers of a whole build run on the Modal fake (docs/modal.md)."""
 
 
 BackendConfig = Annotated[LocalBackendConfig | FakeBackendConfig | ModalBackendConfig, Field(discriminator="type")]

@@ -2,8 +2,9 @@
 
 Every SDK call goes through its ``.aio`` variant and through :func:`modal_errors`, so only
 our errors leave this module. The SDK module is injected (``sdk=``) so that tests run the
-same code against ``tests/fakes/fake_modal.py``; by default the real ``modal`` is imported
-on first use, keeping the extra optional. The table of operation → Modal call is in
+same code against ``tests/fakes/fake_modal.py``; otherwise ``ModalBackendConfig.sdk_module``
+(the real ``modal``; the fake's module in tests that run in Ray workers) is imported on first
+use, keeping the extra optional. The table of operation → Modal call is in
 ``docs/modal.md``.
 
 Ids: a sandbox's id is Modal's own object id (``sb-…``), so ``from_id`` works from any
@@ -16,6 +17,7 @@ A sandbox's file methods are in ``files.py`` and its exec methods in ``exec.py``
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import uuid
 from typing import Any
@@ -172,14 +174,14 @@ class ModalBackend:
 
     @property
     def sdk(self) -> Any:
+        """The SDK module: the injected one, else ``config.sdk_module`` (``modal``) imported now."""
         if self._sdk is None:
+            name = self.config.sdk_module
             try:
-                import modal
+                self._sdk = importlib.import_module(name)
             except ImportError as exc:
-                raise BackendUnavailableError(
-                    "the modal SDK is not installed: pip install 'kriptik-fleet[modal]'", backend="modal"
-                ) from exc
-            self._sdk = modal
+                hint = "pip install 'kriptik-fleet[modal]'" if name == "modal" else f"cannot import {name!r}: {exc}"
+                raise BackendUnavailableError(f"the Modal SDK is not available: {hint}", backend="modal") from exc
         return self._sdk
 
     @property
