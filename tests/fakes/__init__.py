@@ -1,4 +1,4 @@
-"""In-process fakes of external services, faithful to the real signatures (see each module)."""
+"""Fakes of external services, faithful to the real signatures (see each module)."""
 
 from tests.fakes.fake_modal import FakeModal, make_fake_modal_backend
 

@@ -1,4 +1,4 @@
-"""A faithful in-process fake of the ``modal`` SDK surface the Modal backend uses (SDK 1.6.4).
+"""A faithful fake of the ``modal`` SDK surface the Modal backend uses (SDK 1.6.4).
 
 Modelled on the real signatures and calling convention: every SDK call the backend makes
 exists here with the SDK's parameter names, kinds and defaults, async ones are called as
@@ -11,19 +11,33 @@ Behind it is real work: each exec is a real local subprocess (its own process gr
 sandbox a real temp directory onto which the sandbox ``workdir`` maps (the exec ``cwd`` is set
 accordingly; nothing else is rewritten, so a command naming ``/workspace/…`` literally sees the
 host path). ``snapshot_filesystem`` copies the workspace into an Image that ``Sandbox.create``
-(``image=``) restores; ``tunnels()`` returns URLs that really reach the port on the host
-loopback. ``timeout`` and ``idle_timeout`` end a sandbox as Modal does (checked whenever the
-sandbox is used or polled); idle means no exec running and no file call or stdin write since.
-The client-side checks of the SDK's ``Sandbox.create``/``exec`` are mirrored (an App is
-required, absolute workdirs, no open ports or allowlists with ``block_network``, valid names).
+(``image=``) restores; ``tunnels()`` returns URLs that really reach the sandbox's port from the
+host loopback. Each sandbox has a ``/tmp`` of its own and, without egress (``block_network``,
+or an empty CIDR allowlist), a network of its own, as a Modal container does
+(``fake_modal_ns.py``): its execs run in its namespaces, so its ports are its own and reached
+from outside through its tunnels only; a sandbox with egress shares the host's network (its
+tunnel is the host port itself). Ending a sandbox ends every process in it, also one an exec
+left running in a session of its own. ``timeout`` and ``idle_timeout`` end a sandbox as Modal
+does (checked whenever the sandbox is used or polled); idle means no exec running and no file
+call or stdin write since. The client-side checks of the SDK's ``Sandbox.create``/``exec`` are
+mirrored (an App is required, absolute workdirs, no open ports or allowlists with
+``block_network``, valid names).
 
-What it does not do: isolation and network policy (``block_network`` and allowlists are
-recorded, not enforced), resource limits, GPUs, volumes, PTYs; connections through a tunnel do
-not count as activity. Every async SDK call (and ``Image.from_id``) is logged in
-``FakeModal.calls`` as a :class:`Call`, with its arguments as passed and as bound; ``inject``
-makes the next call of a name raise, ``authenticated=False`` and ``unreachable=True`` mimic a
-missing token (``AuthError: Token missing`` at once) and an unreachable server (the SDK retries
-~60 s).
+Like Modal's, the fake's objects are seen alike by every process: sandboxes, images and apps are
+records under the fake's root (``fake_modal_store.py``), read afresh on each call, so a sandbox
+created in one process can be ``from_id``-ed, listed, snapshotted, restored or terminated from
+another (processes of one user on one host). ``tests/fakes/modal_sdk.py`` is the fake as an
+importable module, for Ray workers (``ModalBackendConfig(sdk_module="tests.fakes.modal_sdk")``).
+
+What it does not do: isolation beyond /tmp and the network (a sandbox sees the host's other
+files and processes), the network policy of a sandbox with egress (domain and CIDR allowlists
+are recorded, not enforced), resource limits, GPUs, volumes, PTYs; connections through a tunnel
+do not count as activity. Every async SDK call (and ``Image.from_id``) is logged in
+``FakeModal.calls`` as a :class:`Call`, with its arguments as passed and as bound, and in the
+root's shared log (``FakeModal.shared_calls``: every process's calls, arguments as JSON);
+``inject`` makes the next call of a name in this process raise, ``authenticated=False`` and
+``unreachable=True`` mimic a missing token (``AuthError: Token missing`` at once) and an
+unreachable server (the SDK retries ~60 s).
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import dataclasses
 import errno
 import inspect
 import os
@@ -40,10 +55,14 @@ import signal
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.fakes import fake_modal_ns
+from tests.fakes.fake_modal_ns import Namespaces, Process
+from tests.fakes.fake_modal_store import Registry, jsonable
 
 #: What ``poll()`` reports for a sandbox past its ``timeout`` (the SDK maps Modal's timeout status
 #: to 124). Modal does not document what an ``idle_timeout`` end reports; the fake reports the same.
@@ -138,6 +157,19 @@ class exception:  # noqa: N801 - mirrors the ``modal.exception`` module
 
 
 @dataclass(frozen=True)
+class SharedCall:
+    """One SDK call as the root's shared log holds it, whichever process made it."""
+
+    name: str
+    pid: int
+    """The process that made it."""
+    on: str | None
+    """The id of the object it was made on (``sb-…`` for a sandbox's, its process's and its files' calls)."""
+    arguments: dict[str, Any]
+    """Bound arguments with defaults, as JSON: SDK objects by id or name, no file data, no secret values."""
+
+
+@dataclass(frozen=True)
 class Call:
     """One SDK call as the code under test made it.
 
@@ -178,7 +210,7 @@ class sdk_call:  # noqa: N801 - used as a decorator
         bound = self.signature.bind(target, *args, **kwargs)
         bound.apply_defaults()
         arguments = dict(list(bound.arguments.items())[1:])  # without self/cls
-        target._modal.calls.append(Call(self.name, args, kwargs, arguments))
+        target._modal._log(Call(self.name, args, kwargs, arguments), target)
         return bound
 
 
@@ -234,7 +266,7 @@ async def _gated_items(
 
 @dataclass(frozen=True)
 class Tunnel:
-    """Like ``modal.Tunnel``; ``url`` is plain HTTP to the port on the host loopback in the fake."""
+    """Like ``modal.Tunnel``; ``url`` is plain HTTP to a port on the host loopback in the fake."""
 
     host: str
     port: int
@@ -254,16 +286,25 @@ class Secret:
     def from_dict(cls, env_dict: dict[str, str | None] = {}) -> Secret:  # noqa: B006 - the SDK's default
         return cls(dict(env_dict))
 
+    def _describe(self) -> dict[str, Any]:
+        return {"secret": sorted(self.env_dict)}  # names only: values never reach the shared log
+
 
 @dataclass
 class App:
     name: str
     app_id: str
 
+    def _describe(self) -> dict[str, Any]:
+        return {"app": self.name, "app_id": self.app_id}
+
 
 @dataclass
 class Client:
     token_id: str
+
+    def _describe(self) -> dict[str, Any]:
+        return {"client": self.token_id}
 
 
 # --- images ----------------------------------------------------------------------------
@@ -307,10 +348,13 @@ class Image:
     def workdir(self, path: str) -> Image:
         return self._then("workdir", str(path))
 
+    def _describe(self) -> dict[str, Any]:
+        return {"image": self.object_id, "steps": [name for name, _ in self.steps]}
+
     @sdk_call
     async def build(self, app: App | None = None) -> Image:
         self.object_id = self.object_id or f"im-{uuid.uuid4().hex[:20]}"
-        self._modal.images[self.object_id] = self
+        self._modal._save_image(self)
         return self
 
     @lazy_sdk_call
@@ -346,9 +390,9 @@ class StreamWriter:
 
     _sdk_name = "StreamWriter"
 
-    def __init__(self, modal: FakeModal, state: _State, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, modal: FakeModal, sandbox_id: str, proc: Process) -> None:
         self._modal = modal
-        self._state = state
+        self._sandbox_id = sandbox_id
         self._proc = proc
         self._buffer = bytearray()
         self._eof = False
@@ -368,10 +412,10 @@ class StreamWriter:
     @sdk_call
     async def drain(self) -> None:
         stdin = self._proc.stdin
-        assert stdin is not None
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             if self._buffer:
-                self._state.last_active = time.monotonic()
+                with self._modal._changing(self._sandbox_id) as state:
+                    state.last_active = time.monotonic()
                 stdin.write(bytes(self._buffer))
                 self._buffer.clear()
                 await stdin.drain()
@@ -384,18 +428,16 @@ class ContainerProcess:
 
     _sdk_name = "ContainerProcess"
 
-    def __init__(
-        self, modal: FakeModal, state: _State, proc: asyncio.subprocess.Process, timeout: int | None, text: bool
-    ) -> None:
-        assert proc.stdout is not None and proc.stderr is not None
+    def __init__(self, modal: FakeModal, sandbox_id: str, proc: Process, timeout: int | None, text: bool) -> None:
         self._modal = modal
+        self._sandbox_id = sandbox_id
         self._proc = proc
         self.stdout = StreamReader(proc.stdout, text)
         self.stderr = StreamReader(proc.stderr, text)
-        self.stdin = StreamWriter(modal, state, proc)
-        self._waiter = asyncio.ensure_future(self._watch(state, timeout))
+        self.stdin = StreamWriter(modal, sandbox_id, proc)
+        self._waiter = asyncio.ensure_future(self._watch(sandbox_id, timeout))
 
-    async def _watch(self, state: _State, timeout: int | None) -> int:
+    async def _watch(self, sandbox_id: str, timeout: int | None) -> int:
         try:
             code = await asyncio.wait_for(self._proc.wait(), timeout)
         except TimeoutError:
@@ -403,8 +445,9 @@ class ContainerProcess:
             await self._proc.wait()
             return -1  # what the SDK's wait() reports for an exec past its deadline
         finally:
-            state.running.discard(self._proc.pid)
-            state.last_active = time.monotonic()
+            with self._modal._changing(sandbox_id) as state:
+                state.running.discard(self._proc.pid)
+                state.last_active = time.monotonic()
         return 128 - code if code < 0 else code
 
     @sdk_call
@@ -417,11 +460,23 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --- sandboxes -------------------------------------------------------------------------
 
 
 @dataclass
 class _State:
+    """One sandbox as its record holds it (times are ``time.monotonic``: one clock for the whole host)."""
+
     object_id: str
     name: str | None
     app: App
@@ -436,14 +491,33 @@ class _State:
     #: When the sandbox was last active: an exec ended, a file call or a stdin write was made.
     last_active: float = field(default_factory=time.monotonic)
     returncode: int | None = None
-    #: The process group of every exec (all are killed when the sandbox ends).
-    groups: set[int] = field(default_factory=set)
     #: Execs still running: while there is one, the sandbox is not idle.
     running: set[int] = field(default_factory=set)
+    #: Its own /tmp, and network and tunnels when it has no egress (``fake_modal_ns.py``); None once ended.
+    namespaces: Namespaces | None = None
 
     @property
     def workspace(self) -> Path:
         return self.root / "workspace"
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record of this state (``from_record`` reads it back)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.update(app=dataclasses.asdict(self.app), root=str(self.root))
+        data.update(running=sorted(self.running))
+        data.update(namespaces=None if self.namespaces is None else dataclasses.asdict(self.namespaces))
+        return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> _State:
+        data = dict(data)
+        data.update(app=App(**data["app"]), root=Path(data["root"]))
+        data.update(running=set(data["running"]))
+        if data["namespaces"] is not None:
+            namespaces = dict(data["namespaces"])
+            namespaces["tunnels"] = {int(port): host_port for port, host_port in namespaces["tunnels"].items()}
+            data["namespaces"] = Namespaces(**namespaces)
+        return cls(**data)
 
 
 class Filesystem:
@@ -457,12 +531,12 @@ class Filesystem:
     def __init__(self, sandbox: Sandbox) -> None:
         self._sb = sandbox
         self._modal = sandbox._modal
+        self._sandbox_id = sandbox.object_id
 
     def _host(self, remote_path: str, op: str) -> Path:
         if not remote_path.startswith("/"):
             raise exception.InvalidError(f"{op}: remote_path must be an absolute path, got {remote_path!r}")
-        state = self._sb._live()
-        state.last_active = time.monotonic()
+        state = self._sb._live(active=True)
         rel = os.path.relpath(os.path.normpath(remote_path), state.workdir)
         if rel.startswith(".."):
             raise exception.SandboxFilesystemPermissionError(f"fake modal: {remote_path} is outside the workdir")
@@ -517,27 +591,30 @@ class Filesystem:
 
 
 class Sandbox:
-    """A handle on a fake sandbox; several handles (``from_id``) share one state."""
+    """A handle on a fake sandbox: its id; the state is its record, read afresh by every call."""
 
     _sdk_name = "Sandbox"
     _modal: FakeModal
 
-    def __init__(self, state: _State) -> None:
-        self._state = state
+    def __init__(self, object_id: str) -> None:
+        self._object_id = object_id
+        self._sandbox_id = object_id
 
     @property
     def object_id(self) -> str:
-        return self._state.object_id
+        return self._object_id
 
     @property
     def filesystem(self) -> Filesystem:
         return Filesystem(self)
 
-    def _live(self) -> _State:
-        state = self._state
-        self._modal._expire(state)
-        if state.returncode is not None:
-            raise exception.SandboxTerminatedError(f"Sandbox {state.object_id} has already finished")
+    def _live(self, *, active: bool = False) -> _State:
+        """The sandbox's state if it still runs (and, if ``active``, the call counts as activity)."""
+        with self._modal._changing(self._object_id) as state:
+            if state.returncode is not None:
+                raise exception.SandboxTerminatedError(f"Sandbox {state.object_id} has already finished")
+            if active:
+                state.last_active = time.monotonic()
         return state
 
     @sdk_call
@@ -599,11 +676,8 @@ class Sandbox:
             raise exception.InvalidError("Cannot specify open ports when `block_network` is enabled")
         if block_network and (outbound_cidr_allowlist is not None or outbound_domain_allowlist is not None):
             raise exception.InvalidError("an outbound allowlist cannot be used when `block_network` is enabled")
-        live = (s for s in modal.sandboxes.values() if s.returncode is None and s.app.app_id == app.app_id)
-        if name is not None and any(s.name == name for s in live):
-            raise exception.AlreadyExistsError(f"Sandbox with name {name!r} already exists")
         if image is not None and image.object_id is not None and image.files_dir is None:
-            known = modal.images.get(image.object_id)
+            known = modal._image(image.object_id)
             if known is None:
                 raise exception.NotFoundError(f"Image {image.object_id} not found")
             image = known
@@ -628,26 +702,37 @@ class Sandbox:
             shutil.copytree(image.files_dir, state.workspace, symlinks=True)
         else:
             state.workspace.mkdir()
-        modal.sandboxes[object_id] = state
-        return cls(state)
+        no_egress = block_network or (outbound_cidr_allowlist is not None and not list(outbound_cidr_allowlist))
+        state.namespaces = await fake_modal_ns.start(
+            root, own_network=no_egress, ports=state.encrypted_ports, lifetime_s=timeout
+        )
+        with modal._registry.lock("sandbox-names"):  # one name per app among running sandboxes, host-wide
+            running = (s for s in modal.sandboxes.values() if s.returncode is None and s.app.app_id == app.app_id)
+            if name is not None and any(s.name == name for s in running):
+                modal._end(state, TERMINATED)
+                shutil.rmtree(root, ignore_errors=True)
+                raise exception.AlreadyExistsError(f"Sandbox with name {name!r} already exists")
+            modal._registry.write("sandboxes", object_id, state.record())
+        return cls(object_id)
 
     @sdk_call
     async def from_id(cls, sandbox_id: str, client: Client | None = None) -> Sandbox:
-        state = cls._modal.sandboxes.get(sandbox_id)
-        if state is None:
+        if cls._modal._state(sandbox_id) is None:
             raise exception.NotFoundError(f"Sandbox with id {sandbox_id} not found")
-        return cls(state)
+        return cls(sandbox_id)
 
     @sdk_call
     async def list(
         cls, *, app_id: str | None = None, tags: dict[str, str] | None = None, client: Client | None = None
     ) -> AsyncIterator[Sandbox]:
-        for state in list(cls._modal.sandboxes.values()):
-            cls._modal._expire(state)
+        known = cls._modal.sandboxes
+        for object_id in sorted(known, key=lambda i: known[i].created):
+            with cls._modal._changing(object_id) as state:
+                pass  # ends it if its timeout passed, as Modal would have
             if state.returncode is not None or (app_id is not None and state.app.app_id != app_id):
                 continue
             if all(state.tags.get(k) == v for k, v in (tags or {}).items()):
-                yield cls(state)
+                yield cls(object_id)
 
     @sdk_call
     async def exec(
@@ -669,8 +754,7 @@ class Sandbox:
             raise exception.InvalidError(f"workdir must be an absolute path, got: {workdir}")
         if not args or not all(isinstance(a, str) for a in args):
             raise exception.InvalidError("exec needs a command of strings")
-        state = self._live()
-        state.last_active = time.monotonic()
+        state = self._live(active=True)
         cwd = state.workspace
         if workdir is not None:
             rel = os.path.relpath(os.path.normpath(workdir), state.workdir)
@@ -686,13 +770,14 @@ class Sandbox:
         if shutil.which(args[0], path=full_env["PATH"]) is None and not os.access(cwd / args[0], os.X_OK):
             # A missing program ends like a shell's "command not found" (exit 127), not as an SDK error.
             args = ("/bin/sh", "-c", 'echo "$0: command not found" >&2; exit 127', args[0])
-        proc = await asyncio.create_subprocess_exec(
-            *args, cwd=cwd, env=full_env, start_new_session=True,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        state.groups.add(proc.pid)
-        state.running.add(proc.pid)
-        return ContainerProcess(self._modal, state, proc, timeout, text)
+        assert state.namespaces is not None  # a running sandbox has them
+        args = (*fake_modal_ns.enter(state.namespaces, cwd), *args)
+        proc = await fake_modal_ns.start_process(args, cwd=cwd, env=full_env)
+        with self._modal._changing(state.object_id) as state:
+            state.running.add(proc.pid)
+            if state.returncode is not None:  # ended by another process while this one was starting
+                _kill_group(proc.pid)
+        return ContainerProcess(self._modal, state.object_id, proc, timeout, text)
 
     @sdk_call
     async def snapshot_filesystem(self, timeout: int = 55, *, ttl: int | None = 2592000) -> Image:
@@ -700,35 +785,38 @@ class Sandbox:
             raise exception.InvalidError("ttl must be positive, or None to disable expiry")
         state = self._live()
         image_id = f"im-{uuid.uuid4().hex[:20]}"
-        target = self._modal.root / "images" / image_id
+        target = self._modal.root / "image-files" / image_id
         shutil.copytree(state.workspace, target, symlinks=True, ignore=_special_files)
         image = self._modal.Image(files_dir=target)
         image.object_id = image_id
-        self._modal.images[image_id] = image
+        self._modal._save_image(image)
         return image
 
     @sdk_call
     async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
         state = self._live()
-        return {port: Tunnel("127.0.0.1", port) for port in state.encrypted_ports}
+        assert state.namespaces is not None  # a running sandbox has them
+        return {port: Tunnel("127.0.0.1", host_port) for port, host_port in state.namespaces.tunnels.items()}
 
     @sdk_call
     async def set_tags(self, tags: dict[str, str], *, client: Client | None = None) -> None:
-        self._state.tags = dict(tags)
+        with self._modal._changing(self._object_id) as state:
+            state.tags = dict(tags)
 
     @sdk_call
     async def get_tags(self) -> dict[str, str]:
-        return dict(self._state.tags)
+        return dict(self._modal._existing(self._object_id).tags)
 
     @sdk_call
     async def poll(self) -> int | None:
-        self._modal._expire(self._state)
-        return self._state.returncode
+        with self._modal._changing(self._object_id) as state:
+            return state.returncode
 
     @sdk_call
     async def terminate(self, *, wait: bool = False) -> int | None:
-        self._modal._end(self._state, TERMINATED)
-        return self._state.returncode if wait else None
+        with self._modal._changing(self._object_id) as state:
+            self._modal._end(state, TERMINATED)
+        return state.returncode if wait else None
 
 
 def _special_files(directory: str, names: list[str]) -> list[str]:
@@ -745,19 +833,20 @@ def _special_files(directory: str, names: list[str]) -> list[str]:
 
 
 class FakeModal:
-    """Stands in for the ``modal`` module: pass it as ``ModalBackend(config, sdk=FakeModal(tmp_path))``."""
+    """Stands in for the ``modal`` module: pass it as ``ModalBackend(config, sdk=FakeModal(tmp_path))``.
+
+    Every FakeModal on the same ``root`` (in this process or another) sees the same sandboxes,
+    images and apps, as every client of one Modal account does.
+    """
 
     __version__ = "1.6.4"
 
     def __init__(self, root: Path, *, authenticated: bool = True, unreachable: bool = False) -> None:
         self.root = Path(root) / "fake-modal"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._registry = Registry(self.root)
         self.authenticated = authenticated
         self.unreachable = unreachable
         self.calls: list[Call] = []
-        self.sandboxes: dict[str, _State] = {}
-        self.images: dict[str, Image] = {}
-        self.apps: dict[str, App] = {}
         self._injected: dict[str, BaseException] = {}
         self.exception = exception
         self.Tunnel = Tunnel
@@ -768,9 +857,64 @@ class FakeModal:
         self.App = type("App", (_AppApi,), {"_modal": self})
         self.Client = type("Client", (_ClientApi,), {"_modal": self})
 
+    @property
+    def sandboxes(self) -> dict[str, _State]:
+        """Every sandbox ever created on this root (ended ones too), by id, as their records say now."""
+        found = {key: self._state(key) for key in self._registry.keys("sandboxes")}
+        return {key: state for key, state in found.items() if state is not None}
+
     def calls_of(self, name: str) -> list[dict[str, Any]]:
-        """The bound arguments (defaults filled in) of every logged call named ``name``, in order."""
+        """The bound arguments (defaults filled in) of every call named ``name`` made through this object."""
         return [call.arguments for call in self.calls if call.name == name]
+
+    def shared_calls(self, name: str) -> list[SharedCall]:
+        """Every call named ``name`` made on this root, by any process, in order."""
+        return [SharedCall(**entry) for entry in self._registry.calls() if entry["name"] == name]
+
+    def _log(self, call: Call, target: Any) -> None:
+        self.calls.append(call)
+        on = None if isinstance(target, type) else getattr(target, "_sandbox_id", None)
+        entry = {"name": call.name, "pid": os.getpid(), "on": on, "arguments": jsonable(call.arguments)}
+        self._registry.log_call(entry)
+
+    def _state(self, sandbox_id: str) -> _State | None:
+        record = self._registry.read("sandboxes", sandbox_id)
+        return None if record is None else _State.from_record(record)
+
+    def _existing(self, sandbox_id: str) -> _State:
+        state = self._state(sandbox_id)
+        if state is None:
+            raise exception.NotFoundError(f"Sandbox with id {sandbox_id} not found")
+        return state
+
+    @contextlib.contextmanager
+    def _changing(self, sandbox_id: str) -> Iterator[_State]:
+        """The sandbox's state to read and change, under its lock; ended first if past its timeouts.
+
+        Saved when the block ends (also when it raises: a change made before the error stands).
+        """
+        with self._registry.lock(sandbox_id):
+            state = self._existing(sandbox_id)
+            self._expire(state)
+            try:
+                yield state
+            finally:
+                self._registry.write("sandboxes", sandbox_id, state.record())
+
+    def _save_image(self, image: Image) -> None:
+        assert image.object_id is not None
+        files = None if image.files_dir is None else str(image.files_dir)
+        self._registry.write("images", image.object_id, {"steps": jsonable(image.steps), "files_dir": files})
+
+    def _image(self, image_id: str) -> Image | None:
+        record = self._registry.read("images", image_id)
+        if record is None:
+            return None
+        image = self.Image(tuple(tuple(step) for step in record["steps"]), files_dir=None)
+        if record["files_dir"] is not None:
+            image.files_dir = Path(record["files_dir"])
+        image.object_id = image_id
+        return image
 
     def inject(self, name: str, error: BaseException) -> None:
         """Make the next call named ``name`` (e.g. ``"Sandbox.create"``) raise ``error``."""
@@ -785,10 +929,11 @@ class FakeModal:
             raise self._injected.pop(name)
 
     def _end(self, state: _State, code: int) -> None:
-        for pid in state.groups:
-            _kill_group(pid)
-        state.groups.clear()
+        """End the sandbox: every process in it (whoever started them), its namespaces, its files."""
         state.running.clear()
+        if state.namespaces is not None:
+            fake_modal_ns.stop(state.namespaces)
+            state.namespaces = None
         if state.returncode is None:
             state.returncode = code
             shutil.rmtree(state.workspace, ignore_errors=True)
@@ -797,6 +942,7 @@ class FakeModal:
         """End the sandbox if its ``timeout`` has passed, or its ``idle_timeout`` with nothing running."""
         if state.returncode is not None:
             return
+        state.running = {pid for pid in state.running if _alive(pid)}  # its caller's process may have died
         now = time.monotonic()
         idle = state.idle_timeout
         if now - state.created >= state.timeout or (
@@ -806,7 +952,14 @@ class FakeModal:
 
     def kill(self, sandbox_id: str) -> None:
         """End a sandbox as if its container was lost (no terminate, no tag change)."""
-        self._end(self.sandboxes[sandbox_id], TERMINATED)
+        with self._changing(sandbox_id) as state:
+            self._end(state, TERMINATED)
+
+    def end_all(self) -> None:
+        """End every sandbox of this root still running, as :meth:`kill` does (a test's teardown)."""
+        for sandbox_id, state in self.sandboxes.items():
+            if state.returncode is None:
+                self.kill(sandbox_id)
 
 
 class _AppApi:
@@ -818,11 +971,15 @@ class _AppApi:
         cls, name: str, *, client: Client | None = None, environment_name: str | None = None,
         create_if_missing: bool = False,
     ) -> App:  # fmt: skip
-        if name not in cls._modal.apps:
-            if not create_if_missing:
-                raise exception.NotFoundError(f"App {name!r} not found")
-            cls._modal.apps[name] = App(name=name, app_id=f"ap-{uuid.uuid4().hex[:20]}")
-        return cls._modal.apps[name]
+        registry = cls._modal._registry
+        with registry.lock("apps"):
+            record = registry.read("apps", name)
+            if record is None:
+                if not create_if_missing:
+                    raise exception.NotFoundError(f"App {name!r} not found")
+                record = {"name": name, "app_id": f"ap-{uuid.uuid4().hex[:20]}"}
+                registry.write("apps", name, record)
+        return App(**record)
 
 
 class _ClientApi:

@@ -40,12 +40,12 @@ async def open_backend(name: str, tmp_path: Path) -> AsyncIterator[BackendUnderT
             local.sweep()
         return
     if name == "modal-fake":
-        from tests.fakes.fake_modal import make_fake_modal_backend
+        from tests.fakes.fake_modal import FakeModal, make_fake_modal_backend
 
         modal = make_fake_modal_backend(tmp_path)
 
-        def reopen() -> SandboxBackend:  # a new backend object on the same fake cloud
-            return type(modal)(modal.config, sdk=modal._sdk, settings=modal._settings)
+        def reopen() -> SandboxBackend:  # a new backend and SDK object on the same fake cloud, as another process
+            return type(modal)(modal.config, sdk=FakeModal(tmp_path), settings=modal._settings)
 
         try:
             yield BackendUnderTest(modal, reopen)

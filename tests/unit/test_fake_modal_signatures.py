@@ -245,7 +245,7 @@ async def _run_a_build(tmp_path: Path) -> fake_modal.FakeModal:
     assert [c.exit_code async for c in quiet.exec_stream(["true"])] == [0]
     await quiet.remove("a", recursive=True)
     restored = await backend.restore(await quiet.snapshot())
-    assert (await served.expose(18999)).endswith(":18999")
+    assert (await served.expose(18999)).startswith("http://127.0.0.1:")  # its tunnel, to its own network
     await quiet.keepalive()
     assert {s.id for s in await backend.list({"role": "a"})} == {quiet.id, restored.id}  # same spec, same tags
     assert (await backend.from_id(quiet.id)).id == quiet.id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,8 +30,10 @@ from tests.fakes.fake_modal import FakeModal, exception, make_fake_modal_backend
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> ModalBackend:
-    return make_fake_modal_backend(tmp_path)
+def backend(tmp_path: Path) -> Iterator[ModalBackend]:
+    backend = make_fake_modal_backend(tmp_path)
+    yield backend
+    fake(backend).end_all()  # a fake sandbox holds processes (its namespaces): none outlives its test
 
 
 @pytest.fixture
@@ -78,6 +80,12 @@ async def test_create_kwargs_carry_limits_ports_ttl_and_workdir(backend: ModalBa
     assert kwargs["cpu"] == 2 and kwargs["memory"] == (2048, 2048)
     assert kwargs["workdir"] == "/workspace" and kwargs["env"] == {"A": "1"}
     assert kwargs["app"].name == "kriptik-fleet" and kwargs["name"].startswith("kriptik-")
+
+
+def test_the_sdk_module_is_imported_by_name_and_one_that_cannot_be_is_unavailable() -> None:
+    assert ModalBackend(ModalBackendConfig(sdk_module="tests.fakes.modal_sdk")).sdk.__name__ == "tests.fakes.modal_sdk"
+    with pytest.raises(BackendUnavailableError, match="cannot import 'no_such_sdk'"):
+        _ = ModalBackend(ModalBackendConfig(sdk_module="no_such_sdk")).sdk
 
 
 def test_ttl_is_capped_at_24h(backend: ModalBackend) -> None:
@@ -258,25 +266,29 @@ async def test_snapshot_restores_the_workspace_byte_for_byte(backend: ModalBacke
     assert restored.spec == sandbox.spec
 
 
-async def test_expose_returns_a_url_that_reaches_the_port(backend: ModalBackend) -> None:
-    port = 18000 + int(time.time() * 1000) % 2000
-    sandbox = await backend.create(SandboxSpec(ports=(port,)))
-    await sandbox.write_file("index.html", "hello from the sandbox")
-    await sandbox.exec(f"nohup python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &")
-    url = await sandbox.expose(port)
-    assert url == f"http://127.0.0.1:{port}"
-    body = None
+async def test_expose_reaches_the_port_in_each_sandboxs_own_network(backend: ModalBackend) -> None:
+    """Two sandboxes serve the same port, as two Modal containers can; each tunnel reaches its own."""
+    sandboxes = [await backend.create(SandboxSpec(ports=(8000,))) for _ in range(2)]
+    urls = []
+    for n, sandbox in enumerate(sandboxes):
+        await sandbox.write_file("index.html", f"hello from sandbox {n}")
+        await sandbox.exec("nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &")
+        urls.append(await sandbox.expose(8000))
+    assert len(set(urls)) == 2 and all(url.startswith("http://127.0.0.1:") for url in urls)
+    bodies = []
     async with httpx.AsyncClient() as client:
-        for _ in range(100):
-            try:
-                body = (await client.get(f"{url}/index.html")).text
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)
-    assert body == "hello from the sandbox"
+        for url in urls:
+            for _ in range(100):
+                try:
+                    bodies.append((await client.get(f"{url}/index.html")).text)
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+    assert bodies == ["hello from sandbox 0", "hello from sandbox 1"]
     with pytest.raises(InvalidInputError):
-        await sandbox.expose(port + 1)
-    await sandbox.terminate()
+        await sandboxes[0].expose(8001)
+    for sandbox in sandboxes:
+        await sandbox.terminate()
 
 
 async def test_list_by_tags_and_from_id_in_a_fresh_backend(backend: ModalBackend, tmp_path: Path) -> None:
@@ -288,8 +300,8 @@ async def test_list_by_tags_and_from_id_in_a_fresh_backend(backend: ModalBackend
     assert fake(backend).calls_of("Sandbox.list")[-1]["tags"] == {"role": "test"}
     await two.terminate()
     assert [s.id for s in await backend.list({"build": "b1"})] == [one.id]
-    # Another process: a new backend object over the same Modal account.
-    other = ModalBackend(ModalBackendConfig(), sdk=backend.sdk, settings=backend.settings)
+    # Another process: a new backend object and SDK over the same Modal account.
+    other = ModalBackend(ModalBackendConfig(), sdk=FakeModal(tmp_path), settings=backend.settings)
     found = await other.from_id(two.id)
     assert found.spec.tags["role"] == "test" and await found.status() is SandboxStatus.TERMINATED
     assert TAG_SPEC not in found.spec.tags
