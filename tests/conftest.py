@@ -16,6 +16,18 @@ pytest_plugins = ["tests.integration.conftest_bus"]
 _HOME = Path(tempfile.mkdtemp(prefix="kriptik-test-home-"))
 os.environ.setdefault("KRIPTIK_HOME", str(_HOME))
 
+#: What the test cluster's workers get besides KRIPTIK_HOME. The repo root on their path, so that
+#: ``tests.fakes`` imports wherever pytest was started from (a whole build runs on the Modal fake with
+#: ``ModalBackendConfig(sdk_module="tests.fakes.modal_sdk")``), and fake Modal credentials for that
+#: backend's offline check; the real SDK's server URL points at a closed loopback port, so no worker
+#: could ever reach Modal with them. The driver's own environment is left alone (``cloud`` tests read it).
+WORKER_ENV = {
+    "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p),
+    "MODAL_TOKEN_ID": "ak-kriptik-test-fake",
+    "MODAL_TOKEN_SECRET": "as-kriptik-test-fake",
+    "MODAL_SERVER_URL": "http://127.0.0.1:9",
+}
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """End every local sandbox this session left (its own sandboxes root) and drop the home."""
@@ -38,7 +50,7 @@ def ray_cluster() -> Iterator[object]:
 
     tmp = tempfile.mkdtemp(prefix="kriptik-ray-")
     os.environ["RAY_TMPDIR"] = tmp
-    start_local_ray(tmp, num_cpus=4, env={"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"]})
+    start_local_ray(tmp, num_cpus=4, env={"KRIPTIK_HOME": os.environ["KRIPTIK_HOME"], **WORKER_ENV})
     try:
         yield ray
     finally:
