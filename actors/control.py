@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors import handles
 from actors.actor_args import validated_arg
@@ -78,10 +78,24 @@ class ControlConfig(BaseModel):
     """How often finished builds free their quota and queued ones are admitted."""
     examples_dir: str = str(EXAMPLES)
     coordinator: dict[str, Any] = Field(default_factory=dict)
-    """Extra CoordinatorConfig fields for every build (pool_size, checkpoint_interval_s, gate, webhook…)."""
+    """Extra CoordinatorConfig fields for every build (pool_size, checkpoint_interval_s, gate, webhook…);
+    not what Control sets per build (the backends come from ``backend``/``local_backend``/``modal_backend``)."""
     store_path: str | None = None
     pools: FleetPoolConfig = Field(default_factory=FleetPoolConfig)
     """Warm actors kept for every build (proxies with standby sandboxes, teams, agents, swarms)."""
+
+    @field_validator("coordinator")
+    @classmethod
+    def _not_per_build(cls, value: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(
+            set(value) & {"build_id", "redis_url", "bus_prefix", "backend", "placement", "llm", "store_path"}
+        )
+        if taken:
+            raise ValueError(
+                f"coordinator must not set {', '.join(taken)}: Control sets them per build "
+                "(a backend goes in ControlConfig.backend, local_backend or modal_backend)"
+            )
+        return value
 
 
 class RayBuildRunners:

@@ -77,3 +77,11 @@ async def test_a_warm_pool_never_hands_a_proxy_of_its_backend_to_a_build_on_anot
     pools.pools["proxy"]._warm.append(warm)  # as a fill leaves it, without starting an actor
     assert await pools.take("proxy", 1, MODAL) == []
     assert await pools.take("proxy", 1, {**LOCAL, "standby": 1}) == [warm]  # standby is not part of the identity
+
+
+def test_control_refuses_a_per_build_field_in_its_coordinator_defaults() -> None:
+    from actors.control import ControlConfig
+
+    with pytest.raises(ValueError, match="must not set backend"):
+        ControlConfig(redis_url="redis://x", coordinator={"backend": MODAL, "pool_size": 1})
+    assert ControlConfig(redis_url="redis://x", coordinator={"pool_size": 1}).coordinator == {"pool_size": 1}
