@@ -48,6 +48,7 @@ from coordinator.merge import (
     SandboxMainCopy,
     sandbox_satisfy,
 )
+from coordinator.placement import spec_for_backend
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.busy import rounded
 from sandbox_agents.errors import InvalidInputError
@@ -343,6 +344,7 @@ class MergeGateActor:
         contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
         cfg = self.config
         spec = cfg.spec or default_spec(contract, cfg.build_id, MAIN_TEST_SID)
+        spec = spec_for_backend(spec, cfg.backend, installs=any(c.packages for c in contract.components))
         source = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
         name, self._proxy, sandbox_id = await start_owned_sandbox(
             cfg.build_id, MAIN_TEST_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s, source=source

@@ -34,6 +34,7 @@ from actors.sandbox_proxy import start_proxy
 from coordinator.clock import SystemClock
 from coordinator.contracts import Component, IntentContract, parse_contract, primary_component
 from coordinator.merge import SandboxDevServers, is_junk, sha256_of
+from coordinator.placement import spec_for_backend
 from coordinator.screenshots import ScreenshotSeries, ShotSchedule, tree_digest
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError, SandboxError
@@ -156,6 +157,7 @@ class PreviewActor:
         contract = parse_contract(json.loads(contract_json) if isinstance(contract_json, str) else contract_json)
         cfg = self.config
         spec = cfg.spec or default_spec(contract, cfg.build_id, PREVIEW_SID)
+        spec = spec_for_backend(spec, cfg.backend, installs=any(c.packages for c in contract.components))
         source = ControlWarmSource(cfg.backend) if cfg.warm_pools else None
         name, self._proxy, sandbox_id = await start_owned_sandbox(
             cfg.build_id, PREVIEW_SID, cfg.backend, spec, heartbeat_s=cfg.heartbeat_s, source=source

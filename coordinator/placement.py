@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sandbox_agents.backends.base import NetworkPolicy, SandboxSpec
 from sandbox_agents.errors import InvalidInputError
 
 BuildMode = Literal["local", "modal", "hybrid"]
@@ -115,6 +116,19 @@ def place(
         if by_name[where] != modal_cfg:
             components[component] = by_name[where]
     return Placement(mode=mode, slot=modal_cfg, main=local_cfg, preview=local_cfg, components=components)
+
+
+def spec_for_backend(spec: SandboxSpec, backend: Mapping[str, Any], *, installs: bool) -> SandboxSpec:
+    """``spec`` as ``backend`` needs it to run the install phase.
+
+    Locally, a sandbox without network gets its dependencies from the host's install step. Modal sets
+    a sandbox's egress when it is created, and installs run inside it: a Modal sandbox that installs
+    packages is created with network ``install`` (only the package registries, for its whole life;
+    docs/modal.md).
+    """
+    if installs and backend.get("type") == "modal" and spec.network is NetworkPolicy.NONE:
+        return spec.model_copy(update={"network": NetworkPolicy.INSTALL})
+    return spec
 
 
 def default_backend() -> dict[str, Any]:

@@ -45,7 +45,7 @@ from coordinator.merge import is_junk
 from coordinator.merge.gate import failure_reason
 from coordinator.merge.models import MergeRequest
 from coordinator.merge.sandbox import request_from_sandbox
-from coordinator.placement import Placement
+from coordinator.placement import Placement, spec_for_backend
 from coordinator.plan import SlotPlan
 from coordinator.team import ComponentWork, TeamTask
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
@@ -72,6 +72,7 @@ class RayFleet:
 
     def spec_of(self, slot: SlotPlan) -> SandboxSpec:
         spec = slot.spec.model_copy(update={"env": {**slot.spec.env, **DETERMINISTIC_ENV}})
+        spec = spec_for_backend(spec, self.backend_of(slot.slot_id), installs=bool(slot.packages))
         self.specs[slot.slot_id] = spec
         return spec
 

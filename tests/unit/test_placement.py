@@ -85,3 +85,19 @@ def test_control_refuses_a_per_build_field_in_its_coordinator_defaults() -> None
     with pytest.raises(ValueError, match="must not set backend"):
         ControlConfig(redis_url="redis://x", coordinator={"backend": MODAL, "pool_size": 1})
     assert ControlConfig(redis_url="redis://x", coordinator={"pool_size": 1}).coordinator == {"pool_size": 1}
+
+
+def test_a_modal_sandbox_that_installs_packages_gets_install_network_and_a_local_one_does_not() -> None:
+    from coordinator.contracts import load_contract
+    from coordinator.plan import plan_fleet
+    from coordinator.resources import examples_dir
+    from sandbox_agents.backends.base import NetworkPolicy
+
+    slots = {s.slot_id: s for s in plan_fleet(load_contract(examples_dir() / "intents" / "kanban-vite.yaml")).slots}
+    hybrid = place("hybrid", default=LOCAL, modal=MODAL, runs_on={"db": "local"})
+    fleet = RayFleet("b1", hybrid, None)
+    assert all(s.packages for s in slots.values())  # every kanban-vite component installs npm packages
+    assert fleet.spec_of(slots["web~polished"]).network is NetworkPolicy.INSTALL  # on Modal: egress is set at create
+    assert fleet.spec_of(slots["db"]).network is NetworkPolicy.NONE  # local: the host's install step feeds it
+    hello = plan_fleet(load_contract(examples_dir() / "intents" / "hello-calc.yaml")).slots[0]
+    assert not hello.packages and fleet.spec_of(hello).network is NetworkPolicy.NONE  # nothing to install
