@@ -147,6 +147,8 @@ class RayBuildRunners:
         config = load_config(build_id)
         if config is None:
             raise BuildNotFoundError(f"build {build_id} has no coordinator config at {config_path(build_id)}")
+        if config.redis_url != self.config.redis_url:  # a managed Redis restarted by `kriptik up` has a new port
+            config = config.model_copy(update={"redis_url": self.config.redis_url})
         return start_coordinator(config)
 
     async def start(self, build_id: str) -> None:

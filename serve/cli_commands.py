@@ -538,10 +538,10 @@ def _down() -> int:
     control = handles.find(handles.CONTROL_NAME)
     if control is not None:  # its pools and the actor; builds stay in the store for the next `up`
         asyncio.run(stop_control(control))
+    _stop_coordinators()  # before the sandboxes end: a live coordinator would respawn them at once
     from sandbox_agents.backends.local.backend import LocalBackend
 
     ended = asyncio.run(LocalBackend().end_all())  # previews and standbys too; checkpoints (snapshots) stay
-    console.print(f"ended {ended} local sandboxes")
     keeper = handles.find(REDIS_KEEPER)
     if keeper is not None:
         try:
@@ -552,6 +552,31 @@ def _down() -> int:
     ray.shutdown()
     if info.get("started_ray"):
         subprocess.run(["ray", "stop"], check=False, stdout=subprocess.DEVNULL)
+        ended += asyncio.run(LocalBackend().end_all())  # any a dying actor started meanwhile
+    console.print(f"ended {ended} local sandboxes")
     marker.unlink(missing_ok=True)
     console.print("stopped")
     return 0
+
+
+def _stop_coordinators() -> None:
+    """Kill every build's coordinator (``build:{id}``; they are revived from the store by the next ``up``)."""
+    import asyncio
+
+    import ray
+
+    from actors import handles
+
+    killed = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"] if isinstance(entry, dict) else entry
+        if isinstance(entry, dict) and entry.get("namespace") != handles.NAMESPACE:
+            continue
+        if name.startswith("build:") and name.count(":") == 1 and (found := handles.find(name)) is not None:
+            handles.kill(found)
+            killed.append(name)
+
+    async def gone() -> None:
+        await asyncio.gather(*(handles.wait_gone(name) for name in killed))
+
+    asyncio.run(gone())
