@@ -10,20 +10,26 @@ import time
 from pathlib import Path
 
 
-def kill_pid(pid: int | None) -> None:
-    if pid:
+def kill_pid(pid: int | None, *marks: str) -> None:
+    """SIGKILL ``pid`` — only while its command line holds every one of ``marks``.
+
+    A recorded pid outlives its process: once that process is gone the kernel hands the number to
+    another one (a test runner, a shell). The marks (a sandbox's own paths) keep a kill to the
+    process that was recorded.
+    """
+    if pid and (not marks or runs(pid, *marks)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
 
-def pid_alive(pid: int) -> bool:
+def runs(pid: int, *marks: str) -> bool:
+    """Whether ``pid`` is a live process whose command line holds every one of ``marks``."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return bool(cmdline) and all(mark in cmdline for mark in marks)
 
 
 def free_port() -> int:

@@ -34,8 +34,8 @@ from sandbox_agents.backends.local.fs import WorkspaceFS
 from sandbox_agents.backends.local.host import (
     free_port,
     kill_pid,
-    pid_alive,
     port_open,
+    runs,
     wait_for,
     wait_pidfile,
 )
@@ -399,7 +399,7 @@ class LocalSandbox:
             raise SandboxError(f"port {port!r} out of range 1..65535", sandbox_id=self.id)
         self._touch()
         known = self._state.forwarders.get(port)
-        if known and all(pid_alive(p) for p in known.pids):
+        if known and all(runs(p, str(self._base / "fwd")) for p in known.pids):
             return f"http://127.0.0.1:{known.host_port}"
         return await asyncio.to_thread(self._forwarder, port)
 
@@ -417,10 +417,10 @@ class LocalSandbox:
             with contextlib.suppress(OSError, ValueError):
                 self._state.forwarders = LocalState.load(self._base / "state.json").forwarders
             known = self._state.forwarders.get(port)
-            if known and all(pid_alive(p) for p in known.pids):
+            if known and all(runs(p, str(fwd)) for p in known.pids):
                 return f"http://127.0.0.1:{known.host_port}"
             for pid in known.pids if known else ():
-                kill_pid(pid)
+                kill_pid(pid, str(fwd))  # only while it is still this sandbox's socat (pids are reused)
             return self._start_forwarder(port)
 
     def _start_forwarder(self, port: int) -> str:
@@ -474,12 +474,13 @@ class LocalSandbox:
         st.terminated = True
         with contextlib.suppress(OSError):
             self._save()
-        kill_pid(st.launcher_pid)
+        # Recorded pids may have been handed to other processes since: each kill checks it is still ours.
+        kill_pid(st.launcher_pid, str(self._base))
         kill_pid(st.child_pid if process_start_time(st.child_pid) == st.child_start else None)
         for fwd in st.forwarders.values():
             for pid in fwd.pids:
-                kill_pid(pid)
-        kill_pid(st.slirp_pid)
+                kill_pid(pid, str(self._base / "fwd"))
+        kill_pid(st.slirp_pid, "slirp4netns", f"/proc/{st.child_pid}/ns/net")
         self.cgroups.destroy()
         with contextlib.suppress(OSError):
             self.deadline_file.unlink()  # the watchdog, if still alive, ends at once
