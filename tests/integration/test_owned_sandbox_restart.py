@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from actors.merge_gate import GateConfig, start_gate, stop_gate
 from actors.pools.proxies import get_proxy, release
 from actors.preview import PreviewConfig, start_preview, stop_preview
 from sandbox_agents.verifiers import Chromium
-from tests.integration.test_merge_gate import CONTRACT, PAGE, Slots, _answers, page_text, wait_until
+from tests.integration.test_merge_gate import CONTRACT, PAGE, Slots, page_text, wait_until
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -48,13 +49,14 @@ async def test_a_gate_and_preview_whose_sandboxes_died_start_new_ones_holding_ma
         ray_cluster.kill(gate, no_restart=False)
         ray_cluster.kill(preview, no_restart=False)
 
-        await wait_until(lambda: _answers(gate.merged.remote(), ["web"]), 90)  # revived, main read from its repo
-        new_main = await gate.sandbox_id.remote()
-        assert new_main not in (None, old_main) and await gate.tree_hash.remote() == tree
+        # The kills take effect asynchronously: wait for the new incarnations (a new sandbox), not an answer
+        # the old one may still give.
+        await wait_until(lambda: _new_value(_gate_sandbox(gate), old_main), 90)  # merged() wires it first
+        assert await gate.merged.remote() == ["web"] and await gate.tree_hash.remote() == tree
         main_files = await get_proxy(build_id, MAIN_TEST_SID).read_file.remote("web/index.html")
         assert main_files == PAGE.encode()  # the new main-test sandbox holds main
 
-        assert await asyncio.wait_for(preview.start.remote(json.dumps(contract)), 60) != old_preview
+        await wait_until(lambda: _new_value(preview.start.remote(json.dumps(contract)), old_preview), 90)
         url = await asyncio.wait_for(preview.refresh.remote(), 60)  # writes all of main again
         assert await page_text(chromium, url) == "Todos"
     finally:
@@ -62,3 +64,16 @@ async def test_a_gate_and_preview_whose_sandboxes_died_start_new_ones_holding_ma
         await stop_preview(preview)
         await stop_gate(gate)
         await slots.close()
+
+
+async def _new_value(call: Any, old: Any) -> bool:
+    """The actor answers, with something other than ``old`` (a restarting actor's errors are a "not yet")."""
+    try:
+        return await call not in (None, old)
+    except Exception:  # noqa: BLE001 - restarting or dead for a moment: ask again
+        return False
+
+
+async def _gate_sandbox(gate: Any) -> Any:
+    await gate.merged.remote()  # a revived gate connects its sandbox on its first call
+    return await gate.sandbox_id.remote()
