@@ -57,7 +57,7 @@ class ControlConfig(BaseModel):
 
     redis_url: str
     bus_prefix: str = "kriptik"
-    backend: dict[str, Any] = Field(default_factory=lambda: default_backend())
+    backend: dict[str, Any] = Field(default_factory=default_backend)
     """The server's default backend (``KRIPTIK_BACKEND``): builds that name no mode run here, and the
     warm pools hold proxies of it."""
     local_backend: dict[str, Any] = Field(default_factory=lambda: {"type": "local"})

@@ -89,6 +89,14 @@ CONTRACT: dict[str, Any] = {
 }
 
 
+PAGE_ONLY: dict[str, Any] = {
+    **CONTRACT,
+    "components": [{**CONTRACT["components"][1], "depends_on": []}],
+    "success_criteria": [CONTRACT["success_criteria"][2]],
+}
+"""Just the page (no API): what the preview tests serve."""
+
+
 async def wait_until(check, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -206,11 +214,7 @@ async def _answers(call: Any, expected: Any) -> bool:
 
 
 async def test_preview_serves_merged_main_and_take_control_is_a_separate_copy(ray_cluster, build_id: str) -> None:  # noqa: F811
-    contract = {
-        **CONTRACT,
-        "components": [{**CONTRACT["components"][1], "depends_on": []}],
-        "success_criteria": [CONTRACT["success_criteria"][2]],
-    }
+    contract = PAGE_ONLY
     slots = Slots(build_id)
     gate = start_gate(GateConfig(build_id=build_id))
     preview = start_preview(PreviewConfig(build_id=build_id, screenshot_every_s=0))

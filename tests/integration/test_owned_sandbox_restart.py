@@ -20,17 +20,13 @@ from actors.merge_gate import GateConfig, start_gate, stop_gate
 from actors.pools.proxies import get_proxy, release
 from actors.preview import PreviewConfig, start_preview, stop_preview
 from sandbox_agents.verifiers import Chromium
-from tests.integration.test_merge_gate import CONTRACT, PAGE, Slots, page_text, wait_until
+from tests.integration.test_merge_gate import PAGE, PAGE_ONLY, Slots, page_text, wait_until
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 async def test_a_gate_and_preview_whose_sandboxes_died_start_new_ones_holding_main(ray_cluster, build_id: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    contract = {
-        **CONTRACT,
-        "components": [{**CONTRACT["components"][1], "depends_on": []}],
-        "success_criteria": [CONTRACT["success_criteria"][2]],
-    }
+    contract = PAGE_ONLY
     slots = Slots(build_id)
     gate = start_gate(GateConfig(build_id=build_id))
     preview = start_preview(PreviewConfig(build_id=build_id, screenshot_every_s=0))
