@@ -63,6 +63,16 @@ class ModalBackendConfig(BaseModel):
     """Import path of the SDK module the backend calls (imported on first use, in whichever process
     holds the backend). The real ``modal`` unless a test points it at the fake: ``tests.fakes.modal_sdk``
     lets the Ray workers of a whole build run on the Modal fake (docs/modal.md)."""
+    max_concurrent_creates: int = Field(default=8, ge=1, le=1000)
+    """``Sandbox.create`` calls one backend object has in flight at once; the rest wait their turn.
+    Modal rate-limits sandbox creation per workspace, so a burst is fed to it a few at a time."""
+    create_retry_first_s: float = Field(default=1.0, gt=0, le=60)
+    """Back-off before the first retry of a create Modal refused with ``ResourceExhaustedError``
+    (its rate-limit and capacity error); it doubles on each further retry, with jitter."""
+    create_retry_max_s: float = Field(default=30.0, gt=0, le=600)
+    """Longest back-off between two attempts of one create."""
+    create_retry_s: float = Field(default=120.0, ge=0, le=3600)
+    """How long one create keeps retrying while Modal refuses it; past it SandboxLimitError. 0: no retry."""
 
 
 BackendConfig = Annotated[LocalBackendConfig | FakeBackendConfig | ModalBackendConfig, Field(discriminator="type")]

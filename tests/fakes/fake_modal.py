@@ -35,7 +35,8 @@ are recorded, not enforced), resource limits, GPUs, volumes, PTYs; connections t
 do not count as activity. Every async SDK call (and ``Image.from_id``) is logged in
 ``FakeModal.calls`` as a :class:`Call`, with its arguments as passed and as bound, and in the
 root's shared log (``FakeModal.shared_calls``: every process's calls, arguments as JSON);
-``inject`` makes the next call of a name in this process raise, ``authenticated=False`` and
+``inject`` makes the next call (or the next N calls) of a name in this process raise, as Modal
+refusing creates with ``ResourceExhaustedError`` does; ``authenticated=False`` and
 ``unreachable=True`` mimic a missing token (``AuthError: Token missing`` at once) and an
 unreachable server (the SDK retries ~60 s).
 """
@@ -45,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import copy
 import dataclasses
 import errno
 import inspect
@@ -847,7 +849,8 @@ class FakeModal:
         self.authenticated = authenticated
         self.unreachable = unreachable
         self.calls: list[Call] = []
-        self._injected: dict[str, BaseException] = {}
+        self._injected: dict[str, tuple[BaseException, int]] = {}
+        """By call name: the error to raise and how many more calls raise it."""
         self.exception = exception
         self.Tunnel = Tunnel
         self.Secret = Secret
@@ -916,9 +919,12 @@ class FakeModal:
         image.object_id = image_id
         return image
 
-    def inject(self, name: str, error: BaseException) -> None:
-        """Make the next call named ``name`` (e.g. ``"Sandbox.create"``) raise ``error``."""
-        self._injected[name] = error
+    def inject(self, name: str, error: BaseException, *, times: int = 1) -> None:
+        """Make the next ``times`` calls named ``name`` (e.g. ``"Sandbox.create"``) raise ``error``.
+
+        Each call raises a copy of it, as the SDK raises a new exception for every failed call.
+        """
+        self._injected[name] = (error, times)
 
     async def _gate(self, name: str) -> None:
         if self.unreachable:
@@ -926,7 +932,10 @@ class FakeModal:
         if not self.authenticated:
             raise exception.AuthError("Token missing. Could not authenticate client.")
         if name in self._injected:
-            raise self._injected.pop(name)
+            error, times = self._injected.pop(name)
+            if times > 1:
+                self._injected[name] = (error, times - 1)
+            raise copy.copy(error)
 
     def _end(self, state: _State, code: int) -> None:
         """End the sandbox: every process in it (whoever started them), its namespaces, its files."""

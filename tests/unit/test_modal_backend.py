@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
+from coordinator.clock import FakeClock
 from sandbox_agents.backends.base import NetworkPolicy, SandboxSpec, SandboxStatus
 from sandbox_agents.backends.config import ModalBackendConfig
 from sandbox_agents.backends.modal.backend import ModalBackend
@@ -151,11 +154,109 @@ async def test_injected_sdk_errors_surface_as_ours(backend: ModalBackend) -> Non
     fake(backend).inject("Sandbox.exec", exception.SandboxTerminatedError("gone"))
     with pytest.raises(SandboxDeadError):
         await sandbox.exec("true")
+    backend.config = backend.config.model_copy(update={"create_retry_s": 0})  # no retry: the error itself
     fake(backend).inject("Sandbox.create", exception.ResourceExhaustedError("quota"))
     with pytest.raises(SandboxLimitError):
         await backend.create(SandboxSpec())
     with pytest.raises(SandboxNotFoundError):
         await backend.from_id("sb-does-not-exist")
+
+
+# --- creates: bounded, and backed off while Modal refuses them ---------------------------
+
+
+def clocked_backend(tmp_path: Path, clock: FakeClock, **config: Any) -> ModalBackend:
+    """A backend over the fake whose retries wait on ``clock``, with the jitter fixed at its middle."""
+    settings = Settings(modal_token_id="fake-token-id", modal_token_secret="fake-token-secret", modal_workspace=None)
+    return ModalBackend(
+        ModalBackendConfig(connect_timeout_s=5.0, **config),
+        sdk=FakeModal(tmp_path),
+        settings=settings,
+        sleep=clock.sleep,
+        monotonic=clock.monotonic,
+        rng=lambda: 0.5,  # each back-off is 3/4 of its ceiling
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(auto_advance=True)
+
+
+async def test_a_refused_create_is_retried_with_growing_capped_backoff_until_modal_accepts_it(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = clocked_backend(tmp_path, clock, create_retry_first_s=1, create_retry_max_s=4, create_retry_s=120)
+    fake(backend).inject("Sandbox.create", exception.ResourceExhaustedError("rate limit exceeded"), times=5)
+    with caplog.at_level("WARNING", logger="sandbox_agents.backends.modal.backend"):
+        sandbox = await backend.create(SandboxSpec())
+    try:
+        assert len(fake(backend).calls_of("Sandbox.create")) == 6
+        assert clock.sleeps == [0.75, 1.5, 3.0, 3.0, 3.0]  # ceilings 1, 2, 4, then capped at 4
+        assert [r.getMessage().count("retrying") for r in caplog.records] == [1] * 5
+        assert await sandbox.status() is SandboxStatus.RUNNING
+    finally:
+        fake(backend).end_all()
+
+
+async def test_a_create_still_refused_after_the_bound_is_a_limit_error_saying_how_long_it_tried(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    backend = clocked_backend(tmp_path, clock, create_retry_first_s=1, create_retry_max_s=4, create_retry_s=10)
+    fake(backend).inject("Sandbox.create", exception.ResourceExhaustedError("rate limit exceeded"), times=100)
+    with pytest.raises(SandboxLimitError, match=r"refused to create a sandbox 5 time\(s\) over 8\.2s") as info:
+        await backend.create(SandboxSpec())
+    assert isinstance(info.value.__cause__, exception.ResourceExhaustedError)
+    assert len(fake(backend).calls_of("Sandbox.create")) == 5
+    assert clock.sleeps == [0.75, 1.5, 3.0, 3.0] and sum(clock.sleeps) <= 10  # the next 3 s would pass the bound
+    assert fake(backend).sandboxes == {}
+
+
+async def test_a_create_failing_for_another_reason_is_not_retried(tmp_path: Path, clock: FakeClock) -> None:
+    backend = clocked_backend(tmp_path, clock)
+    fake(backend).inject("Sandbox.create", exception.InvalidError("bad image"), times=3)
+    with pytest.raises(InvalidInputError, match="bad image"):
+        await backend.create(SandboxSpec())
+    assert len(fake(backend).calls_of("Sandbox.create")) == 1 and clock.sleeps == []
+
+
+class GatedCreate:
+    """``Sandbox.create`` that holds every caller until the test opens the gate, counting those inside."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.inside = 0
+        self.peak = 0
+        self.calls = 0
+
+    async def aio(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        object_id = f"sb-gated-{self.calls}"
+        self.inside += 1
+        self.peak = max(self.peak, self.inside)
+        try:
+            await self.gate.wait()
+        finally:
+            self.inside -= 1
+        return SimpleNamespace(object_id=object_id)
+
+
+async def test_at_most_max_concurrent_creates_are_in_flight_at_once(tmp_path: Path, clock: FakeClock) -> None:
+    backend = clocked_backend(tmp_path, clock, max_concurrent_creates=3)
+    gated = GatedCreate()
+    sdk = fake(backend)
+    sdk.Sandbox = type("Sandbox", (sdk.Sandbox,), {"create": gated})
+    creates = [asyncio.create_task(backend.create(SandboxSpec())) for _ in range(10)]
+    for _ in range(1000):  # bounded: the tasks reach the gate within a few loop turns
+        if gated.inside == 3:
+            break
+        await asyncio.sleep(0)
+    for _ in range(50):  # and no fourth gets past the bound while the three are held
+        await asyncio.sleep(0)
+    assert (gated.inside, gated.peak, gated.calls) == (3, 3, 3)
+    gated.gate.set()
+    created = await asyncio.gather(*creates)
+    assert len({s.id for s in created}) == 10 and gated.calls == 10 and gated.peak == 3
 
 
 # --- fail fast -------------------------------------------------------------------------
@@ -362,7 +463,8 @@ async def test_deploy_rolls_back_on_failure(tmp_path: Path) -> None:
     settings = backend.settings.model_copy(update={"kriptik_home": tmp_path / "home"})
     fake(backend).inject("Sandbox.create", exception.ResourceExhaustedError("no capacity"))
     lines: list[str] = []
-    code = await deploy(ModalBackendConfig(), sdk=backend.sdk, settings=settings, report=lines.append)
+    config = ModalBackendConfig(create_retry_s=0)  # the verify sandbox is refused at once, not retried
+    code = await deploy(config, sdk=backend.sdk, settings=settings, report=lines.append)
     assert code == 1 and any(line.startswith("[FAIL] deploy:") for line in lines)
     assert (tmp_path / "home" / "modal-image.json").read_text().strip() == "{}"
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import random
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sandbox_agents.backends.base import (
@@ -48,6 +51,7 @@ from sandbox_agents.errors import (
     BackendUnavailableError,
     InvalidInputError,
     SandboxDeadError,
+    SandboxLimitError,
     SandboxNotFoundError,
 )
 
@@ -158,19 +162,41 @@ class ModalSandbox(ModalExec):
 
 
 class ModalBackend:
-    """Creates and finds Modal Sandboxes. The constructor does no I/O; the first call connects."""
+    """Creates and finds Modal Sandboxes. The constructor does no I/O; the first call connects.
+
+    Args:
+        config: Which App, image and SDK; how many creates at once and how long to retry them.
+        sdk: The SDK module (tests pass the fake); ``config.sdk_module`` imported on first use if None.
+        settings: Credentials and workspace; the process's settings if None.
+        sleep: How a create waits before a retry (tests pass a fake clock's).
+        monotonic: The clock a create's retry bound is measured on.
+        rng: Random source of the back-off's jitter, in [0, 1).
+    """
 
     name = "modal"
     capabilities: frozenset[str] = frozenset({"exec", "expose"})
 
-    def __init__(self, config: ModalBackendConfig, *, sdk: Any | None = None, settings: Any | None = None) -> None:
+    def __init__(
+        self,
+        config: ModalBackendConfig,
+        *,
+        sdk: Any | None = None,
+        settings: Any | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self.config = config
         self._sdk = sdk
         self._settings = settings
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._rng = rng
         self._app: Any | None = None
         self._client: Any | None = None
         self._image: Any | None = None
         self._connect_lock = asyncio.Lock()
+        self._create_slots = asyncio.Semaphore(config.max_concurrent_creates)
 
     @property
     def sdk(self) -> Any:
@@ -266,12 +292,50 @@ class ModalBackend:
         return kwargs
 
     async def _create(self, spec: SandboxSpec, image: Any) -> ModalSandbox:
+        """``Sandbox.create``, at most ``max_concurrent_creates`` at once, retried while Modal refuses it.
+
+        Modal limits how fast a workspace creates sandboxes and how many it runs; past a limit (or
+        without capacity) the SDK raises ``ResourceExhaustedError``, its only error for both (the SDK
+        retries by itself only where the server names a delay). Such a create is retried with
+        exponential back-off and jitter for up to ``create_retry_s``, every retry logged; any other
+        error is not retried. The back-off is waited outside the bound, so it holds no slot.
+
+        Raises:
+            SandboxLimitError: Modal still refused after ``create_retry_s``; says how many attempts over how long.
+        """
         app = await self._connect()
         name = f"kriptik-{uuid.uuid4().hex[:16]}"
         kwargs = self.create_kwargs(spec, name=name, image=image, app=app)
-        with modal_errors(self.sdk):
-            handle = await self.sdk.Sandbox.create.aio(**kwargs)
-        logger.info("created Modal sandbox %s (%s)", handle.object_id, name)
+        config, refused = self.config, self.sdk.exception.ResourceExhaustedError
+        started = self._monotonic()
+        attempt = 0
+        with modal_errors(self.sdk):  # our SandboxLimitError below passes through it untouched
+            while True:
+                attempt += 1
+                try:
+                    async with self._create_slots:
+                        handle = await self.sdk.Sandbox.create.aio(**kwargs)
+                    break
+                except refused as exc:
+                    waited = self._monotonic() - started
+                    ceiling = min(config.create_retry_max_s, config.create_retry_first_s * 2.0 ** min(attempt - 1, 60))
+                    delay = ceiling * (0.5 + 0.5 * self._rng())  # at least half the back-off: retries thin out
+                    if waited + delay > config.create_retry_s:
+                        raise SandboxLimitError(
+                            f"Modal refused to create a sandbox {attempt} time(s) over {waited:.1f}s "
+                            f"(rate limit or capacity: {exc}); gave up at ModalBackendConfig.create_retry_s="
+                            f"{config.create_retry_s:g}s"
+                        ) from exc
+                    logger.warning(
+                        "Modal refused sandbox create %s (attempt %d, %.1fs so far: %s); retrying in %.2fs",
+                        name,
+                        attempt,
+                        waited,
+                        exc,
+                        delay,
+                    )
+                    await self._sleep(delay)
+        logger.info("created Modal sandbox %s (%s) after %d attempt(s)", handle.object_id, name, attempt)
         return ModalSandbox(self, handle, spec)
 
     async def create(self, spec: SandboxSpec) -> ModalSandbox:
