@@ -32,6 +32,15 @@ logger = logging.getLogger(__name__)
 _EPSILON = 1e-9
 """Tolerance of threshold comparisons, so sums of float prices hit a threshold they equal."""
 
+MODAL_COMPUTE_BASIS = "wall*rate"
+"""How a Modal compute charge is priced, written into its ledger entry (``compute:modal:{slot};basis=wall*rate``).
+
+The Modal SDK reports no cost per sandbox, and a Modal sandbox reports no CPU seconds, so its meter
+is the seconds it has been alive (``SandboxSession.metering``), priced at :class:`Rates`' list rates
+for the cpu and memory it asked for. Modal bills each second at the higher of request and use, so
+this is the least the sandbox cost; docs/modal.md ("Cost") has the rates and where they come from.
+"""
+
 
 class ModelPrice(BaseModel):
     """What a million tokens of one model cost."""
@@ -59,18 +68,19 @@ def _default_models() -> dict[str, ModelPrice]:
 
 
 class Rates(BaseModel):
-    """Prices of compute and tokens. The compute prices are placeholders: check modal.com/pricing."""
+    """Prices of compute and tokens. The Modal ones are its published Sandbox list prices (docs/modal.md, "Cost")."""
 
     model_config = ConfigDict(extra="forbid")
 
     local_cpu_second_usd: float = Field(default=0.00001, ge=0)
     """Nominal price of one core-second on the head node (≈ $0.036 a core-hour), so local builds
     have a budget too; set it to what your machines cost."""
-    modal_cpu_second_usd: float = Field(default=0.0000131, ge=0)
-    """Modal price of one physical core for one second. Placeholder: check modal.com/pricing
-    (sandboxes may be priced differently from functions)."""
-    modal_gib_second_usd: float = Field(default=0.00000222, ge=0)
-    """Modal price of one GiB of memory for one second. Placeholder: check modal.com/pricing."""
+    modal_cpu_second_usd: float = Field(default=0.00003942, ge=0)
+    """Modal's Sandbox list price of one physical core (2 vCPU) for one second (≈ $0.142 a core-hour),
+    three times its Function rate; docs/modal.md ("Cost") says where it comes from and when. Set yours
+    if your Modal contract differs."""
+    modal_gib_second_usd: float = Field(default=0.00000667, ge=0)
+    """Modal's Sandbox list price of one GiB of memory for one second (≈ $0.024 a GiB-hour)."""
     models: dict[str, ModelPrice] = Field(default_factory=_default_models)
     """Token prices by model id; a dated id (``claude-sonnet-4-5-20250929``) matches its longest prefix."""
     unknown_model: ModelPrice = ModelPrice(input_usd_per_mtok=3.0, output_usd_per_mtok=15.0)
@@ -156,6 +166,9 @@ class BudgetLedger:
     ) -> CostEntry:
         """Charge ``seconds`` of a slot's sandbox on ``backend``.
 
+        The entry's source is ``compute:{backend}:{slot}``; a Modal one ends in
+        ``;basis=``:data:`MODAL_COMPUTE_BASIS`, since Modal reports no cost of its own to check it against.
+
         Returns:
             The recorded cost entry.
 
@@ -165,7 +178,10 @@ class BudgetLedger:
         if seconds < 0 or cpu < 0 or memory_gib < 0:
             raise InvalidInputError("compute seconds, cpu and memory must not be negative", field="seconds")
         cost = self.rates.compute_cost(backend, seconds, cpu=cpu, memory_gib=memory_gib)
-        return await self._charge(source=f"compute:{backend}:{slot}", cost=cost, compute_seconds=seconds)
+        source = f"compute:{backend}:{slot}"
+        if backend == "modal":
+            source += f";basis={MODAL_COMPUTE_BASIS}"
+        return await self._charge(source=source, cost=cost, compute_seconds=seconds)
 
     async def record_llm(self, role: str, model: str, usage: Usage) -> CostEntry:
         """Charge one LLM turn of ``role``.

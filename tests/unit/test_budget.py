@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.budget import Budget, BudgetLedger, BudgetStatus, ModelPrice, Rates
+from coordinator.budget import MODAL_COMPUTE_BASIS, Budget, BudgetLedger, BudgetStatus, ModelPrice, Rates
 from coordinator.bus.events import EventPayload, UnknownEvent, parse_event
 from coordinator.clock import FakeClock
 from coordinator.store.store import Store
@@ -63,11 +63,31 @@ async def test_compute_is_priced_per_backend(store: Store, events: Events) -> No
     modal = await ledger.record_compute("api#1", 10, "modal", cpu=1, memory_gib=2)
     assert local.estimated_cost == pytest.approx(10 * 2 * 0.01)
     assert modal.estimated_cost == pytest.approx(10 * (0.02 + 2 * 0.005))
-    assert (local.source, modal.source) == ("compute:local:api#0", "compute:modal:api#1")
+    assert (local.source, modal.source) == ("compute:local:api#0", "compute:modal:api#1;basis=wall*rate")
     totals = store.cost_totals("b1")
     assert totals.compute_seconds == 20 and ledger.spent() == pytest.approx(0.5)
     with pytest.raises(InvalidInputError):
         await ledger.record_compute("api#0", -1, "local")
+
+
+async def test_a_modal_charge_says_it_is_wall_time_at_the_list_rate(store: Store, events: Events) -> None:
+    """Modal reports no cost: the entry says how it was priced, and that stays true of the meter."""
+    from sandbox_agents.backends.modal.backend import ModalSandbox
+
+    entry = await _ledger(store, events, max_usd=None).record_compute("web#0", 3600, "modal", cpu=2, memory_gib=4)
+    kind, backend, rest = entry.source.split(":", 2)
+    slot, _, basis = rest.partition(";")
+    assert (kind, backend, slot, basis) == ("compute", "modal", "web#0", f"basis={MODAL_COMPUTE_BASIS}")
+    assert entry.compute_seconds == 3600 and entry.estimated_cost == pytest.approx(3600 * (2 * 0.02 + 4 * 0.005))
+    # Wall time is what is metered as long as a Modal sandbox reports no CPU seconds (SandboxSession.metering).
+    assert not hasattr(ModalSandbox, "cpu_seconds")
+
+
+def test_default_modal_rates_are_its_published_sandbox_prices() -> None:
+    rates = Rates()
+    assert (rates.modal_cpu_second_usd, rates.modal_gib_second_usd) == (0.00003942, 0.00000667)
+    # A default sandbox (1 core, 1 GiB) for an hour: ≈ $0.166.
+    assert rates.compute_cost("modal", 3600) == pytest.approx(3600 * (0.00003942 + 0.00000667))
 
 
 async def test_tokens_are_priced_per_model(store: Store, events: Events) -> None:
