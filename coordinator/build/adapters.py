@@ -229,7 +229,7 @@ class SwarmVerify:
         self.sandbox_of = sandbox_of
         self.run_swarm = run_swarm
 
-    async def verify(self, slot: SlotPlan) -> SlotVerification:
+    async def verify(self, slot: SlotPlan, *, check: bool | None = None) -> SlotVerification:
         from sandbox_agents.verifiers import VerifyTarget
 
         component = self.contract().component(slot.component)
@@ -242,7 +242,7 @@ class SwarmVerify:
             name=slot.team_name,
         )
         report = await self.run_swarm(slot.slot_id, target)
-        tests = await run_check(sandbox, component.check_command)
+        tests = check if check is not None else await run_check(sandbox, component.check_command)
         return SlotVerification(
             score=report.score,
             passed=report.passed,

@@ -170,7 +170,10 @@ class TeamsPort(Protocol):
 
 
 class VerifyPort(Protocol):
-    async def verify(self, slot: SlotPlan) -> SlotVerification: ...
+    async def verify(self, slot: SlotPlan, *, check: bool | None = None) -> SlotVerification:
+        """Verify the slot's candidate. ``check`` is the component check's verdict when its team ran it
+        on this very candidate (it is then not run again); ``None`` runs it."""
+        ...
 
 
 class JudgePort(Protocol):

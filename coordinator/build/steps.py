@@ -138,6 +138,9 @@ class ComponentSteps:
         """Slot → task → why it is blocked, from the slot's last team run (the build's error names them)."""
         self._fixes: dict[str, int] = {}
         """Slot → fix runs given to its team (a rejected merge's, an interface change's): the fix task's number."""
+        self._checked: dict[str, tuple[str | None, bool]] = {}
+        """Slot → (its sandbox, the verdict) of the component check its team ran last, while nothing has
+        written to that sandbox since: verification takes that verdict instead of running the check again."""
         """Outcomes the consumer reached, by request id (one may come before its pipeline asks)."""
 
     # --- the pipeline ---------------------------------------------------------------------
@@ -205,7 +208,7 @@ class ComponentSteps:
         files = await self.ports.gate.tree()
         for slot in slots:
             await self.ensure_sandbox(slot)
-            await self.ports.fleet.seed(slot.slot_id, files)
+            await self._seed(slot.slot_id, files)
         for provider in providers:
             event = ComponentFed(component=name, provider=provider, slots=[s.slot_id for s in slots], files=len(files))
             await self.host.emit(event)
@@ -235,7 +238,7 @@ class ComponentSteps:
             slots = [s.slot_id for s in state.plan.slots_of(dependent) if state.slots[s.slot_id].status in LIVE]
             for slot_id in slots:
                 await self.ensure_sandbox(state.plan.slot(slot_id))
-                await self.ports.fleet.seed(slot_id, files)
+                await self._seed(slot_id, files)
             await host.emit(ComponentFed(component=dependent, provider=name, slots=slots, files=len(files)))
 
     # --- interfaces changed mid-build -----------------------------------------------------------
@@ -389,7 +392,7 @@ class ComponentSteps:
         async def team() -> TeamOutcome:
             if state.slots[slot.slot_id].status == "ready" and dependent:
                 files = await self.ports.gate.tree()
-                await self.ports.fleet.seed(slot.slot_id, files)
+                await self._seed(slot.slot_id, files)
                 await host.emit(SlotSeeded(slot=slot.slot_id, files=len(files)))
             state.save_slot(slot.slot_id, status="building")
             await host.emit(SlotBuilding(slot=slot.slot_id, attempt=attempt))
@@ -401,6 +404,8 @@ class ComponentSteps:
         await self.meter(slot.slot_id)
         report = outcome.report
         self._blocked[slot.slot_id] = dict(report.blocked)
+        if report.check is not None:
+            self._checked[slot.slot_id] = (state.slots[slot.slot_id].sandbox_id, report.check.ok)
         state.save_slot(slot.slot_id, status="built" if report.ready else "blocked")
         ended = SlotBuilt if report.ready else SlotBlocked
         await host.emit(ended(slot=slot.slot_id, done=report.done, blocked=report.blocked, attempt=attempt))
@@ -416,8 +421,23 @@ class ComponentSteps:
         ]
         return ("\n" + "\n".join(reasons[:4])) if reasons else ""
 
+    async def _seed(self, slot_id: str, files: dict[str, bytes]) -> None:
+        """Write ``files`` into the slot's sandbox: its team's last check verdict no longer holds."""
+        self._checked.pop(slot_id, None)
+        await self.ports.fleet.seed(slot_id, files)
+
+    def _team_check(self, slot_id: str) -> bool | None:
+        """The component check's verdict from the slot's last team run, if its sandbox is still the one
+        that ran it and nothing was written there since (a respawn or a feed means run it again)."""
+        known = self._checked.get(slot_id)
+        if known is None or known[0] != self.state.slots[slot_id].sandbox_id:
+            return None
+        return known[1]
+
     async def verify_slot(self, slot: SlotPlan) -> SlotVerification:
-        verdict = await self.with_respawn(slot, lambda: self.ports.verify.verify(slot))
+        verdict = await self.with_respawn(
+            slot, lambda: self.ports.verify.verify(slot, check=self._team_check(slot.slot_id))
+        )
         await self.meter(slot.slot_id)
         await self.host.emit(SlotVerified(slot=slot.slot_id, **verdict.model_dump(mode="json")))
         await self.host.step()

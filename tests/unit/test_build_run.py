@@ -39,7 +39,7 @@ from coordinator.plan import SlotPlan
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
 from coordinator.team import TeamReport
-from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
+from sandbox_agents.backends.base import ExecResult, SandboxSpec, SnapshotRef
 from sandbox_agents.errors import SandboxDeadError
 from sandbox_agents.llm.base import Usage
 from sandbox_agents.llm.metered import LLMCharge
@@ -95,6 +95,7 @@ class World:
         self.crash_at: tuple[str, str] | None = None  # (event kind, data value) that "kills" the coordinator
         self.hold: dict[str, asyncio.Event] = {}  # slot -> event the team waits for
         self.kill_during_team: set[str] = set()
+        self.kill_before_verify: set[str] = set()
         self.team_usd = 0.0
         self.seeded: dict[str, list[str]] = {}
         self.merge_stream: list[MergeRequest] = []  # the bus's merge channel: it outlives a coordinator
@@ -102,6 +103,7 @@ class World:
         self.publish_interface: dict[tuple[str, int], PublishedInterface] = {}  # (component, team attempt) -> it
         self.interfaces: dict[str, PublishedInterface] = {}  # interface.{component} decisions on the bus
         self.blocked: dict[str, dict[str, str]] = {}  # slot -> task -> why its team run ends blocked
+        self.check_exit = 0  # exit code of the component check each team run ends with
 
 
 class FakeFleet:
@@ -144,6 +146,7 @@ class FakeFleet:
     async def seed(self, slot_id: str, files: dict[str, bytes]) -> None:
         self._box(slot_id)["files"].update(files)
         self.w.seeded[slot_id] = sorted(files)
+        self.w.log.append(("seed", slot_id))
 
     async def size_bytes(self, slot_id: str) -> int:
         return sum(len(v) for v in self._box(slot_id)["files"].values())
@@ -185,7 +188,9 @@ class FakeTeams:
             usage = [(f"agent:{slot.team_name}:0", "priced", Usage(cost_usd=self.w.team_usd))]
         blocked = self.w.blocked.get(slot.slot_id, {})
         done = [t.id for t in slot.tasks if t.id not in blocked]
-        report = TeamReport(component=slot.team_name, ready=not blocked, done=done, blocked=blocked)
+        check = None if blocked else ExecResult(exit_code=self.w.check_exit)
+        ready = not blocked and self.w.check_exit == 0
+        report = TeamReport(component=slot.team_name, ready=ready, done=done, blocked=blocked, check=check)
         return TeamOutcome(report=report, usage=usage)
 
     async def stop(self, slot_id: str) -> None:
@@ -196,8 +201,12 @@ class FakeVerify:
     def __init__(self, world: World) -> None:
         self.w = world
 
-    async def verify(self, slot: SlotPlan) -> SlotVerification:
+    async def verify(self, slot: SlotPlan, *, check: bool | None = None) -> SlotVerification:
+        self.w.log.append(("verify", slot.slot_id, check))
         box = self.w.sandboxes[self.w.slot_sandbox[slot.slot_id]]
+        if slot.slot_id in self.w.kill_before_verify:
+            self.w.kill_before_verify.discard(slot.slot_id)
+            box["alive"] = False
         if not box["alive"]:
             raise SandboxDeadError("dead")
         score = 0.3 if "minimal" in slot.slot_id else 0.9
@@ -608,6 +617,40 @@ async def test_a_dead_sandbox_is_respawned_from_its_checkpoint(tmp_path: Path) -
     assert respawn["slot"] == "util"
     assert ("restore", "util") in h.world.log
     assert len([e for e in h.world.log if e[:2] == ("team", "util")]) == 2
+
+
+def verifications_since(log: list[tuple[Any, ...]], slot_id: str) -> list[tuple[Any, ...]]:
+    """The slot's verify calls, each with what happened to its sandbox since its team's last run ended."""
+    out, since = [], []
+    for entry in log:
+        if entry[:2] in (("team-done", slot_id),):
+            since = []
+        elif entry[1:2] == (slot_id,) and entry[0] in ("seed", "acquire", "restore"):
+            since.append(entry[0])
+        elif entry[:2] == ("verify", slot_id):
+            out.append((entry[2], tuple(since)))
+    return out
+
+
+async def test_verification_takes_the_teams_check_verdict_unless_the_sandbox_changed_since(tmp_path: Path) -> None:
+    """The component check runs once per change: the team ran it last, on the same candidate."""
+    h = Harness(tmp_path)
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    calls = {slot: verifications_since(h.world.log, slot) for slot in ("db", "util", "api", "web~minimal")}
+    assert all(calls.values()), calls
+    for slot, verifications in calls.items():
+        for check, since in verifications:
+            assert check is (None if since else True), (slot, check, since)
+
+
+async def test_a_candidate_respawned_after_its_team_ran_is_checked_again(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.kill_before_verify.add("util")
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert [check for check, _ in verifications_since(h.world.log, "util")] == [True, None]
+    assert ("restore", "util") in h.world.log
 
 
 @pytest.fixture(scope="module")
