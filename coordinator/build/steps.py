@@ -631,5 +631,11 @@ class ComponentSteps:
         if delta <= 0:
             return
         self._metered[slot_id] = seconds
-        entry = await self.ports.ledger.record_compute(slot_id, delta, self.settings.backend_of(slot_id))
+        backend = self.settings.backend_of(slot_id)
+        size: dict[str, float] = {}
+        if backend == "modal" and self.state.plan is not None:
+            # Modal's meter is wall time, billed for what the sandbox reserved; a local one is CPU time used.
+            spec = self.state.plan.slot(slot_id).spec
+            size = {"cpu": spec.cpu, "memory_gib": spec.memory_mb / 1024}
+        entry = await self.ports.ledger.record_compute(slot_id, delta, backend, **size)
         self._spent[slot_id] = self._spent.get(slot_id, 0.0) + entry.estimated_cost

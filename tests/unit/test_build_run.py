@@ -12,12 +12,13 @@ import hashlib
 import itertools
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator.budget import Budget, BudgetLedger
+from coordinator.budget import Budget, BudgetLedger, Rates
 from coordinator.build.ports import (
     CANCEL_REQUESTED,
     PAUSED_BUDGET,
@@ -35,7 +36,7 @@ from coordinator.contracts import IntentContract, parse_contract
 from coordinator.control import status_view
 from coordinator.intent import CriterionResult, LockedContract, SatisfactionReport
 from coordinator.judge import Decision, Evidence, judge
-from coordinator.plan import SlotPlan
+from coordinator.plan import PlanSettings, SlotPlan
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
 from coordinator.team import TeamReport
@@ -651,6 +652,23 @@ async def test_a_candidate_respawned_after_its_team_ran_is_checked_again(tmp_pat
     assert session.status is SessionStatus.COMPLETED, session.error
     assert [check for check, _ in verifications_since(h.world.log, "util")] == [True, None]
     assert ("restore", "util") in h.world.log
+
+
+async def test_a_modal_slot_is_charged_for_the_cores_and_memory_its_sandbox_reserved(tmp_path: Path) -> None:
+    """Modal meters wall time and bills what a sandbox reserved; a local meter is CPU time used."""
+    h = Harness(tmp_path)
+    session = await h.run(BuildSettings(component_backends={"util": "modal"}))
+    assert session.status is SessionStatus.COMPLETED, session.error
+    rows = sqlite3.connect(tmp_path / "store.db").execute(
+        "SELECT source, compute_seconds, estimated_cost FROM build_costs WHERE source LIKE 'compute:%'"
+    )
+    charges = {source.split(";")[0]: (seconds, cost) for source, seconds, cost in rows}
+    rates, size = Rates(), PlanSettings()  # the slot's sandbox: the plan's default size
+    seconds, cost = charges["compute:modal:util"]
+    reserved = size.cpu * rates.modal_cpu_second_usd + size.memory_mb / 1024 * rates.modal_gib_second_usd
+    assert cost == pytest.approx(seconds * reserved)
+    seconds, cost = charges["compute:local:db"]
+    assert cost == pytest.approx(seconds * rates.local_cpu_second_usd)
 
 
 @pytest.fixture(scope="module")
