@@ -37,7 +37,9 @@ from coordinator.build.adapters import (
     SessionNotifier,
     SwarmVerify,
 )
-from coordinator.build.ports import BuildSettings
+from coordinator.build.notify import WebhookConfig, WebhookNotifier
+from coordinator.build.notify_events import NotifyingEvents
+from coordinator.build.ports import BuildSettings, EventsPort
 from coordinator.build.run import BuildPorts, BuildRun
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.clock import SystemClock
@@ -82,7 +84,12 @@ class BuildCoordinatorActor:
             self._pool = ProxyPool(where.slot, size=cfg.pool_size)
         fleet = RayFleet(self.build_id, where, self._pool, warm_pools=cfg.warm_pools)
         gate = RayGate(cfg, fleet)
-        events = BusEvents(self.bus, self.build_id)
+        events: EventsPort = BusEvents(self.bus, self.build_id)
+        notifier = None
+        if cfg.webhook:  # ghost mode: the run's end or pause, and the events the user asked for
+            webhook = WebhookNotifier(validated_arg(WebhookConfig, cfg.webhook, "webhook"))
+            notifier = SessionNotifier(webhook, self.store, self.build_id)
+            events = NotifyingEvents(events, webhook, self.store, self.build_id)
         session = self.store.get_session(self.build_id)
         budget = Budget.model_validate(session.budget) if session.budget else None
         ledger = BudgetLedger(self.store, self.build_id, budget, events=events)
@@ -100,12 +107,6 @@ class BuildCoordinatorActor:
             assert run is not None and run.locked is not None
             return run.locked.contract
 
-        notifier = None
-        if cfg.webhook:
-            from coordinator.build.notify import WebhookConfig, WebhookNotifier
-
-            webhook = WebhookNotifier(validated_arg(WebhookConfig, cfg.webhook, "webhook"))
-            notifier = SessionNotifier(webhook, self.store, self.build_id)
         ports = BuildPorts(
             fleet=fleet,
             teams=teams,

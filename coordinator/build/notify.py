@@ -11,9 +11,17 @@ clock; what counts as what:
 
 A notification that could not be delivered is logged and reported in the returned
 :class:`DeliveryResult`; it never raises, because a build must not fail for want of a
-webhook. With a secret configured, each request is signed (``X-Kriptik-Signature``, an
-HMAC-SHA256 over the timestamp and the body, as Stripe does), so the receiver can check it
-came from us and is fresh. ``X-Kriptik-Delivery`` stays the same across retries so the
+webhook. The destination is checked before each attempt (:mod:`coordinator.webhooks`): the
+host is resolved by the injected resolver, every address of the answer must be public (unless
+the operator allows internal ones), and the connection goes to a checked address — the URL's
+host stays in the ``Host`` header and, for https, in the TLS server name, so certificates are
+verified against it. A refused destination is given up at once, before any connection; a name
+that does not resolve is retried like a refused connection. Environment proxies are ignored
+(they would connect on our behalf, unchecked).
+
+With a secret configured, each request is signed (``X-Kriptik-Signature``, an HMAC-SHA256 over
+the timestamp and the body, as Stripe does), so the receiver can check it came from us and is
+fresh. ``X-Kriptik-Delivery`` stays the same across retries so the
 receiver can drop duplicates.
 """
 
@@ -26,14 +34,24 @@ import uuid
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from coordinator.clock import Clock, SystemClock
 from coordinator.store.schema import BuildSession, SessionStatus
+from coordinator.webhooks import (
+    DEFAULT_EVENTS,
+    NotifyEvent,
+    Resolver,
+    WebhookTargetError,
+    check_url,
+    resolve_checked,
+    system_resolver,
+)
 
 logger = logging.getLogger(__name__)
 
-NotificationKind = Literal["build.completed", "build.failed", "build.paused"]
+NotificationKind = Literal["build.completed", "build.failed", "build.paused", "build.budget_warning", "build.blocked"]
+"""``build.{event}`` for each :data:`~coordinator.webhooks.NotifyEvent` a user can ask for."""
 
 KIND_OF_STATUS: dict[SessionStatus, NotificationKind] = {
     SessionStatus.COMPLETED: "build.completed",
@@ -41,6 +59,19 @@ KIND_OF_STATUS: dict[SessionStatus, NotificationKind] = {
     SessionStatus.PAUSED: "build.paused",
 }
 """Session statuses a user is told about, and the notification each sends."""
+
+
+def kind_of(event: NotifyEvent) -> NotificationKind:
+    """The notification kind a user's event name stands for (``completed`` → ``build.completed``)."""
+    kinds: dict[str, NotificationKind] = {
+        "completed": "build.completed",
+        "failed": "build.failed",
+        "paused": "build.paused",
+        "budget_warning": "build.budget_warning",
+        "blocked": "build.blocked",
+    }
+    return kinds[event]
+
 
 SIGNATURE_HEADER = "X-Kriptik-Signature"
 DELIVERY_HEADER = "X-Kriptik-Delivery"
@@ -54,8 +85,11 @@ class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["webhook"] = "webhook"
+    allow_private: bool = False
+    """The operator's allowance of loopback, private and link-local destinations; never a user's to set.
+    (Before ``url``: the check of ``url`` reads it.)"""
     url: str
-    """Endpoint receiving the POSTs (http or https)."""
+    """Endpoint receiving the POSTs (http or https); its destination is checked (:mod:`coordinator.webhooks`)."""
     secret: SecretStr | None = None
     """Shared secret for the HMAC signature header; unsigned without it."""
     max_attempts: int = Field(default=5, ge=1, le=20)
@@ -66,15 +100,26 @@ class WebhookConfig(BaseModel):
     """Ceiling of a wait, also of a server's ``Retry-After``."""
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     """Bound on one HTTP attempt; past it the attempt counts as failed and is retried."""
-    kinds: frozenset[NotificationKind] = frozenset(KIND_OF_STATUS.values())
+    kinds: frozenset[NotificationKind] = frozenset(kind_of(event) for event in DEFAULT_EVENTS)
     """Kinds to send; the others are skipped (reported as delivered=False, attempts=0)."""
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("webhook url must start with http:// or https://")
-        return value
+    def _allowed_url(cls, value: str, info: ValidationInfo) -> str:
+        # A field validator, so a refusal quotes the URL only, never the input holding the secret.
+        return check_url(value, allow_private=bool(info.data.get("allow_private")))  # a ValueError
+
+    @classmethod
+    def for_events(
+        cls, url: str, secret: str | None, events: list[NotifyEvent], *, allow_private: bool
+    ) -> WebhookConfig:
+        """The config of a user's notification settings (``coordinator.api_models.NotifySettings``)."""
+        return cls(
+            url=url,
+            secret=SecretStr(secret) if secret else None,
+            allow_private=allow_private,
+            kinds=frozenset(kind_of(event) for event in events),
+        )
 
 
 class Notification(BaseModel):
@@ -122,6 +167,7 @@ class WebhookNotifier:
         config: The endpoint and retry policy.
         clock: Timestamps and backoff waits (a FakeClock in tests).
         transport: HTTP transport for the client (``httpx.MockTransport`` in unit tests).
+        resolver: How the webhook's host is resolved before each attempt (a stub in unit tests).
 
     The constructor does no I/O; the HTTP client is created on first delivery.
     """
@@ -132,10 +178,12 @@ class WebhookNotifier:
         *,
         clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self._transport = transport
+        self._resolver: Resolver = resolver or system_resolver
         self._client: httpx.AsyncClient | None = None
 
     async def aclose(self) -> None:
@@ -191,10 +239,13 @@ class WebhookNotifier:
         for attempt in range(1, self.config.max_attempts + 1):
             retry_after: float | None = None
             try:
-                response = await self._http().post(
-                    self.config.url, content=body, headers=self._headers(notification, body)
+                response = await self._post(body, self._headers(notification, body))
+            except WebhookTargetError as exc:
+                logger.warning(
+                    "notification %s of build %s not sent: %s", notification.kind, notification.build_id, exc
                 )
-            except httpx.TransportError as exc:  # timeouts, refused connections, broken pipes
+                return DeliveryResult(delivered=False, attempts=attempt, error=str(exc))
+            except (httpx.TransportError, OSError) as exc:  # timeouts, refused connections, names that do not resolve
                 error = f"{type(exc).__name__}: {exc}"
             else:
                 status_code = response.status_code
@@ -227,9 +278,23 @@ class WebhookNotifier:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                transport=self._transport, timeout=self.config.timeout_s, follow_redirects=False
+                transport=self._transport, timeout=self.config.timeout_s, follow_redirects=False, trust_env=False
             )
         return self._client
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """One POST to a checked address of the webhook's host (the module docstring says why)."""
+        url = httpx.URL(self.config.url)
+        host = url.raw_host.decode("ascii")  # IDNA-encoded, as the resolver and TLS want it
+        port = url.port or (443 if url.scheme == "https" else 80)
+        address = await resolve_checked(host, port, resolver=self._resolver, allow_private=self.config.allow_private)
+        extensions: dict[str, Any] = {}
+        if address != host:  # a name: connect to the address checked, present the name
+            headers = {**headers, "Host": url.netloc.decode("ascii")}
+            if url.scheme == "https":
+                extensions["sni_hostname"] = host
+            url = url.copy_with(host=address)
+        return await self._http().post(url, content=body, headers=headers, extensions=extensions)
 
     def _headers(self, notification: Notification, body: bytes) -> dict[str, str]:
         headers = {

@@ -1,6 +1,8 @@
-"""Webhook notifications: retries with backoff on the fake clock, giving up, and the signature header.
+"""Webhook notifications: retries with backoff on the fake clock, giving up, the signature header, and the
+notifications of a running build's events.
 
-``httpx.MockTransport`` is the HTTP boundary here (unit tests only).
+``httpx.MockTransport`` is the HTTP boundary here and a stub resolves the webhook's host (unit tests only:
+no name is looked up, no packet is sent).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,10 +25,20 @@ from coordinator.build.notify import (
     WebhookNotifier,
     sign,
 )
+from coordinator.build.notify_events import NotifyingEvents
+from coordinator.bus.events import BudgetWarning, EventPayload, SlotBlocked
 from coordinator.clock import FakeClock
 from coordinator.store.schema import BuildSession, SessionStatus
+from coordinator.store.store import Store
 
 URL = "https://hooks.example.test/kriptik"
+PUBLIC = "93.184.215.14"
+"""What the stub resolver answers for the webhook's host (a public address; nothing connects to it)."""
+
+
+async def stub_resolver(host: str, port: int) -> list[str]:
+    assert (host, port) == ("hooks.example.test", 443)
+    return [PUBLIC]
 
 
 class Receiver:
@@ -50,6 +63,7 @@ def _notifier(
         WebhookConfig(url=URL, **config),  # type: ignore[arg-type]
         clock=clock,
         transport=httpx.MockTransport(receiver),
+        resolver=stub_resolver,
     )
 
 
@@ -64,7 +78,10 @@ async def test_completion_is_posted_as_json() -> None:
     assert result is not None and result.delivered and result.attempts == 1 and result.status_code == 204
     (request,) = receiver.requests
     body = json.loads(request.content)
-    assert request.method == "POST" and str(request.url) == URL
+    assert request.method == "POST" and request.url.path == "/kriptik"
+    # Sent to the address checked, presenting the webhook's name (Host, and TLS's server name).
+    assert request.url.host == PUBLIC and request.headers["host"] == "hooks.example.test"
+    assert request.extensions["sni_hostname"] == "hooks.example.test"
     assert body["kind"] == "build.completed" and body["build_id"] == "b1" and body["status"] == "completed"
     assert body["summary"] == "a todo app, all criteria hold" and body["user_id"] == "alice"
     assert request.headers["content-type"] == "application/json" and SIGNATURE_HEADER not in request.headers
@@ -178,3 +195,109 @@ async def test_fake_clock_wakes_sleepers_in_deadline_order() -> None:
     assert clock.now() == 1_700_000_000.0 + 10.5
     with pytest.raises(ValueError):
         clock.advance(-1)
+
+
+async def test_a_host_resolving_to_a_private_address_is_refused_before_connecting() -> None:
+    async def rebinding(host: str, port: int) -> list[str]:
+        return [PUBLIC, "10.0.0.7"]  # one private address in the answer is enough
+
+    receiver, clock = Receiver(), FakeClock(auto_advance=True)
+    notifier = WebhookNotifier(
+        WebhookConfig(url=URL), clock=clock, transport=httpx.MockTransport(receiver), resolver=rebinding
+    )
+    result = await notifier.notify_session(_session(SessionStatus.COMPLETED))
+    assert result is not None and not result.delivered and result.attempts == 1
+    assert "10.0.0.7" in (result.error or "") and "private" in (result.error or "")
+    assert receiver.requests == [] and clock.sleeps == []  # no connection, and no retry
+
+
+async def test_a_name_that_does_not_resolve_is_retried() -> None:
+    answers: list[list[str] | OSError] = [OSError("temporary failure in name resolution"), [PUBLIC]]
+
+    async def flaky(host: str, port: int) -> list[str]:
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    receiver, clock = Receiver(), FakeClock(auto_advance=True)
+    notifier = WebhookNotifier(
+        WebhookConfig(url=URL), clock=clock, transport=httpx.MockTransport(receiver), resolver=flaky
+    )
+    result = await notifier.notify_session(_session(SessionStatus.COMPLETED))
+    assert result is not None and result.delivered and result.attempts == 2 and len(receiver.requests) == 1
+
+
+async def test_the_operators_allowance_lets_a_private_destination_through() -> None:
+    async def private(host: str, port: int) -> list[str]:
+        return ["192.168.1.20"]
+
+    receiver, clock = Receiver(), FakeClock(auto_advance=True)
+    config = WebhookConfig(url=URL, allow_private=True)
+    notifier = WebhookNotifier(config, clock=clock, transport=httpx.MockTransport(receiver), resolver=private)
+    result = await notifier.notify_session(_session(SessionStatus.COMPLETED))
+    assert result is not None and result.delivered and receiver.requests[0].url.host == "192.168.1.20"
+
+
+def test_a_config_refuses_a_loopback_literal_unless_allowed() -> None:
+    with pytest.raises(ValueError, match="127.0.0.1 is loopback") as refused:
+        WebhookConfig(url="http://127.0.0.1:9000/hook", secret="s3cret")
+    assert "s3cret" not in str(refused.value)  # the refusal quotes the URL, not the input
+    assert WebhookConfig(url="http://127.0.0.1:9000/hook", allow_private=True).allow_private
+
+
+# --- notifications while the build runs (NotifyingEvents) -------------------------------------------
+
+
+class EventLog:
+    def __init__(self) -> None:
+        self.events: list[EventPayload] = []
+
+    async def emit(self, event: EventPayload) -> str | None:
+        self.events.append(event)
+        return f"{len(self.events)}-0"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "store.db") as s:
+        yield s
+
+
+async def _delivered(receiver: Receiver, count: int) -> list[dict[str, object]]:
+    """The bodies received, once ``count`` have come (the deliveries run in the background; bounded)."""
+    for _ in range(1000):
+        if len(receiver.requests) >= count:
+            break
+        await asyncio.sleep(0)
+    return [json.loads(request.content) for request in receiver.requests]
+
+
+async def test_a_budget_warning_reaches_the_log_and_the_user(store: Store) -> None:
+    build = store.create_session("alice", "a todo app").id
+    store.update_session(build, status=SessionStatus.RUNNING)
+    receiver, log = Receiver(), EventLog()
+    notifier = _notifier(receiver, FakeClock(auto_advance=True))
+    events = NotifyingEvents(log, notifier, store, build)
+    warning = BudgetWarning(spent_usd=8.0, budget_usd=10.0, fraction=0.8).for_build(build)
+    assert await events.emit(warning) == "1-0"
+    [body] = await _delivered(receiver, 1)
+    assert log.events == [warning]
+    assert body["kind"] == "build.budget_warning" and body["build_id"] == build and body["user_id"] == "alice"
+    assert body["status"] == "running" and body["data"] == warning.data
+    assert "$8.00 of $10.00" in str(body["summary"])
+
+
+async def test_blocked_components_notify_only_users_who_asked(store: Store) -> None:
+    build = store.create_session("alice", "a todo app").id
+    blocked = SlotBlocked(slot="api", done=["t1"], blocked={"t2": "tests fail"}, attempt=1)
+    by_default, asked = Receiver(), Receiver()
+    clock = FakeClock(auto_advance=True)
+    quiet = NotifyingEvents(EventLog(), _notifier(by_default, clock), store, build)
+    told = NotifyingEvents(EventLog(), _notifier(asked, clock, kinds=frozenset({"build.blocked"})), store, build)
+    await quiet.emit(blocked)
+    await told.emit(blocked)
+    await told.emit(BudgetWarning(spent_usd=1.0, budget_usd=2.0, fraction=0.5))  # not asked for
+    [body] = await _delivered(asked, 1)
+    assert body["kind"] == "build.blocked" and "api is blocked (t2: tests fail)" in str(body["summary"])
+    assert by_default.requests == [] and len(asked.requests) == 1
