@@ -33,7 +33,7 @@ from actors.build.config import CoordinatorConfig, builds_dir, config_path, load
 from actors.handles import CONTROL_NAME, RayActorError, coordinator_name
 from actors.pools.fleet import FleetPoolConfig, FleetPools
 from actors.pools.warm import Warm
-from coordinator.api_models import BuildRequest
+from coordinator.api_models import BuildRequest, NotifySettings
 from coordinator.clock import SystemClock
 from coordinator.control import BuildControl, Quotas
 from coordinator.heartbeat import MissedHeartbeats
@@ -78,8 +78,12 @@ class ControlConfig(BaseModel):
     """How often finished builds free their quota and queued ones are admitted."""
     examples_dir: str = str(EXAMPLES)
     coordinator: dict[str, Any] = Field(default_factory=dict)
-    """Extra CoordinatorConfig fields for every build (pool_size, checkpoint_interval_s, gate, webhook…);
-    not what Control sets per build (the backends come from ``backend``/``local_backend``/``modal_backend``)."""
+    """Extra CoordinatorConfig fields for every build (pool_size, checkpoint_interval_s, gate…); not what
+    Control sets per build (the backends come from ``backend``/``local_backend``/``modal_backend``, the
+    webhook from the build's ``notify`` or its owner's defaults)."""
+    webhook_allow_private: bool = Field(default_factory=lambda: get_settings().kriptik_webhook_allow_private)
+    """Builds' webhooks may reach loopback, private and link-local addresses (``KRIPTIK_WEBHOOK_ALLOW_PRIVATE``:
+    tests, on-prem receivers); off, only public addresses are notified."""
     store_path: str | None = None
     pools: FleetPoolConfig = Field(default_factory=FleetPoolConfig)
     """Warm actors kept for every build (proxies with standby sandboxes, teams, agents, swarms)."""
@@ -88,12 +92,13 @@ class ControlConfig(BaseModel):
     @classmethod
     def _not_per_build(cls, value: dict[str, Any]) -> dict[str, Any]:
         taken = sorted(
-            set(value) & {"build_id", "redis_url", "bus_prefix", "backend", "placement", "llm", "store_path"}
+            set(value) & {"build_id", "redis_url", "bus_prefix", "backend", "placement", "llm", "store_path", "webhook"}
         )
         if taken:
             raise ValueError(
                 f"coordinator must not set {', '.join(taken)}: Control sets them per build "
-                "(a backend goes in ControlConfig.backend, local_backend or modal_backend)"
+                "(a backend goes in ControlConfig.backend, local_backend or modal_backend; a webhook in the "
+                "build request's notify or the user's defaults, PUT /api/notify)"
             )
         return value
 
@@ -120,7 +125,15 @@ class RayBuildRunners:
             )
         return placement
 
-    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True, placement: Placement) -> None:
+    def register(
+        self,
+        build_id: str,
+        llm: dict[str, Any],
+        *,
+        parallel: bool = True,
+        placement: Placement,
+        webhook: dict[str, Any] | None = None,
+    ) -> None:
         cfg = self.config
         save_config(
             CoordinatorConfig(
@@ -131,6 +144,7 @@ class RayBuildRunners:
                 placement=placement,
                 llm=llm,
                 store_path=cfg.store_path,
+                webhook=webhook,
                 **{"parallel": parallel, **cfg.coordinator},
             )
         )
@@ -203,6 +217,7 @@ class ControlActor:
             admissions_dir=builds_dir(),
             examples_dir=Path(cfg.examples_dir),
             llm=cfg.llm,
+            allow_private_webhooks=cfg.webhook_allow_private,
         )
         self._restarts: dict[str, int] = {}
         self._missed = MissedHeartbeats(self.config.heartbeat_misses)
@@ -256,6 +271,18 @@ class ControlActor:
 
     async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
         return {"url": await self.builds.take_control(user_id, build_id)}
+
+    async def notify_defaults(self, user_id: str) -> dict[str, Any]:
+        """The user's webhook defaults (``NotifyView``: never the secret)."""
+        return self.builds.webhooks.defaults(user_id).model_dump(mode="json")
+
+    async def set_notify_defaults(self, user_id: str, settings: NotifySettings | dict[str, Any]) -> dict[str, Any]:
+        """Make ``settings`` the webhook of the user's builds that bring none; a refused destination raises."""
+        view = self.builds.webhooks.set_defaults(user_id, validated_arg(NotifySettings, settings, "settings"))
+        return view.model_dump(mode="json")
+
+    async def clear_notify_defaults(self, user_id: str) -> None:
+        self.builds.webhooks.clear_defaults(user_id)
 
     # --- warm pools -------------------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from coordinator.placement import BuildMode
+from coordinator.webhooks import DEFAULT_EVENTS, MAX_URL_LENGTH, NotifyEvent, check_url
 
 BuildStatusName = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
 """Life of a build, as ``coordinator.store.schema.SessionStatus``."""
@@ -38,6 +39,32 @@ class _View(BaseModel):
 # --- requests ------------------------------------------------------------------------------
 
 
+class NotifySettings(_Request):
+    """Ghost mode: the webhook a build's owner is told through, and about what.
+
+    Checked here for form (http or https, a host); Control checks the destination, which must be a
+    public address unless the operator allows internal ones (``coordinator/webhooks.py``).
+    """
+
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+    """Receives one JSON POST per event (``X-Kriptik-Event`` names it)."""
+    secret: SecretStr | None = Field(default=None, min_length=1, max_length=256)
+    """Key of the ``X-Kriptik-Signature`` HMAC; unsigned without it. Never shown again: not by
+    ``GET /api/notify``, a build's status or its event log."""
+    events: list[NotifyEvent] = Field(default_factory=lambda: sorted(DEFAULT_EVENTS), min_length=1)
+    """``completed``, ``failed``, ``paused``, ``budget_warning``, ``blocked``; default all but ``blocked``."""
+
+    @field_validator("url")
+    @classmethod
+    def _form(cls, value: str) -> str:
+        return check_url(value, allow_private=True)  # the destination is Control's to check
+
+    @field_validator("events")
+    @classmethod
+    def _once_each(cls, value: list[NotifyEvent]) -> list[NotifyEvent]:
+        return sorted(set(value))
+
+
 class BuildRequest(_Request):
     """Start a build from exactly one of: a prompt, an intent contract, or a named example."""
 
@@ -57,6 +84,9 @@ class BuildRequest(_Request):
     parallel: bool = True
     """Every component's team starts at once (fed its providers' code as it is chosen); False: each
     component starts only once its providers have merged."""
+    notify: NotifySettings | None = None
+    """Where and about what this build's owner is told (ghost mode); None: the owner's defaults
+    (``PUT /api/notify``), else nothing is sent."""
 
     @field_validator("contract")
     @classmethod
@@ -83,6 +113,17 @@ class BudgetRaise(_Request):
 
 
 # --- views ---------------------------------------------------------------------------------
+
+
+class NotifyView(_View):
+    """A user's notification defaults as ``GET /api/notify`` shows them: never the secret."""
+
+    url: str | None = None
+    """None: none are set, and a build without its own ``notify`` sends nothing."""
+    events: list[str] = Field(default_factory=list)
+    secret_set: bool = False
+    """Whether notifications are signed."""
+    updated_at: float | None = None
 
 
 class BudgetView(_View):

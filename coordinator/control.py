@@ -18,6 +18,8 @@ injected :class:`~coordinator.clock.Clock`.
   wait for ``resume``).
 * **Cancel while down.** A cancel is stored first (the session's ``error`` marker), so a runner
   that is down honours it when it comes back; a queued build is cancelled on the spot.
+* **Ghost mode.** Each build is registered with the webhook it notifies (its own ``notify``, else
+  its owner's defaults), checked at submit (:class:`~coordinator.webhook_settings.WebhookSettings`).
 
 Each build's :class:`Admission` is saved as ``{admissions_dir}/{id}.admission.json`` next to its
 runner's config, so a restarted Control knows its priority and size.
@@ -44,6 +46,7 @@ from coordinator.plan import plan_fleet
 from coordinator.screenshots import check_name
 from coordinator.store.schema import BuildSession, SessionStatus
 from coordinator.store.store import Store
+from coordinator.webhook_settings import WebhookSettings
 from sandbox_agents.errors import InvalidInputError, LLMConfigError
 
 logger = logging.getLogger(__name__)
@@ -88,8 +91,17 @@ class BuildRunners(Protocol):
         """
         ...
 
-    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True, placement: Placement) -> None:
-        """Save what the build's runner is started from (and revived from): its LLM and its placement."""
+    def register(
+        self,
+        build_id: str,
+        llm: dict[str, Any],
+        *,
+        parallel: bool = True,
+        placement: Placement,
+        webhook: dict[str, Any] | None = None,
+    ) -> None:
+        """Save what the build's runner is started from (and revived from): its LLM, its placement and
+        the ``WebhookConfig`` it notifies (None: none)."""
         ...
 
     async def start(self, build_id: str) -> None:
@@ -145,6 +157,8 @@ class BuildControl:
         examples_dir: ``intents/{name}.yaml`` and ``cassettes/{name}.yaml`` of the named examples.
         llm: The provider config of prompt and contract builds; None: the one ``KRIPTIK_LLM``
             names (read at each submit).
+        allow_private_webhooks: The operator's allowance of webhooks to loopback, private and
+            link-local addresses.
     """
 
     def __init__(
@@ -157,6 +171,7 @@ class BuildControl:
         admissions_dir: Path,
         examples_dir: Path,
         llm: dict[str, Any] | None = None,
+        allow_private_webhooks: bool = False,
     ) -> None:
         self.store = store
         self.runners = runners
@@ -165,6 +180,7 @@ class BuildControl:
         self.admissions_dir = admissions_dir
         self.examples_dir = examples_dir
         self.llm = llm
+        self.webhooks = WebhookSettings(store, allow_private=allow_private_webhooks)
         self._seq = itertools.count()
         self._queue: list[tuple[int, int, str]] = []  # (-priority, seq, build id): a heap
         self._admissions: dict[str, Admission] = {}
@@ -176,7 +192,8 @@ class BuildControl:
         """Register a build, queue it and admit what fits; returns its id.
 
         Raises:
-            InvalidInputError: An unknown example, or no LLM is configured for the build.
+            InvalidInputError: An unknown example, no LLM is configured for the build, or its webhook
+                (its own or its owner's defaults) is refused.
         """
         llm = self.llm or _llm_from_settings()
         contract: IntentContract | None = None
@@ -201,13 +218,14 @@ class BuildControl:
         mode = request.build_mode or (contract.build_mode if contract is not None else None)
         runs_on = {c.name: c.runs_on for c in contract.components} if contract is not None else {}
         placement = self.runners.place(mode, runs_on)  # refused here, before anything is stored
+        webhook = self.webhooks.for_build(user_id, request.notify)
         prompt = request.prompt or (contract.summary if contract else "")
         budget = {"max_usd": request.budget_usd} if request.budget_usd else None
         session = self.store.create_session(user_id, prompt, budget=budget)
         if contract is not None:
             self.store.update_session(session.id, contract=contract.model_dump(mode="json"))
         needed = len(plan_fleet(contract).slots) if contract is not None else 1
-        self.runners.register(session.id, llm, parallel=request.parallel, placement=placement)
+        self.runners.register(session.id, llm, parallel=request.parallel, placement=placement, webhook=webhook)
         admission = Admission(build_id=session.id, user_id=user_id, priority=request.priority, needed=needed)
         self._save_admission(admission)
         self._enqueue(admission)

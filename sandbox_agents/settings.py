@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     """Host uid (and gid) that local sandboxes run as; never 0."""
     kriptik_exec_channel: bool = True
     """Callers on a proxy's host run ``exec`` over its unix-socket channel instead of a Ray call."""
+    kriptik_webhook_allow_private: bool = False
+    """Ghost-mode webhooks may reach loopback, private and link-local addresses (tests, on-prem receivers)."""
 
     modal_token_id: str | None = None
     """Modal API token id; the Modal backend is unavailable without it."""

@@ -39,6 +39,8 @@ from coordinator.api_models import (
     BuildSummary,
     ErrorBody,
     Health,
+    NotifySettings,
+    NotifyView,
     PreviewView,
     SandboxView,
     ScreenshotView,
@@ -339,6 +341,23 @@ def create_app(
             unavailable_s=settings.sse_unavailable_s,
         )  # fmt: skip
         return stream_response(events, heartbeat_s=settings.heartbeat_s)
+
+    @app.get("/api/notify", response_model=NotifyView, tags=["notify"])
+    async def notify_defaults(who: User) -> NotifyView:
+        """Your ghost-mode webhook defaults (never the secret); ``url`` is null when none are set."""
+        return await control.notify_defaults(who.user_id)
+
+    @app.put("/api/notify", response_model=NotifyView, tags=["notify"])
+    async def set_notify_defaults(body: NotifySettings, who: User) -> NotifyView:
+        """Set the webhook your builds notify when they bring no ``notify`` of their own. A loopback,
+        private or link-local destination is a 422 unless the operator allows them."""
+        return await control.set_notify_defaults(who.user_id, body)
+
+    @app.delete("/api/notify", response_model=NotifyView, tags=["notify"])
+    async def clear_notify_defaults(who: User) -> NotifyView:
+        """Drop your webhook defaults (idempotent): builds without their own ``notify`` send nothing."""
+        await control.clear_notify_defaults(who.user_id)
+        return NotifyView()
 
     static = files("serve") / "static"
     app.mount("/ui", StaticFiles(directory=str(static), html=True), name="ui")

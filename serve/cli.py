@@ -66,8 +66,10 @@ def sandbox_bench() -> None:
 
 def _register_commands() -> None:
     from serve.cli_commands import register
+    from serve.cli_notify import register_notify
 
     register(app)
+    register_notify(app)
 
 
 _register_commands()

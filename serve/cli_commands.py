@@ -3,6 +3,7 @@
 :func:`register` adds the commands to the ``kriptik`` typer app. Every command but ``up``,
 ``down`` and ``token`` talks HTTP to the API (httpx) with the token from ``KRIPTIK_TOKEN``
 or ``~/.kriptik/token``, at ``KRIPTIK_API_URL`` (default ``http://KRIPTIK_API_HOST:PORT``).
+``kriptik notify`` is in ``serve/cli_notify.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ CONTRACT_SUFFIXES = (".yaml", ".yml", ".json")
 PHASES = ("intent", "fleet", "build", "verify", "merge", "preview", "done")
 REDIS_KEEPER = "kriptik-redis"
 UP_MARKER = "up.json"
+NOTIFY_SECRET_ENV = "KRIPTIK_NOTIFY_SECRET"
+"""Where ``--notify-secret`` and ``kriptik notify set --secret`` are read from when not given (not in ``ps``)."""
+NOTIFY_EVENTS_HELP = (
+    "An event to be told about (repeat it): completed, failed, paused, budget_warning, blocked. "
+    "Default: all but blocked."
+)
 #: ``kriptik up`` starts and joins Ray with token authentication on, explicitly: Ray 2.60 turns it on
 #: by itself only for ``ray.init()``'s own clusters, and for ``ray start`` only when a token exists.
 RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token"}
@@ -168,6 +175,8 @@ _ON = typer.Option(
     "Default: the contract's build_mode, else the server's KRIPTIK_BACKEND.",
 )
 
+_NOTIFY_EVENTS = typer.Option(None, "--notify-event", help=NOTIFY_EVENTS_HELP)
+
 
 def register(app: typer.Typer) -> None:
     """Add the API commands to the ``kriptik`` app."""
@@ -200,11 +209,20 @@ def register(app: typer.Typer) -> None:
         budget: float = typer.Option(None, help="Budget in dollars."),
         on: BuildOn = _ON,
         detach: bool = typer.Option(False, "--detach", "-d", help="Print the id and return."),
+        notify: str = typer.Option(
+            None, "--notify", help="A webhook told when the build ends or pauses (default: `kriptik notify set`)."
+        ),
+        notify_secret: str = typer.Option(
+            None, "--notify-secret", envvar=NOTIFY_SECRET_ENV, help="Signing key of the --notify webhook."
+        ),
+        notify_events: list[str] = _NOTIFY_EVENTS,
     ) -> None:
         """Start a build and show its progress live."""
         body: dict[str, Any] = {"budget_usd": budget}
         if on is not None:
             body["build_mode"] = on.value
+        if notify:
+            body["notify"] = notify_body(notify, notify_secret, notify_events)
         if (what is None) == (example is None):
             raise typer.BadParameter("give a prompt or a contract file, or --example NAME (one of them)")
         if example is not None:
@@ -288,6 +306,16 @@ def register(app: typer.Typer) -> None:
         console.print(f"app: {p.get('url') or '(not yet)'}")
         for name, url in p.get("components", {}).items():
             console.print(f"  {name}: {url}")
+
+
+def notify_body(url: str, secret: str | None, events: list[str] | None) -> dict[str, Any]:
+    """The ``NotifySettings`` JSON of ``kriptik build --notify`` and ``kriptik notify set``."""
+    body: dict[str, Any] = {"url": url}
+    if secret:
+        body["secret"] = secret
+    if events:
+        body["events"] = events
+    return body
 
 
 def _path_like(what: str) -> bool:

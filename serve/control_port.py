@@ -22,12 +22,15 @@ from coordinator.api_models import (
     BuildRequest,
     BuildStatus,
     BuildSummary,
+    NotifySettings,
+    NotifyView,
     PreviewView,
     SandboxView,
     ScreenshotView,
     TakeControlView,
 )
 from coordinator.screenshots import ScreenshotNotFoundError, check_name
+from coordinator.webhooks import check_url
 from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError, InvalidInputError, KriptikError
 
 
@@ -55,6 +58,9 @@ class ControlPort(Protocol):
     async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes: ...
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]: ...
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView: ...
+    async def notify_defaults(self, user_id: str) -> NotifyView: ...
+    async def set_notify_defaults(self, user_id: str, settings: NotifySettings) -> NotifyView: ...
+    async def clear_notify_defaults(self, user_id: str) -> None: ...
     async def ping(self, timeout_s: float = 2.0) -> None:
         """Raise ControlUnavailableError unless the control plane answers within ``timeout_s`` (health)."""
         ...
@@ -158,6 +164,20 @@ class RayControlPort:
         answer = await self._answer(lambda control: control.take_control.remote(user_id, build_id), "take_control")
         return TakeControlView.model_validate(answer)
 
+    async def notify_defaults(self, user_id: str) -> NotifyView:
+        answer = await self._answer(lambda control: control.notify_defaults.remote(user_id), "notify_defaults")
+        return NotifyView.model_validate(answer)
+
+    async def set_notify_defaults(self, user_id: str, settings: NotifySettings) -> NotifyView:
+        """The model itself crosses Ray (pickled): its JSON form would mask the secret."""
+        answer = await self._answer(
+            lambda control: control.set_notify_defaults.remote(user_id, settings), "set_notify_defaults"
+        )
+        return NotifyView.model_validate(answer)
+
+    async def clear_notify_defaults(self, user_id: str) -> None:
+        await self._answer(lambda control: control.clear_notify_defaults.remote(user_id), "clear_notify_defaults")
+
     async def ping(self, timeout_s: float = 2.0) -> None:
         import ray.exceptions as rex
 
@@ -174,10 +194,15 @@ class MemoryControl:
 
     Builds are dicts shaped like ``BuildStatus``; :meth:`set_status` moves one along. It is
     picklable, so it can also be the state of a Ray actor or live inside a Serve replica.
+    Webhook destinations are checked as Control checks them (``allow_private_webhooks`` is the
+    operator's allowance); nothing is ever sent.
     """
 
-    def __init__(self, *, id_prefix: str = "b", clock: Any = time.time) -> None:
+    def __init__(self, *, id_prefix: str = "b", clock: Any = time.time, allow_private_webhooks: bool = False) -> None:
         self.builds: dict[str, dict[str, Any]] = {}
+        self.allow_private_webhooks = allow_private_webhooks
+        self.notify: dict[str, NotifySettings] = {}
+        """User → their notification defaults."""
         self.id_prefix = id_prefix
         self.clock = clock
         self._ids = itertools.count(1)
@@ -197,6 +222,8 @@ class MemoryControl:
         req = BuildRequest.model_validate(request)
         if req.example == "missing":
             raise InvalidInputError("no example called 'missing'", field="example")
+        if req.notify is not None:
+            check_url(req.notify.url, allow_private=self.allow_private_webhooks, field="notify.url")
         build_id = f"{self.id_prefix}{next(self._ids):06d}"
         title = req.prompt.splitlines()[0][:80] if req.prompt else (req.contract or {}).get("name", req.example or "")
         limit = req.budget_usd or 10.0
@@ -276,6 +303,20 @@ class MemoryControl:
         if url is None:
             raise InvalidInputError(f"build {build_id} has no preview yet", field="build_id")
         return TakeControlView(url=url)
+
+    async def notify_defaults(self, user_id: str) -> NotifyView:
+        settings = self.notify.get(user_id)
+        if settings is None:
+            return NotifyView()
+        return NotifyView(url=settings.url, events=list(settings.events), secret_set=settings.secret is not None)
+
+    async def set_notify_defaults(self, user_id: str, settings: NotifySettings) -> NotifyView:
+        check_url(settings.url, allow_private=self.allow_private_webhooks)
+        self.notify[user_id] = settings
+        return await self.notify_defaults(user_id)
+
+    async def clear_notify_defaults(self, user_id: str) -> None:
+        self.notify.pop(user_id, None)
 
     # --- test hooks ----------------------------------------------------------------------
 

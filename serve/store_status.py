@@ -24,6 +24,8 @@ from coordinator.api_models import (
     BuildRequest,
     BuildStatus,
     BuildSummary,
+    NotifySettings,
+    NotifyView,
     PreviewView,
     SandboxView,
     ScreenshotView,
@@ -105,6 +107,15 @@ class StoreFirstControl:
 
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView:
         return await self.control.take_control(user_id, build_id)
+
+    async def notify_defaults(self, user_id: str) -> NotifyView:
+        return await self.control.notify_defaults(user_id)
+
+    async def set_notify_defaults(self, user_id: str, settings: NotifySettings) -> NotifyView:
+        return await self.control.set_notify_defaults(user_id, settings)
+
+    async def clear_notify_defaults(self, user_id: str) -> None:
+        await self.control.clear_notify_defaults(user_id)
 
     async def ping(self, timeout_s: float = 2.0) -> None:
         await self.control.ping(timeout_s)

@@ -1,9 +1,10 @@
 """The build store: durable state of every build in SQLite on the head node (floor 2, no Ray).
 
-:class:`Store` keeps sessions, slots, checkpoints, costs, bus offsets, pending merges and API
-tokens; a restarted actor resumes from what it finds there. :mod:`.schema` holds the
-append-only migrations and one typed row model per table, :mod:`.resume` the checkpoint and
-resumption queries and :mod:`.tokens` the API-token queries (mixins :class:`Store` inherits).
+:class:`Store` keeps sessions, slots, checkpoints, costs, bus offsets, pending merges, API
+tokens and users' notification defaults; a restarted actor resumes from what it finds there.
+:mod:`.schema` holds the append-only migrations and one typed row model per table, :mod:`.resume`
+the checkpoint and resumption queries, :mod:`.tokens` the API-token queries and :mod:`.notify`
+the notification defaults (mixins :class:`Store` inherits).
 See docs/persistence.md.
 """
 
@@ -17,6 +18,7 @@ from coordinator.store.schema import (
     CostEntry,
     CostTotals,
     MergeStatus,
+    NotifyDefaults,
     PendingMerge,
     SessionStatus,
     Slot,
@@ -34,6 +36,7 @@ __all__ = [
     "CostEntry",
     "CostTotals",
     "MergeStatus",
+    "NotifyDefaults",
     "PendingMerge",
     "SessionStatus",
     "Slot",

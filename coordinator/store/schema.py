@@ -16,7 +16,7 @@ import json
 import sqlite3
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from sandbox_agents.backends.base import SnapshotRef
 from sandbox_agents.errors import InvalidInputError
@@ -121,6 +121,19 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         (
             "ALTER TABLE pending_merges ADD COLUMN commit_id TEXT",
             "ALTER TABLE pending_merges ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
+    (
+        4,
+        "each user's ghost-mode notification defaults, for builds that bring none of their own",
+        (
+            """CREATE TABLE notify_defaults (
+                user_id TEXT PRIMARY KEY,
+                url TEXT NOT NULL,
+                secret TEXT,
+                events_json TEXT NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
         ),
     ),
 )
@@ -273,6 +286,18 @@ class ApiToken(_Row):
     """Hex SHA-256 of the token; the token itself is shown once and never stored."""
     created_at: float
     revoked: bool = False
+
+
+class NotifyDefaults(_Row):
+    """A user's ghost-mode webhook, used by each of their builds that brings no ``notify`` of its own."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    url: str
+    secret: SecretStr | None = None
+    """The signing key: the sender needs it as given, so it cannot be hashed. Never shown again."""
+    events: list[str] = Field(default_factory=list)
+    """Event names (``coordinator.webhooks.NotifyEvent``), stored in ``events_json``."""
+    updated_at: float
 
 
 # --- row conversion: JSON columns in and out ----------------------------------------------

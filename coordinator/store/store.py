@@ -29,8 +29,9 @@ needs them all on one connection in one thread. Hence the one rule: **never ``aw
 inside ``with store.transaction():``** — another task's writes would join the open
 transaction; the store detects that and raises :class:`StoreError`.
 
-The checkpoint and resumption queries are in ``coordinator/store/resume.py`` and the API-token
-queries in ``coordinator/store/tokens.py``, as mixins :class:`Store` inherits.
+The checkpoint and resumption queries are in ``coordinator/store/resume.py``, the API-token
+queries in ``coordinator/store/tokens.py`` and the users' notification defaults in
+``coordinator/store/notify.py``, as mixins :class:`Store` inherits.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.clock import Clock, SystemClock
+from coordinator.store.notify import NotifyDefaultsQueries
 from coordinator.store.resume import ResumeQueries
 from coordinator.store.schema import (
     ACTIVE_STATUSES,
@@ -101,7 +103,7 @@ class StoreConfig(BaseModel):
     """How long a writer waits for another process's write lock before failing."""
 
 
-class Store(ResumeQueries, ApiTokenQueries):
+class Store(ResumeQueries, ApiTokenQueries, NotifyDefaultsQueries):
     """Typed access to the build store.
 
     Args:

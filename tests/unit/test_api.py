@@ -413,6 +413,75 @@ async def test_cors_is_off_unless_configured(control: MemoryControl, store: Stor
         assert ("access-control-allow-origin" in r.headers) is allowed, (origins, r.headers)
 
 
+# --- ghost-mode notifications ----------------------------------------------------------------
+
+
+async def test_notify_defaults_are_set_shown_without_the_secret_and_cleared(
+    client: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    assert (await client.get("/api/notify", headers=alice)).json()["url"] is None
+    body = {"url": "https://hooks.example.com/k", "secret": "s3cret-value", "events": ["failed", "blocked"]}
+    put = await client.put("/api/notify", json=body, headers=alice)
+    assert put.status_code == 200, put.text
+    shown = (await client.get("/api/notify", headers=alice)).json()
+    for answer in (put, await client.get("/api/notify", headers=alice)):
+        assert "s3cret-value" not in answer.text
+    assert shown["url"] == body["url"] and shown["secret_set"] and shown["events"] == ["blocked", "failed"]
+    assert (await client.get("/api/notify", headers=bob)).json()["url"] is None  # alice's are hers alone
+    cleared = await client.delete("/api/notify", headers=alice)
+    assert cleared.status_code == 200 and cleared.json()["url"] is None
+    assert (await client.get("/api/notify", headers=alice)).json()["url"] is None
+    assert (await client.delete("/api/notify", headers=alice)).status_code == 200  # idempotent
+
+
+async def test_notify_routes_need_a_token(client: httpx.AsyncClient) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        r = await client.request(method, "/api/notify", json={"url": "https://hooks.example.com/k"})
+        assert r.status_code == 401, method
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9000/hook", "http://localhost/hook", "http://10.0.0.1/h", "http://169.254.169.254/latest",
+     "http://[::1]:80/h", "http://[fd00::5]/h", "http://100.64.1.1/h"],
+)  # fmt: skip
+async def test_an_internal_webhook_is_refused_with_a_clear_422(
+    client: httpx.AsyncClient, alice: dict[str, str], url: str
+) -> None:
+    put = await client.put("/api/notify", json={"url": url}, headers=alice)
+    assert put.status_code == 422 and put.json()["field"] == "url", put.text
+    assert "public addresses" in put.json()["message"] and "KRIPTIK_WEBHOOK_ALLOW_PRIVATE" in put.json()["message"]
+    build = await client.post("/api/builds", json={"prompt": "a todo app", "notify": {"url": url}}, headers=alice)
+    assert build.status_code == 422 and build.json()["field"] == "notify.url", build.text
+    assert (await client.get("/api/builds", headers=alice)).json() == []
+
+
+async def test_a_malformed_notify_is_422_naming_the_field(client: httpx.AsyncClient, alice: dict[str, str]) -> None:
+    for notify, field in [
+        ({"url": "ftp://hooks.example.com/x"}, "body.notify.url"),
+        ({"url": "https://hooks.example.com/x", "events": ["needs_a_nap"]}, "body.notify.events.0"),
+        ({"url": "https://hooks.example.com/x", "allow_private": True}, "body.notify.allow_private"),
+    ]:
+        r = await client.post("/api/builds", json={"prompt": "x", "notify": notify}, headers=alice)
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
+async def test_a_build_may_bring_its_own_webhook(client: httpx.AsyncClient, alice: dict[str, str]) -> None:
+    notify = {"url": "https://hooks.example.com/x", "secret": "s3cret-value"}
+    r = await client.post("/api/builds", json={"prompt": "a todo app", "notify": notify}, headers=alice)
+    assert r.status_code == 202 and "s3cret-value" not in r.text
+    status = await client.get(r.json()["status_url"], headers=alice)
+    assert status.status_code == 200 and "s3cret-value" not in status.text
+
+
+async def test_the_operators_allowance_admits_internal_webhooks(store: Store, alice: dict[str, str]) -> None:
+    control = MemoryControl(allow_private_webhooks=True)
+    app = create_app(control, no_bus, store, ApiSettings(), limiter=RateLimiter(100.0, 100))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+        r = await c.put("/api/notify", json={"url": "http://127.0.0.1:9000/hook"}, headers=alice)
+        assert r.status_code == 200 and r.json()["url"] == "http://127.0.0.1:9000/hook"
+
+
 # --- OpenAPI ---------------------------------------------------------------------------------
 
 
@@ -427,13 +496,14 @@ async def test_openapi_lists_every_route_and_model(client: httpx.AsyncClient) ->
         ("get", "/api/build/budget/{build_id}"), ("post", "/api/build/budget/{build_id}"),
         ("post", "/api/build/take-control/{build_id}"), ("get", "/api/build/screenshots/{build_id}"),
         ("get", "/api/build/screenshots/{build_id}/{name}"),
+        ("get", "/api/notify"), ("put", "/api/notify"), ("delete", "/api/notify"),
     }  # fmt: skip
     assert {(m, p) for p, ops in paths.items() for m in ops} == expected
     models = set(spec["components"]["schemas"])
     for name in (
         "BuildRequest", "BuildStatus", "BuildSummary", "BudgetView", "BudgetRaise", "BuildCreated", "PreviewView",
         "SandboxView", "ScreenshotView", "TakeControlView", "Health", "ErrorBody", "ComponentView", "TournamentView",
-        "MergeView",
+        "MergeView", "NotifySettings", "NotifyView",
     ):  # fmt: skip
         assert name in models, name
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
@@ -467,4 +537,4 @@ def test_schemathesis_finds_no_500(store: Store, control: MemoryControl) -> None
 
         check()
         checked.append(f"{op.method.upper()} {op.path}")
-    assert len(checked) == 13
+    assert len(checked) == 16

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.api_models import BuildRequest
+from coordinator.api_models import BuildRequest, NotifySettings
 from coordinator.build.ports import CANCEL_REQUESTED
 from coordinator.clock import FakeClock
 from coordinator.contracts import load_contract
@@ -39,13 +39,23 @@ class FakeRunners:
         """Builds whose runner is down: a cancel cannot reach it."""
         self.raised: dict[str, float] = {}
         self.placements: dict[str, Placement] = {}
+        self.webhooks: dict[str, dict[str, Any] | None] = {}
 
     def place(self, mode: str | None, runs_on: Mapping[str, str | None]) -> Placement:
         return place(mode, default={"type": "local"}, runs_on=runs_on)
 
-    def register(self, build_id: str, llm: dict[str, Any], *, parallel: bool = True, placement: Placement) -> None:
+    def register(
+        self,
+        build_id: str,
+        llm: dict[str, Any],
+        *,
+        parallel: bool = True,
+        placement: Placement,
+        webhook: dict[str, Any] | None = None,
+    ) -> None:
         self.registered[build_id] = llm
         self.placements[build_id] = placement
+        self.webhooks[build_id] = webhook
 
     def started(self) -> list[str]:
         return [build for call, build in self.calls if call == "start"]
@@ -395,3 +405,31 @@ async def test_screenshots_reach_the_runner_for_the_owner_and_a_bad_name_never_d
         with pytest.raises(InvalidInputError):
             await control.screenshot("alice", build, name)
     assert runners.calls.count(("screenshot", build)) == 1
+
+
+async def test_each_build_is_registered_with_its_own_webhook_or_its_owners_defaults(
+    store: Store, runners: FakeRunners, clock: FakeClock, tmp_path: Path
+) -> None:
+    control = make_control(store, runners, clock, tmp_path)
+    control.webhooks.set_defaults("alice", NotifySettings(url="https://alice.example/hook", secret="s3cret"))
+    inherits = await control.submit("alice", prompt())
+    own = await control.submit(
+        "alice", BuildRequest(prompt="a todo app", notify={"url": "https://own.example/x", "events": ["failed"]})
+    )
+    bobs = await control.submit("bob", prompt())
+    inherited = runners.webhooks[inherits]
+    assert inherited is not None and inherited["url"] == "https://alice.example/hook"
+    assert inherited["secret"] == "s3cret"  # in clear for the coordinator, which signs with it
+    assert runners.webhooks[own] is not None and runners.webhooks[own]["kinds"] == ["build.failed"]
+    assert runners.webhooks[bobs] is None  # never alice's
+
+
+async def test_a_loopback_webhook_is_refused_before_the_build_exists(
+    store: Store, runners: FakeRunners, clock: FakeClock, tmp_path: Path
+) -> None:
+    control = make_control(store, runners, clock, tmp_path)
+    request = BuildRequest(prompt="a todo app", notify={"url": "http://127.0.0.1:8080/hook"})
+    with pytest.raises(InvalidInputError, match="loopback") as refused:
+        await control.submit("alice", request)
+    assert refused.value.field == "notify.url"
+    assert store.list_sessions("alice") == [] and runners.registered == {}
