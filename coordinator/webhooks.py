@@ -151,7 +151,8 @@ def check_url(url: str, *, allow_private: bool, field: str = "url") -> str:
         raise WebhookTargetError(f"webhook url {url!r} names no host", url=url, reason="host", field=field)
     if allow_private:
         return url
-    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always the loopback
+    name = host.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always the loopback
         raise _refused(url, host, "loopback", field=field)
     try:
         address = ipaddress.ip_address(host)

@@ -68,7 +68,9 @@ def test_a_public_ip_literal_is_accepted(address: str) -> None:
     assert check_url(_url(address), allow_private=False) == _url(address)
 
 
-@pytest.mark.parametrize("url", ["http://localhost:8080/x", "https://api.localhost/x", "http://LOCALHOST/x"])
+@pytest.mark.parametrize(
+    "url", ["http://localhost:8080/x", "https://api.localhost/x", "http://LOCALHOST/x", "http://localhost./x"]
+)
 def test_localhost_names_are_loopback_without_resolving(url: str) -> None:
     with pytest.raises(WebhookTargetError, match="loopback"):
         check_url(url, allow_private=False)
