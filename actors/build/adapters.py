@@ -51,6 +51,7 @@ from coordinator.team import ComponentWork, TeamTask
 from sandbox_agents.backends.base import SandboxSpec, SandboxStatus, SnapshotRef
 from sandbox_agents.errors import SandboxError
 from sandbox_agents.proxy_sandbox import ProxySandbox
+from sandbox_agents.verifiers.models import finding_lines
 
 logger = logging.getLogger(__name__)
 
@@ -361,8 +362,8 @@ class RayGate:
             result = await self.gate().admit.remote(request)
         except RayTaskError as exc:  # the gate failed on this candidate: a rejection the team can act on
             reason = f"the merge gate failed while checking it: {failure_reason(exc)}"
-            return MergeOutcome(accepted=False, reason=reason)
-        findings = [f"{getattr(f, 'file', '') or ''}: {getattr(f, 'message', f)}".lstrip(": ") for f in result.findings]
+            return MergeOutcome(accepted=False, reason=reason, announced=False)
+        findings = finding_lines(result.findings)
         return MergeOutcome(accepted=result.accepted, commit=result.commit, reason=result.reason, findings=findings)
 
     async def merged(self) -> list[str]:

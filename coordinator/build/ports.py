@@ -113,6 +113,9 @@ class MergeOutcome(BaseModel):
     commit: str | None = None
     reason: str = ""
     findings: list[str] = Field(default_factory=list)
+    announced: bool = True
+    """The gate told the build's log its verdict itself (``merge.accepted``/``merge.rejected``); False
+    when it could not answer (its actor failed), and the run tells the rejection instead."""
 
 
 # --- ports -----------------------------------------------------------------------------------

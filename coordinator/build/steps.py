@@ -575,10 +575,11 @@ class ComponentSteps:
         self._settle_merge(request.request_id, outcome)
 
     async def _record_merge(self, request: MergeRequest, outcome: MergeOutcome, *, recovered: bool) -> None:
-        """Persist the gate's verdict (status lists it); a rejection is also told on the log with its findings.
+        """Persist the gate's verdict (status lists it).
 
-        An accepted merge is announced by the gate itself (``merge.accepted``, with the commit and the
-        files), also one it accepted while this coordinator was down: no second announcement here.
+        The gate announces its verdicts itself (``merge.accepted`` with the commit and the files,
+        ``merge.rejected`` with the findings), also those given while this coordinator was down: no
+        second announcement here, unless the gate failed before it could give one.
         """
         state, store = self.state, self.state.store
         name = request.component
@@ -590,9 +591,10 @@ class ComponentSteps:
             return
         store.resolve_pending_merge(request.request_id, "rejected", reason=outcome.reason)
         state.save_slot(request.slot, status="built")
-        await self.host.emit(
-            MergeRejected(component=name, slot=request.slot, reason=outcome.reason, findings=outcome.findings)
-        )
+        if not outcome.announced:  # the gate could not answer: nobody told the log yet
+            await self.host.emit(
+                MergeRejected(component=name, slot=request.slot, reason=outcome.reason, findings=outcome.findings)
+            )
 
     def _settle_merge(self, request_id: int, result: MergeOutcome | BaseException) -> None:
         waiter = self._merge_waiters.pop(request_id, None)

@@ -57,7 +57,7 @@ from coordinator.merge.screen import MainState, Screened, screen_request
 from sandbox_agents.errors import InvalidInputError
 from sandbox_agents.verifiers.base import DesignTokens as VerifierTokens
 from sandbox_agents.verifiers.base import VerifyTarget
-from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport
+from sandbox_agents.verifiers.models import Finding, Severity, SwarmReport, finding_lines
 
 __all__ = [
     "MergeGateCore",
@@ -245,16 +245,12 @@ class MergeGateCore:
             accepted = result.accepted
         finally:
             await self.queue.release(request.component, merged=accepted)
-        verdict = MergeAccepted if result.accepted else MergeRejected
-        await self._emit(
-            verdict(
-                component=request.component,
-                slot=request.slot,
-                commit=result.commit,
-                changed=result.changed,
-                reason=result.reason,
-            )
-        )
+        told: dict[str, Any] = {"component": request.component, "slot": request.slot, "commit": result.commit}
+        told |= {"changed": result.changed, "reason": result.reason}
+        if result.accepted:
+            await self._emit(MergeAccepted.model_validate(told))
+        else:  # the findings, one line each, as the team's fix task gets them
+            await self._emit(MergeRejected.model_validate({**told, "findings": finding_lines(result.findings)}))
         if self.events is not None:  # an accepted merge resolves what an earlier rejection reported
             await self.events.report_findings(request.component, [] if result.accepted else result.findings)
         return result

@@ -7,6 +7,7 @@ merge gate read them), so every model forbids unknown fields and validates its r
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +42,15 @@ class Finding(BaseModel):
         if self.file is None:
             return "-"
         return f"{self.file}:{self.line}" if self.line else self.file
+
+    def line_text(self) -> str:
+        """``file: message`` (just the message when no file), one line a finding on the event log."""
+        return f"{self.file}: {self.message}" if self.file else self.message
+
+
+def finding_lines(findings: Sequence[Finding]) -> list[str]:
+    """Each finding as :meth:`Finding.line_text`, the form a team's fix task and the log carry."""
+    return [f.line_text() for f in findings]
 
 
 class VerifierReport(BaseModel):

@@ -29,7 +29,7 @@ from coordinator.build.ports import (
     TeamOutcome,
 )
 from coordinator.build.run import BuildPorts, BuildRun
-from coordinator.bus.events import EventPayload, MergeAccepted, UnknownEvent, parse_event
+from coordinator.bus.events import EventPayload, MergeAccepted, MergeRejected, UnknownEvent, parse_event
 from coordinator.bus.models import MergeRequest
 from coordinator.clock import FakeClock
 from coordinator.contracts import IntentContract, parse_contract
@@ -93,6 +93,7 @@ class World:
         self.main: dict[str, bytes] = {}
         self.merged: list[str] = []
         self.reject: dict[str, int] = {}  # component -> admissions to reject
+        self.gate_fails: dict[str, int] = {}  # component -> admissions the gate fails on without a verdict
         self.crash_at: tuple[str, str] | None = None  # (event kind, data value) that "kills" the coordinator
         self.hold: dict[str, asyncio.Event] = {}  # slot -> event the team waits for
         self.kill_during_team: set[str] = set()
@@ -222,7 +223,7 @@ class FakeJudge:
 
 
 class FakeGate:
-    """Merges into ``world.main``; like the real gate, it announces each accepted merge on the build's log."""
+    """Merges into ``world.main``; like the real gate, it announces each verdict on the build's log."""
 
     def __init__(self, world: World, build_id: str) -> None:
         self.w = world
@@ -235,9 +236,17 @@ class FakeGate:
 
     async def admit(self, slot: SlotPlan, sandbox_id: str) -> MergeOutcome:
         self.w.log.append(("admit", slot.slot_id))
+        if self.w.gate_fails.get(slot.component, 0) > 0:  # its actor failed: no verdict reached the log
+            self.w.gate_fails[slot.component] -= 1
+            return MergeOutcome(accepted=False, reason="the merge gate failed while checking it", announced=False)
         if self.w.reject.get(slot.component, 0) > 0:
             self.w.reject[slot.component] -= 1
-            return MergeOutcome(accepted=False, reason="tests fail in main", findings=["api/main.py: boom"])
+            findings = ["api/main.py: boom"]
+            event = MergeRejected(
+                component=slot.component, slot=slot.slot_id, reason="tests fail in main", findings=findings
+            )
+            self.w.events.append((f"{len(self.w.events) + 1}-0", event.kind, event.for_build(self.build_id).data))
+            return MergeOutcome(accepted=False, reason="tests fail in main", findings=findings)
         files = self.w.sandboxes[sandbox_id]["files"]
         changed = {p: b for p, b in files.items() if p.startswith(f"{slot.component}/")}
         self.w.main.update(changed)
@@ -518,6 +527,18 @@ async def test_a_rejected_merge_goes_back_to_the_team_then_merges(tmp_path: Path
     assert "api/fix.py" in h.world.main
     statuses = [m.status for m in h.store.pending_merges(session.id)]
     assert statuses == []  # every admission resolved
+
+
+async def test_a_rejection_is_on_the_log_once_from_the_gate_or_from_the_run_when_the_gate_failed(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.world.reject["api"] = 1  # the gate's verdict: it tells the log itself
+    h.world.gate_fails["db"] = 1  # no verdict: the run tells the rejection
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    rejected = [(r["component"], r["reason"]) for r in h.kinds("merge.rejected")]
+    assert sorted(rejected) == [("api", "tests fail in main"), ("db", "the merge gate failed while checking it")]
 
 
 async def test_tournament_judged_losers_snapshotted_then_terminated(tmp_path: Path) -> None:
