@@ -30,13 +30,14 @@ from actors import handles
 from actors.actor_args import validated_arg
 from actors.build.actor import start_coordinator
 from actors.build.config import CoordinatorConfig, builds_dir, config_path, load_config, save_config
-from actors.handles import CONTROL_NAME, RayActorError, coordinator_name
+from actors.handles import CONTROL_NAME, RayActorError, coordinator_name, gate_name
 from actors.pools.fleet import FleetPoolConfig, FleetPools
 from actors.pools.warm import Warm
 from coordinator.api_models import BuildRequest, NotifySettings
 from coordinator.clock import SystemClock
 from coordinator.control import BuildControl, Quotas
 from coordinator.heartbeat import MissedHeartbeats
+from coordinator.merge.browse import NotInMainError
 from coordinator.placement import Placement, default_backend, place, uses_modal
 from coordinator.resources import examples_dir
 from coordinator.store.schema import SessionStatus
@@ -196,6 +197,14 @@ class RayBuildRunners:
     async def take_control(self, build_id: str) -> str:
         return str(await self.coordinator(build_id).take_control.remote())
 
+    async def main_read(self, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        """From the build's gate, straight: a read must not start a finished build's coordinator or gate."""
+        gate = handles.find(gate_name(build_id))
+        if gate is None:
+            raise NotInMainError(f"build {build_id} keeps no main (its gate is closed)")
+        method = {"tree": gate.main_tree, "file": gate.main_file, "diff": gate.merge_diff}[what]
+        return dict(await (method.remote() if what == "tree" else method.remote(arg)))
+
 
 class ControlActor:
     """The cluster's build registry. Start through :func:`start_control`.
@@ -271,6 +280,10 @@ class ControlActor:
 
     async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
         return {"url": await self.builds.take_control(user_id, build_id)}
+
+    async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        """Main's tree, a file or a merge's diff (the JSON of ``MainTreeView``, ``MainFileView``, ``MergeDiffView``)."""
+        return await self.builds.main_read(user_id, build_id, what, arg)
 
     async def notify_defaults(self, user_id: str) -> dict[str, Any]:
         """The user's webhook defaults (``NotifyView``: never the secret)."""

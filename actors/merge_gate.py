@@ -46,8 +46,10 @@ from coordinator.merge import (
     MergeResult,
     SandboxDevServers,
     SandboxMainCopy,
+    browse,
     sandbox_satisfy,
 )
+from coordinator.merge.browse import NotInMainError
 from coordinator.placement import spec_for_backend
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.busy import rounded
@@ -408,6 +410,26 @@ class MergeGateActor:
 
     async def sandbox_id(self) -> str | None:
         return self._state.sandbox_id if self._state else None
+
+    # --- reads of main for the builder view: the repo only, so a finished build's sandbox is not woken ---
+
+    def _main(self) -> HostGitRepo:
+        repo = HostGitRepo(repo_dir(self.config.build_id))
+        if not (repo.git_dir / "HEAD").exists():
+            raise NotInMainError(f"build {self.config.build_id} has no main yet")
+        return repo
+
+    async def main_tree(self) -> dict[str, Any]:
+        """Main's files (``MainTreeView`` as JSON)."""
+        return (await browse.main_tree(self._main())).model_dump(mode="json")
+
+    async def main_file(self, path: str) -> dict[str, Any]:
+        """One file of main, bounded (``MainFileView`` as JSON)."""
+        return (await browse.main_file(self._main(), path)).model_dump(mode="json")
+
+    async def merge_diff(self, commit: str) -> dict[str, Any]:
+        """A merge commit against its parent, bounded (``MergeDiffView`` as JSON)."""
+        return (await browse.merge_diff(self._main(), commit)).model_dump(mode="json")
 
     async def close(self) -> None:
         """Terminate the main-test sandbox (and its proxy) and forget the gate's state."""

@@ -137,6 +137,8 @@ class BudgetView(_View):
     """Sandbox seconds charged so far."""
     status: str = "ok"
     """``ok``, ``warning`` (past the warning threshold) or ``exhausted`` (the build pauses)."""
+    warn_fraction: float = 0.8
+    """Fraction of ``limit_usd`` at which the build warns; at ``limit_usd`` itself it pauses."""
 
 
 class ComponentView(_View):
@@ -249,6 +251,56 @@ class SandboxView(_View):
     status: str = ""
     agents: list[str] = Field(default_factory=list)
     swarm_score: float | None = None
+
+
+class MainFileEntry(_View):
+    """One file of main, as the file tree lists it."""
+
+    path: str
+    size: int
+    component: str = ""
+    """The component whose merge last wrote it."""
+    link: bool = False
+    """A symbolic link (its content is the target)."""
+
+
+class MainTreeView(_View):
+    """Every file of a build's main at its head commit."""
+
+    head: str
+    files: list[MainFileEntry] = Field(default_factory=list)
+
+
+class MainFileView(_View):
+    """One file of main, size-bounded: the first ``max_bytes`` of its text (none of a binary)."""
+
+    path: str
+    size: int
+    content: str = ""
+    truncated: bool = False
+    binary: bool = False
+
+
+class FileDiffView(_View):
+    """One file's change in a merge commit, as a unified diff (bounded)."""
+
+    path: str
+    status: str
+    """``A`` added, ``M`` modified, ``D`` deleted, ``T`` type changed."""
+    diff: str = ""
+    truncated: bool = False
+    binary: bool = False
+
+
+class MergeDiffView(_View):
+    """A merge commit against its parent: the files it changed, each with its diff."""
+
+    commit: str
+    parent: str
+    message: str = ""
+    files: list[FileDiffView] = Field(default_factory=list)
+    truncated: bool = False
+    """Some diff text (or files past the bound) was left out."""
 
 
 class TakeControlView(_View):

@@ -51,6 +51,9 @@ from sandbox_agents.errors import InvalidInputError, LLMConfigError
 
 logger = logging.getLogger(__name__)
 
+MAIN_READS = ("tree", "file", "diff")
+"""The reads of a build's main :meth:`BuildControl.main_read` serves."""
+
 
 class Admission(BaseModel):
     """What admitting one build needs: whose it is, its priority and the sandboxes it holds while it runs."""
@@ -142,6 +145,11 @@ class BuildRunners(Protocol):
 
     async def take_control(self, build_id: str) -> str:
         """A URL of a new sandbox restored from the preview, the user's to change."""
+        ...
+
+    async def main_read(self, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        """A read-only view of the build's main from its gate (:mod:`coordinator.merge.browse`): ``what`` is
+        ``tree``, ``file`` (``arg`` the path) or ``diff`` (``arg`` a merge commit). Never starts anything."""
         ...
 
 
@@ -316,6 +324,18 @@ class BuildControl:
         self.store.get_session(build_id, user_id)
         return await self.runners.take_control(build_id)
 
+    async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        """Main's file tree, one of its files or a merge's diff (the builder view), the owner's only.
+
+        Raises:
+            BuildNotFoundError: An unknown build, or another user's (checked first).
+            InvalidInputError: An unknown ``what``, a path that is not inside main, a commit that is not hex.
+        """
+        self.store.get_session(build_id, user_id)
+        if what not in MAIN_READS:
+            raise InvalidInputError(f"no read {what!r} of main (one of {', '.join(MAIN_READS)})", field="what")
+        return await self.runners.main_read(build_id, what, arg)
+
     # --- queue and quotas --------------------------------------------------------------------------
 
     def queued(self) -> list[str]:
@@ -465,6 +485,7 @@ def status_view(store: Store, session: BuildSession) -> BuildStatus:
                 "llm_tokens": totals.llm_tokens,
                 "compute_seconds": round(totals.compute_seconds, 3),
                 "status": budget_status(budget, spent).value,
+                "warn_fraction": budget.get("warn_fraction", 0.8),
             },
             "merges": merges,
             "started_at": session.started_at,

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Path, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -39,6 +39,9 @@ from coordinator.api_models import (
     BuildSummary,
     ErrorBody,
     Health,
+    MainFileView,
+    MainTreeView,
+    MergeDiffView,
     NotifySettings,
     NotifyView,
     PreviewView,
@@ -320,6 +323,25 @@ def create_app(
     async def take_control(build_id: BuildId, who: User) -> TakeControlView:
         """A URL where you drive the live preview yourself."""
         return await control.take_control(who.user_id, build_id)
+
+    @app.get("/api/build/tree/{build_id}", response_model=MainTreeView, tags=["main"])
+    async def main_tree(build_id: BuildId, who: User) -> MainTreeView:
+        """Every file of the build's main (404 once the build's gate is closed)."""
+        return MainTreeView.model_validate(await control.main_read(who.user_id, build_id, "tree"))
+
+    @app.get("/api/build/file/{build_id}", response_model=MainFileView, tags=["main"])
+    async def main_file(
+        build_id: BuildId, who: User, path: Annotated[str, Query(min_length=1, max_length=1024)]
+    ) -> MainFileView:
+        """One file of main: its first 256 KiB as text (none of a binary file). ``path`` is relative to main."""
+        return MainFileView.model_validate(await control.main_read(who.user_id, build_id, "file", path))
+
+    @app.get("/api/build/diff/{build_id}/{commit}", response_model=MergeDiffView, tags=["main"])
+    async def merge_diff(
+        build_id: BuildId, who: User, commit: Annotated[str, Path(pattern=r"^[0-9a-f]{7,40}$")]
+    ) -> MergeDiffView:
+        """A merge commit's diff against its parent, per file and bounded (a rejected merge's too)."""
+        return MergeDiffView.model_validate(await control.main_read(who.user_id, build_id, "diff", commit))
 
     @app.get(
         "/api/build/stream/{build_id}",

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel
+
 from coordinator.api_models import (
     FINAL_STATUSES,
     BudgetView,
@@ -29,6 +31,9 @@ from coordinator.api_models import (
     ScreenshotView,
     TakeControlView,
 )
+from coordinator.merge import browse
+from coordinator.merge.browse import NotInMainError
+from coordinator.merge.host_repo import HostGitRepo
 from coordinator.screenshots import ScreenshotNotFoundError, check_name
 from coordinator.webhooks import check_url
 from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError, InvalidInputError, KriptikError
@@ -58,6 +63,11 @@ class ControlPort(Protocol):
     async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes: ...
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]: ...
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView: ...
+    async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        """Main's ``tree``, a ``file`` (``arg``: its path) or a merge's ``diff`` (``arg``: the commit), as the
+        JSON of ``MainTreeView``, ``MainFileView`` or ``MergeDiffView``; NotInMainError when absent."""
+        ...
+
     async def notify_defaults(self, user_id: str) -> NotifyView: ...
     async def set_notify_defaults(self, user_id: str, settings: NotifySettings) -> NotifyView: ...
     async def clear_notify_defaults(self, user_id: str) -> None: ...
@@ -164,6 +174,9 @@ class RayControlPort:
         answer = await self._answer(lambda control: control.take_control.remote(user_id, build_id), "take_control")
         return TakeControlView.model_validate(answer)
 
+    async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        return dict(await self._answer(lambda control: control.main_read.remote(user_id, build_id, what, arg), what))
+
     async def notify_defaults(self, user_id: str) -> NotifyView:
         answer = await self._answer(lambda control: control.notify_defaults.remote(user_id), "notify_defaults")
         return NotifyView.model_validate(answer)
@@ -208,6 +221,8 @@ class MemoryControl:
         self._ids = itertools.count(1)
         self.pngs: dict[str, dict[str, bytes]] = {}
         """Build id → screenshot name → PNG (see :meth:`add_screenshot`)."""
+        self.repos: dict[str, HostGitRepo] = {}
+        """Build id → its main (see :meth:`attach_main`)."""
 
     def _own(self, user_id: str, build_id: str) -> dict[str, Any]:
         build = self.builds.get(build_id)
@@ -304,6 +319,22 @@ class MemoryControl:
             raise InvalidInputError(f"build {build_id} has no preview yet", field="build_id")
         return TakeControlView(url=url)
 
+    async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        """Read through :mod:`coordinator.merge.browse` from the repository :meth:`attach_main` gave the build."""
+        self._own(user_id, build_id)
+        repo = self.repos.get(build_id)
+        if repo is None:
+            raise NotInMainError(f"build {build_id} has no main yet")
+        if what == "tree":
+            view: BaseModel = await browse.main_tree(repo)
+        elif what == "file":
+            view = await browse.main_file(repo, arg)
+        elif what == "diff":
+            view = await browse.merge_diff(repo, arg)
+        else:
+            raise InvalidInputError(f"no read {what!r} of main", field="what")
+        return view.model_dump(mode="json")
+
     async def notify_defaults(self, user_id: str) -> NotifyView:
         settings = self.notify.get(user_id)
         if settings is None:
@@ -326,6 +357,10 @@ class MemoryControl:
         build.update(fields)
         if fields.get("status") in FINAL_STATUSES and build["finished_at"] is None:
             build["finished_at"] = self.clock()
+
+    def attach_main(self, build_id: str, git_dir: str) -> None:
+        """Make the bare repository at ``git_dir`` (a gate's ``HostGitRepo``) the build's main."""
+        self.repos[build_id] = HostGitRepo(git_dir)
 
     async def add_screenshot(self, build_id: str, name: str, png: bytes, *, tree: str = "") -> None:
         """Make ``png`` the build's newest preview screenshot, called ``name`` (``shot-{ms}.png``)."""

@@ -347,7 +347,9 @@ class ComponentSteps:
             sandbox_id = await self.ports.fleet.acquire(slot)
             status = "ready" if record.status in ("pending", "ready", "building") else record.status
             state.save_slot(slot.slot_id, sandbox_id=sandbox_id, status=status, proxy_name=slot.slot_id)
-            await self.host.emit(SlotAcquired(slot=slot.slot_id, sandbox_id=sandbox_id, respawn=counted))
+            backend = self.settings.backend_of(slot.slot_id)
+            acquired = SlotAcquired(slot=slot.slot_id, sandbox_id=sandbox_id, respawn=counted, backend=backend)
+            await self.host.emit(acquired)
         self._metered[slot.slot_id] = 0.0
 
     async def with_respawn(self, slot: SlotPlan, op: Callable[[], Awaitable[T]]) -> T:

@@ -172,6 +172,8 @@ class SlotAcquired(RunEvent):
     sandbox_id: str
     respawn: bool
     """True when it replaces a dead sandbox that had no checkpoint."""
+    backend: str = ""
+    """The sandbox's backend (``local``, ``modal``); absent from runs of older versions."""
 
 
 class SlotRespawned(RunEvent):

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -35,6 +36,7 @@ MAIN = "refs/heads/main"
 _ZERO = "0" * 40
 _FILE_MODES = ("100644", "100755")
 _LINK_MODE = "120000"
+_HEX = re.compile(r"[0-9a-f]{7,40}")
 _CONFIG = (
     "-c",
     "core.hooksPath=/dev/null",
@@ -257,6 +259,44 @@ class HostGitRepo:
             raise InvalidInputError(f"main holds {size} bytes, more than {max_bytes}", field="max_bytes")
         blobs = await self._blobs([e.blob for e in entries])
         return {e.path: blobs[e.blob] for e in entries}
+
+    async def blob(self, blob: str) -> bytes:
+        """The bytes of one blob (``blob`` is an id from :meth:`entries`)."""
+        return (await self._blobs([blob]))[blob]
+
+    async def commit_of(self, rev: str) -> tuple[str, str, str]:
+        """``(commit, parent, message)`` of ``rev`` (a hex id), or LookupError when it names no commit here.
+
+        ``rev`` must be hex only: it then cannot be an option, a ref expression or a path.
+        """
+        if not _HEX.fullmatch(rev):
+            raise InvalidInputError(f"{rev!r} is not a commit id (7 to 40 hex digits)", field="commit")
+        out = await self._git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", ok=(0, 1, 128))
+        commit = out.decode().strip()
+        if not commit:
+            raise LookupError(f"no commit {rev} in main's history")
+        parent = (await self._text("rev-parse", "--verify", f"{commit}^")).strip()
+        message = await self._text("log", "-1", "--format=%B", commit)
+        return commit, parent, message.strip()
+
+    async def changes(self, parent: str, commit: str) -> list[tuple[str, str, bytes]]:
+        """``(status, path, patch)`` of every file ``commit`` changed against ``parent``, in path order.
+
+        One ``diff-tree`` for the names and one for the patch, with renames, external diff drivers
+        and text conversion off (the repository has no configuration that could name them anyway).
+        """
+        flags = ("-r", "--no-renames", "--no-ext-diff", "--no-textconv", "--no-color", "--full-index")
+        names = (await self._text("diff-tree", *flags, "--name-status", "-z", parent, commit)).split("\0")
+        files = list(zip(names[0::2], names[1::2], strict=False))
+        patch = await self._git("diff-tree", *flags, "-p", parent, commit)
+        # A file's patch starts at its "diff --git" header; content lines never do (they start with +, - or space).
+        chunks = [c for c in patch.split(b"\ndiff --git ") if c]
+        if chunks and chunks[0].startswith(b"diff --git "):
+            chunks[0] = chunks[0][len(b"diff --git ") :]
+        if len(chunks) != len(files):
+            listed = f"diff-tree listed {len(files)} files and {len(chunks)} patches"
+            raise MergeGitError(listed, command=("diff-tree",))
+        return [(status[:1], path, b"diff --git " + chunk) for (status, path), chunk in zip(files, chunks, strict=True)]
 
     async def merged(self) -> list[str]:
         log = await self._text("log", "--reverse", "--format=%(trailers:key=Kriptik-Component,valueonly)", MAIN)

@@ -199,6 +199,7 @@ async def test_build_lifecycle_routes(client: httpx.AsyncClient, alice: dict[str
         "llm_tokens": 0,
         "compute_seconds": 0.0,
         "status": "ok",
+        "warn_fraction": 0.8,
     }
     [summary] = (await client.get("/api/builds", headers=alice)).json()
     assert summary["title"] == "a calculator" and summary["status"] == "queued"
@@ -497,17 +498,123 @@ async def test_openapi_lists_every_route_and_model(client: httpx.AsyncClient) ->
         ("post", "/api/build/take-control/{build_id}"), ("get", "/api/build/screenshots/{build_id}"),
         ("get", "/api/build/screenshots/{build_id}/{name}"),
         ("get", "/api/notify"), ("put", "/api/notify"), ("delete", "/api/notify"),
+        ("get", "/api/build/tree/{build_id}"), ("get", "/api/build/file/{build_id}"),
+        ("get", "/api/build/diff/{build_id}/{commit}"),
     }  # fmt: skip
     assert {(m, p) for p, ops in paths.items() for m in ops} == expected
     models = set(spec["components"]["schemas"])
     for name in (
         "BuildRequest", "BuildStatus", "BuildSummary", "BudgetView", "BudgetRaise", "BuildCreated", "PreviewView",
         "SandboxView", "ScreenshotView", "TakeControlView", "Health", "ErrorBody", "ComponentView", "TournamentView",
-        "MergeView", "NotifySettings", "NotifyView",
+        "MergeView", "NotifySettings", "NotifyView", "MainTreeView", "MainFileView", "MergeDiffView",
     ):  # fmt: skip
         assert name in models, name
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert (await client.get("/docs")).status_code == 200
+
+
+# --- main's tree, files and merge diffs (the builder view) --------------------------------------
+
+
+@pytest.fixture
+async def merged_build(client: httpx.AsyncClient, alice: dict[str, str], control: MemoryControl, tmp_path: Path) -> Any:
+    """Alice's build whose main holds two merges: the database's, then the api's (a text, a binary, a big file)."""
+    from coordinator.merge.host_repo import HostGitRepo
+
+    build = (await client.post("/api/builds", json={"prompt": "todo"}, headers=alice)).json()["id"]
+    repo = HostGitRepo(tmp_path / "gates" / f"{build}.git")
+    await repo.init()
+    commits = []
+    for component, files in (
+        ("db", {"db/schema.sql": b"create table todos(id int);\n"}),
+        ("api", {"api/server.py": b"print('hi')\n", "api/logo.png": PNG + b"\0\1", "api/big.txt": b"x" * 300_000}),
+    ):
+        await repo.stage(f"merge/{component}", files, [], f"merge {component}\n\nKriptik-Component: {component}")
+        commits.append(await repo.accept(f"merge/{component}"))
+    control.attach_main(build, str(repo.git_dir))
+    return build, commits
+
+
+async def test_main_tree_lists_every_file_with_its_component(
+    client: httpx.AsyncClient, alice: dict[str, str], merged_build: Any
+) -> None:
+    build, commits = merged_build
+    tree = (await client.get(f"/api/build/tree/{build}", headers=alice)).json()
+    assert tree["head"] == commits[-1]
+    owners = {f["path"]: (f["component"], f["size"]) for f in tree["files"]}
+    assert owners == {
+        "db/schema.sql": ("db", 28), "api/server.py": ("api", 12), "api/logo.png": ("api", 10),
+        "api/big.txt": ("api", 300_000),
+    }  # fmt: skip
+
+
+async def test_a_file_of_main_is_its_text_bounded_and_a_binary_has_none(
+    client: httpx.AsyncClient, alice: dict[str, str], merged_build: Any
+) -> None:
+    build, _ = merged_build
+    get = lambda path: client.get(f"/api/build/file/{build}", params={"path": path}, headers=alice)  # noqa: E731
+    server = (await get("api/server.py")).json()
+    assert server == {"path": "api/server.py", "size": 12, "content": "print('hi')\n", "truncated": False,
+                      "binary": False}  # fmt: skip
+    big = (await get("api/big.txt")).json()
+    assert big["truncated"] and big["size"] == 300_000 and len(big["content"]) == 256 * 1024
+    logo = (await get("api/logo.png")).json()
+    assert logo["binary"] and logo["content"] == ""
+    assert (await get("api/missing.py")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["../store.db", "/etc/passwd", "api/../../x", "api//server.py", "./api/server.py", "api\\server.py", "a\0b"]
+)
+async def test_a_path_that_would_leave_main_is_refused(
+    client: httpx.AsyncClient, alice: dict[str, str], merged_build: Any, path: str
+) -> None:
+    build, _ = merged_build
+    response = await client.get(f"/api/build/file/{build}", params={"path": path}, headers=alice)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] in ("path", "query.path")
+
+
+async def test_a_merge_diff_shows_each_changed_file_against_the_parent(
+    client: httpx.AsyncClient, alice: dict[str, str], merged_build: Any
+) -> None:
+    build, commits = merged_build
+    diff = (await client.get(f"/api/build/diff/{build}/{commits[1]}", headers=alice)).json()
+    assert diff["commit"] == commits[1] and diff["parent"] == commits[0] and diff["message"].startswith("merge api")
+    files = {f["path"]: f for f in diff["files"]}
+    assert set(files) == {"api/server.py", "api/logo.png", "api/big.txt"}
+    assert all(f["status"] == "A" for f in files.values())
+    assert "+print('hi')" in files["api/server.py"]["diff"]
+    assert files["api/logo.png"]["binary"]
+    assert files["api/big.txt"]["truncated"] and diff["truncated"]
+    assert len(files["api/big.txt"]["diff"]) <= 128 * 1024
+    first = (await client.get(f"/api/build/diff/{build}/{commits[0][:10]}", headers=alice)).json()
+    assert [f["path"] for f in first["files"]] == ["db/schema.sql"]
+
+
+async def test_a_commit_that_is_not_hex_or_not_in_main_is_refused(
+    client: httpx.AsyncClient, alice: dict[str, str], merged_build: Any
+) -> None:
+    build, _ = merged_build
+    assert (await client.get(f"/api/build/diff/{build}/HEAD~1", headers=alice)).status_code == 422
+    assert (await client.get(f"/api/build/diff/{build}/--output=x", headers=alice)).status_code == 422
+    assert (await client.get(f"/api/build/diff/{build}/{'0' * 40}", headers=alice)).status_code == 404
+
+
+async def test_another_users_main_is_a_404_like_an_unknown_build(
+    client: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str], merged_build: Any
+) -> None:
+    build, commits = merged_build
+    for path in (f"/api/build/tree/{build}", f"/api/build/file/{build}?path=api/server.py",
+                 f"/api/build/diff/{build}/{commits[0]}", "/api/build/tree/nope"):  # fmt: skip
+        response = await client.get(path, headers=bob)
+        assert response.status_code == 404, (path, response.text)
+        assert "print" not in response.text
+
+
+async def test_a_build_without_main_yet_is_a_404(client: httpx.AsyncClient, alice: dict[str, str]) -> None:
+    build = (await client.post("/api/builds", json={"prompt": "todo"}, headers=alice)).json()["id"]
+    assert (await client.get(f"/api/build/tree/{build}", headers=alice)).status_code == 404
 
 
 # --- property-based: no input makes a 500 ---------------------------------------------------
@@ -537,4 +644,4 @@ def test_schemathesis_finds_no_500(store: Store, control: MemoryControl) -> None
 
         check()
         checked.append(f"{op.method.upper()} {op.path}")
-    assert len(checked) == 16
+    assert len(checked) == 19

@@ -12,6 +12,7 @@ from coordinator.merge.host_repo import HostGitRepo, MergeGitError
 from coordinator.merge.sandbox import MainTestSandbox, SandboxMainCopy, request_from_sandbox
 from sandbox_agents.backends.base import Sandbox, SandboxSpec
 from sandbox_agents.backends.fake import FakeBackend
+from sandbox_agents.errors import InvalidInputError
 
 
 def sha(data: bytes) -> str:
@@ -120,6 +121,28 @@ async def test_accept_is_a_fast_forward_only(repo: HostGitRepo) -> None:
     with pytest.raises(MergeGitError):
         await repo.accept("merge/api")
     assert await repo.merged() == ["web"]
+
+
+async def test_a_commits_changes_are_each_files_patch_against_its_parent(repo: HostGitRepo) -> None:
+    first = await merge(repo, "api", {"api/a.py": b"a = 1\n", "api/old.py": b"x\n", "api/diff --git b.txt": b"y\n"})
+    await repo.stage("merge/api", {"api/a.py": b"a = 2\n", "api/new.py": b"+diff --git a/x b/x\n"}, ["api/old.py"], "m")
+    second = await repo.accept("merge/api")
+    commit, parent, message = await repo.commit_of(second[:12])
+    assert (commit, parent, message) == (second, first, "m")
+    changes = {path: (status, patch.decode()) for status, path, patch in await repo.changes(parent, commit)}
+    assert {path: status for path, (status, _) in changes.items()} == {
+        "api/a.py": "M",
+        "api/new.py": "A",
+        "api/old.py": "D",
+    }
+    assert "-a = 1\n+a = 2" in changes["api/a.py"][1] and changes["api/new.py"][1].startswith("diff --git a/api/new.py")
+    assert (
+        "++diff --git a/x b/x" in changes["api/new.py"][1]
+    )  # a content line that looks like a header stays in its file
+    with pytest.raises(InvalidInputError):
+        await repo.commit_of("main~1")
+    with pytest.raises(LookupError):
+        await repo.commit_of("0" * 40)
 
 
 async def test_tree_refuses_more_than_max_bytes(repo: HostGitRepo) -> None:

@@ -87,6 +87,7 @@ async def test_running_and_final_builds_are_answered_from_the_store_and_stay_cur
         "llm_tokens": 0,
         "compute_seconds": 0.0,
         "status": "ok",
+        "warn_fraction": 0.8,
     }
     store.add_cost(build, source="llm:late", estimated_cost=0.25, llm_tokens=900)  # seen at once: no cache
     budget = (await client.get(f"/api/build/status/{build}", headers=alice)).json()["budget"]
