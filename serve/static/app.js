@@ -1,14 +1,16 @@
-// KripTik Fleet web UI: plain JS, no build step.
+// KripTik Fleet web UI: plain JS modules, no build step.
 // The live log reads /api/build/stream/{id} with fetch() and a streaming body, not EventSource:
 // EventSource cannot send an Authorization header, and a ?token= in the URL would land in
 // proxy and access logs. The parser below handles id/event/data lines and ": ping" comments;
 // on a dropped connection it reconnects with Last-Event-ID, so no event is lost or repeated.
 "use strict";
 
-const PHASES = ["intent", "fleet", "build", "verify", "merge", "preview", "done"];
+import { apply, el, newModel, renderFleet, renderMerges, renderTournaments, renderTree, showDiff, showFile } from "./builder.js";
+import { CHATTY, describe } from "./timeline.js";
+
+const PHASES = ["intent", "fleet", "build", "verify", "judge", "merge", "preview", "satisfy", "done"];
 const $ = (sel, root = document) => root.querySelector(sel);
 let current = null; // {id, abort: AbortController}
-let progress = new Map(); // the open build's latest team.progress per slot (per component when a line names no slot)
 
 function token() { return localStorage.getItem("kriptik.token") || ""; }
 
@@ -23,6 +25,7 @@ async function api(path, options = {}) {
 
 function cell(tr, text) { const td = document.createElement("td"); td.textContent = text ?? ""; tr.appendChild(td); return td; }
 function fmtTime(ts) { return ts ? new Date(ts * 1000).toLocaleString() : ""; }
+function fmtClock(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString() : ""; }
 function fill(tbody, rows, render) { tbody.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(tr, r); return tr; })); }
 
 // --- list of builds --------------------------------------------------------------------------
@@ -46,72 +49,47 @@ async function showList() {
   } catch (err) { $("#builds-empty").hidden = false; $("#builds-empty").textContent = err.message; }
 }
 
-// --- one build -------------------------------------------------------------------------------
+// --- one build: phases, budget, timeline -----------------------------------------------------
 
-function renderStatus(s) {
-  $("#build-status").textContent = s.status;
+function renderPhases(s) {
   const at = PHASES.indexOf(s.phase);
-  $("#timeline").replaceChildren(...PHASES.map((p, i) => {
-    const li = document.createElement("li"); li.textContent = p; li.dataset.phase = p;
-    li.className = i < at || s.status === "completed" ? "done" : i === at ? "current" : "";
-    return li;
-  }));
-  renderBudget(s.budget);
-  fill($("#fleet tbody"), s.components || [], (tr, c) => {
-    tr.dataset.slot = c.slot; tr.dataset.component = c.component;
-    cell(tr, c.slot); cell(tr, c.component); cell(tr, c.sandbox_id); cell(tr, c.status);
-    cell(tr, (c.agents || []).join(", ")); cell(tr, c.swarm_score == null ? "" : c.swarm_score.toFixed(2));
-    cell(tr, "").className = "progress-line";
-  });
-  renderProgress();
-  fill($("#tournaments tbody"), s.tournaments || [], (tr, t) => {
-    cell(tr, t.component); cell(tr, t.status);
-    cell(tr, Object.entries(t.scores || {}).map(([k, v]) => k + ": " + v.toFixed(2)).join(", ")); cell(tr, t.winner);
-  });
-  fill($("#merges tbody"), s.merges || [], (tr, m) => {
-    cell(tr, m.component); cell(tr, m.status); cell(tr, (m.commit || "").slice(0, 10)); cell(tr, m.message);
-  });
-  if (s.preview_url && $("#preview").dataset.src !== s.preview_url) {
-    $("#preview").src = $("#preview").dataset.src = s.preview_url;
-    $("#preview-link").href = s.preview_url; $("#preview-link").textContent = s.preview_url;
-  }
+  $("#timeline").replaceChildren(...PHASES.map((p, i) => el("li", {
+    "data-phase": p, text: p,
+    class: i < at || s.status === "completed" ? "done" : i === at ? (s.status === "failed" ? "current failed" : "current") : "",
+  })));
 }
 
 function renderBudget(b) {
   if (!b) return;
   const pct = b.limit_usd > 0 ? Math.min(100, (100 * b.spent_usd) / b.limit_usd) : 0;
+  const warn = b.warn_fraction ?? 0.8;
   $("#budget-meter").className = "meter " + (b.status || "");
   $("#budget-meter").dataset.pct = pct.toFixed(1);
-  $("#budget-meter .fill").style.width = pct + "%";
+  $("#budget-meter .fill").style.width = Math.max(pct, pct > 0 ? 0.5 : 0) + "%";
+  $("#budget-meter .tick.warn").style.left = 100 * warn + "%";
+  $("#budget-warn-label").textContent = `warns at $${(warn * b.limit_usd).toFixed(2)}`;
+  $("#budget-limit-label").textContent = `pauses at $${b.limit_usd.toFixed(2)}`;
   const tokens = b.llm_tokens ? ` · ${b.llm_tokens.toLocaleString("en-US")} LLM tokens` : "";
   $("#budget-text").textContent = `$${b.spent_usd.toFixed(2)} of $${b.limit_usd.toFixed(2)} (${b.status})${tokens}`;
-}
-
-// Each fleet row shows its slot's latest progress line ("50% · task api-tests: check passed"), kept
-// from the team.progress events of the live log: the status polls re-render the rows, the map stays.
-function showProgress(line) {
-  progress.set(line.slot || line.component, line);
-  renderProgress();
-}
-
-function renderProgress() {
-  for (const tr of document.querySelectorAll("#fleet tbody tr")) {
-    const line = progress.get(tr.dataset.slot) || progress.get(tr.dataset.component);
-    const td = tr.querySelector(".progress-line");
-    if (!line || !td) continue;
-    const pct = line.fraction == null ? "" : Math.round(100 * line.fraction) + "% · ";
-    td.textContent = td.title = pct + (line.message || "");
-  }
+  if (b.llm_tokens == null) return;
+  $("#budget-stats").replaceChildren(
+    el("dt", { text: "Dollars" }), el("dd", { text: `$${b.spent_usd.toFixed(b.spent_usd < 0.01 ? 6 : 2)}` }),
+    el("dt", { text: "LLM tokens" }), el("dd", { text: (b.llm_tokens || 0).toLocaleString("en-US") }),
+    el("dt", { text: "Compute" }), el("dd", { text: `${(b.compute_seconds || 0).toFixed(1)} s` }));
 }
 
 function logLine(ev) {
-  const li = document.createElement("li");
-  li.className = "log-line " + ev.event; li.dataset.id = ev.id || "";
-  let text = ev.event;
-  try { const d = JSON.parse(ev.data); text = `${d.kind} ${JSON.stringify(d.data)}`; } catch (_) { text += " " + ev.data; }
-  li.textContent = text;
+  let body = null;
+  try { body = JSON.parse(ev.data); } catch (_) { /* not JSON: shown as it came */ }
+  const kind = body?.kind || ev.event;
+  const line = body ? describe(kind, body.data) : { icon: "•", tone: "quiet", text: `${ev.event} ${ev.data}` };
+  const li = el("li", { class: `log-line ev-${ev.event} tone-${line.tone}${CHATTY.has(kind) ? " chatty" : ""}`, "data-id": ev.id || "", "data-kind": kind },
+    el("span", { class: "icon", text: line.icon, "aria-hidden": "true" }),
+    el("details", {}, el("summary", {}, el("span", { class: "when", text: fmtClock(body?.ts) }), " ", el("span", { class: "text", text: line.text })),
+      el("pre", { class: "raw", text: JSON.stringify(body || ev.data, null, 2) })));
   const log = $("#log"); const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.appendChild(li); if (atBottom) log.scrollTop = log.scrollHeight;
+  return body;
 }
 
 async function streamEvents(id, abort, onEvent) {
@@ -212,11 +190,70 @@ function screenshots(id, signal) {
   };
 }
 
+// --- main's files and the merges' diffs --------------------------------------------------------
+
+function mainBrowser(id) {
+  let head = null; let openPath = null;
+  const pickFile = async (f, button) => {
+    openPath = f.path;
+    document.querySelectorAll("#files .tree-file").forEach((b) => b.classList.toggle("active", b === button));
+    try { showFile($("#code"), await api(`/api/build/file/${id}?path=${encodeURIComponent(f.path)}`)); }
+    catch (err) { $("#code").replaceChildren(el("p", { class: "error", text: err.message })); }
+  };
+  return async (mainCommit) => {
+    if (!mainCommit || mainCommit === head) return;
+    let tree;
+    try { tree = await api(`/api/build/tree/${id}`); } catch (err) { $("#main-head").textContent = err.message; return; }
+    head = mainCommit;
+    $("#main-head").textContent = `${tree.files.length} files at ${tree.head.slice(0, 8)}`;
+    renderTree($("#files"), tree, pickFile);
+    const again = tree.files.find((f) => f.path === openPath) || tree.files.find((f) => /index\.html$/.test(f.path)) || tree.files[0];
+    if (again) pickFile(again, $(`#files .tree-file[data-path="${CSS.escape(again.path)}"]`));
+  };
+}
+
+// --- one build -------------------------------------------------------------------------------
+
 async function showBuild(id) {
   $("#main").replaceChildren($("#build-view").content.cloneNode(true));
   $("#build-id").textContent = id;
-  const abort = new AbortController(); current = { id, abort }; progress = new Map();
-  const refresh = async () => { try { renderStatus(await api(`/api/build/status/${id}`)); } catch (err) { $("#action-msg").textContent = err.message; } };
+  const abort = new AbortController(); current = { id, abort };
+  const model = newModel();
+  const opened = Date.now() / 1000;
+  let status = { components: [], merges: [] }; let shownMerge = null; let userPicked = false;
+  const browseMain = mainBrowser(id);
+  const pickMerge = (m, button, byUser = true) => {
+    shownMerge = m.commit; userPicked ||= byUser;
+    document.querySelectorAll("#merges .merge-pick").forEach((b) => b.classList.toggle("active", b === button));
+    showDiff($("#diff"), api, id, m);
+  };
+  const draw = () => {
+    renderFleet($("#fleet tbody"), model, status.components || []);
+    renderTournaments($("#tournaments"), model);
+    const merges = renderMerges($("#merges"), model, status.merges || [], pickMerge);
+    const shown = merges.find(([m]) => m.commit === shownMerge);
+    const newest = merges.filter(([m]) => m.commit).pop();
+    if (shown && (userPicked || shown === newest)) shown[1].classList.add("active");
+    else if (newest) pickMerge(...newest, false); // follow the newest merge's diff until the user picks one
+  };
+  let drawing = null; // one redraw per animation frame, however many events arrive in it
+  const redraw = () => { drawing ??= requestAnimationFrame(() => { drawing = null; draw(); }); };
+  const showPreview = (url) => {
+    if (!url || $("#preview").dataset.src === url) return;
+    $("#preview").src = $("#preview").dataset.src = url; $("#preview-note").hidden = true;
+    $("#preview-link").href = url; $("#preview-link").textContent = url;
+  };
+  const refresh = async () => {
+    try {
+      status = await api(`/api/build/status/${id}`);
+      $("#build-status").textContent = status.status; $("#build-status").className = "badge st-" + status.status;
+      $("#build-error").hidden = !status.error; $("#build-error").textContent = status.error || "";
+      $("#cancel").disabled = ["completed", "failed", "cancelled"].includes(status.status);
+      $("#resume").disabled = status.status !== "paused";
+      renderPhases(status); renderBudget(status.budget); showPreview(status.preview_url);
+      browseMain(status.main_commit); redraw();
+    } catch (err) { $("#action-msg").textContent = err.message; }
+  };
   const act = (path, body) => async (e) => {
     e.preventDefault();
     try { await api(path, { method: "POST", body: body ? JSON.stringify(body()) : undefined }); $("#action-msg").textContent = ""; }
@@ -230,13 +267,19 @@ async function showBuild(id) {
     try { const { url } = await api(`/api/build/take-control/${id}`, { method: "POST" }); window.open(url, "_blank", "noopener"); }
     catch (err) { $("#action-msg").textContent = err.message; }
   });
+  $("#show-all").addEventListener("change", (e) => $("#log").classList.toggle("show-all", e.target.checked));
   const refreshShots = screenshots(id, abort.signal);
   await refresh(); refreshShots();
   const timer = setInterval(() => (abort.signal.aborted ? clearInterval(timer) : (refresh(), refreshShots())), 5000);
   streamEvents(id, abort, (ev) => {
-    if (ev.event !== "end") logLine(ev);
-    if (ev.event === "event") {
-      try { const body = JSON.parse(ev.data); if (body.kind === "team.progress") showProgress(body.data); } catch (_) { /* not JSON */ }
+    const body = ev.event === "end" ? null : logLine(ev);
+    if (body?.kind) {
+      apply(model, body.kind, body.data || {});
+      if (body.kind === "intent.locked") $("#build-title").textContent = body.data.name;
+      if (body.kind === "preview.refreshed" && body.ts > opened) { // live: reload the frame on main's new code
+        showPreview(body.data.url); $("#preview").src = $("#preview").dataset.src; refreshShots();
+      }
+      redraw();
     }
     if (ev.event === "budget") { try { renderBudget(JSON.parse(ev.data).data); } catch (_) { /* a partial budget event */ } }
     if (["phase", "merge", "tournament", "sandbox", "build", "end"].includes(ev.event)) refresh();
