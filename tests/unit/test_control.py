@@ -96,6 +96,10 @@ class FakeRunners:
     async def take_control(self, build_id: str) -> str:
         return f"http://takeover/{build_id}"
 
+    async def main_read(self, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
+        self.calls.append((f"main_read:{what}:{arg}", build_id))
+        return {"head": "0" * 40, "files": []}
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
@@ -405,6 +409,23 @@ async def test_screenshots_reach_the_runner_for_the_owner_and_a_bad_name_never_d
         with pytest.raises(InvalidInputError):
             await control.screenshot("alice", build, name)
     assert runners.calls.count(("screenshot", build)) == 1
+
+
+async def test_reads_of_main_reach_the_runner_for_the_owner_only(
+    store: Store, runners: FakeRunners, clock: FakeClock, tmp_path: Path
+) -> None:
+    control = make_control(store, runners, clock, tmp_path)
+    build = await control.submit("alice", prompt())
+    assert await control.main_read("alice", build, "tree") == {"head": "0" * 40, "files": []}
+    await control.main_read("alice", build, "file", "web/index.html")
+    with pytest.raises(BuildNotFoundError):
+        await control.main_read("bob", build, "tree")
+    with pytest.raises(InvalidInputError):
+        await control.main_read("alice", build, "branches")
+    assert [c for c in runners.calls if c[0].startswith("main_read")] == [
+        ("main_read:tree:", build),
+        ("main_read:file:web/index.html", build),
+    ]
 
 
 async def test_each_build_is_registered_with_its_own_webhook_or_its_owners_defaults(
