@@ -202,9 +202,9 @@ function mainBrowser(id) {
   };
   return async (mainCommit) => {
     if (!mainCommit || mainCommit === head) return;
+    head = mainCommit; // asked once per head, even when the answer is "not kept any more"
     let tree;
     try { tree = await api(`/api/build/tree/${id}`); } catch (err) { $("#main-head").textContent = err.message; return; }
-    head = mainCommit;
     $("#main-head").textContent = `${tree.files.length} files at ${tree.head.slice(0, 8)}`;
     renderTree($("#files"), tree, pickFile);
     const again = tree.files.find((f) => f.path === openPath) || tree.files.find((f) => /index\.html$/.test(f.path)) || tree.files[0];
