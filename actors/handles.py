@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CONTROL_NAME",
     "MAIN_TEST_SID",
+    "MODAL_PACE_NAME",
     "NAMESPACE",
     "PREVIEW_SID",
     "ActorDiedError",
@@ -75,6 +76,8 @@ MAIN_TEST_SID = "main-test"
 """The sandbox id of the merge gate's main-test sandbox within its build."""
 PREVIEW_SID = "preview"
 """The sandbox id of the preview's sandbox within its build."""
+MODAL_PACE_NAME = "modal-create-pace"
+"""The one bucket of the cluster that paces Modal sandbox creates (:mod:`actors.modal_pace`)."""
 
 
 def coordinator_name(build_id: str) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from actors import handles
 from actors.actor_args import validated_arg
 from actors.actor_state import StateFile
+from actors.modal_pace import fleet_pace
 from sandbox_agents.backends.base import (
     ExecChunk,
     ExecResult,
@@ -66,7 +67,7 @@ class SandboxProxyActor:
         self._heartbeat_s = heartbeat_s
         self._events: collections.deque[SandboxEvent] = collections.deque(maxlen=2000)
         self._event_count = 0
-        self._session = SandboxSession(make_backend(config), on_event=self._record)
+        self._session = SandboxSession(make_backend(config, pace=fleet_pace(config)), on_event=self._record)
         self._binding_file = _binding_file(name)
         self._binding: ProxyBinding | None = None
         with contextlib.suppress(FileNotFoundError, ValueError):

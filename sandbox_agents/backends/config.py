@@ -72,7 +72,14 @@ class ModalBackendConfig(BaseModel):
     create_retry_max_s: float = Field(default=30.0, gt=0, le=600)
     """Longest back-off between two attempts of one create."""
     create_retry_s: float = Field(default=120.0, ge=0, le=3600)
-    """How long one create keeps retrying while Modal refuses it; past it SandboxLimitError. 0: no retry."""
+    """How long one create keeps retrying while Modal refuses it; past it SandboxLimitError. 0: no retry.
+    Time spent waiting for the fleet's pace (below) does not count."""
+    fleet_creates_per_s: float = Field(default=4.0, ge=0, le=10_000)
+    """Creates per second the whole Ray cluster offers Modal: every attempt (retries too) of every proxy
+    takes a token from one shared bucket first (``actors/modal_pace.py``). Modal publishes no rate; 4/s is
+    the one public report (docs/operations.md). 0: no fleet-wide pace."""
+    fleet_create_burst: int = Field(default=16, ge=1, le=100_000)
+    """Creates the fleet may start at once after a quiet spell (the bucket's size)."""
 
 
 BackendConfig = Annotated[LocalBackendConfig | FakeBackendConfig | ModalBackendConfig, Field(discriminator="type")]

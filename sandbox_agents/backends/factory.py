@@ -7,12 +7,24 @@ optional. Constructors do no I/O; the first ``create``/``from_id`` does.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from sandbox_agents.backends.base import SandboxBackend
 from sandbox_agents.backends.config import FakeBackendConfig, LocalBackendConfig, ModalBackendConfig
 
 
-def make_backend(config: LocalBackendConfig | FakeBackendConfig | ModalBackendConfig) -> SandboxBackend:
-    """Build the backend a config names (lazily importing its implementation)."""
+def make_backend(
+    config: LocalBackendConfig | FakeBackendConfig | ModalBackendConfig,
+    *,
+    pace: Callable[[], Awaitable[float]] | None = None,
+) -> SandboxBackend:
+    """Build the backend a config names (lazily importing its implementation).
+
+    Args:
+        config: Which backend, and its settings.
+        pace: For a Modal backend, the fleet's create pace (see :class:`ModalBackend`); other backends
+            create on their own host and take none.
+    """
     if config.type == "local":
         from sandbox_agents.backends.local.backend import LocalBackend
 
@@ -23,4 +35,4 @@ def make_backend(config: LocalBackendConfig | FakeBackendConfig | ModalBackendCo
         return FakeBackend(config)
     from sandbox_agents.backends.modal.backend import ModalBackend
 
-    return ModalBackend(config)
+    return ModalBackend(config, pace=pace)

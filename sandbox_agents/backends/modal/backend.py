@@ -171,6 +171,8 @@ class ModalBackend:
         sleep: How a create waits before a retry (tests pass a fake clock's).
         monotonic: The clock a create's retry bound is measured on.
         rng: Random source of the back-off's jitter, in [0, 1).
+        pace: The fleet's create pace: reserves a token for one create attempt and answers how long to
+            wait for it (``actors/modal_pace.py``); None: no pace beyond this object's own bound.
     """
 
     name = "modal"
@@ -185,6 +187,7 @@ class ModalBackend:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        pace: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self.config = config
         self._sdk = sdk
@@ -192,6 +195,7 @@ class ModalBackend:
         self._sleep = sleep
         self._monotonic = monotonic
         self._rng = rng
+        self._pace = pace
         self._app: Any | None = None
         self._client: Any | None = None
         self._image: Any | None = None
@@ -300,6 +304,9 @@ class ModalBackend:
         exponential back-off and jitter for up to ``create_retry_s``, every retry logged; any other
         error is not retried. The back-off is waited outside the bound, so it holds no slot.
 
+        With a fleet pace, every attempt (a retry too) first takes a token and waits for it, outside the
+        bound as well; that wait is the fleet's queue, not Modal refusing, so ``create_retry_s`` leaves it out.
+
         Raises:
             SandboxLimitError: Modal still refused after ``create_retry_s``; says how many attempts over how long.
         """
@@ -307,17 +314,20 @@ class ModalBackend:
         name = f"kriptik-{uuid.uuid4().hex[:16]}"
         kwargs = self.create_kwargs(spec, name=name, image=image, app=app)
         config, refused = self.config, self.sdk.exception.ResourceExhaustedError
-        started = self._monotonic()
+        started, paced = self._monotonic(), 0.0
         attempt = 0
         with modal_errors(self.sdk):  # our SandboxLimitError below passes through it untouched
             while True:
                 attempt += 1
+                if self._pace is not None and (turn := await self._pace()) > 0:
+                    await self._sleep(turn)
+                    paced += turn
                 try:
                     async with self._create_slots:
                         handle = await self.sdk.Sandbox.create.aio(**kwargs)
                     break
                 except refused as exc:
-                    waited = self._monotonic() - started
+                    waited = self._monotonic() - started - paced
                     ceiling = min(config.create_retry_max_s, config.create_retry_first_s * 2.0 ** min(attempt - 1, 60))
                     delay = ceiling * (0.5 + 0.5 * self._rng())  # at least half the back-off: retries thin out
                     if waited + delay > config.create_retry_s:
