@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from coordinator.placement import default_backend
 from sandbox_agents.busy import Interval, covered, union
 
 if TYPE_CHECKING:
@@ -201,6 +202,7 @@ async def _start(options: DemoOptions, owned: _Owned, console: Console) -> None:
         await _pools_warm(owned.control, pools)
     console.print(
         f"home {owned.home}  ·  redis {owned.redis.display_url}  ·  "
+        f"sandboxes on {default_backend()['type']} (KRIPTIK_BACKEND)  ·  "
         f"replay cassette examples/cassettes/{options.example}.yaml"
     )
     if options.serve_api:

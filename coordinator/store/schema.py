@@ -216,7 +216,8 @@ class CostEntry(_Row):
     estimated_cost: float = Field(default=0.0, ge=0)
     """US dollars, priced by the budget ledger's rates."""
     source: str
-    """What was charged: ``compute:{backend}:{slot}`` or ``llm:{model}:{role}``."""
+    """What was charged: ``compute:{backend}:{slot}`` (a Modal one ends ``;basis=wall*rate``: wall time
+    priced at the list rates, as Modal reports no cost) or ``llm:{model}:{role}``."""
     created_at: float
 
 
