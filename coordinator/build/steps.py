@@ -453,22 +453,23 @@ class ComponentSteps:
         """Judge the built candidates on evidence; snapshot, then terminate the losers."""
         state, host = self.state, self.host
         assert state.locked is not None and state.plan is not None
-        evidence = []
-        for slot in built:
-            passed, total = await self.ports.satisfaction.check_slot(state.locked, slot)
+        locked = state.locked
+
+        async def evidence_of(slot: SlotPlan) -> Evidence:
+            passed, total = await self.ports.satisfaction.check_slot(locked, slot)
             verdict = verdicts[slot.slot_id]
-            evidence.append(
-                Evidence(
-                    candidate=slot.slot_id,
-                    swarm_score=verdict.score,
-                    criteria_passed=passed,
-                    criteria_total=total,
-                    tests_passed=verdict.tests_passed,
-                    tests_total=verdict.tests_total,
-                    build_size_bytes=await self.ports.fleet.size_bytes(slot.slot_id),
-                    budget_spent_usd=round(self._spent.get(slot.slot_id, 0.0), 6),
-                )
+            return Evidence(
+                candidate=slot.slot_id,
+                swarm_score=verdict.score,
+                criteria_passed=passed,
+                criteria_total=total,
+                tests_passed=verdict.tests_passed,
+                tests_total=verdict.tests_total,
+                build_size_bytes=await self.ports.fleet.size_bytes(slot.slot_id),
+                budget_spent_usd=round(self._spent.get(slot.slot_id, 0.0), 6),
             )
+
+        evidence = list(await gather(*(evidence_of(s) for s in built)))  # each in its own sandbox, side by side
         decision = await self.ports.judge.decide(evidence, name)
         for charge in decision.usage:
             await self.ports.ledger.record_llm(charge.role, charge.model, charge.usage)
