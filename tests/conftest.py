@@ -29,6 +29,13 @@ WORKER_ENV = {
 }
 
 
+#: Warm pools for a test module's Control: the default sizes, filled once when Control starts and not
+#: topped up as builds take from them. A refill starts actors (and a standby sandbox and a browser)
+#: while the build runs, competing with it for the 2 cores, and the module's last refill is never used;
+#: a later build of the module cold-starts what it needs instead. Refills are tested in test_warm_pool.
+E2E_POOLS = {"refill": False}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """End every local sandbox this session left (its own sandboxes root) and drop the home."""
     from sandbox_agents.backends.local.backend import purge_home

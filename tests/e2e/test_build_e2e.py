@@ -25,6 +25,7 @@ from actors.runtime import Runtime, start_runtime
 from coordinator.bus.context_bus import BusConfig, ContextBus
 from coordinator.bus.redis_server import ManagedRedis
 from sandbox_agents.backends.local.state import LocalState, default_root
+from tests.conftest import E2E_POOLS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
 
@@ -40,6 +41,7 @@ async def runtime(ray_cluster, redis_server: ManagedRedis, kriptik_home: Path) -
         heartbeat_s=1.0,
         heartbeat_timeout_s=5.0,
         admit_poll_s=0.3,
+        pools=E2E_POOLS,
         coordinator={"checkpoint_interval_s": 30.0, "gate": {"swarm_must_pass": False}},
     )
     try:

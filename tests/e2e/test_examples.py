@@ -30,6 +30,7 @@ from coordinator.resources import examples_dir
 from coordinator.store.store import Store
 from sandbox_agents.backends.local.state import LocalState, default_root
 from serve.auth import create_token
+from tests.conftest import E2E_POOLS
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -47,7 +48,9 @@ at the module's end."""
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def runtime(ray_cluster, redis_server: ManagedRedis, kriptik_home: Path) -> AsyncIterator[Runtime]:  # noqa: F811
-    rt = await start_runtime(kriptik_home, redis_url=redis_server.url, heartbeat_s=5.0, admit_poll_s=0.3)
+    rt = await start_runtime(
+        kriptik_home, redis_url=redis_server.url, heartbeat_s=5.0, admit_poll_s=0.3, pools=E2E_POOLS
+    )
     try:
         yield rt
     finally:

@@ -44,6 +44,7 @@ from coordinator.bus.redis_server import ManagedRedis
 from coordinator.contracts import load_contract
 from coordinator.resources import examples_dir
 from sandbox_agents.backends.local.state import LocalState, default_root
+from tests.conftest import E2E_POOLS
 from tests.fakes.fake_modal import FakeModal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480), pytest.mark.asyncio(loop_scope="module")]
@@ -107,6 +108,7 @@ async def runtime(ray_cluster, redis_server: ManagedRedis, kriptik_home: Path) -
         redis_url=redis_server.url,
         heartbeat_s=5.0,
         admit_poll_s=0.3,
+        pools=E2E_POOLS,
         backend=LOCAL,
         local_backend=LOCAL,
         modal_backend=MODAL,

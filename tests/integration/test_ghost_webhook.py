@@ -37,6 +37,7 @@ from coordinator.store.store import Store
 from serve.app import ApiSettings, create_app
 from serve.auth import create_token
 from serve.control_port import RayControlPort
+from tests.conftest import E2E_POOLS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -93,7 +94,12 @@ def receiver() -> Iterator[Receiver]:
 
 async def _runtime(home: Path, redis: ManagedRedis, *, allow_private: bool) -> Runtime:
     return await start_runtime(
-        home, redis_url=redis.url, heartbeat_s=5.0, admit_poll_s=0.3, webhook_allow_private=allow_private
+        home,
+        redis_url=redis.url,
+        heartbeat_s=5.0,
+        admit_poll_s=0.3,
+        pools=E2E_POOLS,
+        webhook_allow_private=allow_private,
     )
 
 
