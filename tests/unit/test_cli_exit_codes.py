@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +19,20 @@ from typer.testing import CliRunner
 
 from coordinator.resources import examples_dir
 from serve.cli import app
+from tests.fakes.cli_api import JsonApi, serving
 
 FAILED_WHY = "task api-tests blocked: no recorded turn for role='agent:api:0', task='api-tests', turn=0"
 
 
-class _FakeApi(BaseHTTPRequestHandler):
+class _FakeApi(JsonApi):
     status = "failed"
-
-    def _json(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.path == "/api/builds":
-            self._json(201, {"id": "b1", "status": "queued"})
+            self.answer(201, {"id": "b1", "status": "queued"})
         else:
-            self._json(404, {"error": "not_found", "message": "build b1 not found"})
+            self.answer(404, {"error": "not_found", "message": "build b1 not found"})
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path.startswith("/api/build/stream/"):
@@ -54,29 +45,17 @@ class _FakeApi(BaseHTTPRequestHandler):
             self.wfile.flush()
         elif self.path.startswith("/api/build/status/"):
             error = None if self.status == "completed" else FAILED_WHY
-            self._json(200, {"id": "b1", "status": self.status, "phase": "build", "error": error, "components": []})
+            self.answer(200, {"id": "b1", "status": self.status, "phase": "build", "error": error, "components": []})
         elif self.path.startswith("/api/build/preview/"):
-            self._json(200, {"url": None, "components": {}})
+            self.answer(200, {"url": None, "components": {}})
         else:
-            self._json(404, {"error": "not_found", "message": f"no route {self.path}"})
-
-    def log_message(self, *args: Any) -> None:
-        pass
+            self.answer(404, {"error": "not_found", "message": f"no route {self.path}"})
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_FakeApi]]:
-    handler = type("Api", (_FakeApi,), {})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("KRIPTIK_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("KRIPTIK_TOKEN", "test-token")
-    try:
+    with serving(type("Api", (_FakeApi,), {}), monkeypatch) as handler:
         yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def run(*args: str) -> Any:

@@ -7,30 +7,21 @@ API does (its routes are tested in tests/unit/test_api.py).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from serve.cli import app
+from tests.fakes.cli_api import JsonApi, serving
 
 HOOK = "https://hooks.example.com/kriptik"
 
 
-class _Api(BaseHTTPRequestHandler):
+class _Api(JsonApi):
     requests: list[tuple[str, str, Any]]
     view: dict[str, Any]
-
-    def _answer(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _record(self) -> Any:
         raw = self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -41,41 +32,31 @@ class _Api(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:  # noqa: N802 - http.server's name
         body = self._record()
         if body["url"].startswith("http://127."):
-            self._answer(422, {"error": "invalid_input", "field": "url", "message": "webhook destination is loopback"})
+            self.answer(422, {"error": "invalid_input", "field": "url", "message": "webhook destination is loopback"})
             return
         self.view.update(url=body["url"], events=body.get("events", ["completed"]), secret_set="secret" in body)
-        self._answer(200, self.view)
+        self.answer(200, self.view)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self._record()
-        self._answer(200, self.view)
+        self.answer(200, self.view)
 
     def do_DELETE(self) -> None:  # noqa: N802 - http.server's name
         self._record()
         self.view.update(url=None, events=[], secret_set=False)
-        self._answer(200, self.view)
+        self.answer(200, self.view)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self._record()
-        self._answer(202, {"id": "b1", "status_url": "/api/build/status/b1", "stream_url": "/api/build/stream/b1"})
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(202, {"id": "b1", "status_url": "/api/build/status/b1", "stream_url": "/api/build/stream/b1"})
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Api]]:
     handler = type("Api", (_Api,), {"requests": [], "view": {"url": None, "events": [], "secret_set": False}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("KRIPTIK_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("KRIPTIK_TOKEN", "test-token")
     monkeypatch.delenv("KRIPTIK_NOTIFY_SECRET", raising=False)
-    try:
+    with serving(handler, monkeypatch):
         yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Any:
