@@ -130,6 +130,7 @@ class ComponentSteps:
         self._merge_waiters: dict[int, asyncio.Future[MergeOutcome]] = {}
         """Request id → the pipeline waiting for the consumer's outcome of that merge request."""
         self._merge_outcomes: dict[int, MergeOutcome] = {}
+        """Outcomes the consumer reached, by request id (one may come before its pipeline asks)."""
         self._interfaces: dict[str, tuple[int, Interface]] = {}
         """Provider → (version, interface) of the last change its agents published in this run."""
         self._built_against: dict[str, dict[str, int]] = {}
@@ -141,7 +142,6 @@ class ComponentSteps:
         self._checked: dict[str, tuple[str | None, bool]] = {}
         """Slot → (its sandbox, the verdict) of the component check its team ran last, while nothing has
         written to that sandbox since: verification takes that verdict instead of running the check again."""
-        """Outcomes the consumer reached, by request id (one may come before its pipeline asks)."""
 
     # --- the pipeline ---------------------------------------------------------------------
 
