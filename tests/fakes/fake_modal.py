@@ -418,9 +418,9 @@ class StreamWriter:
             if self._buffer:
                 with self._modal._changing(self._sandbox_id) as state:
                     state.last_active = time.monotonic()
-                stdin.write(bytes(self._buffer))
+                data = bytes(self._buffer)
                 self._buffer.clear()
-                await stdin.drain()
+                await stdin.write_all(data)
             if self._eof:
                 stdin.close()
 
@@ -447,6 +447,7 @@ class ContainerProcess:
             await self._proc.wait()
             return -1  # what the SDK's wait() reports for an exec past its deadline
         finally:
+            self._proc.stdin.close()  # nothing reads it any more
             with self._modal._changing(sandbox_id) as state:
                 state.running.discard(self._proc.pid)
                 state.last_active = time.monotonic()

@@ -39,11 +39,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from asyncio.streams import FlowControlMixin
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 #: How long the namespaces and the tunnels may take to come up.
 _READY_S = 10.0
@@ -165,7 +163,7 @@ class Process:
     """An exec's local process: its pipes on the running event loop, its end as an awaitable."""
 
     def __init__(self, popen: subprocess.Popen[bytes], stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
-                 stdin: asyncio.StreamWriter, exited: asyncio.Future[None]) -> None:  # fmt: skip
+                 stdin: PipeWriter, exited: asyncio.Future[None]) -> None:  # fmt: skip
         self._popen = popen
         self.stdout = stdout
         self.stderr = stderr
@@ -183,23 +181,108 @@ class Process:
 
 
 async def start_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> Process:
-    """Start ``argv`` in a process group of its own, with pipes for stdin, stdout and stderr."""
-    popen = subprocess.Popen(
-        list(argv), cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        close_fds=True, start_new_session=True,
-    )  # fmt: skip
-    assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+    """Start ``argv`` in a process group of its own, with pipes for stdin, stdout and stderr.
+
+    The pipes' parent ends are plain descriptors this module reads and writes with ``add_reader``
+    and ``add_writer`` and closes exactly once. Not ``loop.connect_read_pipe``/``connect_write_pipe``:
+    uvloop's pipe transports close the descriptor twice (libuv, then the file object; uvloop issue
+    763), and a number another thread of the actor took in between is closed under its owner (a
+    build on the fake failed once with ``OSError: [Errno 9] Bad file descriptor``).
+    """
     loop = asyncio.get_running_loop()
-    stdout, stderr = await _read_end(loop, popen.stdout), await _read_end(loop, popen.stderr)
-    transport, protocol = await loop.connect_write_pipe(FlowControlMixin, popen.stdin)
-    stdin = asyncio.StreamWriter(transport, protocol, None, loop)
-    return Process(popen, stdout, stderr, stdin, _exit_of(loop, popen.pid))
+    (in_read, in_write), (out_read, out_write), (err_read, err_write) = (os.pipe2(os.O_CLOEXEC) for _ in range(3))
+    try:
+        popen = subprocess.Popen(
+            list(argv), cwd=cwd, env=env, stdin=in_read, stdout=out_write, stderr=err_write,
+            close_fds=True, start_new_session=True,
+        )  # fmt: skip
+    except BaseException:
+        for fd in (in_write, out_read, err_read):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (in_read, out_write, err_write):  # the child's ends: it has its own copies now
+            os.close(fd)
+    return Process(popen, _reader(loop, out_read), _reader(loop, err_read), PipeWriter(loop, in_write),
+                   _exit_of(loop, popen.pid))  # fmt: skip
 
 
-async def _read_end(loop: asyncio.AbstractEventLoop, pipe: Any) -> asyncio.StreamReader:
+def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
+    """A stream of what arrives on ``fd``, read as it comes until the end of file, which closes ``fd``.
+
+    Read eagerly, without back-pressure: every exec's output is drained by the backend, and reading
+    to the end is what closes the descriptor even when nobody is listening any more.
+    """
     reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            loop.remove_reader(fd)
+            os.close(fd)
+            reader.set_exception(exc)
+            return
+        if data:
+            reader.feed_data(data)
+            return
+        loop.remove_reader(fd)
+        os.close(fd)
+        reader.feed_eof()
+
+    loop.add_reader(fd, readable)
     return reader
+
+
+class PipeWriter:
+    """The parent's end of a child's stdin: ``write_all`` waits until every byte is in the pipe."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._loop = loop
+        self._fd = fd
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def write_all(self, data: bytes) -> None:
+        """Write ``data``; BrokenPipeError when the child closed its stdin or the pipe was closed here."""
+        view = memoryview(data)
+        while view:
+            if self._fd < 0:
+                raise BrokenPipeError("stdin is closed")
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                await self._writable(self._fd)
+
+    async def _writable(self, fd: int) -> None:
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+
+        def ready() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self._loop.add_writer(fd, ready)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if self._fd == fd:
+                self._loop.remove_writer(fd)
+
+    def close(self) -> None:
+        """Close the pipe (the child reads the end of its input); a write that waits gets BrokenPipeError."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        if self._waiter is not None:
+            self._loop.remove_writer(fd)
+            if not self._waiter.done():
+                self._waiter.set_exception(BrokenPipeError("stdin is closed"))
+        os.close(fd)
 
 
 def _exit_of(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[None]:
