@@ -149,9 +149,10 @@ class ComponentView(_View):
     candidate: int = 0
     """Candidate number in a tournament (0 without one)."""
     sandbox_id: str | None = None
+    """The slot's sandbox: the one it has, else the last one it had (after the build, for example)."""
     status: str = "pending"
     agents: list[str] = Field(default_factory=list)
-    """Names of the agents working in the slot's sandbox."""
+    """Names of the agents that ran a task in the slot's sandbox."""
     swarm_score: float | None = None
     """Latest verification-swarm score in [0, 1], if verified yet."""
 

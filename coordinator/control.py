@@ -472,8 +472,10 @@ def status_view(store: Store, session: BuildSession) -> BuildStatus:
                     "slot": s.slot,
                     "component": s.component,
                     "candidate": s.candidate,
-                    "sandbox_id": s.sandbox_id,
+                    "sandbox_id": s.sandbox_id or s.last_sandbox_id,
                     "status": s.status,
+                    "agents": s.agents,
+                    "swarm_score": s.swarm_score,
                 }
                 for s in store.list_slots(session.id)
             ],

@@ -59,6 +59,8 @@ class BuildState:
 
     def save_slot(self, slot_id: str, **fields: Any) -> Slot:
         """Persist a slot's new status/sandbox and keep the session's ``sandbox_ids`` in step."""
+        if fields.get("sandbox_id"):
+            fields["last_sandbox_id"] = fields["sandbox_id"]
         slot = self.store.upsert_slot(self.slots[slot_id].model_copy(update=fields))
         self.slots[slot_id] = slot
         if "sandbox_id" in fields:

@@ -408,7 +408,8 @@ class ComponentSteps:
         self._blocked[slot.slot_id] = dict(report.blocked)
         if report.check is not None:
             self._checked[slot.slot_id] = (state.slots[slot.slot_id].sandbox_id, report.check.ok)
-        state.save_slot(slot.slot_id, status="built" if report.ready else "blocked")
+        agents = sorted({*state.slots[slot.slot_id].agents, *(a.agent for a in report.attempts)})
+        state.save_slot(slot.slot_id, status="built" if report.ready else "blocked", agents=agents)
         ended = SlotBuilt if report.ready else SlotBlocked
         await host.emit(ended(slot=slot.slot_id, done=report.done, blocked=report.blocked, attempt=attempt))
         await host.step()
@@ -441,6 +442,7 @@ class ComponentSteps:
             slot, lambda: self.ports.verify.verify(slot, check=self._team_check(slot.slot_id))
         )
         await self.meter(slot.slot_id)
+        self.state.save_slot(slot.slot_id, swarm_score=verdict.score)
         await self.host.emit(SlotVerified(slot=slot.slot_id, **verdict.model_dump(mode="json")))
         await self.host.step()
         return verdict

@@ -23,6 +23,8 @@ from coordinator.store.schema import (
     checkpoint_from_row,
     merge_from_row,
     older,
+    slot_columns,
+    slot_from_row,
 )
 from sandbox_agents.backends.base import SnapshotRef
 from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
@@ -211,7 +213,7 @@ class ResumeQueries:
     def upsert_slot(self, slot: Slot) -> Slot:
         """Insert or replace a slot of the fleet (keyed by build and slot name); stamps ``updated_at``."""
         stored = slot.model_copy(update={"updated_at": self.clock.now()})
-        data = stored.model_dump()
+        data = slot_columns(stored)
         names = ", ".join(data)
         marks = ", ".join("?" for _ in data)
         updates = ", ".join(f"{name} = excluded.{name}" for name in data if name not in ("session_id", "slot"))
@@ -231,4 +233,4 @@ class ResumeQueries:
         rows = self._db().execute(
             "SELECT * FROM slots WHERE session_id = ? ORDER BY component, candidate, slot", (session_id,)
         )
-        return [Slot(**dict(row)) for row in rows]
+        return [slot_from_row(row) for row in rows]

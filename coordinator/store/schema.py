@@ -136,6 +136,15 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        5,
+        "each slot's agents, swarm score and last sandbox, so status shows the fleet after the build too",
+        (
+            "ALTER TABLE slots ADD COLUMN agents_json TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE slots ADD COLUMN swarm_score REAL",
+            "ALTER TABLE slots ADD COLUMN last_sandbox_id TEXT",
+        ),
+    ),
 )
 """(version, description, statements), in the order they are applied."""
 
@@ -276,6 +285,12 @@ class Slot(_Row):
     """Ray actor name of the slot's SandboxProxy."""
     status: str = "pending"
     updated_at: float = 0.0
+    agents: list[str] = Field(default_factory=list)
+    """Names of the agents that ran a task in the slot (stored in ``agents_json``)."""
+    swarm_score: float | None = Field(default=None, ge=0, le=1)
+    """The verification swarm's last score of the slot's sandbox."""
+    last_sandbox_id: str | None = None
+    """The last sandbox the slot had: still named once the slot is released (``sandbox_id`` is then None)."""
 
 
 class ApiToken(_Row):
@@ -336,6 +351,19 @@ def session_columns(session: BuildSession) -> dict[str, Any]:
         "error": data["error"],
         "preview_url": data["preview_url"],
     }
+
+
+def slot_columns(slot: Slot) -> dict[str, Any]:
+    """A slot as its table's column values (its agents as ``agents_json``)."""
+    data = slot.model_dump()
+    data["agents_json"] = json.dumps(data.pop("agents"))
+    return data
+
+
+def slot_from_row(row: sqlite3.Row) -> Slot:
+    data = dict(row)
+    data["agents"] = json.loads(data.pop("agents_json"))
+    return Slot(**data)
 
 
 def session_from_row(row: sqlite3.Row) -> BuildSession:

@@ -40,6 +40,7 @@ from coordinator.plan import PlanSettings, SlotPlan
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
 from coordinator.team import TeamReport
+from coordinator.team.models import AttemptRecord
 from sandbox_agents.backends.base import ExecResult, SandboxSpec, SnapshotRef
 from sandbox_agents.errors import SandboxDeadError
 from sandbox_agents.llm.base import Usage
@@ -87,6 +88,7 @@ class World:
         self.ids = itertools.count(1)
         self.sandboxes: dict[str, dict[str, Any]] = {}  # sandbox id -> {files, alive}
         self.slot_sandbox: dict[str, str] = {}
+        self.team_agents: dict[str, list[str]] = {}  # slot id -> the agents its last team run reported
         self.snapshots: dict[str, dict[str, bytes]] = {}
         self.log: list[tuple[str, Any]] = []  # (what, detail) in order
         self.events: list[tuple[str, str, dict[str, Any]]] = []
@@ -192,7 +194,14 @@ class FakeTeams:
         done = [t.id for t in slot.tasks if t.id not in blocked]
         check = None if blocked else ExecResult(exit_code=self.w.check_exit)
         ready = not blocked and self.w.check_exit == 0
-        report = TeamReport(component=slot.team_name, ready=ready, done=done, blocked=blocked, check=check)
+        attempts = [
+            AttemptRecord(task=t, attempt=t, agent=f"{slot.slot_id}:agent-{i}", level=0, ok=True)
+            for i, t in enumerate(done)
+        ]
+        self.w.team_agents[slot.slot_id] = [a.agent for a in attempts]
+        report = TeamReport(
+            component=slot.team_name, ready=ready, done=done, blocked=blocked, check=check, attempts=attempts
+        )
         return TeamOutcome(report=report, usage=usage)
 
     async def stop(self, slot_id: str) -> None:
@@ -513,6 +522,21 @@ async def test_status_after_the_build_lists_every_merge_with_its_commit_and_main
     api = [(m.status, m.commit, m.message) for m in status.merges if m.component == "api"]
     assert api == [("rejected", None, "tests fail in main"), ("merged", dict(merged)["api"], "")]
     assert status.main_commit == f"c{len(h.world.merged)}"
+
+
+async def test_status_after_the_build_names_each_slots_last_sandbox_its_agents_and_swarm_score(tmp_path: Path) -> None:
+    """The fleet table of ``kriptik status`` after the build: every slot was released (it has no
+    sandbox any more), yet its row still says which sandbox it had, who worked in it and its score."""
+    h = Harness(tmp_path)
+    session = await h.run()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    assert all(s.sandbox_id is None for s in h.store.list_slots(session.id))
+    rows = {c.slot: c for c in status_view(h.store, session).components}
+    acquired = {d["slot"]: d["sandbox_id"] for d in h.kinds("slot.acquired")}  # the last one of each slot
+    assert rows and {slot: c.sandbox_id for slot, c in rows.items()} == acquired
+    for slot, c in rows.items():
+        assert c.agents and c.agents == sorted(h.world.team_agents[slot]), slot
+        assert c.swarm_score == (0.3 if "minimal" in slot else 0.9), slot
 
 
 async def test_a_rejected_merge_goes_back_to_the_team_then_merges(tmp_path: Path) -> None:

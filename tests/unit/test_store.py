@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.clock import FakeClock
+from coordinator.store import store as store_module
 from coordinator.store.schema import MIGRATIONS
 from coordinator.store.store import SessionStatus, Slot, Store, StoreConfig, StoreError
 from sandbox_agents.backends.base import SandboxSpec, SnapshotRef
@@ -255,6 +256,34 @@ def test_slots_upsert(store: Store, clock: FakeClock) -> None:
         ("web#1", "creating", None),
     ]
     assert slots[0].updated_at == clock.now()
+
+
+def test_a_slot_keeps_its_agents_swarm_score_and_last_sandbox(store: Store) -> None:
+    s = store.create_session("u", "p")
+    slot = Slot(session_id=s.id, slot="api", component="api", status="built", agents=["api:coder", "api:tester"])
+    store.upsert_slot(slot.model_copy(update={"swarm_score": 0.75, "last_sandbox_id": "sbx-1"}))
+    [read] = store.list_slots(s.id)
+    assert (read.agents, read.swarm_score, read.last_sandbox_id) == (["api:coder", "api:tester"], 0.75, "sbx-1")
+
+
+def test_slots_of_a_store_made_before_migration_5_read_with_no_agents_score_or_last_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store.db"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:4])
+    with Store(path) as old:
+        session = old.create_session("u", "p")
+        with old.transaction() as conn:
+            conn.execute(
+                "INSERT INTO slots (session_id, slot, component, candidate, sandbox_id, proxy_name, status, updated_at)"
+                " VALUES (?, 'api', 'api', 0, 'sbx-1', NULL, 'ready', 0)",
+                (session.id,),
+            )
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    with Store(path) as store:
+        assert store.schema_version() == 5
+        [slot] = store.list_slots(session.id)
+    assert (slot.sandbox_id, slot.agents, slot.swarm_score, slot.last_sandbox_id) == ("sbx-1", [], None, None)
 
 
 def test_api_tokens(store: Store) -> None:
