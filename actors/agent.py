@@ -37,10 +37,11 @@ from actors.handles import RayActorError, agent_name
 from actors.hub import node_context
 from actors.pools.warm import Warm, WarmBound, aliased, bind_warm, forget_alias, named_actor
 from coordinator.bus.context_bus import BusConfig, ContextBus
-from coordinator.bus.models import ContextUpdate, ErrorReport, FileChange
+from coordinator.bus.events import AgentStepEvent
+from coordinator.bus.models import ContextUpdate, ErrorReport, Event, FileChange
 from coordinator.team import agent_role
 from sandbox_agents.agent_loop import AgentLoop
-from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentTask, PublishedItem
+from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentStep, AgentTask, PublishedItem
 from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.errors import InvalidInputError
@@ -222,8 +223,17 @@ class AgentActor(WarmBound[AgentConfig]):
                 model=cfg.model,
                 temperature=cfg.temperature,
                 workdir=cfg.spec.workdir,
+                on_step=self._publish_step,
             )
         return self._loop
+
+    async def _publish_step(self, step: AgentStep) -> None:
+        """Put what the agent just did on the build's event log (the builder view shows it per agent)."""
+        cfg = self._bound()
+        event = AgentStepEvent(
+            component=cfg.component or cfg.sid, sid=cfg.sid, agent=cfg.name, **step.model_dump(mode="json")
+        )
+        await self._bus.publish(cfg.build_id, Event.of(event))
 
     async def _context(self) -> Mapping[str, Any]:
         cfg = self._bound()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from sandbox_agents.agent_models import AgentLimits, AgentOutcome, AgentStatus, AgentTask
+from sandbox_agents.agent_models import STEP_DETAIL_CAP, AgentLimits, AgentOutcome, AgentStatus, AgentStep, AgentTask
 from sandbox_agents.agent_prompt import DEFAULT_CONTEXT_CAP, build_system_prompt, task_message
 from sandbox_agents.busy import BusyIntervals, rounded
 from sandbox_agents.errors import LLMError
@@ -75,6 +75,8 @@ class AgentLoop:
         temperature: Sampling temperature of every request (tournament strategies); None keeps the provider's.
         workdir: The sandbox's workspace root, for the prompt.
         clock: The wall clock the model's busy intervals are read on.
+        on_step: Told of each message of the model and each tool call as they happen (the builder
+            view's "what each agent is doing now"); its failures are logged, never the run's.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class AgentLoop:
         temperature: float | None = None,
         workdir: str = "/workspace",
         clock: Callable[[], float] = time.time,
+        on_step: Callable[[AgentStep], Awaitable[None]] | None = None,
     ) -> None:
         self.provider = provider
         self.tools = tools
@@ -101,6 +104,7 @@ class AgentLoop:
         self.temperature = temperature
         self.workdir = workdir
         self.clock = clock
+        self.on_step = on_step
         self._last_context: Mapping[str, Any] = {}
 
     async def run(self, task: AgentTask) -> AgentOutcome:
@@ -164,6 +168,8 @@ class AgentLoop:
             model = reply.model or model
             final_text = reply.text or final_text
             messages.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
+            if reply.text.strip():
+                await self._step(AgentStep(task=task.id, turn=turn, detail=_clip(reply.text.strip())))
 
             if not reply.tool_calls:
                 if reply.stop_reason == "max_tokens":
@@ -180,8 +186,13 @@ class AgentLoop:
                     status = "stuck"
                     error = f"tool {call.name} called {repeats} times in a row with the same arguments"
                     break
-                results.append(await self.tools.call(call))
+                result = await self.tools.call(call)
+                results.append(result)
                 tool_calls += 1
+                step = AgentStep(
+                    task=task.id, turn=turn, tool=call.name, detail=call_summary(call), ok=not result.is_error
+                )
+                await self._step(step)
             messages.append(Message(role="tool", tool_results=results))
             if status == "stuck":
                 logger.info("agent %s task %s: %s", self.role, task.id, error)
@@ -202,6 +213,16 @@ class AgentLoop:
             model_busy=rounded(waiting.intervals()),
         )
 
+    async def _step(self, step: AgentStep) -> None:
+        if self.on_step is None:
+            return
+        try:
+            await self.on_step(step)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a watcher's failure never stops the agent
+            logger.warning("agent %s: reporting a step of %s failed", self.role, step.task, exc_info=True)
+
     async def _read_context(self) -> Mapping[str, Any]:
         """The current context; on a read failure the last one read, so a bus hiccup does not end the run."""
         try:
@@ -211,6 +232,28 @@ class AgentLoop:
         except Exception:
             logger.warning("agent %s: context read failed; using the previous context", self.role, exc_info=True)
         return self._last_context
+
+
+#: Arguments that say what a tool call is on, in the order they are looked for.
+_SUBJECTS = ("command", "path", "pattern", "query", "key", "url")
+
+
+def call_summary(call: ToolCall) -> str:
+    """What a tool call is on, in one short line: its command, path, pattern... never a file's content."""
+    args = call.arguments
+    for name in _SUBJECTS:
+        value = args.get(name)
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        if isinstance(value, str) and value.strip():
+            return _clip(value.strip())
+    short = [f"{k}={v}" for k, v in sorted(args.items()) if isinstance(v, int | float | bool)]
+    return _clip(" ".join(short))
+
+
+def _clip(text: str, cap: int = STEP_DETAIL_CAP) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= cap else line[: cap - 1] + "…"
 
 
 def _add(total: Usage, reply: AssistantTurn) -> Usage:

@@ -16,8 +16,30 @@ from sandbox_agents.llm.base import Usage
 #: Why an agent loop ended.
 AgentStatus = Literal["done", "step_limit", "token_budget", "stuck", "error"]
 
+#: Most characters of an :class:`AgentStep`'s detail.
+STEP_DETAIL_CAP = 200
+
 #: What a published item tells the other agents and sandboxes of the build.
 PublishKind = Literal["discovery", "decision", "error"]
+
+
+class AgentStep(BaseModel):
+    """One thing an agent just did, for whoever watches the build: a message of the model or a tool call.
+
+    Short by construction (a summary of the call's arguments, the message's first lines), so a
+    watcher sees what the agent is on without the file contents or command output it handled.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    turn: int = Field(ge=0)
+    tool: str = ""
+    """The tool called ("" for a message of the model)."""
+    detail: str = Field(default="", max_length=STEP_DETAIL_CAP)
+    """For a tool call, what it was called on (a path, a command); for a message, its beginning."""
+    ok: bool = True
+    """False when the tool call failed."""
 
 
 class AgentTask(BaseModel):

@@ -430,6 +430,21 @@ class TaskDone(EventPayload):
     level: int
 
 
+class AgentStepEvent(EventPayload):
+    """What an agent just did: a message of the model (``tool`` empty) or a tool call and what it was on."""
+
+    kind: Literal["agent.step"] = "agent.step"
+    component: str
+    sid: str
+    """The slot whose sandbox the agent works in."""
+    agent: str
+    task: str
+    turn: int
+    tool: str = ""
+    detail: str = ""
+    ok: bool = True
+
+
 class TaskRecovered(EventPayload):
     """A task done after at least one failed attempt."""
 
@@ -576,6 +591,7 @@ KnownEvent = Annotated[
     | TeamProgress
     | TaskStarted
     | TaskDone
+    | AgentStepEvent
     | TaskRecovered
     | TaskEscalated
     | TaskBlocked

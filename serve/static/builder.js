@@ -56,7 +56,15 @@ export function apply(model, kind, d) {
     case "team.progress": slot(model, d.slot || slotOfTeam(d.component)).progress = d; break;
     case "task.started": case "task.done": {
       const s = slot(model, slotOfTeam(d.component));
-      s.agents.set(agentName(d.agent), { task: d.task, attempt: d.attempt, done: kind === "task.done", level: d.level });
+      const was = s.agents.get(agentName(d.agent));
+      s.agents.set(agentName(d.agent), { task: d.task, attempt: d.attempt, done: kind === "task.done", level: d.level,
+        step: kind === "task.done" ? was?.step : null });
+      break;
+    }
+    case "agent.step": {
+      const s = slot(model, d.sid || slotOfTeam(d.component));
+      const a = s.agents.get(agentName(d.agent)) || { task: d.task, done: false, level: 0 };
+      s.agents.set(agentName(d.agent), Object.assign(a, { step: d }));
       break;
     }
     case "swarm.report": slot(model, d.sid).swarm = d; break;
@@ -72,6 +80,10 @@ export function apply(model, kind, d) {
 
 // --- fleet ------------------------------------------------------------------------------------
 
+// An agent's latest step: "$ npm test" for an exec, "write_file src/App.jsx", or the model's words.
+const stepText = (st) => (!st.tool ? `“${st.detail}”` : st.tool === "exec" ? `$ ${st.detail}` : `${st.tool} ${st.detail}`)
+  + (st.ok ? "" : " ✗");
+
 function agentsCell(s) {
   const names = [...s.agents.keys()];
   for (let n = names.length; n < s.agentCount; n++) names.push(`agent ${n + 1}`);
@@ -80,7 +92,8 @@ function agentsCell(s) {
     const a = s.agents.get(name);
     const doing = !a ? "idle" : a.done ? `done: ${a.task}` : `working on ${a.task}${a.level ? " (retry)" : ""}`;
     return el("li", { class: "agent " + (!a ? "idle" : a.done ? "done" : "busy") },
-      el("span", { class: "who", text: name }), " ", el("span", { class: "what", text: doing }));
+      el("span", { class: "who", text: name }), " ", el("span", { class: "what", text: doing }),
+      a?.step ? el("div", { class: "step" + (a.step.ok ? "" : " bad"), text: stepText(a.step) }) : "");
   }));
 }
 

@@ -51,6 +51,7 @@ const KINDS = {
   "team.finished": ["⚑", "team", (d) => `${d.component}: team finished${d.ready ? "" : `, blocked on ${list(d.blocked)}`}`],
   "task.started": ["▶", "team", (d) => `${d.component}: ${agentName(d.agent)} starts ${d.task}${d.level ? ` (${LEVELS[d.level] || "level " + d.level})` : ""}`],
   "task.done": ["✓", "team", (d) => `${d.component}: ${agentName(d.agent)} finished ${d.task}`],
+  "agent.step": ["·", "team", (d) => `${d.component}: ${agentName(d.agent)} ${d.tool ? `${d.tool} ${d.detail}${d.ok ? "" : " (failed)"}` : `says “${d.detail}”`}`],
   "task.recovered": ["✚", "good", (d) => `${d.component}: ${d.task} recovered with ${LEVELS[d.level] || "level " + d.level}`],
   "task.escalated": ["⚠", "warn", (d) => `${d.component}: ${d.task} failed, escalated to ${LEVELS[d.level] || "level " + d.level}: ${firstLine(d.reason, 90)}`],
   "task.blocked": ["⊘", "error", (d) => `${d.component}: ${d.task} blocked: ${firstLine(d.reason)}`],
@@ -73,7 +74,7 @@ const KINDS = {
 };
 
 // Lines hidden unless "progress & timing" is ticked: the fleet table shows them better.
-export const CHATTY = new Set(["team.progress", "busy.report", "verifier.report", "component.phase"]);
+export const CHATTY = new Set(["team.progress", "busy.report", "verifier.report", "component.phase", "agent.step"]);
 
 export function describe(kind, data) {
   const known = KINDS[kind];

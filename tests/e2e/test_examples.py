@@ -238,6 +238,7 @@ async def test_the_builder_view_shows_every_panel_of_the_todo_fullstack_build(
 
                 # The timeline: one human line per event, its raw JSON on demand.
                 assert await page.locator("#log li.log-line").count() == len(await events(bus, build_id))
+                assert any(kind == "agent.step" and data["tool"] for kind, data in await events(bus, build_id))
                 decided = page.locator("#log li[data-kind='tournament.decision'] .text")
                 await expect(decided).to_have_text("frontend~polished wins the frontend tournament")
                 merged = page.locator("#log li[data-kind='merge.accepted']").first
@@ -251,6 +252,9 @@ async def test_the_builder_view_shows_every_panel_of_the_todo_fullstack_build(
                     await expect(row.locator(".sandbox-id")).not_to_have_text("—")
                     await expect(row).to_contain_text("local backend")
                     await expect(row.locator(".agent.done").first).to_contain_text("done: ")
+                    await expect(row.locator(".agent.done .step").first).to_have_text(
+                        re.compile(r"\S")
+                    )  # its last step
                     await expect(row.locator(".swarm-score")).to_have_text(re.compile(r"^[01]\.\d\d$"))
                     await expect(row.locator(".chip")).to_have_count(6)  # the six verifiers, each passed or not
 

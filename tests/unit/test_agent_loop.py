@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sandbox_agents.agent_loop import CONTINUE_AFTER_CUTOFF, AgentLoop
-from sandbox_agents.agent_models import AgentLimits, AgentTask, PublishedItem
+from sandbox_agents.agent_loop import CONTINUE_AFTER_CUTOFF, AgentLoop, call_summary
+from sandbox_agents.agent_models import STEP_DETAIL_CAP, AgentLimits, AgentStep, AgentTask, PublishedItem
 from sandbox_agents.agent_prompt import build_system_prompt, render_context
 from sandbox_agents.backends.base import SandboxSpec
 from sandbox_agents.backends.fake import FakeBackend, FakeSandbox
@@ -300,3 +300,50 @@ async def test_the_outcome_says_when_the_run_waited_on_the_model(tools: AgentToo
     timed = Timed(tools.sandbox, publish=None)
     outcome = await loop(ScriptedProvider(answer), timed, clock=lambda: now[0]).run(TASK)
     assert outcome.model_busy == [(50.0, 52.0), (53.0, 55.0)]
+
+
+async def test_each_message_and_tool_call_is_told_to_the_watcher_as_it_happens_without_file_contents(
+    tools: AgentTools,
+) -> None:
+    provider = ScriptedProvider(
+        {
+            key(0): tool_turn("write_file", path="app.py", content="SECRET_BODY = 1\n" * 50),
+            key(1): tool_turn("read_file", path="nope.py"),
+            key(2): tool_turn("exec", command=["pytest", "-q"]),
+            key(3): final_turn("Done:\n  app.py written   and tested."),
+        }
+    )
+    steps: list[AgentStep] = []
+
+    async def watch(step: AgentStep) -> None:
+        steps.append(step)
+
+    outcome = await loop(provider, tools, on_step=watch).run(TASK)
+    assert outcome.status == "done"
+    assert [(s.turn, s.tool, s.detail, s.ok) for s in steps] == [
+        (1, "", "calling write_file", True),
+        (1, "write_file", "app.py", True),
+        (2, "", "calling read_file", True),
+        (2, "read_file", "nope.py", False),
+        (3, "", "calling exec", True),
+        (3, "exec", "pytest -q", True),  # it ran (exit 127 here): the model reads the exit code
+        (4, "", "Done: app.py written and tested.", True),
+    ]
+    assert all(s.task == TASK.id and "SECRET_BODY" not in s.detail for s in steps)
+
+
+async def test_a_watcher_that_fails_does_not_stop_the_agent(tools: AgentTools) -> None:
+    provider = ScriptedProvider({key(0): tool_turn("list_files", pattern="*"), key(1): final_turn()})
+
+    async def broken(step: AgentStep) -> None:
+        raise ConnectionError("redis is gone")
+
+    outcome = await loop(provider, tools, on_step=broken).run(TASK)
+    assert outcome.status == "done" and outcome.tool_calls == 1
+
+
+def test_a_step_summary_is_one_short_line() -> None:
+    call = ToolCall(id="c", name="exec", arguments={"command": "echo " + "x" * 500 + "\nsecond line"})
+    summary = call_summary(call)
+    assert len(summary) == STEP_DETAIL_CAP and "\n" not in summary and summary.endswith("…")
+    assert call_summary(ToolCall(id="c", name="wait", arguments={"seconds": 2, "note": "x" * 300})) == "seconds=2"
