@@ -30,6 +30,7 @@ from actors import handles
 from actors.actor_args import validated_arg
 from actors.build.actor import start_coordinator
 from actors.build.config import CoordinatorConfig, builds_dir, config_path, load_config, save_config
+from actors.build.remove import remove_build
 from actors.handles import CONTROL_NAME, RayActorError, coordinator_name, gate_name
 from actors.pools.fleet import FleetPoolConfig, FleetPools
 from actors.pools.warm import Warm
@@ -197,6 +198,10 @@ class RayBuildRunners:
     async def take_control(self, build_id: str) -> str:
         return str(await self.coordinator(build_id).take_control.remote())
 
+    async def delete(self, build_id: str) -> None:
+        """Everything the build runs and left, but its store rows (:mod:`actors.build.remove`)."""
+        await remove_build(build_id, redis_url=self.config.redis_url, bus_prefix=self.config.bus_prefix)
+
     async def main_read(self, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
         """From the build's gate, straight: a read must not start a finished build's coordinator or gate."""
         gate = handles.find(gate_name(build_id))
@@ -280,6 +285,9 @@ class ControlActor:
 
     async def take_control(self, user_id: str, build_id: str) -> dict[str, Any]:
         return {"url": await self.builds.take_control(user_id, build_id)}
+
+    async def delete(self, user_id: str, build_id: str) -> None:
+        await self.builds.delete(user_id, build_id)
 
     async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
         """Main's tree, a file or a merge's diff (the JSON of ``MainTreeView``, ``MainFileView``, ``MergeDiffView``)."""

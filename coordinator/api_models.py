@@ -149,7 +149,9 @@ class ComponentView(_View):
     candidate: int = 0
     """Candidate number in a tournament (0 without one)."""
     sandbox_id: str | None = None
-    """The slot's sandbox: the one it has, else the last one it had (after the build, for example)."""
+    """The slot's live sandbox (None once released)."""
+    last_sandbox_id: str | None = None
+    """The last sandbox the slot had, also once released (after the build, for example)."""
     status: str = "pending"
     agents: list[str] = Field(default_factory=list)
     """Names of the agents that ran a task in the slot's sandbox."""

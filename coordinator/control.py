@@ -47,7 +47,7 @@ from coordinator.screenshots import check_name
 from coordinator.store.schema import BuildSession, SessionStatus
 from coordinator.store.store import Store
 from coordinator.webhook_settings import WebhookSettings
-from sandbox_agents.errors import InvalidInputError, LLMConfigError
+from sandbox_agents.errors import BuildActiveError, InvalidInputError, LLMConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,12 @@ class BuildRunners(Protocol):
     async def main_read(self, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
         """A read-only view of the build's main from its gate (:mod:`coordinator.merge.browse`): ``what`` is
         ``tree``, ``file`` (``arg`` the path) or ``diff`` (``arg`` a merge commit). Never starts anything."""
+        ...
+
+    async def delete(self, build_id: str) -> None:
+        """End everything an ended build still holds and remove what it left: its actors and their
+        sandboxes (the preview and take-control copies too), its event log and bus keys, and its
+        files under ``KRIPTIK_HOME`` (configs, actor states, the gate's repository, screenshots)."""
         ...
 
 
@@ -269,6 +275,25 @@ class BuildControl:
         except Exception as exc:  # noqa: BLE001 - whatever failed, the stored marker is the cancel
             logger.warning("control: the runner of %s did not take the cancel (%r); it is stored", build_id, exc)
         return "cancelling"
+
+    async def delete(self, user_id: str, build_id: str) -> None:
+        """Delete an ended build of ``user_id``: what it still runs and holds, then its rows.
+
+        The rows go last, so a delete that fails half way can be asked again.
+
+        Raises:
+            BuildNotFoundError: No such build of this user.
+            BuildActiveError: The build is queued, running or paused (cancel it first).
+        """
+        session = self.store.get_session(build_id, user_id)
+        if session.status.value not in FINAL_STATUSES:
+            raise BuildActiveError(f"build {build_id} is {session.status.value}; cancel it before deleting it")
+        self._running.pop(build_id, None)  # it ended: the admission loop would free its quota anyway
+        self._admissions.pop(build_id, None)
+        await self.runners.delete(build_id)
+        self._admission_path(build_id).unlink(missing_ok=True)
+        self.store.delete_session(build_id)
+        logger.info("control: build %s of %s deleted", build_id, user_id)
 
     async def resume(self, user_id: str, build_id: str) -> str:
         """Continue a paused build; returns the status its runner reports.
@@ -472,7 +497,8 @@ def status_view(store: Store, session: BuildSession) -> BuildStatus:
                     "slot": s.slot,
                     "component": s.component,
                     "candidate": s.candidate,
-                    "sandbox_id": s.sandbox_id or s.last_sandbox_id,
+                    "sandbox_id": s.sandbox_id,
+                    "last_sandbox_id": s.last_sandbox_id,
                     "status": s.status,
                     "agents": s.agents,
                     "swarm_score": s.swarm_score,

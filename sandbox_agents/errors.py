@@ -188,6 +188,10 @@ class BudgetExceededError(BuildError):
     """The build's budget is spent."""
 
 
+class BuildActiveError(BuildError):
+    """The build has not ended: what was asked needs it finished (cancel it first); a 409."""
+
+
 class StoreError(KriptikError, RuntimeError):
     """The build store cannot do what was asked (misuse of a transaction, a newer schema, a broken file)."""
 

@@ -53,6 +53,7 @@ from coordinator.bus.context_bus import ContextBus
 from coordinator.store.store import Store
 from sandbox_agents.errors import (
     BudgetExceededError,
+    BuildActiveError,
     BuildNotFoundError,
     BusUnavailableError,
     InvalidInputError,
@@ -134,7 +135,7 @@ def status_of(exc: KriptikError) -> int:
         return 401
     if isinstance(exc, BuildNotFoundError | LookupError):
         return 404
-    if isinstance(exc, BudgetExceededError):
+    if isinstance(exc, BudgetExceededError | BuildActiveError):
         return 409
     if isinstance(exc, RateLimitedError):
         return 429
@@ -263,6 +264,13 @@ def create_app(
     async def list_builds(who: User) -> list[BuildSummary]:
         """Your builds, newest first."""
         return await control.list_builds(who.user_id)
+
+    @app.delete("/api/builds/{build_id}", status_code=204, tags=["builds"])
+    async def delete_build(build_id: BuildId, who: User) -> Response:
+        """Delete an ended build and everything it holds: its preview and other sandboxes, its actors,
+        event log, files and records (409 while it is queued, running or paused: cancel it first)."""
+        await control.delete(who.user_id, build_id)
+        return Response(status_code=204)
 
     @app.get("/api/build/status/{build_id}", response_model=BuildStatus, tags=["builds"])
     async def status(build_id: BuildId, who: User) -> BuildStatus:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -80,7 +80,7 @@ def call(method: str, path: str, **kwargs: Any) -> Any:
         _not_up(exc)
     if r.is_error:
         _refused(r)
-    return r.json()
+    return r.json() if r.content else None
 
 
 def _not_up(exc: Exception) -> NoReturn:
@@ -251,8 +251,9 @@ def register(app: typer.Typer) -> None:
         table = Table("slot", "component", "sandbox", "status", "agents", "swarm")
         for c in s.get("components", []):
             score = "" if c.get("swarm_score") is None else f"{c['swarm_score']:.2f}"
-            table.add_row(c["slot"], c["component"], c.get("sandbox_id") or "", c["status"],
-                          ", ".join(c.get("agents", [])), score)  # fmt: skip
+            ended = f"[dim]{c['last_sandbox_id']} (ended)[/]" if c.get("last_sandbox_id") else ""
+            sandbox = c.get("sandbox_id") or ended
+            table.add_row(c["slot"], c["component"], sandbox, c["status"], ", ".join(c.get("agents", [])), score)
         if s.get("components"):
             console.print(table)
         for m in s.get("merges", []):
@@ -287,6 +288,16 @@ def register(app: typer.Typer) -> None:
     def cancel(build_id: str) -> None:
         """Cancel a build."""
         console.print(f"{build_id}: {call('POST', f'/api/build/cancel/{build_id}')['status']}")
+
+    @app.command("rm")
+    def remove(build_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Builds to delete.")]) -> None:
+        """Delete ended builds and everything they hold: preview and sandboxes, actors, event log, files, records.
+
+        A build that has not ended is refused (exit 2): cancel it first.
+        """
+        for build_id in build_ids:
+            call("DELETE", f"/api/builds/{build_id}")
+            console.print(f"{build_id}: deleted")
 
     @app.command()
     def resume(build_id: str) -> None:

@@ -36,7 +36,13 @@ from coordinator.merge.browse import NotInMainError
 from coordinator.merge.host_repo import HostGitRepo
 from coordinator.screenshots import ScreenshotNotFoundError, check_name
 from coordinator.webhooks import check_url
-from sandbox_agents.errors import BudgetExceededError, BuildNotFoundError, InvalidInputError, KriptikError
+from sandbox_agents.errors import (
+    BudgetExceededError,
+    BuildActiveError,
+    BuildNotFoundError,
+    InvalidInputError,
+    KriptikError,
+)
 
 
 class ControlUnavailableError(KriptikError, ConnectionError):
@@ -63,6 +69,10 @@ class ControlPort(Protocol):
     async def screenshot(self, user_id: str, build_id: str, name: str) -> bytes: ...
     async def sandboxes(self, user_id: str, build_id: str) -> list[SandboxView]: ...
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView: ...
+    async def delete(self, user_id: str, build_id: str) -> None:
+        """Delete an ended build and everything it holds; BuildActiveError while it has not ended."""
+        ...
+
     async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
         """Main's ``tree``, a ``file`` (``arg``: its path) or a merge's ``diff`` (``arg``: the commit), as the
         JSON of ``MainTreeView``, ``MainFileView`` or ``MergeDiffView``; NotInMainError when absent."""
@@ -144,6 +154,9 @@ class RayControlPort:
         """Cancel, then the build's status (Control answers a cancel with its progress word, ``cancelling``)."""
         await self._answer(lambda control: control.cancel.remote(user_id, build_id), "cancel")
         return await self.status(user_id, build_id)
+
+    async def delete(self, user_id: str, build_id: str) -> None:
+        await self._answer(lambda control: control.delete.remote(user_id, build_id), "delete")
 
     async def resume(self, user_id: str, build_id: str) -> BuildStatus:
         """Resume, then the build's status (Control answers a resume with the coordinator's word)."""
@@ -276,6 +289,13 @@ class MemoryControl:
         if build["status"] not in FINAL_STATUSES:
             build.update(status="cancelled", finished_at=self.clock())
         return await self.status(user_id, build_id)
+
+    async def delete(self, user_id: str, build_id: str) -> None:
+        build = self._own(user_id, build_id)
+        if build["status"] not in FINAL_STATUSES:
+            raise BuildActiveError(f"build {build_id} is {build['status']}; cancel it before deleting it")
+        for table in (self.builds, self.pngs, self.repos):
+            table.pop(build_id, None)
 
     async def resume(self, user_id: str, build_id: str) -> BuildStatus:
         build = self._own(user_id, build_id)

@@ -108,6 +108,9 @@ class StoreFirstControl:
     async def take_control(self, user_id: str, build_id: str) -> TakeControlView:
         return await self.control.take_control(user_id, build_id)
 
+    async def delete(self, user_id: str, build_id: str) -> None:
+        await self.control.delete(user_id, build_id)
+
     async def main_read(self, user_id: str, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
         return await self.control.main_read(user_id, build_id, what, arg)
 

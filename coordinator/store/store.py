@@ -313,6 +313,16 @@ class Store(ResumeQueries, ApiTokenQueries, NotifyDefaultsQueries):
             raise BuildNotFoundError(f"no build {session_id!r}")
         return session_from_row(row)
 
+    def delete_session(self, session_id: str) -> None:
+        """Delete the build and every row of it (checkpoints, costs, merges, slots, bus offsets).
+
+        Raises:
+            BuildNotFoundError: No such build.
+        """
+        with self.transaction() as conn:
+            if conn.execute("DELETE FROM build_sessions WHERE id = ?", (session_id,)).rowcount == 0:
+                raise BuildNotFoundError(f"no build {session_id!r}")
+
     def list_sessions(
         self, user_id: str, status: SessionStatus | None = None, *, limit: int = 100
     ) -> list[BuildSession]:

@@ -243,3 +243,48 @@ async def test_a_cancel_sent_while_the_coordinator_is_down_is_honoured(runtime: 
         assert build_id in await runtime.control.restarts.remote()
     finally:
         await cleanup(build_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def build_sandboxes(kriptik_home: Path, build_id: str) -> dict[str, LocalState]:
+    """Local sandboxes tagged with the build (its slots', the gate's, the preview's), by id."""
+    found = {}
+    for path in default_root(kriptik_home).glob("*/state.json"):
+        state = LocalState.load(path)
+        if state.spec.tags.get("build") == build_id:
+            found[state.id] = state
+    return found
+
+
+async def test_deleting_an_ended_build_leaves_nothing_of_it_running_stored_or_on_disk(
+    runtime: Runtime, bus: ContextBus, kriptik_home: Path
+) -> None:
+    import ray
+
+    build_id = await runtime.control.submit.remote(USER, {"example": "hello-calc"})
+    try:
+        assert (await final_status(runtime, build_id))["status"] == "completed"
+        with pytest.raises(Exception, match="no build"):
+            await runtime.control.delete.remote("mallory", build_id)  # not theirs: nothing happens
+        live = {sid: s for sid, s in build_sandboxes(kriptik_home, build_id).items() if _alive(s.launcher_pid)}
+        assert live, "the ended build still holds its preview and main-test sandboxes"
+
+        await runtime.control.delete.remote(USER, build_id)
+
+        named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        assert not [n for n in named if build_id in n]
+        assert not [k async for k in bus.redis.scan_iter(match=f"*{build_id}*")]
+        assert not [p for p in kriptik_home.rglob(f"*{build_id}*")]
+        assert not [sid for sid, s in live.items() if _alive(s.launcher_pid)]  # each sandbox's tree ended
+        with pytest.raises(Exception, match="no build"):
+            await runtime.control.status.remote(USER, build_id)
+        assert build_id not in [b["id"] for b in await runtime.control.list_builds.remote(USER)]
+    finally:
+        await cleanup(build_id)

@@ -285,8 +285,10 @@ async def test_the_builder_view_shows_every_panel_of_the_todo_fullstack_build(
                 await page.locator("#files .tree-file[data-path='web/index.html']").click()
                 await expect(page.locator("#code .code-text")).to_contain_text("<h1>Todos</h1>")
 
-                # The preview frame shows the app; the budget meter its spend and thresholds.
+                # The preview frame shows the app, its screenshots under it; the budget meter its spend and thresholds.
                 await expect(page.frame_locator("#preview").locator("h1")).to_have_text("Todos", timeout=20_000)
+                await expect(page.locator("#shots .shot").first).to_be_visible(timeout=20_000)
+                await expect(page.locator("#shot-latest img")).to_be_visible()
                 await expect(page.locator("#budget-text")).to_contain_text(re.compile(r"^\$\d+\.\d\d of \$5\.00"))
                 await expect(page.locator("#budget-stats dd")).to_have_count(3)
                 await expect(page.locator("#budget-warn-label")).to_have_text("warns at $4.00")

@@ -99,6 +99,7 @@ BUILD_ROUTES = [
     ("GET", "/api/build/budget/{id}", None),
     ("POST", "/api/build/budget/{id}", {"usd": 5}),
     ("POST", "/api/build/take-control/{id}", None),
+    ("DELETE", "/api/builds/{id}", None),
 ]
 
 
@@ -230,6 +231,20 @@ async def test_build_lifecycle_routes(client: httpx.AsyncClient, alice: dict[str
     assert cancelled.json()["finished_at"] is not None
     again = await client.post(f"/api/build/resume/{build}", headers=alice)
     assert again.status_code == 422 and again.json()["field"] == "build_id"
+
+
+async def test_an_ended_build_is_deleted_and_a_running_one_is_a_409(
+    client: httpx.AsyncClient, alice: dict[str, str], control: MemoryControl
+) -> None:
+    build = await submit(client, alice)
+    refused = await client.delete(f"/api/builds/{build}", headers=alice)
+    assert refused.status_code == 409 and "cancel it" in refused.json()["message"]
+    await control.set_status(build, status="completed")
+    deleted = await client.delete(f"/api/builds/{build}", headers=alice)
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert (await client.get(f"/api/build/status/{build}", headers=alice)).status_code == 404
+    assert (await client.delete(f"/api/builds/{build}", headers=alice)).status_code == 404
+    assert (await client.get("/api/builds", headers=alice)).json() == []
 
 
 async def test_screenshots_are_listed_newest_first_and_served_as_png(
@@ -490,7 +505,7 @@ async def test_openapi_lists_every_route_and_model(client: httpx.AsyncClient) ->
     spec = (await client.get("/openapi.json")).json()
     paths = spec["paths"]
     expected = {
-        ("post", "/api/builds"), ("get", "/api/builds"), ("get", "/api/health"),
+        ("post", "/api/builds"), ("get", "/api/builds"), ("get", "/api/health"), ("delete", "/api/builds/{build_id}"),
         ("get", "/api/build/status/{build_id}"), ("get", "/api/build/preview/{build_id}"),
         ("post", "/api/build/cancel/{build_id}"), ("post", "/api/build/resume/{build_id}"),
         ("get", "/api/build/stream/{build_id}"), ("get", "/api/build/sandboxes/{build_id}"),
@@ -644,4 +659,4 @@ def test_schemathesis_finds_no_500(store: Store, control: MemoryControl) -> None
 
         check()
         checked.append(f"{op.method.upper()} {op.path}")
-    assert len(checked) == 19
+    assert len(checked) == 20

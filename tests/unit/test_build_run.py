@@ -533,7 +533,8 @@ async def test_status_after_the_build_names_each_slots_last_sandbox_its_agents_a
     assert all(s.sandbox_id is None for s in h.store.list_slots(session.id))
     rows = {c.slot: c for c in status_view(h.store, session).components}
     acquired = {d["slot"]: d["sandbox_id"] for d in h.kinds("slot.acquired")}  # the last one of each slot
-    assert rows and {slot: c.sandbox_id for slot, c in rows.items()} == acquired
+    assert rows and {slot: c.last_sandbox_id for slot, c in rows.items()} == acquired
+    assert all(c.sandbox_id is None for c in rows.values())
     for slot, c in rows.items():
         assert c.agents and c.agents == sorted(h.world.team_agents[slot]), slot
         assert c.swarm_score == (0.3 if "minimal" in slot else 0.9), slot

@@ -21,7 +21,7 @@ from coordinator.placement import Placement, place
 from coordinator.resources import examples_dir
 from coordinator.store.schema import SessionStatus
 from coordinator.store.store import Store
-from sandbox_agents.errors import BuildNotFoundError, InvalidInputError
+from sandbox_agents.errors import BuildActiveError, BuildNotFoundError, InvalidInputError
 
 EXAMPLES = examples_dir()
 LLM = {"type": "replay", "cassettes": []}
@@ -99,6 +99,10 @@ class FakeRunners:
     async def main_read(self, build_id: str, what: str, arg: str = "") -> dict[str, Any]:
         self.calls.append((f"main_read:{what}:{arg}", build_id))
         return {"head": "0" * 40, "files": []}
+
+    async def delete(self, build_id: str) -> None:
+        self.store.get_session(build_id)  # the rows are still there while the runner cleans up
+        self.calls.append(("delete", build_id))
 
 
 @pytest.fixture
@@ -372,6 +376,27 @@ async def test_another_users_build_does_not_exist_for_you(
     assert control.list_builds("bob") == []
     assert [s.id for s in control.list_builds("alice")] == [build]
     assert runners.calls == [("start", build)]
+
+
+async def test_an_ended_build_is_deleted_with_what_it_holds_then_its_rows_and_a_live_one_is_refused(
+    store: Store, runners: FakeRunners, clock: FakeClock, tmp_path: Path
+) -> None:
+    control = make_control(store, runners, clock, tmp_path)
+    build = await control.submit("alice", prompt())
+    admission = tmp_path / "builds" / f"{build}.admission.json"
+    assert admission.exists()
+    with pytest.raises(BuildActiveError, match="cancel it"):
+        await control.delete("alice", build)  # running
+    with pytest.raises(BuildNotFoundError):
+        await control.delete("bob", build)  # not bob's
+    end(store, build)
+    await control.delete("alice", build)
+    assert runners.calls[-1] == ("delete", build) and not admission.exists()
+    with pytest.raises(BuildNotFoundError):
+        store.get_session(build)
+    assert control.list_builds("alice") == [] and control.running() == []
+    with pytest.raises(BuildNotFoundError):
+        await control.delete("alice", build)  # gone
 
 
 async def test_budget_raises_add_to_the_limit_and_ended_builds_do_not_resume(
