@@ -253,7 +253,8 @@ def register(app: typer.Typer) -> None:
             score = "" if c.get("swarm_score") is None else f"{c['swarm_score']:.2f}"
             ended = f"[dim]{c['last_sandbox_id']} (ended)[/]" if c.get("last_sandbox_id") else ""
             sandbox = c.get("sandbox_id") or ended
-            table.add_row(c["slot"], c["component"], sandbox, c["status"], ", ".join(c.get("agents", [])), score)
+            agents = ", ".join(_agent_label(a) for a in c.get("agents", []))
+            table.add_row(c["slot"], c["component"], sandbox, c["status"], agents, score)
         if s.get("components"):
             console.print(table)
         for m in s.get("merges", []):
@@ -317,6 +318,12 @@ def register(app: typer.Typer) -> None:
         console.print(f"app: {p.get('url') or '(not yet)'}")
         for name, url in p.get("components", {}).items():
             console.print(f"  {name}: {url}")
+
+
+def _agent_label(name: str) -> str:
+    """``build:{id}:agent:{slot}:{n}`` as the web UI names it: ``agent {n+1}``."""
+    last = name.rsplit(":", 1)[-1]
+    return f"agent {int(last) + 1}" if last.isdigit() else last
 
 
 def notify_body(url: str, secret: str | None, events: list[str] | None) -> dict[str, Any]:

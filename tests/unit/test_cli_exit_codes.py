@@ -24,6 +24,13 @@ from tests.fakes.cli_api import JsonApi, serving
 FAILED_WHY = "task api-tests blocked: no recorded turn for role='agent:api:0', task='api-tests', turn=0"
 
 
+#: A released slot of a completed build: its last sandbox, the agents that worked in it, its score.
+FLEET = [
+    {"slot": "api", "component": "api", "sandbox_id": None, "last_sandbox_id": "sbx-1", "status": "merged",
+     "agents": ["build:b1:agent:api:0", "build:b1:agent:api:1"], "swarm_score": 0.875},
+]  # fmt: skip
+
+
 class _FakeApi(JsonApi):
     status = "failed"
 
@@ -33,6 +40,15 @@ class _FakeApi(JsonApi):
             self.answer(201, {"id": "b1", "status": "queued"})
         else:
             self.answer(404, {"error": "not_found", "message": "build b1 not found"})
+
+    def do_DELETE(self) -> None:  # noqa: N802 - http.server's name
+        if self.path != "/api/builds/b1":
+            self.answer(404, {"error": "not_found", "message": "no build"})
+        elif self.status in ("completed", "failed", "cancelled"):
+            self.send_response(204)
+            self.end_headers()
+        else:
+            self.answer(409, {"error": "conflict", "message": "build b1 is running; cancel it before deleting it"})
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path.startswith("/api/build/stream/"):
@@ -45,7 +61,9 @@ class _FakeApi(JsonApi):
             self.wfile.flush()
         elif self.path.startswith("/api/build/status/"):
             error = None if self.status == "completed" else FAILED_WHY
-            self.answer(200, {"id": "b1", "status": self.status, "phase": "build", "error": error, "components": []})
+            self.answer(200, {"id": "b1", "status": self.status, "phase": "build", "error": error, "components": FLEET})
+        elif self.path == "/api/health":
+            self.answer(200, {"status": "ok", "parts": {"redis": "ok", "control": "ok"}})
         elif self.path.startswith("/api/build/preview/"):
             self.answer(200, {"url": None, "components": {}})
         else:
@@ -114,6 +132,24 @@ def test_a_completed_build_exits_0(api: type[_FakeApi]) -> None:
     api.status = "completed"
     assert run("build", "--example", "hello-calc").exit_code == 0
     assert run("logs", "-f", "b1").exit_code == 0
+
+
+def test_status_shows_each_slots_last_sandbox_agents_and_swarm_score(api: type[_FakeApi]) -> None:
+    api.status = "completed"
+    result = CliRunner().invoke(app, ["status", "b1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "│ api" in line)
+    assert "sbx-1 (ended)" in row and "agent 1, agent 2" in row and "0.88" in row
+
+
+def test_rm_deletes_an_ended_build_and_refuses_a_running_one(api: type[_FakeApi]) -> None:
+    api.status = "running"
+    refused = run("rm", "b1")
+    assert refused.exit_code == 2 and "409" in refused.output and "cancel it" in refused.output
+    api.status = "completed"
+    deleted = run("rm", "b1")
+    assert deleted.exit_code == 0 and "b1: deleted" in deleted.output
+    assert run("rm", "b2").exit_code == 2
 
 
 def test_a_refused_request_exits_2(api: type[_FakeApi]) -> None:
