@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -283,7 +284,8 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold]end[/] {event['data']}")
                 raise typer.Exit(_ended(build_id, event["data"]))
             body = json.loads(event["data"])
-            console.print(f"[dim]{event.get('id', '')}[/] [bold]{body['kind']}[/] {json.dumps(body['data'])}")
+            data = escape(json.dumps(body["data"]))  # the model's words are data, never rich markup
+            console.print(f"[dim]{escape(event.get('id', ''))}[/] [bold]{escape(body['kind'])}[/] {data}")
 
     @app.command()
     def cancel(build_id: str) -> None:

@@ -33,6 +33,7 @@ FLEET = [
 
 class _FakeApi(JsonApi):
     status = "failed"
+    phase = "build"
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -55,7 +56,7 @@ class _FakeApi(JsonApi):
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
             self.end_headers()
-            event = {"kind": "build.phase", "data": {"phase": "build"}}
+            event = {"kind": "build.phase", "data": {"phase": self.phase}}
             self.wfile.write(f"id: 1-0\nevent: event\ndata: {json.dumps(event)}\n\n".encode())
             self.wfile.write(f"id: 2-0\nevent: end\ndata: {json.dumps({'status': self.status})}\n\n".encode())
             self.wfile.flush()
@@ -150,6 +151,13 @@ def test_rm_deletes_an_ended_build_and_refuses_a_running_one(api: type[_FakeApi]
     deleted = run("rm", "b1")
     assert deleted.exit_code == 0 and "b1: deleted" in deleted.output
     assert run("rm", "b2").exit_code == 2
+
+
+def test_logs_print_what_the_model_wrote_verbatim_never_as_markup(api: type[_FakeApi]) -> None:
+    api.status, api.phase = "completed", "[/] [red]not red[/red] [link=http://x]"  # a stray [/] crashed rich
+    result = run("logs", "b1")
+    assert result.exit_code == 0, result.output
+    assert "[/] [red]not red[/red] [link=http://x]" in result.output
 
 
 def test_a_refused_request_exits_2(api: type[_FakeApi]) -> None:
