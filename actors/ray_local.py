@@ -17,6 +17,15 @@ import ray
 
 from actors.handles import NAMESPACE
 
+#: The environment of every Ray process of ours (``ray start`` and ``ray.init``'s own raylet pass it to
+#: their workers): Ray's async actors run on asyncio's own event loop, not on uvloop. uvloop (0.23) runs
+#: Python's at-fork handlers in the child it forks to exec a subprocess (Playwright's driver, git), and
+#: in a many-threaded Ray worker that child can deadlock on a lock before it execs: a merge gate then
+#: waited for ever on its browser (a whole test run hung on it). asyncio starts a subprocess through
+#: ``_posixsubprocess``, which runs no Python in the child. uvloop's pipe transports also close their
+#: descriptor twice (uvloop issue 763), closing another thread's descriptor now and then.
+RAY_ENV: dict[str, str] = {"RAY_USE_UVLOOP": "0"}
+
 
 def start_local_ray(temp_dir: str, *, num_cpus: int = 4, env: Mapping[str, str] | None = None) -> None:
     """``ray.init`` a new local cluster; the caller ``ray.shutdown()``-s it and removes ``temp_dir``.
@@ -24,8 +33,9 @@ def start_local_ray(temp_dir: str, *, num_cpus: int = 4, env: Mapping[str, str] 
     Args:
         temp_dir: Where Ray keeps its session files.
         num_cpus: CPUs the cluster offers to tasks and actors.
-        env: Environment variables of every worker process.
+        env: Environment variables of every worker process (besides :data:`RAY_ENV`).
     """
+    os.environ.update(RAY_ENV)  # the raylet ray.init starts, and each worker it starts, inherit it
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -33,7 +43,7 @@ def start_local_ray(temp_dir: str, *, num_cpus: int = 4, env: Mapping[str, str] 
         namespace=NAMESPACE,
         log_to_driver=False,
         _temp_dir=temp_dir,
-        runtime_env={"env_vars": dict(env or {})},
+        runtime_env={"env_vars": {**RAY_ENV, **(env or {})}},
     )
 
 

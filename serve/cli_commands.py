@@ -445,6 +445,7 @@ def _up(port: int | None) -> int:
     import ray
 
     from actors.handles import NAMESPACE
+    from actors.ray_local import RAY_ENV
     from coordinator.bus.redis_server import redact_url
     from coordinator.store.store import Store
     from sandbox_agents.private_files import write_private
@@ -462,11 +463,13 @@ def _up(port: int | None) -> int:
     started = False
     token_file = ensure_ray_token()
     os.environ.update(RAY_AUTH_ENV)  # this driver, and what it starts, speak to Ray with the token
+    os.environ.update(RAY_ENV)  # a head started here runs its actors on asyncio's loop (actors/ray_local.py)
     try:
         ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False)
     except ConnectionError:
         console.print("starting a local Ray head (token authentication) …")
-        subprocess.run(ray_head_command(), check=True, stdout=subprocess.DEVNULL, env={**os.environ, **RAY_AUTH_ENV})
+        env = {**os.environ, **RAY_AUTH_ENV, **RAY_ENV}
+        subprocess.run(ray_head_command(), check=True, stdout=subprocess.DEVNULL, env=env)
         started = True
         ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False)
     redis_url = settings.redis_url or _start_redis_keeper(home)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.ray_local import RAY_ENV
 from coordinator.bus.redis_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -150,7 +151,7 @@ def two_nodes() -> Iterator[dict[str, str]]:
         pytest.skip("the `ray` CLI is not installed: cannot start a two-node cluster")
     tmp = tempfile.mkdtemp(prefix="kmn-")  # short: Ray's unix socket paths must stay under 107 bytes
     home = tempfile.mkdtemp(prefix="kriptik-mn-home-")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "KRIPTIK_HOME": home, "RAY_TMPDIR": tmp}
+    env = {**os.environ, **RAY_ENV, "RAY_AUTH_MODE": "token", "KRIPTIK_HOME": home, "RAY_TMPDIR": tmp}
     env.pop("RAY_ADDRESS", None)
     current = Path("/tmp/ray/ray_current_cluster")
     previous = current.read_text() if current.exists() else None

@@ -50,7 +50,7 @@ def test_every_ray_start_uses_token_authentication_with_the_clusters_token(path:
     config = yaml.safe_load((ROOT / path).read_text())
     starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2
-    assert all(command.startswith("RAY_AUTH_MODE=token ray start ") for command in starts)
+    assert all(command.startswith("RAY_AUTH_MODE=token RAY_USE_UVLOOP=0 ray start ") for command in starts)
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # one token on every host
     assert "chmod 600 ~/.ray/auth_token" in config["setup_commands"]
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
