@@ -22,9 +22,10 @@ test never ends does not outlive it. Root makes the namespaces directly; another
 inside a user namespace of its own (``unshare --user --map-root-user``), which the execs join too.
 
 Processes are started with :class:`subprocess.Popen` and ``close_fds=True``, never through the
-event loop's subprocess support: Ray runs async actors on uvloop, whose subprocesses inherit
-every file descriptor of the worker, their own stdio pipes' duplicates included, so a server an
-exec leaves running would hold the exec's output open for ever.
+event loop's subprocess support: on uvloop (Ray's default loop for async actors, which our Rays
+turn off: ``actors/ray_local.RAY_ENV``) subprocesses inherit every file descriptor of the worker,
+their own stdio pipes' duplicates included, so a server an exec leaves running would hold the
+exec's output open for ever; the fake works the same on either loop.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The Modal fake's exec pipes: each parent end is closed once, by the fake, on uvloop as on asyncio.
 
-Ray runs async actors on uvloop, whose ``connect_read_pipe``/``connect_write_pipe`` close a pipe's
+Ray runs async actors on uvloop by default (ours no longer: ``actors/ray_local.RAY_ENV``), whose
+``connect_read_pipe``/``connect_write_pipe`` close a pipe's
 descriptor twice (libuv, then the file object; uvloop issue 763). When another thread of the
 actor opens a descriptor between the two closes, it takes the freed number and loses it to the
 second close: a build on the fake once failed with ``OSError: [Errno 9] Bad file descriptor``.
