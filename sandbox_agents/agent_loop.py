@@ -169,7 +169,7 @@ class AgentLoop:
             final_text = reply.text or final_text
             messages.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
             if reply.text.strip():
-                await self._step(AgentStep(task=task.id, turn=turn, detail=_clip(reply.text.strip())))
+                await self._step(AgentStep(task=task.id, turn=turn, detail=_clip(reply.text)))
 
             if not reply.tool_calls:
                 if reply.stop_reason == "max_tokens":

@@ -298,13 +298,21 @@ class BuildCoordinatorActor:
 
     async def close(self) -> None:
         """Close the gate and preview of a finished build (their sandboxes go)."""
-        for name in (gate_name(self.build_id), preview_name(self.build_id), judge_name(self.build_id)):
-            handle = handles.find(name)
-            if handle is not None:
-                await handles.stop(handle, handle.close.remote, name=name)
+        await close_build_actors(self.build_id)
 
 
 BuildCoordinator = handles.actor_class(BuildCoordinatorActor, restartable=True, max_concurrency=64)
+
+
+async def close_build_actors(build_id: str, *, timeout_s: float | None = None) -> None:
+    """Close the build's gate, preview and judge, those that run (their sandboxes go), and kill them.
+
+    ``timeout_s`` bounds each close (:func:`actors.handles.stop`); None waits as long as it takes.
+    """
+    for name in (gate_name(build_id), preview_name(build_id), judge_name(build_id)):
+        handle = handles.find(name)
+        if handle is not None:
+            await handles.stop(handle, handle.close.remote, name=name, timeout_s=timeout_s)
 
 
 def start_coordinator(config: CoordinatorConfig) -> Any:

@@ -26,8 +26,8 @@ from pathlib import Path
 import ray
 
 from actors import handles
-from actors.build.actor import stop_coordinator
-from actors.handles import coordinator_name, gate_name, judge_name, preview_name
+from actors.build.actor import close_build_actors, stop_coordinator
+from actors.handles import coordinator_name
 from actors.pools.proxies import release
 from actors.pools.warm import aliased, resolve
 from coordinator.bus.context_bus import BusConfig, ContextBus
@@ -65,9 +65,7 @@ async def _end_actors(build_id: str) -> None:
     if coordinator is not None:
         await stop_coordinator(coordinator)  # it closes the gate, the preview and the judge first
     else:
-        for name in (preview_name(build_id), gate_name(build_id), judge_name(build_id)):
-            if (handle := handles.find(name)) is not None:
-                await handles.stop(handle, handle.close.remote, name=name, timeout_s=60)
+        await close_build_actors(build_id, timeout_s=60)
     ended = []
     for kind, name in actors_of(build_id):
         actor = resolve(kind, name) if kind in _KINDS.values() else name  # a pooled one's own name

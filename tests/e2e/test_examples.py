@@ -237,8 +237,9 @@ async def test_the_builder_view_shows_every_panel_of_the_todo_fullstack_build(
                 await expect(page.locator("#stream-state")).to_have_text("ended", timeout=30_000)  # the whole log
 
                 # The timeline: one human line per event, its raw JSON on demand.
-                assert await page.locator("#log li.log-line").count() == len(await events(bus, build_id))
-                assert any(kind == "agent.step" and data["tool"] for kind, data in await events(bus, build_id))
+                log = await events(bus, build_id)
+                assert await page.locator("#log li.log-line").count() == len(log)
+                assert any(kind == "agent.step" and data["tool"] for kind, data in log)
                 decided = page.locator("#log li[data-kind='tournament.decision'] .text")
                 await expect(decided).to_have_text("frontend~polished wins the frontend tournament")
                 merged = page.locator("#log li[data-kind='merge.accepted']").first
